@@ -1,0 +1,306 @@
+#include "cli/local_run.h"
+
+#include <linux/memfd.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "base/errno_status.h"
+#include "nlohmann/json.hpp"
+#include "transport/page_server.h"
+#include "transport/socket.h"
+#include "transport/tcp_page_source.h"
+
+namespace faultline {
+namespace {
+
+struct SourceMemory {
+  UniqueFd fd;
+  uint8_t* map = nullptr;  // writable while filling, read-only view for verification
+  uint64_t size = 0;
+  ~SourceMemory() {
+    if (map) munmap(map, size);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<SourceMemory>> MakeSource(RegionKind kind, uint64_t size,
+                                                         const PatternSpec& pattern) {
+  auto m = std::make_unique<SourceMemory>();
+  unsigned flags = MFD_CLOEXEC;
+  if (kind == RegionKind::kHugetlb) flags |= MFD_HUGETLB | MFD_HUGE_2MB;
+  m->fd.reset(memfd_create("faultline-source", flags));
+  if (!m->fd.valid()) return ErrnoStatus("memfd_create (source)");
+  if (ftruncate(m->fd.get(), static_cast<off_t>(size)) < 0) return ErrnoStatus("ftruncate");
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, m->fd.get(), 0);
+  if (p == MAP_FAILED) {
+    if (kind == RegionKind::kHugetlb) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "source hugetlb memory of ", size >> 20, " MiB: not enough free 2 MiB huge pages "
+          "(need ", 2 * size / (2 << 20), " for source + destination); reserve them with "
+          "`echo N > /proc/sys/vm/nr_hugepages`"));
+    }
+    return ErrnoStatus("mmap source");
+  }
+  m->map = static_cast<uint8_t*>(p);
+  m->size = size;
+  FillPattern(pattern, m->map, size);
+  return m;
+}
+
+uint32_t PageSizeOf(RegionKind k) { return k == RegionKind::kHugetlb ? (2u << 20) : 4096u; }
+
+}  // namespace
+
+uint64_t PeakRssKib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6));
+  }
+  return 0;
+}
+
+absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
+  const uint32_t ps = PageSizeOf(opts.kind);
+  if (opts.size == 0 || opts.size % ps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("size ", opts.size, " is not a multiple of the page size ", ps));
+  }
+  // Source memory and its page server.
+  absl::StatusOr<std::unique_ptr<SourceMemory>> src = MakeSource(opts.kind, opts.size,
+                                                                 opts.pattern);
+  if (!src.ok()) return src.status();
+  absl::StatusOr<UniqueFd> listen = ListenTcp("127.0.0.1:0");
+  if (!listen.ok()) return listen.status();
+  absl::StatusOr<int> port = BoundPort(listen->get());
+  if (!port.ok()) return port.status();
+  const Token token = RandomToken();
+
+  auto make_server = [&]() -> absl::StatusOr<std::unique_ptr<PageServer>> {
+    absl::StatusOr<SourceRegion> region =
+        SourceRegion::MapFd("ram", (*src)->fd.get(), 0, opts.size, ps);
+    if (!region.ok()) return region.status();
+    std::vector<SourceRegion> regions;
+    regions.push_back(std::move(*region));
+    return std::make_unique<PageServer>(std::move(regions), token);
+  };
+
+  pid_t child = -1;
+  std::unique_ptr<PageServer> thread_server;
+  std::thread server_thread;
+  if (opts.source_in_child) {
+    child = fork();
+    if (child < 0) return ErrnoStatus("fork");
+    if (child == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the destination
+      absl::StatusOr<std::unique_ptr<PageServer>> server = make_server();
+      if (!server.ok()) _exit(2);
+      absl::Status s = (*server)->Serve(listen->get());
+      _exit(s.ok() ? 0 : 1);
+    }
+  } else {
+    absl::StatusOr<std::unique_ptr<PageServer>> server = make_server();
+    if (!server.ok()) return server.status();
+    thread_server = std::move(*server);
+    server_thread = std::thread([&] { (void)thread_server->Serve(listen->get()); });
+  }
+  auto stop_source = [&](bool kill_it) {
+    if (child > 0) {
+      if (kill_it) kill(child, SIGTERM);
+      int st;
+      waitpid(child, &st, 0);
+      child = -1;
+    }
+    if (thread_server) {
+      if (kill_it) thread_server->Shutdown();
+      if (server_thread.joinable()) server_thread.join();
+    }
+  };
+
+  // Destination memory, registered before the guest starts.
+  absl::StatusOr<std::unique_ptr<GuestRegion>> dst = GuestRegion::Create("ram", opts.kind,
+                                                                         opts.size);
+  if (!dst.ok()) {
+    stop_source(true);
+    return dst.status();
+  }
+  std::string missing;
+  absl::StatusOr<Userfaultfd> uffd = Userfaultfd::Open(Userfaultfd::kWantedFeatures, &missing);
+  if (!uffd.ok()) {
+    stop_source(true);
+    return uffd.status();
+  }
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create({dst->get()}, std::move(*uffd), opts.engine);
+  if (!engine.ok()) {
+    stop_source(true);
+    return engine.status();
+  }
+  TcpSourceOptions topts;
+  topts.address = absl::StrCat("127.0.0.1:", *port);
+  topts.token = token;
+  topts.busy_poll = opts.transport_busy_poll;
+  absl::StatusOr<std::unique_ptr<TcpPageSource>> source = TcpPageSource::Connect(topts);
+  if (!source.ok()) {
+    stop_source(true);
+    return source.status();
+  }
+
+  const absl::Time t0 = absl::Now();
+  std::unique_ptr<ThreadGuest> guest;
+  if (opts.run_guest) {
+    guest = std::make_unique<ThreadGuest>((*dst)->base(), opts.size, ps, opts.guest);
+  }
+  std::atomic<bool> running{true};
+  std::thread progress;
+  if (opts.progress) {
+    progress = std::thread([&] {
+      while (running.load()) {
+        uint64_t done = ((*engine)->total_pages() - (*engine)->remaining_pages()) * uint64_t{ps};
+        opts.progress(done, opts.size);
+        absl::SleepFor(absl::Milliseconds(100));
+      }
+      opts.progress(opts.size - (*engine)->remaining_pages() * uint64_t{ps}, opts.size);
+    });
+  }
+  absl::Status run = (*engine)->Run(source->get());
+  const absl::Duration took = absl::Now() - t0;
+  running.store(false);
+  if (progress.joinable()) progress.join();
+  if (!run.ok()) {
+    // Faulted guest threads stay blocked while the range is registered: unblock them by
+    // tearing the engine down (unregister wakes them; they then read zeros — the run has
+    // failed anyway and nothing is verified).
+    if (guest) guest->Stop();
+    engine->reset();
+    guest.reset();
+    stop_source(true);
+    return run;
+  }
+  if (guest) guest->Join();
+  stop_source(false);
+
+  LocalRunReport r;
+  const Engine& e = **engine;
+  const EngineCounters& c = e.counters();
+  r.kind = RegionKindName(opts.kind);
+  r.size = opts.size;
+  r.page_size = ps;
+  r.pages = e.total_pages();
+  r.urgent_pages = c.urgent_pages.load();
+  r.bulk_pages = c.bulk_pages.load();
+  r.zero_pages = c.zero_pages.load();
+  r.bytes_received = c.bytes_received.load();
+  r.faults = c.faults.load();
+  r.minor_faults = c.minor_faults.load();
+  r.duplicate_faults = c.duplicate_faults.load();
+  r.urgent_requests = c.urgent_requests.load();
+  r.bulk_requests = c.bulk_requests.load();
+  r.corrupt_pages = c.corrupt_pages.load();
+  r.eexist = e.placer_counters().eexist.load();
+  r.eagain = e.placer_counters().eagain.load();
+  r.seconds = absl::ToDoubleSeconds(took);
+  r.fault_latency = e.fault_stats().Overall();
+  r.per_thread = e.fault_stats().PerThread();
+  if (guest) {
+    r.guest_latency = guest->SlowTouches();
+    r.guest_touches = guest->touches();
+  }
+  r.engine_footprint = e.footprint_bytes();
+  // Verify: every destination page against the source, byte for byte.
+  const uint8_t* a = (*dst)->base();
+  const uint8_t* b = (*src)->map;
+  for (uint64_t p = 0; p < r.pages; ++p) {
+    if (memcmp(a + p * ps, b + p * ps, ps) != 0) ++r.mismatches;
+    ++r.verified_pages;
+  }
+  r.peak_rss_kib = PeakRssKib();
+  return r;
+}
+
+std::string ReportTable(const LocalRunReport& r) {
+  std::string s;
+  auto row = [&](const std::string& k, const std::string& v) {
+    absl::StrAppendFormat(&s, "  %-28s %s\n", k, v);
+  };
+  row("region kind", absl::StrFormat("%s, %d MiB in %d KiB pages", r.kind, r.size >> 20,
+                                     r.page_size >> 10));
+  row("pages urgent / bulk / zero",
+      absl::StrFormat("%d / %d / %d", r.urgent_pages, r.bulk_pages, r.zero_pages));
+  row("bytes received", absl::StrFormat("%.1f MiB", r.bytes_received / 1048576.0));
+  row("total time", absl::StrFormat("%.3f s (%.0f MiB/s of guest memory)", r.seconds,
+                                    r.size / 1048576.0 / std::max(r.seconds, 1e-9)));
+  row("faults (minor) / duplicate",
+      absl::StrFormat("%d (%d) / %d", r.faults, r.minor_faults, r.duplicate_faults));
+  row("fault latency (engine)", r.fault_latency.count()
+                                    ? absl::StrFormat("p50 %s  p99 %s  max %s",
+                                                      FormatNanos(r.fault_latency.Percentile(0.5)),
+                                                      FormatNanos(r.fault_latency.Percentile(0.99)),
+                                                      FormatNanos(r.fault_latency.max()))
+                                    : "no faults");
+  row("fault latency (guest)", r.guest_latency.count()
+                                   ? absl::StrFormat("p50 %s  p99 %s  max %s (%d slow touches)",
+                                                     FormatNanos(r.guest_latency.Percentile(0.5)),
+                                                     FormatNanos(r.guest_latency.Percentile(0.99)),
+                                                     FormatNanos(r.guest_latency.max()),
+                                                     r.guest_latency.count())
+                                   : "no slow touches");
+  row("engine memory", absl::StrFormat("%.2f MiB state+buffers, peak RSS %.1f MiB",
+                                       r.engine_footprint / 1048576.0, r.peak_rss_kib / 1024.0));
+  row("verification", absl::StrFormat("verified %d pages, %d mismatches", r.verified_pages,
+                                      r.mismatches));
+  return s;
+}
+
+static nlohmann::json HistJson(const LatencyHistogram& h) {
+  return {{"count", h.count()},         {"p50_ns", h.Percentile(0.5)},
+          {"p90_ns", h.Percentile(0.9)}, {"p99_ns", h.Percentile(0.99)},
+          {"max_ns", h.max()},           {"mean_ns", h.mean()}};
+}
+
+std::string ReportJson(const std::vector<LocalRunReport>& reports) {
+  nlohmann::json runs = nlohmann::json::array();
+  for (const LocalRunReport& r : reports) {
+    nlohmann::json per_thread = nlohmann::json::object();
+    for (const auto& [tid, h] : r.per_thread) per_thread[std::to_string(tid)] = HistJson(h);
+    runs.push_back({{"kind", r.kind},
+                    {"size_bytes", r.size},
+                    {"page_size", r.page_size},
+                    {"pages", r.pages},
+                    {"urgent_pages", r.urgent_pages},
+                    {"bulk_pages", r.bulk_pages},
+                    {"zero_pages", r.zero_pages},
+                    {"bytes_received", r.bytes_received},
+                    {"faults", r.faults},
+                    {"minor_faults", r.minor_faults},
+                    {"duplicate_faults", r.duplicate_faults},
+                    {"urgent_requests", r.urgent_requests},
+                    {"bulk_requests", r.bulk_requests},
+                    {"corrupt_pages", r.corrupt_pages},
+                    {"eexist", r.eexist},
+                    {"eagain", r.eagain},
+                    {"total_seconds", r.seconds},
+                    {"fault_latency", HistJson(r.fault_latency)},
+                    {"fault_latency_per_thread", per_thread},
+                    {"guest_slow_touches", HistJson(r.guest_latency)},
+                    {"guest_touches", r.guest_touches},
+                    {"verified_pages", r.verified_pages},
+                    {"mismatches", r.mismatches},
+                    {"engine_footprint_bytes", r.engine_footprint},
+                    {"peak_rss_kib", r.peak_rss_kib}});
+  }
+  return nlohmann::json{{"faultline_local_run", runs}}.dump(2);
+}
+
+}  // namespace faultline

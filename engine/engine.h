@@ -1,0 +1,162 @@
+// Engine: the destination side of a post-copy migration. It owns the userfaultfd of the
+// guest's memory, catches every fault on a page that has not arrived, asks the source for it
+// urgently, pulls everything else in the background, places each page exactly once and wakes
+// the faulting threads. Run() returns when every page is present.
+//
+// One fault, file by file:
+//   fault_loop.cc      uffd event read → PageStateMap::MarkUrgent → PageSource::RequestUrgent
+//   (transport/)       the source answers on the urgent channel
+//   receiver.cc        Land(): claim the page, pick where its bytes go; Arrived(): place it
+//   placer.cc          UFFDIO_COPY / CONTINUE / ZEROPAGE, which wakes the vCPU
+//   fault_stats.cc     latency from event read to wake, per faulting thread
+//   background_pull.cc what no fault asked for arrives in batches, nearest the last fault first
+#ifndef FAULTLINE_ENGINE_ENGINE_H_
+#define FAULTLINE_ENGINE_ENGINE_H_
+
+#include <linux/userfaultfd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "base/unique_fd.h"
+#include "engine/fault_stats.h"
+#include "engine/page_state.h"
+#include "engine/placer.h"
+#include "engine/region.h"
+#include "engine/uffd.h"
+#include "transport/page_source.h"
+
+namespace faultline {
+
+struct EngineOptions {
+  uint32_t bulk_batch_bytes = 1u << 20;  // bytes per background request
+  uint32_t bulk_window = 4;              // background requests in flight
+  bool busy_poll = false;                // the fault loop spins on the uffd instead of poll()
+  absl::Duration tick = absl::Milliseconds(20);
+  // False when the VMM registered the ranges itself (a hand-off); the engine then leaves the
+  // registration to its owner too.
+  bool register_ranges = true;
+  // Send DONE to the source when every page is present. False when the caller still needs
+  // the source afterwards (e.g. to verify against it) and sends DONE itself.
+  bool finish_source = true;
+};
+
+class Engine : public PageSink {
+ public:
+  // Registers every region with `uffd` (unless the VMM did) — from then on, guest accesses to
+  // absent pages wait for Run(). Fails clearly where the kernel lacks support for a kind.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::vector<GuestRegion*> regions,
+                                                        Userfaultfd uffd,
+                                                        const EngineOptions& opts = {});
+  ~Engine() override;
+
+  // Checks the source's region table against ours, then serves faults and pulls pages until
+  // every page is present (OK, the source is told DONE, ranges unregistered) or the transport
+  // fails or Cancel() is called (the error; faulted threads stay blocked, never SIGBUS).
+  absl::Status Run(PageSource* source);
+  void Cancel();  // thread-safe
+
+  uint64_t total_pages() const { return total_pages_; }
+  uint64_t remaining_pages() const;
+  uint64_t total_bytes() const { return total_bytes_; }
+  const EngineCounters& counters() const { return counters_; }
+  const PlacerCounters& placer_counters() const { return placer_counters_; }
+  const FaultStats& fault_stats() const { return stats_; }
+  // The engine's own memory: page-state maps and landing buffers (never guest memory).
+  size_t footprint_bytes() const;
+  PageState StateOf(uint32_t region, uint64_t page) const {
+    return regions_[region]->state.Get(page);
+  }
+
+  // PageSink (called by the transport's receive threads).
+  uint8_t* Land(Channel ch, uint32_t region, uint64_t page, uint32_t index) override;
+  void Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
+               Arrival what) override;
+  void FrameDone(Channel ch, uint32_t region, uint64_t first, uint32_t count) override;
+  void Failed(Channel ch, const absl::Status& why) override;
+
+ private:
+  struct RegionCtx {
+    RegionCtx(GuestRegion* r, Userfaultfd* u, PlacerCounters* c, uint64_t key)
+        : region(r), state(r->pages()), placer(u, r, c), key_base(key) {}
+    GuestRegion* region;
+    PageStateMap state;
+    Placer placer;
+    uint64_t key_base;  // global page key = key_base + page
+  };
+  // Per-channel landing of the frame being received (touched only by that channel's thread).
+  struct Landing {
+    enum Slot : uint8_t { kNone, kClaimed, kReadyData, kReadyZero };
+    std::vector<uint8_t> staging;  // COPY kinds: page i of the frame at i * page_size
+    std::vector<uint8_t> scratch;  // bytes nobody wants (duplicates)
+    std::vector<uint8_t> slots;    // per frame index
+    uint32_t region = 0;
+    uint64_t first = 0;
+    uint32_t flushed = 0;      // bulk: frame indexes below this are placed
+    int64_t flush_after = -1;  // bulk: a fault waits on this index: place up to it at once
+  };
+
+  Engine(Userfaultfd uffd, const EngineOptions& opts);
+  absl::Status RegisterAll();
+  void UnregisterAll();
+  absl::Status CheckSourceTable(const std::vector<RegionInfo>& table) const;
+
+  // fault_loop.cc
+  absl::Status FaultLoop();
+  // Returns false when the fault must be retried after reading more events (EAGAIN).
+  bool HandleFault(const struct uffd_msg& msg, uint64_t now_ns);
+  void HandleRemove(uint64_t start, uint64_t end, bool unmap);
+  void SendUrgent(uint32_t region, uint64_t page);
+  int RegionOf(uint64_t addr) const;
+
+  // receiver.cc
+  void FlushBulk(Landing& l, uint32_t upto);
+  void PlaceUrgent(Landing& l, uint32_t index, bool zero);
+  void ReleaseUnplaced(Landing& l);
+  void HandlePlaceError(RegionCtx& r, uint64_t first, uint32_t count, const absl::Status& s);
+
+  // background_pull.cc
+  void PullMore();
+  uint32_t BatchPages(uint32_t region) const;
+
+  // engine.cc
+  void Fail(const absl::Status& s);
+  void Signal();
+  void PageDone();
+
+  Userfaultfd uffd_;
+  EngineOptions opts_;
+  std::vector<std::unique_ptr<RegionCtx>> regions_;
+  uint64_t total_pages_ = 0, total_bytes_ = 0;
+  bool registered_ = false;
+  PageSource* source_ = nullptr;
+  UniqueFd wake_fd_;  // eventfd: completion, failure, cancel
+  std::atomic<bool> complete_{false}, cancelled_{false};
+  std::mutex fail_mu_;
+  absl::Status failure_;  // guarded by fail_mu_
+  std::atomic<bool> failed_{false};
+
+  Landing landing_[2];
+  std::atomic<uint64_t> flush_key_{0};  // bulk: key+1 of a page a fault waits on
+
+  std::mutex pull_mu_;
+  uint32_t pull_region_ = 0;  // guarded by pull_mu_
+  uint64_t pull_page_ = 0;
+  uint32_t bulk_outstanding_ = 0;
+  bool pull_idle_ = false;
+  std::atomic<uint64_t> pull_hint_{0};  // key+1 of the last urgent fault
+
+  EngineCounters counters_;
+  PlacerCounters placer_counters_;
+  FaultStats stats_;
+};
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_ENGINE_ENGINE_H_

@@ -1,0 +1,83 @@
+// PageStateMap: one byte of state per guest page, shared lock-free by the fault loop and the
+// transport's receive threads. Every transition is a compare-and-swap, so exactly one thread
+// wins the right to place a page, and a page is placed once.
+//
+//            fault                       arrival claims              placed + woken
+//   kAbsent ───────► kUrgentRequested ────────────────► kPlacing ───────────────► kPresent
+//      │ puller          ▲ fault (upgrade: don't wait      │ corrupt / stream broke
+//      ▼                 │ behind the bulk batch)          ▼
+//   kBulkRequested ──────┘                              back to kAbsent (fetched again)
+//
+//   REMOVE/UNMAP ⇒ kDiscarded from any state: the guest dropped the page; a later fault on it
+//   is resolved with zeros (kPlacingDiscarded ⇒ kPresent), arrivals for it are dropped.
+// A page is "done" in kPresent or kDiscarded; remaining() counts pages not done.
+#ifndef FAULTLINE_ENGINE_PAGE_STATE_H_
+#define FAULTLINE_ENGINE_PAGE_STATE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+namespace faultline {
+
+enum class PageState : uint8_t {
+  kAbsent = 0,
+  kBulkRequested,
+  kUrgentRequested,
+  kPlacing,           // claimed by one placer; not yet done
+  kPlacingDiscarded,  // claimed to zero-fill a discarded page (already counted done)
+  kPresent,
+  kDiscarded,
+};
+
+const char* PageStateName(PageState s);
+
+class PageStateMap {
+ public:
+  explicit PageStateMap(uint64_t pages);
+
+  uint64_t pages() const { return pages_; }
+  PageState Get(uint64_t p) const {
+    return static_cast<PageState>(state_[p].load(std::memory_order_acquire));
+  }
+  uint64_t remaining() const { return remaining_.load(std::memory_order_acquire); }
+
+  // Fault: kAbsent|kBulkRequested → kUrgentRequested. True if the caller must send the
+  // urgent request; *seen receives the state found.
+  bool MarkUrgent(uint64_t p, PageState* seen);
+  // Arrival: kAbsent|kBulkRequested|kUrgentRequested → kPlacing, or a discarded page
+  // kDiscarded → kPlacingDiscarded when `discarded_too`. Returns false if not claimable;
+  // *prev receives the state found.
+  bool Claim(uint64_t p, PageState* prev, bool discarded_too = false);
+  // The claimer placed the page: kPlacing|kPlacingDiscarded → kPresent. False if the page was
+  // discarded meanwhile (it stays kDiscarded).
+  bool Complete(uint64_t p);
+  // The claimer could not place the page: back to kAbsent (or kDiscarded).
+  void Release(uint64_t p);
+  // REMOVE/UNMAP: any state → kDiscarded.
+  void Discard(uint64_t p);
+  // Background pull: from `from`, skip to the first kAbsent page and turn up to `max`
+  // consecutive kAbsent pages into kBulkRequested. Returns the count (0: none at or after
+  // `from`); *first receives the run's first page.
+  uint32_t ClaimBulkRun(uint64_t from, uint32_t max, uint64_t* first);
+
+  size_t memory_bytes() const { return pages_ * sizeof(state_[0]); }
+
+ private:
+  bool Cas(uint64_t p, PageState& expected, PageState to) {
+    uint8_t e = static_cast<uint8_t>(expected);
+    bool ok = state_[p].compare_exchange_strong(e, static_cast<uint8_t>(to),
+                                                std::memory_order_acq_rel);
+    expected = static_cast<PageState>(e);
+    return ok;
+  }
+  void CountDone() { remaining_.fetch_sub(1, std::memory_order_acq_rel); }
+
+  uint64_t pages_;
+  std::unique_ptr<std::atomic<uint8_t>[]> state_;
+  std::atomic<uint64_t> remaining_;
+};
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_ENGINE_PAGE_STATE_H_

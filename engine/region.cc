@@ -1,0 +1,181 @@
+#include "engine/region.h"
+
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <linux/memfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "base/errno_status.h"
+
+// Debian 12's linux/kvm.h predates guest_memfd: the 6.18 UAPI bits we need.
+#ifndef KVM_CREATE_GUEST_MEMFD
+struct kvm_create_guest_memfd {
+  __u64 size;
+  __u64 flags;
+  __u64 reserved[6];
+};
+#define KVM_CREATE_GUEST_MEMFD _IOWR(KVMIO, 0xd4, struct kvm_create_guest_memfd)
+#endif
+#ifndef GUEST_MEMFD_FLAG_MMAP
+#define GUEST_MEMFD_FLAG_MMAP (1ULL << 0)
+#define GUEST_MEMFD_FLAG_INIT_SHARED (1ULL << 1)
+#endif
+
+namespace faultline {
+
+const char* RegionKindName(RegionKind k) {
+  switch (k) {
+    case RegionKind::kAnonymous: return "anon";
+    case RegionKind::kMemfd: return "memfd";
+    case RegionKind::kHugetlb: return "hugetlb";
+    case RegionKind::kGuestMemfd: return "guest_memfd";
+  }
+  return "?";
+}
+
+absl::StatusOr<RegionKind> ParseRegionKind(const std::string& s) {
+  if (s == "anon" || s == "anonymous") return RegionKind::kAnonymous;
+  if (s == "memfd" || s == "shmem") return RegionKind::kMemfd;
+  if (s == "hugetlb" || s == "hugetlbfs") return RegionKind::kHugetlb;
+  if (s == "guest_memfd" || s == "gmem") return RegionKind::kGuestMemfd;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown region kind '", s, "' (anon, memfd, hugetlb, guest_memfd)"));
+}
+
+absl::StatusOr<UniqueFd> CreateKvmVm() {
+  UniqueFd kvm(open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  if (!kvm.valid()) return ErrnoStatus("open /dev/kvm (guest_memfd needs KVM)");
+  int vm = ioctl(kvm.get(), KVM_CREATE_VM, 0);
+  if (vm < 0) return ErrnoStatus("KVM_CREATE_VM");
+  return UniqueFd(vm);
+}
+
+absl::StatusOr<UniqueFd> CreateGuestMemfd(int vm_fd, uint64_t size) {
+  struct kvm_create_guest_memfd g = {};
+  g.size = size;
+  g.flags = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
+  int fd = ioctl(vm_fd, KVM_CREATE_GUEST_MEMFD, &g);
+  if (fd < 0) {
+    return ErrnoStatus("KVM_CREATE_GUEST_MEMFD (MMAP|INIT_SHARED; needs Linux 6.18+)");
+  }
+  return UniqueFd(fd);
+}
+
+static absl::StatusOr<uint8_t*> MapShared(int fd, uint64_t size, uint64_t offset,
+                                          const char* what) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                 static_cast<off_t>(offset));
+  if (p == MAP_FAILED) {
+    if (errno == ENOMEM && std::string(what) == "hugetlb") {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "mmap hugetlb region of ", size >> 20,
+          " MiB: not enough free 2 MiB huge pages; reserve them with "
+          "`echo N > /proc/sys/vm/nr_hugepages` (N = pages needed, twice for a local run)"));
+    }
+    return ErrnoStatus(absl::StrCat("mmap ", what));
+  }
+  return static_cast<uint8_t*>(p);
+}
+
+absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Create(const std::string& name,
+                                                                 RegionKind kind,
+                                                                 uint64_t size) {
+  std::unique_ptr<GuestRegion> r(new GuestRegion());
+  r->name_ = name;
+  r->kind_ = kind;
+  r->size_ = size;
+  r->page_size_ = kind == RegionKind::kHugetlb ? (2u << 20) : 4096u;
+  if (size == 0 || size % r->page_size_) {
+    return absl::InvalidArgumentError(absl::StrCat("region '", name, "' size ", size,
+                                                   " is not a multiple of its page size ",
+                                                   r->page_size_));
+  }
+  switch (kind) {
+    case RegionKind::kAnonymous: {
+      void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) return ErrnoStatus("mmap anonymous region");
+      // Post-copy places 4 KiB pages: THP would turn one fault into a 2 MiB zero fill.
+      madvise(p, size, MADV_NOHUGEPAGE);
+      r->base_ = static_cast<uint8_t*>(p);
+      r->owns_base_ = true;
+      return r;
+    }
+    case RegionKind::kMemfd:
+    case RegionKind::kHugetlb: {
+      unsigned flags = MFD_CLOEXEC;
+      if (kind == RegionKind::kHugetlb) flags |= MFD_HUGETLB | MFD_HUGE_2MB;
+      r->fd_.reset(memfd_create(name.c_str(), flags));
+      if (!r->fd_.valid()) return ErrnoStatus("memfd_create");
+      if (ftruncate(r->fd_.get(), static_cast<off_t>(size)) < 0) {
+        return ErrnoStatus("ftruncate memfd");
+      }
+      const char* what = kind == RegionKind::kHugetlb ? "hugetlb" : "memfd";
+      absl::StatusOr<uint8_t*> base = MapShared(r->fd_.get(), size, 0, what);
+      if (!base.ok()) return base.status();
+      r->base_ = *base;
+      r->owns_base_ = true;
+      if (kind == RegionKind::kMemfd) {
+        absl::StatusOr<uint8_t*> alias = MapShared(r->fd_.get(), size, 0, "memfd alias");
+        if (!alias.ok()) return alias.status();
+        r->alias_ = *alias;
+      }
+      return r;
+    }
+    case RegionKind::kGuestMemfd: {
+      absl::StatusOr<UniqueFd> vm = CreateKvmVm();
+      if (!vm.ok()) return vm.status();
+      absl::StatusOr<UniqueFd> g = CreateGuestMemfd(vm->get(), size);
+      if (!g.ok()) return g.status();
+      r->vm_fd_ = std::move(*vm);
+      r->fd_ = std::move(*g);
+      absl::StatusOr<uint8_t*> base = MapShared(r->fd_.get(), size, 0, "guest_memfd");
+      if (!base.ok()) return base.status();
+      r->base_ = *base;
+      r->owns_base_ = true;
+      absl::StatusOr<uint8_t*> alias = MapShared(r->fd_.get(), size, 0, "guest_memfd alias");
+      if (!alias.ok()) return alias.status();
+      r->alias_ = *alias;
+      return r;
+    }
+  }
+  return absl::InvalidArgumentError("bad region kind");
+}
+
+absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Adopt(const std::string& name,
+                                                                RegionKind kind, uint8_t* base,
+                                                                uint64_t size, uint32_t page_size,
+                                                                UniqueFd fd, uint64_t offset) {
+  std::unique_ptr<GuestRegion> r(new GuestRegion());
+  r->name_ = name;
+  r->kind_ = kind;
+  r->base_ = base;
+  r->size_ = size;
+  r->page_size_ = page_size;
+  r->fd_ = std::move(fd);
+  if (page_size == 0 || size % page_size) {
+    return absl::InvalidArgumentError(absl::StrCat("region '", name, "': bad size/page size"));
+  }
+  if ((kind == RegionKind::kMemfd || kind == RegionKind::kGuestMemfd)) {
+    if (!r->fd_.valid()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("region '", name, "' of kind ", RegionKindName(kind), " needs its fd"));
+    }
+    absl::StatusOr<uint8_t*> alias = MapShared(r->fd_.get(), size, offset, "alias");
+    if (!alias.ok()) return alias.status();
+    r->alias_ = *alias;
+  }
+  return r;
+}
+
+GuestRegion::~GuestRegion() {
+  if (alias_) munmap(alias_, size_);
+  if (owns_base_ && base_) munmap(base_, size_);
+}
+
+}  // namespace faultline

@@ -1,0 +1,75 @@
+// GuestRegion: one range of destination guest memory and how its pages are placed.
+//
+//   kind        registered        absent page placed by          page size
+//   anonymous   MISSING           UFFDIO_COPY / ZEROPAGE         4 KiB
+//   memfd       MISSING | MINOR   write via alias + CONTINUE     4 KiB
+//   hugetlb     MISSING           whole-page UFFDIO_COPY         2 MiB
+//   guest_memfd MISSING | MINOR   as memfd — needs the kernel/ series; a stock kernel refuses
+//                                 the registration and faultline says so
+#ifndef FAULTLINE_ENGINE_REGION_H_
+#define FAULTLINE_ENGINE_REGION_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "base/unique_fd.h"
+
+namespace faultline {
+
+enum class RegionKind { kAnonymous, kMemfd, kHugetlb, kGuestMemfd };
+
+const char* RegionKindName(RegionKind k);
+absl::StatusOr<RegionKind> ParseRegionKind(const std::string& s);
+
+class GuestRegion {
+ public:
+  // Creates fresh destination memory of `kind` (no page present yet).
+  static absl::StatusOr<std::unique_ptr<GuestRegion>> Create(const std::string& name,
+                                                             RegionKind kind, uint64_t size);
+  // Wraps memory a VMM owns: `base` is its mapping in this process (the one registered with
+  // the uffd), `fd`/`offset` its backing file (memfd, hugetlbfs, guest_memfd), -1 for anonymous.
+  // An alias mapping of the fd is made here when the kind places through one.
+  static absl::StatusOr<std::unique_ptr<GuestRegion>> Adopt(const std::string& name,
+                                                            RegionKind kind, uint8_t* base,
+                                                            uint64_t size, uint32_t page_size,
+                                                            UniqueFd fd, uint64_t offset);
+  ~GuestRegion();
+
+  const std::string& name() const { return name_; }
+  RegionKind kind() const { return kind_; }
+  uint8_t* base() const { return base_; }      // the registered mapping (what the guest sees)
+  uint8_t* alias() const { return alias_; }    // a second, unregistered mapping, or null
+  int fd() const { return fd_.get(); }
+  uint64_t size() const { return size_; }
+  uint32_t page_size() const { return page_size_; }
+  uint64_t pages() const { return size_ / page_size_; }
+  uint8_t* page(uint64_t i) const { return base_ + i * page_size_; }
+  // Whether pages are placed by writing the alias then UFFDIO_CONTINUE.
+  bool places_via_alias() const { return alias_ != nullptr; }
+  bool register_minor() const {
+    return kind_ == RegionKind::kMemfd || kind_ == RegionKind::kGuestMemfd;
+  }
+
+ private:
+  GuestRegion() = default;
+  std::string name_;
+  RegionKind kind_ = RegionKind::kAnonymous;
+  uint8_t* base_ = nullptr;
+  uint8_t* alias_ = nullptr;
+  bool owns_base_ = false;
+  UniqueFd fd_;
+  UniqueFd vm_fd_;  // guest_memfd only: the VM that owns it
+  uint64_t size_ = 0;
+  uint32_t page_size_ = 4096;
+};
+
+// guest_memfd: creates a KVM VM and a guest_memfd of `size` (MMAP | INIT_SHARED).
+absl::StatusOr<UniqueFd> CreateGuestMemfd(int vm_fd, uint64_t size);
+absl::StatusOr<UniqueFd> CreateKvmVm();
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_ENGINE_REGION_H_

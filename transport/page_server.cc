@@ -1,0 +1,246 @@
+#include "transport/page_server.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "base/crc32c.h"
+#include "base/errno_status.h"
+#include "transport/socket.h"
+
+namespace faultline {
+
+absl::StatusOr<SourceRegion> SourceRegion::MapFd(const std::string& name, int fd,
+                                                 uint64_t offset, uint64_t size,
+                                                 uint32_t page_size) {
+  if (name.empty() || name.size() > kMaxRegionName) {
+    return absl::InvalidArgumentError(absl::StrCat("region name '", name, "' must be 1..",
+                                                   kMaxRegionName, " bytes"));
+  }
+  if (page_size < 4096 || (page_size & (page_size - 1)) || size == 0 || size % page_size ||
+      offset % page_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "region '", name, "': size ", size, " and offset ", offset,
+        " must be non-zero multiples of the page size ", page_size));
+  }
+  struct stat st;
+  if (fstat(fd, &st) < 0) return ErrnoStatus("fstat");
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < offset + size) {
+    return absl::InvalidArgumentError(absl::StrCat("region '", name, "': file holds ", st.st_size,
+                                                   " bytes, need ", offset + size));
+  }
+  void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+  if (p == MAP_FAILED) return ErrnoStatus(absl::StrCat("mmap source region '", name, "'"));
+  SourceRegion r;
+  r.info_ = RegionInfo{name, size, page_size};
+  r.base_ = static_cast<const uint8_t*>(p);
+  r.map_len_ = size;
+  return r;
+}
+
+absl::StatusOr<SourceRegion> SourceRegion::MapFile(const std::string& name,
+                                                   const std::string& path, uint64_t offset,
+                                                   uint64_t size, uint32_t page_size) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus(absl::StrCat("open ", path));
+  return MapFd(name, fd.get(), offset, size, page_size);
+}
+
+SourceRegion::SourceRegion(SourceRegion&& o) noexcept
+    : info_(std::move(o.info_)),
+      base_(std::exchange(o.base_, nullptr)),
+      map_len_(std::exchange(o.map_len_, 0)) {}
+
+SourceRegion::~SourceRegion() {
+  if (base_) munmap(const_cast<uint8_t*>(base_), map_len_);
+}
+
+PageServer::PageServer(std::vector<SourceRegion> regions, Token token)
+    : regions_(std::move(regions)), token_(token), stop_fd_(eventfd(0, EFD_CLOEXEC)) {
+  for (const SourceRegion& r : regions_) table_.push_back(r.info());
+}
+
+PageServer::~PageServer() {
+  Shutdown();
+  std::lock_guard<std::mutex> l(mu_);
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+std::vector<RegionInfo> PageServer::region_table() const { return table_; }
+
+void PageServer::Shutdown() {
+  uint64_t one = 1;
+  (void)!write(stop_fd_.get(), &one, sizeof(one));
+  std::lock_guard<std::mutex> l(mu_);
+  for (int fd : live_fds_) ::shutdown(fd, SHUT_RDWR);
+}
+
+absl::Status PageServer::Serve(int listen_fd) {
+  absl::Status result = absl::CancelledError("page server shut down before the migration ended");
+  while (true) {
+    struct pollfd p[2] = {{listen_fd, POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
+    int n = poll(p, 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus("poll");
+    if (p[1].revents) break;
+    if (!(p[0].revents & POLLIN)) continue;
+    UniqueFd fd(accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
+    if (!fd.valid()) continue;
+    std::lock_guard<std::mutex> l(mu_);
+    live_fds_.push_back(fd.get());
+    threads_.emplace_back([this, f = fd.release()]() mutable { ServeConnection(UniqueFd(f)); });
+  }
+  if (done_.load()) result = absl::OkStatus();
+  // Close every connection and wait for its thread.
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (int fd : live_fds_) ::shutdown(fd, SHUT_RDWR);
+    threads.swap(threads_);
+  }
+  for (std::thread& t : threads) t.join();
+  return result;
+}
+
+absl::Status PageServer::Handshake(int fd, Channel* ch) {
+  struct timeval tv = {10, 0};  // a silent peer must not hold a thread forever
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  FrameHeader h;
+  std::string payload;
+  if (absl::Status s = ReadSmallFrame(fd, &h, &payload); !s.ok()) return s;
+  if (h.type != FrameType::kHello) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected HELLO, got ", FrameTypeName(h.type)));
+  }
+  absl::StatusOr<Hello> hello = DecodeHello(
+      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
+  if (!hello.ok()) return hello.status();
+  if (!TokensEqual(hello->token, token_)) {
+    return absl::PermissionDeniedError("authentication failed: wrong migration token");
+  }
+  *ch = hello->channel;
+  tv = {0, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  if (*ch == Channel::kUrgent) {
+    int one = 1, prio = 6;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio));
+  } else {
+    int big = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+  }
+  Welcome w;
+  w.regions = table_;
+  std::string out;
+  EncodeWelcome(w, &out);
+  return WriteAll(fd, out.data(), out.size());
+}
+
+void PageServer::ServeConnection(UniqueFd fd) {
+  Channel ch = Channel::kUrgent;
+  absl::Status s = Handshake(fd.get(), &ch);
+  if (!s.ok()) stats_.refused_connections.fetch_add(1);
+  while (s.ok()) {
+    FrameHeader h;
+    std::string payload;
+    s = ReadSmallFrame(fd.get(), &h, &payload);
+    if (!s.ok()) break;
+    auto span =
+        absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
+    if (h.type == FrameType::kRequest || h.type == FrameType::kVerify) {
+      absl::StatusOr<PageRange> r = DecodeRange(span);
+      if (!r.ok()) {
+        s = r.status();
+        break;
+      }
+      s = CheckRange(*r, table_, kMaxPagesPerFrame);
+      if (s.ok() && h.type == FrameType::kRequest &&
+          uint64_t{r->count} * table_[r->region].page_size > kMaxPagesPayload) {
+        s = absl::OutOfRangeError(absl::StrCat("request for ", r->count, " pages of ",
+                                               table_[r->region].page_size,
+                                               " bytes exceeds one frame"));
+      }
+      if (!s.ok()) {
+        stats_.refused_requests.fetch_add(1);
+        break;
+      }
+      s = h.type == FrameType::kRequest ? SendPages(fd.get(), *r, ch)
+                                        : SendVerified(fd.get(), *r);
+    } else if (h.type == FrameType::kDone) {
+      done_.store(true);
+      uint64_t one = 1;
+      (void)!write(stop_fd_.get(), &one, sizeof(one));
+      break;
+    } else {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("unexpected ", FrameTypeName(h.type), " frame from the destination"));
+    }
+  }
+  if (!s.ok() && s.code() != absl::StatusCode::kUnavailable) {
+    std::string out;
+    EncodeError(s, &out);
+    (void)WriteAll(fd.get(), out.data(), out.size());
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  live_fds_.erase(std::remove(live_fds_.begin(), live_fds_.end(), fd.get()), live_fds_.end());
+}
+
+absl::Status PageServer::SendPages(int fd, const PageRange& r, Channel ch) {
+  const SourceRegion& reg = regions_[r.region];
+  const uint32_t ps = reg.info().page_size;
+  std::vector<PageDesc> descs(r.count);
+  std::vector<struct iovec> iov;
+  iov.reserve(r.count + 1);
+  iov.push_back({});
+  uint64_t data_bytes = 0, zeros = 0;
+  for (uint32_t i = 0; i < r.count; ++i) {
+    const uint8_t* page = reg.base() + (r.first + i) * ps;
+    if (IsZeroPage(page, ps)) {
+      descs[i].flags = kPageZero;
+      ++zeros;
+      continue;
+    }
+    descs[i].crc = Crc32c(page, ps);
+    // Coalesce adjacent data pages into one iovec.
+    if (iov.size() > 1 && static_cast<uint8_t*>(iov.back().iov_base) + iov.back().iov_len == page) {
+      iov.back().iov_len += ps;
+    } else {
+      iov.push_back({const_cast<uint8_t*>(page), ps});
+    }
+    data_bytes += ps;
+  }
+  std::string prefix;
+  EncodePagesPrefix(PagesHead{r.region, r.count, r.first}, descs, ps, &prefix);
+  iov[0] = {prefix.data(), prefix.size()};
+  absl::Status s = WritevAll(fd, iov.data(), static_cast<int>(iov.size()));
+  if (s.ok()) {
+    (ch == Channel::kUrgent ? stats_.urgent_pages : stats_.bulk_pages).fetch_add(r.count - zeros);
+    stats_.zero_pages.fetch_add(zeros);
+    stats_.bytes.fetch_add(prefix.size() + data_bytes);
+  }
+  return s;
+}
+
+absl::Status PageServer::SendVerified(int fd, const PageRange& r) {
+  const SourceRegion& reg = regions_[r.region];
+  const uint32_t ps = reg.info().page_size;
+  std::vector<uint32_t> crcs(r.count);
+  for (uint32_t i = 0; i < r.count; ++i) crcs[i] = Crc32c(reg.base() + (r.first + i) * ps, ps);
+  std::string out;
+  EncodeVerified(r, crcs, &out);
+  return WriteAll(fd, out.data(), out.size());
+}
+
+}  // namespace faultline

@@ -1,0 +1,85 @@
+// PageServer: the source side. Serves the frozen source VM's memory, mapped read-only, to one
+// migration's destination over TCP. Each connection says in its HELLO whether it is the urgent
+// or the bulk channel; each gets its own thread, so an urgent request is answered at once,
+// never behind a bulk batch being written. The destination drives the background order (it
+// knows what it still lacks); the server answers requests, refuses anything outside the
+// regions, and stops when the destination sends DONE.
+#ifndef FAULTLINE_TRANSPORT_PAGE_SERVER_H_
+#define FAULTLINE_TRANSPORT_PAGE_SERVER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "base/unique_fd.h"
+#include "transport/protocol.h"
+
+namespace faultline {
+
+// One region of source memory: a read-only mapping of the VM's RAM fd.
+class SourceRegion {
+ public:
+  // Maps [offset, offset+size) of `path` (a file, a memfd via /proc/self/fd/N, or a
+  // hugetlbfs file) read-only.
+  static absl::StatusOr<SourceRegion> MapFile(const std::string& name, const std::string& path,
+                                              uint64_t offset, uint64_t size, uint32_t page_size);
+  static absl::StatusOr<SourceRegion> MapFd(const std::string& name, int fd, uint64_t offset,
+                                            uint64_t size, uint32_t page_size);
+  SourceRegion(SourceRegion&&) noexcept;
+  SourceRegion& operator=(SourceRegion&&) = delete;
+  ~SourceRegion();
+  const RegionInfo& info() const { return info_; }
+  const uint8_t* base() const { return base_; }
+
+ private:
+  SourceRegion() = default;
+  RegionInfo info_;
+  const uint8_t* base_ = nullptr;
+  size_t map_len_ = 0;
+};
+
+struct ServerStats {
+  std::atomic<uint64_t> urgent_pages{0}, bulk_pages{0}, zero_pages{0}, bytes{0};
+  std::atomic<uint64_t> refused_requests{0}, refused_connections{0};
+};
+
+class PageServer {
+ public:
+  PageServer(std::vector<SourceRegion> regions, Token token);
+  ~PageServer();
+
+  // Accepts and serves connections on `listen_fd` until a destination sends DONE (returns
+  // OK) or Shutdown() is called (returns Cancelled).
+  absl::Status Serve(int listen_fd);
+  // Thread-safe: makes Serve() return soon.
+  void Shutdown();
+
+  const ServerStats& stats() const { return stats_; }
+  std::vector<RegionInfo> region_table() const;
+
+ private:
+  void ServeConnection(UniqueFd fd);
+  absl::Status Handshake(int fd, Channel* ch);
+  absl::Status SendPages(int fd, const PageRange& r, Channel ch);
+  absl::Status SendVerified(int fd, const PageRange& r);
+
+  std::vector<SourceRegion> regions_;
+  std::vector<RegionInfo> table_;
+  Token token_;
+  UniqueFd stop_fd_;  // eventfd
+  std::atomic<bool> done_{false};
+  std::mutex mu_;
+  std::vector<std::thread> threads_;
+  std::vector<int> live_fds_;
+  ServerStats stats_;
+};
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_TRANSPORT_PAGE_SERVER_H_

@@ -1,0 +1,244 @@
+#include "transport/tcp_page_source.h"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "base/crc32c.h"
+#include "transport/socket.h"
+
+namespace faultline {
+
+absl::StatusOr<UniqueFd> OpenChannel(const TcpSourceOptions& opts, Channel ch,
+                                     std::vector<RegionInfo>* regions) {
+  absl::StatusOr<UniqueFd> fd = ConnectTcp(opts.address, opts.connect_timeout);
+  if (!fd.ok()) return fd.status();
+  std::string out;
+  Hello hello;
+  hello.channel = ch;
+  hello.token = opts.token;
+  EncodeHello(hello, &out);
+  if (absl::Status s = WriteAll(fd->get(), out.data(), out.size()); !s.ok()) return s;
+  FrameHeader h;
+  std::string payload;
+  if (absl::Status s = ReadSmallFrame(fd->get(), &h, &payload); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("handshake with ", opts.address, ": ", s.message()));
+  }
+  if (h.type != FrameType::kWelcome) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("handshake: expected WELCOME, got ", FrameTypeName(h.type)));
+  }
+  absl::StatusOr<Welcome> w = DecodeWelcome(
+      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
+  if (!w.ok()) return w.status();
+  *regions = std::move(w->regions);
+  return fd;
+}
+
+absl::StatusOr<std::unique_ptr<TcpPageSource>> TcpPageSource::Connect(
+    const TcpSourceOptions& opts) {
+  std::unique_ptr<TcpPageSource> src(new TcpPageSource());
+  src->opts_ = opts;
+  std::vector<RegionInfo> bulk_regions;
+  absl::StatusOr<UniqueFd> urgent = OpenChannel(opts, Channel::kUrgent, &src->regions_);
+  if (!urgent.ok()) return urgent.status();
+  absl::StatusOr<UniqueFd> bulk = OpenChannel(opts, Channel::kBulk, &bulk_regions);
+  if (!bulk.ok()) return bulk.status();
+  if (bulk_regions.size() != src->regions_.size()) {
+    return absl::FailedPreconditionError("source announced different regions on its channels");
+  }
+  int big = 4 << 20;
+  setsockopt(bulk->get(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+  src->conns_[0].fd = std::move(*urgent);
+  src->conns_[1].fd = std::move(*bulk);
+  return src;
+}
+
+TcpPageSource::~TcpPageSource() { Stop(); }
+
+absl::Status TcpPageSource::Start(PageSink* sink) {
+  sink_ = sink;
+  uint32_t max_page = 0;
+  for (const RegionInfo& r : regions_) max_page = std::max(max_page, r.page_size);
+  for (int ch = 0; ch < 2; ++ch) {
+    scratch_[ch].resize(max_page);
+    conns_[ch].rx = std::thread([this, ch] { ReceiveLoop(static_cast<Channel>(ch)); });
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TcpPageSource::Request(Conn& c, uint32_t region, uint64_t first, uint32_t count) {
+  PageRange r{region, count, first};
+  if (absl::Status s = CheckRange(r, regions_, kMaxPagesPerFrame); !s.ok()) return s;
+  char buf[kHeaderSize + 16];
+  std::string out;
+  out.reserve(sizeof(buf));
+  EncodeRequest(r, &out);
+  std::lock_guard<std::mutex> l(c.write_mu);
+  return WriteAll(c.fd.get(), out.data(), out.size());
+}
+
+absl::Status TcpPageSource::RequestUrgent(uint32_t region, uint64_t page) {
+  return Request(conns_[0], region, page, 1);
+}
+
+absl::Status TcpPageSource::RequestBulk(uint32_t region, uint64_t first, uint32_t count) {
+  return Request(conns_[1], region, first, count);
+}
+
+absl::Status TcpPageSource::Finish() {
+  std::string out;
+  EncodeDone(&out);
+  std::lock_guard<std::mutex> l(conns_[0].write_mu);
+  return WriteAll(conns_[0].fd.get(), out.data(), out.size());
+}
+
+void TcpPageSource::Stop() {
+  stopping_.store(true);
+  for (Conn& c : conns_) {
+    if (c.fd.valid()) ::shutdown(c.fd.get(), SHUT_RDWR);
+  }
+  for (Conn& c : conns_) {
+    if (c.rx.joinable()) c.rx.join();
+  }
+}
+
+void TcpPageSource::ReceiveLoop(Channel ch) {
+  int fd = conns_[static_cast<int>(ch)].fd.get();
+  absl::Status status;
+  while (status.ok()) {
+    uint8_t hb[kHeaderSize];
+    if (opts_.busy_poll && ch == Channel::kUrgent) {
+      // Spin until the header's first byte is there, then read normally.
+      while (!stopping_.load(std::memory_order_relaxed)) {
+        ssize_t r = ::recv(fd, hb, 1, MSG_DONTWAIT | MSG_PEEK);
+        if (r > 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) || r == 0) break;
+      }
+    }
+    status = ReadAll(fd, hb, sizeof(hb));
+    if (!status.ok()) break;
+    absl::StatusOr<FrameHeader> h = DecodeHeader(absl::MakeConstSpan(hb, sizeof(hb)));
+    if (!h.ok()) {
+      status = h.status();
+      break;
+    }
+    if (h->type == FrameType::kPages) {
+      status = ReceivePages(ch, fd, *h);
+      continue;
+    }
+    std::string payload(h->length, '\0');
+    status = ReadAll(fd, payload.data(), payload.size());
+    if (!status.ok()) break;
+    if (h->type == FrameType::kError) {
+      absl::StatusOr<ErrorFrame> e = DecodeError(absl::MakeConstSpan(
+          reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
+      status = e.ok() ? PeerError(*e) : e.status();
+    } else {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("unexpected ", FrameTypeName(h->type), " frame from the source"));
+    }
+  }
+  if (stopping_.load()) return;
+  if (status.code() == absl::StatusCode::kInvalidArgument) {
+    // Tell the source why we are hanging up (best effort).
+    std::string out;
+    EncodeError(status, &out);
+    std::lock_guard<std::mutex> l(conns_[static_cast<int>(ch)].write_mu);
+    (void)WriteAll(fd, out.data(), out.size());
+  }
+  sink_->Failed(ch, absl::Status(status.code(),
+                                 absl::StrCat(ch == Channel::kUrgent ? "urgent" : "bulk",
+                                              " channel: ", status.message())));
+}
+
+absl::Status TcpPageSource::ReceivePages(Channel ch, int fd, const FrameHeader& h) {
+  uint8_t head_buf[kPagesHeadSize];
+  if (h.length < kPagesHeadSize) return absl::InvalidArgumentError("malformed PAGES frame: short");
+  if (absl::Status s = ReadAll(fd, head_buf, sizeof(head_buf)); !s.ok()) return s;
+  absl::StatusOr<PagesHead> head = DecodePagesHead(absl::MakeConstSpan(head_buf));
+  if (!head.ok()) return head.status();
+  PageRange range{head->region, head->count, head->first};
+  if (absl::Status s = CheckRange(range, regions_, kMaxPagesPerFrame); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("PAGES frame out of range: ", s.message()));
+  }
+  const uint32_t page_size = regions_[head->region].page_size;
+  std::vector<uint8_t> desc_buf(size_t{head->count} * kPageDescSize);
+  if (absl::Status s = ReadAll(fd, desc_buf.data(), desc_buf.size()); !s.ok()) return s;
+  absl::StatusOr<std::vector<PageDesc>> descs =
+      DecodePageDescs(desc_buf, head->count, page_size, h.length);
+  if (!descs.ok()) return descs.status();
+  for (uint32_t i = 0; i < head->count; ++i) {
+    const uint64_t page = head->first + i;
+    if ((*descs)[i].zero()) {
+      sink_->Arrived(ch, head->region, page, i, Arrival::kZero);
+      continue;
+    }
+    uint8_t* dst = sink_->Land(ch, head->region, page, i);
+    absl::Status s = ReadAll(fd, dst, page_size);
+    if (!s.ok()) {
+      sink_->Arrived(ch, head->region, page, i, Arrival::kCorrupt);
+      return s;
+    }
+    bool ok = Crc32c(dst, page_size) == (*descs)[i].crc;
+    sink_->Arrived(ch, head->region, page, i, ok ? Arrival::kData : Arrival::kCorrupt);
+  }
+  sink_->FrameDone(ch, head->region, head->first, head->count);
+  return absl::OkStatus();
+}
+
+}  // namespace faultline
+
+namespace faultline {
+
+absl::StatusOr<uint64_t> VerifyAgainstSource(const TcpSourceOptions& opts,
+                                             const std::vector<const uint8_t*>& bases,
+                                             uint64_t* verified, bool send_done) {
+  std::vector<RegionInfo> regions;
+  absl::StatusOr<UniqueFd> fd = OpenChannel(opts, Channel::kUrgent, &regions);
+  if (!fd.ok()) return fd.status();
+  if (regions.size() != bases.size()) {
+    return absl::FailedPreconditionError("verify: region count differs from the source's");
+  }
+  uint64_t bad = 0;
+  *verified = 0;
+  for (uint32_t ri = 0; ri < regions.size(); ++ri) {
+    const RegionInfo& r = regions[ri];
+    for (uint64_t first = 0; first < r.pages(); first += kMaxPagesPerFrame) {
+      PageRange range{ri, static_cast<uint32_t>(std::min<uint64_t>(kMaxPagesPerFrame,
+                                                                   r.pages() - first)),
+                      first};
+      std::string out;
+      EncodeVerify(range, &out);
+      if (absl::Status s = WriteAll(fd->get(), out.data(), out.size()); !s.ok()) return s;
+      FrameHeader h;
+      std::string payload;
+      if (absl::Status s = ReadSmallFrame(fd->get(), &h, &payload); !s.ok()) return s;
+      if (h.type != FrameType::kVerified) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("verify: expected VERIFIED, got ", FrameTypeName(h.type)));
+      }
+      PageRange got;
+      absl::StatusOr<std::vector<uint32_t>> crcs = DecodeVerified(
+          absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()),
+          &got);
+      if (!crcs.ok()) return crcs.status();
+      if (got.region != range.region || got.first != range.first || got.count != range.count) {
+        return absl::InvalidArgumentError("verify: VERIFIED answers a different range");
+      }
+      for (uint32_t i = 0; i < range.count; ++i) {
+        const uint8_t* page = bases[ri] + (first + i) * r.page_size;
+        if (Crc32c(page, r.page_size) != (*crcs)[i]) ++bad;
+        ++*verified;
+      }
+    }
+  }
+  if (send_done) {
+    std::string out;
+    EncodeDone(&out);
+    (void)WriteAll(fd->get(), out.data(), out.size());
+  }
+  return bad;
+}
+
+}  // namespace faultline

@@ -1,0 +1,77 @@
+// TcpPageSource: the destination's TCP transport. Two connections per migration:
+//  - urgent: fault requests only, TCP_NODELAY, its own receive thread — never behind bulk;
+//  - bulk: background batches, received straight into the place the engine chose.
+#ifndef FAULTLINE_TRANSPORT_TCP_PAGE_SOURCE_H_
+#define FAULTLINE_TRANSPORT_TCP_PAGE_SOURCE_H_
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "base/unique_fd.h"
+#include "transport/page_source.h"
+
+namespace faultline {
+
+struct TcpSourceOptions {
+  std::string address;  // host:port of the page server
+  Token token{};
+  absl::Duration connect_timeout = absl::Seconds(10);
+  // Spin on the urgent socket instead of sleeping in recv(): lower fault latency, one core.
+  bool busy_poll = false;
+};
+
+class TcpPageSource : public PageSource {
+ public:
+  static absl::StatusOr<std::unique_ptr<TcpPageSource>> Connect(const TcpSourceOptions& opts);
+  ~TcpPageSource() override;
+
+  const std::vector<RegionInfo>& regions() const override { return regions_; }
+  absl::Status Start(PageSink* sink) override;
+  absl::Status RequestUrgent(uint32_t region, uint64_t page) override;
+  absl::Status RequestBulk(uint32_t region, uint64_t first, uint32_t count) override;
+  absl::Status Finish() override;
+  void Stop() override;
+
+ private:
+  struct Conn {
+    UniqueFd fd;
+    std::mutex write_mu;  // one writer at a time
+    std::thread rx;
+  };
+  TcpPageSource() = default;
+  absl::Status Request(Conn& c, uint32_t region, uint64_t first, uint32_t count);
+  void ReceiveLoop(Channel ch);
+  absl::Status ReceivePages(Channel ch, int fd, const FrameHeader& h);
+
+  TcpSourceOptions opts_;
+  std::vector<RegionInfo> regions_;
+  Conn conns_[2];  // indexed by Channel
+  PageSink* sink_ = nullptr;
+  std::atomic<bool> stopping_{false};
+  std::vector<uint8_t> scratch_[2];
+};
+
+// Opens one channel: connect, HELLO, WELCOME. Exposed for tests and the bench.
+absl::StatusOr<UniqueFd> OpenChannel(const TcpSourceOptions& opts, Channel ch,
+                                     std::vector<RegionInfo>* regions);
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_TRANSPORT_TCP_PAGE_SOURCE_H_
+
+namespace faultline {
+
+// Compares local memory with the source, page by page, by CRC32C (VERIFY frames over a fresh
+// connection); `bases[i]` is region i's memory. Returns the number of mismatching pages and
+// sets *verified. With send_done, tells the source DONE afterwards.
+absl::StatusOr<uint64_t> VerifyAgainstSource(const TcpSourceOptions& opts,
+                                             const std::vector<const uint8_t*>& bases,
+                                             uint64_t* verified, bool send_done);
+
+}  // namespace faultline
