@@ -17,7 +17,7 @@ uint32_t Engine::BatchPages(uint32_t region) const {
 }
 
 void Engine::PullMore() {
-  if (failed_.load() || source_ == nullptr) return;
+  if (failed_.load() || source_ == nullptr || !pull_enabled_.load()) return;
   std::lock_guard<std::mutex> g(pull_mu_);
   while (bulk_outstanding_ < opts_.bulk_window) {
     if (uint64_t hint = pull_hint_.exchange(0, std::memory_order_relaxed); hint != 0) {

@@ -21,6 +21,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
     return absl::InvalidArgumentError("bulk window and batch size must be positive");
   }
   std::unique_ptr<Engine> e(new Engine(std::move(uffd), opts));
+  e->pull_enabled_.store(opts.background_pull);
   if (!e->wake_fd_.valid()) return ErrnoStatus("eventfd");
   uint64_t key = 0;
   uint32_t max_ps = 0;
@@ -124,6 +125,11 @@ absl::Status Engine::Run(PageSource* source) {
   source->Stop();
   if (status.ok() && registered_) UnregisterAll();
   return status;
+}
+
+void Engine::StartBackgroundPull() {
+  pull_enabled_.store(true);
+  Signal();  // the fault loop's next tick calls PullMore()
 }
 
 void Engine::Cancel() {

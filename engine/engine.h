@@ -45,6 +45,9 @@ struct EngineOptions {
   // Send DONE to the source when every page is present. False when the caller still needs
   // the source afterwards (e.g. to verify against it) and sends DONE itself.
   bool finish_source = true;
+  // Pull pages nobody faulted on. False: only faults fetch pages until StartBackgroundPull()
+  // (tests and the fault-latency benchmark use this).
+  bool background_pull = true;
 };
 
 class Engine : public PageSink {
@@ -61,6 +64,7 @@ class Engine : public PageSink {
   // fails or Cancel() is called (the error; faulted threads stay blocked, never SIGBUS).
   absl::Status Run(PageSource* source);
   void Cancel();  // thread-safe
+  void StartBackgroundPull();  // thread-safe; see EngineOptions::background_pull
 
   uint64_t total_pages() const { return total_pages_; }
   uint64_t remaining_pages() const;
@@ -151,6 +155,7 @@ class Engine : public PageSink {
   uint32_t bulk_outstanding_ = 0;
   bool pull_idle_ = false;
   std::atomic<uint64_t> pull_hint_{0};  // key+1 of the last urgent fault
+  std::atomic<bool> pull_enabled_{true};
 
   EngineCounters counters_;
   PlacerCounters placer_counters_;

@@ -63,10 +63,15 @@ bool Engine::HandleFault(const struct uffd_msg& msg, uint64_t now_ns) {
       stats_.Resolved(key);
       break;
     case PageState::kDiscarded: {
-      // The guest dropped this page (REMOVE): its content is zeros now.
+      // The guest dropped this page (REMOVE). A MISSING fault means its content is gone:
+      // zeros. A MINOR fault (shmem after MADV_DONTNEED, which only unmaps) means the page
+      // cache still holds it: map it as it is.
       PageState prev;
       if (!rc.state.Claim(page, &prev, /*discarded_too=*/true)) return HandleFault(msg, now_ns);
-      absl::Status s = rc.placer.PlaceZero(page, 1, /*wake=*/true, /*retry_eagain=*/false);
+      const bool minor = msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
+      absl::Status s =
+          minor ? rc.placer.PlaceData(page, 1, nullptr, /*wake=*/true, /*retry_eagain=*/false)
+                : rc.placer.PlaceZero(page, 1, /*wake=*/true, /*retry_eagain=*/false);
       if (s.code() == absl::StatusCode::kUnavailable) {
         rc.state.Release(page);
         return false;  // another REMOVE is queued: read it, then retry this fault
@@ -122,6 +127,7 @@ absl::Status Engine::FaultLoop() {
       if (p[1].revents) {
         uint64_t v;
         (void)!read(wake_fd_.get(), &v, sizeof(v));
+        last_tick = 0;  // woken on purpose (e.g. StartBackgroundPull): run the tick work now
       }
     }
     absl::StatusOr<int> n = uffd_.Read(msgs, 64);

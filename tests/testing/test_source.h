@@ -1,0 +1,51 @@
+// TestSource: real source memory (a memfd, or hugetlb memfd, filled with the test pattern)
+// served by a real PageServer on a loopback port, on a thread of the test.
+#ifndef FAULTLINE_TESTS_TESTING_TEST_SOURCE_H_
+#define FAULTLINE_TESTS_TESTING_TEST_SOURCE_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "base/unique_fd.h"
+#include "transport/page_server.h"
+#include "transport/tcp_page_source.h"
+#include "workload/pattern.h"
+
+namespace faultline {
+
+class TestSource {
+ public:
+  static absl::StatusOr<std::unique_ptr<TestSource>> Start(uint64_t size, uint32_t page_size,
+                                                           PatternSpec pattern = {});
+  ~TestSource();
+
+  TcpSourceOptions options() const;  // address + token for TcpPageSource::Connect
+  const uint8_t* base() const { return base_; }
+  uint8_t* writable_base() { return base_; }
+  uint64_t size() const { return size_; }
+  uint32_t page_size() const { return page_size_; }
+  PageServer& server() { return *server_; }
+  const Token& token() const { return token_; }
+  int port() const { return port_; }
+  // Stops serving (closes every connection) and waits for the server thread.
+  void Stop();
+  // Pages of `mem` (same size) that differ from the source.
+  uint64_t CountMismatches(const uint8_t* mem) const;
+
+ private:
+  TestSource() = default;
+  UniqueFd fd_, listen_;
+  uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+  uint32_t page_size_ = 4096;
+  Token token_{};
+  int port_ = 0;
+  std::unique_ptr<PageServer> server_;
+  std::thread thread_;
+};
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_TESTS_TESTING_TEST_SOURCE_H_
