@@ -83,6 +83,7 @@ class Engine : public PageSink {
   void Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
                Arrival what) override;
   void FrameDone(Channel ch, uint32_t region, uint64_t first, uint32_t count) override;
+  void FrameAborted(Channel ch) override;
   void Failed(Channel ch, const absl::Status& why) override;
 
  private:

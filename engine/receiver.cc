@@ -163,6 +163,8 @@ void Engine::ReleaseUnplaced(Landing& l) {
   }
 }
 
+void Engine::FrameAborted(Channel ch) { ReleaseUnplaced(landing_[static_cast<int>(ch)]); }
+
 void Engine::Failed(Channel ch, const absl::Status& why) {
   ReleaseUnplaced(landing_[static_cast<int>(ch)]);
   Fail(why);

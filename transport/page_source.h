@@ -33,6 +33,10 @@ class PageSink {
                        Arrival what) = 0;
   // Every page of a frame has Arrived(): a batch boundary (bulk placement and wake-ups).
   virtual void FrameDone(Channel ch, uint32_t region, uint64_t first, uint32_t count) = 0;
+  // A frame broke off before all its pages arrived (stream error, or Stop()): every page the
+  // sink claimed for it and has not placed must be handed back. Always called for such a
+  // frame, even during Stop().
+  virtual void FrameAborted(Channel ch) = 0;
   // The transport can deliver nothing more (peer gone, protocol error). Called at most once
   // per channel, never after PageSource::Stop().
   virtual void Failed(Channel ch, const absl::Status& why) = 0;

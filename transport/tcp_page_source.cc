@@ -125,6 +125,7 @@ void TcpPageSource::ReceiveLoop(Channel ch) {
     }
     if (h->type == FrameType::kPages) {
       status = ReceivePages(ch, fd, *h);
+      if (!status.ok()) sink_->FrameAborted(ch);
       continue;
     }
     std::string payload(h->length, '\0');
