@@ -17,7 +17,10 @@ uint32_t Engine::BatchPages(uint32_t region) const {
 }
 
 void Engine::PullMore() {
-  if (failed_.load() || source_ == nullptr || !pull_enabled_.load()) return;
+  if (failed_.load() || secondary_at_ns_.load() != 0 || source_ == nullptr ||
+      !pull_enabled_.load()) {
+    return;
+  }
   std::lock_guard<std::mutex> g(pull_mu_);
   while (bulk_outstanding_ < opts_.bulk_window) {
     if (uint64_t hint = pull_hint_.exchange(0, std::memory_order_relaxed); hint != 0) {
@@ -47,7 +50,7 @@ void Engine::PullMore() {
         regions_[pull_region_]->state.Claim(p, &seen);
         regions_[pull_region_]->state.Release(p);
       }
-      Fail(absl::Status(s.code(), absl::StrCat("bulk request: ", s.message())));
+      FailSecondary(absl::Status(s.code(), absl::StrCat("bulk request: ", s.message())));
       return;
     }
     ++bulk_outstanding_;

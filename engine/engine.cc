@@ -164,6 +164,14 @@ void Engine::Fail(const absl::Status& s) {
   Signal();
 }
 
+void Engine::FailSecondary(const absl::Status& s) {
+  std::lock_guard<std::mutex> l(fail_mu_);
+  if (secondary_failure_.ok()) {
+    secondary_failure_ = s;
+    secondary_at_ns_.store(FaultStats::NowNs());
+  }
+}
+
 void Engine::PageDone() {
   if (remaining_pages() == 0 && !complete_.exchange(true)) Signal();
 }

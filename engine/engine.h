@@ -132,6 +132,10 @@ class Engine : public PageSink {
 
   // engine.cc
   void Fail(const absl::Status& s);
+  // A failed request write: the connection is dead, and its receive thread will soon report
+  // why (a protocol error from the peer, say). Becomes the run's error only if nothing better
+  // arrives within a grace period.
+  void FailSecondary(const absl::Status& s);
   void Signal();
   void PageDone();
 
@@ -146,6 +150,8 @@ class Engine : public PageSink {
   std::mutex fail_mu_;
   absl::Status failure_;  // guarded by fail_mu_
   std::atomic<bool> failed_{false};
+  absl::Status secondary_failure_;  // guarded by fail_mu_
+  std::atomic<uint64_t> secondary_at_ns_{0};
 
   Landing landing_[2];
   std::atomic<uint64_t> flush_key_{0};  // bulk: key+1 of a page a fault waits on

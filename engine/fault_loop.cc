@@ -22,7 +22,7 @@ void Engine::SendUrgent(uint32_t region, uint64_t page) {
   // Move the background pull next to this fault: neighbours are likely next.
   pull_hint_.store(regions_[region]->key_base + page + 1, std::memory_order_relaxed);
   if (absl::Status s = source_->RequestUrgent(region, page); !s.ok()) {
-    Fail(absl::Status(s.code(), absl::StrCat("urgent request: ", s.message())));
+    FailSecondary(absl::Status(s.code(), absl::StrCat("urgent request: ", s.message())));
   }
 }
 
@@ -119,6 +119,11 @@ absl::Status Engine::FaultLoop() {
     }
     if (complete_.load()) return absl::OkStatus();
     if (cancelled_.load()) return absl::CancelledError("migration cancelled");
+    if (const uint64_t at = secondary_at_ns_.load(); at != 0 &&
+        FaultStats::NowNs() - at > 300'000'000ull) {
+      std::lock_guard<std::mutex> l(fail_mu_);
+      return secondary_failure_;
+    }
 
     if (!opts_.busy_poll) {
       struct pollfd p[2] = {{uffd_.fd(), POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
