@@ -61,7 +61,9 @@ bool FakeSource::SendPages(int fd, const PageRange& r, bool bulk) {
       continue;
     }
     descs[i].crc = Crc32c(page, page_size_);
-    if (mode_ == Mode::kCorruptFirstPages && corrupted_.fetch_add(1) < n_) descs[i].crc ^= 1;
+    const bool corrupt_here = bulk ? mode_ == Mode::kCorruptFirstPages
+                                   : mode_ == Mode::kCorruptFirstUrgentPages;
+    if (corrupt_here && corrupted_.fetch_add(1) < n_) descs[i].crc ^= 1;
     data.append(reinterpret_cast<const char*>(page), page_size_);
   }
   std::string out;

@@ -19,7 +19,8 @@ class FakeSource {
  public:
   enum class Mode {
     kHonest,              // serves correctly
-    kCorruptFirstPages,   // the first `n` data pages sent carry a wrong CRC
+    kCorruptFirstPages,   // the first `n` data pages sent on the bulk channel carry a wrong CRC
+    kCorruptFirstUrgentPages,  // the same on the urgent channel
     kCloseMidFrame,       // after `n` good PAGES frames on the bulk channel, sends half a frame
                           // and closes both connections
     kGarbageAfterWelcome, // bulk channel: random bytes instead of a frame

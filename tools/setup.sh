@@ -1,0 +1,17 @@
+#!/bin/bash
+# Installs what faultline needs on a fresh Debian 12 machine (apt packages only). Idempotent.
+set -euo pipefail
+PKGS=(bazel-bootstrap g++ pkg-config libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+      libibverbs-dev librdmacm-dev libvirt-dev nlohmann-json3-dev libxxhash-dev
+      clang-14 libclang-rt-14-dev gnuplot-nox)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "setup: all packages present"

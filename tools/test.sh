@@ -1,0 +1,27 @@
+#!/bin/bash
+# The whole test suite: every test, then the ASan/UBSan and TSan builds of every test.
+# Ends with one line "N passed, N failed" over all three runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[[ $(id -u) -eq 0 ]] || echo "test: not root — userfaultfd/KVM tests will print why they skip" >&2
+LOG=$(mktemp -d)
+pass=0; fail=0; rc_all=0
+run() {  # run NAME bazel-args...
+  local name=$1; shift
+  echo "=== $name: bazel test $* //..."
+  bazel test "$@" //... 2>&1 | tee "$LOG/$name.log" | grep -E "PASSED|FAILED|TIMEOUT|NO STATUS|SKIPPED|ERROR|Executed" || true
+  local rc=${PIPESTATUS[0]}
+  local p f
+  p=$(grep -cE "^//.* PASSED in" "$LOG/$name.log" || true)
+  f=$(grep -cE "^//.* (FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD)" "$LOG/$name.log" || true)
+  pass=$((pass + p)); fail=$((fail + f))
+  if [[ $rc -ne 0 ]]; then
+    rc_all=1
+    if [[ $f -eq 0 ]]; then fail=$((fail + 1)); echo "$name: bazel exited $rc (build error?)"; tail -30 "$LOG/$name.log"; fi
+  fi
+}
+run default
+run asan --config=asan
+run tsan --config=tsan
+echo "${pass} passed, ${fail} failed"
+exit $rc_all
