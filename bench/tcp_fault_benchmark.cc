@@ -1,0 +1,117 @@
+// A remote 4 KiB fault over loopback TCP through the whole engine: touch → uffd event → urgent
+// request → page server → PAGES frame → CRC → placement → wake. No background traffic, so
+// this is the fault path's own latency; compare with uffd_roundtrip_benchmark (the local
+// limit) in the same run. Also: bulk throughput of a whole migration with no guest.
+#include <time.h>
+
+#include <algorithm>
+#include <thread>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "engine/engine.h"
+#include "tests/testing/test_source.h"
+#include "transport/tcp_page_source.h"
+
+namespace faultline {
+namespace {
+
+uint64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+}
+
+// args: kind, busy-poll (engine + urgent socket)
+void BM_TcpFault(benchmark::State& state) {
+  const auto kind = static_cast<RegionKind>(state.range(0));
+  const bool busy = state.range(1) != 0;
+  const uint64_t size = 1ull << 30;
+  PatternSpec pattern;
+  pattern.zero_percent = 0;  // every fault carries 4 KiB
+  auto src = TestSource::Start(size, 4096, pattern);
+  if (!src.ok()) {
+    state.SkipWithError(std::string(src.status().message()).c_str());
+    return;
+  }
+  auto region = GuestRegion::Create("ram", kind, size);
+  auto uffd = Userfaultfd::Open();
+  if (!region.ok() || !uffd.ok()) {
+    state.SkipWithError("destination memory or userfaultfd unavailable");
+    return;
+  }
+  EngineOptions eo;
+  eo.background_pull = false;
+  eo.busy_poll = busy;
+  auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
+  TcpSourceOptions to = (*src)->options();
+  to.busy_poll = busy;
+  auto source = TcpPageSource::Connect(to);
+  if (!engine.ok() || !source.ok()) {
+    state.SkipWithError("engine or transport setup failed");
+    return;
+  }
+  absl::Status run;
+  std::thread runner([&] { run = (*engine)->Run(source->get()); });
+  std::vector<uint64_t> lat;
+  lat.reserve(1 << 18);
+  uint64_t page = 0;
+  const uint64_t pages = size / 4096;
+  for (auto _ : state) {
+    if (page == pages) {
+      state.SkipWithError("ran out of fresh pages");
+      break;
+    }
+    const uint64_t t0 = NowNs();
+    benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>((*region)->page(page)));
+    lat.push_back(NowNs() - t0);
+    page += 1;
+  }
+  (*engine)->StartBackgroundPull();  // finish the migration so everything shuts down cleanly
+  runner.join();
+  std::sort(lat.begin(), lat.end());
+  if (!lat.empty()) {
+    state.counters["p50_ns"] = static_cast<double>(lat[lat.size() / 2]);
+    state.counters["p99_ns"] = static_cast<double>(lat[lat.size() * 99 / 100]);
+    state.counters["max_ns"] = static_cast<double>(lat.back());
+  }
+  LatencyHistogram h = (*engine)->fault_stats().Overall();
+  state.counters["engine_p50_ns"] = static_cast<double>(h.Percentile(0.5));
+  state.SetLabel(std::string(RegionKindName(kind)) + (busy ? "/busy-poll" : "/poll"));
+}
+
+BENCHMARK(BM_TcpFault)
+    ->ArgsProduct({{static_cast<int>(RegionKind::kAnonymous), static_cast<int>(RegionKind::kMemfd)},
+                   {0, 1}})
+    ->Iterations(20000)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// Whole-migration throughput with no guest: background pull only.
+void BM_BulkThroughput(benchmark::State& state) {
+  const uint64_t size = 512ull << 20;
+  const uint32_t batch_kib = static_cast<uint32_t>(state.range(0));
+  auto src = TestSource::Start(size, 4096);
+  if (!src.ok()) {
+    state.SkipWithError(std::string(src.status().message()).c_str());
+    return;
+  }
+  for (auto _ : state) {
+    auto region = GuestRegion::Create("ram", RegionKind::kMemfd, size);
+    auto uffd = Userfaultfd::Open();
+    EngineOptions eo;
+    eo.bulk_batch_bytes = batch_kib << 10;
+    auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
+    auto source = TcpPageSource::Connect((*src)->options());
+    absl::Status s = (*engine)->Run(source->get());
+    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * size));
+}
+BENCHMARK(BM_BulkThroughput)->Arg(256)->Arg(1024)->Arg(4096)->Iterations(2)->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace faultline
+
+BENCHMARK_MAIN();
