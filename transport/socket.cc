@@ -69,6 +69,9 @@ absl::Status ReadAll(int fd, void* data, size_t n) {
     if (r < 0) {
       if (errno == EINTR) continue;
       if (errno == ECONNRESET) return absl::UnavailableError("peer reset the connection");
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        return absl::DeadlineExceededError("peer did not answer in time");
+      }
       return ErrnoStatus("recv");
     }
     if (r == 0) {

@@ -14,6 +14,9 @@ absl::StatusOr<UniqueFd> OpenChannel(const TcpSourceOptions& opts, Channel ch,
                                      std::vector<RegionInfo>* regions) {
   absl::StatusOr<UniqueFd> fd = ConnectTcp(opts.address, opts.connect_timeout);
   if (!fd.ok()) return fd.status();
+  // A source that accepts but never answers (hung, or no longer serving) must not hang us.
+  struct timeval tv = {static_cast<time_t>(absl::ToInt64Seconds(opts.connect_timeout)), 0};
+  setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   std::string out;
   Hello hello;
   hello.channel = ch;
@@ -33,6 +36,8 @@ absl::StatusOr<UniqueFd> OpenChannel(const TcpSourceOptions& opts, Channel ch,
       absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
   if (!w.ok()) return w.status();
   *regions = std::move(w->regions);
+  tv = {0, 0};
+  setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   return fd;
 }
 
