@@ -63,6 +63,8 @@ class Engine : public PageSink {
   // every page is present (OK, the source is told DONE, ranges unregistered) or the transport
   // fails or Cancel() is called (the error; faulted threads stay blocked, never SIGBUS).
   absl::Status Run(PageSource* source);
+  // Whether a source's region table matches this engine's regions (Run() checks it too).
+  absl::Status CheckSourceTable(const std::vector<RegionInfo>& table) const;
   void Cancel();  // thread-safe
   void StartBackgroundPull();  // thread-safe; see EngineOptions::background_pull
 
@@ -110,7 +112,6 @@ class Engine : public PageSink {
   Engine(Userfaultfd uffd, const EngineOptions& opts);
   absl::Status RegisterAll();
   void UnregisterAll();
-  absl::Status CheckSourceTable(const std::vector<RegionInfo>& table) const;
 
   // fault_loop.cc
   absl::Status FaultLoop();

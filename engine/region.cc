@@ -150,7 +150,8 @@ absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Create(const std::stri
 absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Adopt(const std::string& name,
                                                                 RegionKind kind, uint8_t* base,
                                                                 uint64_t size, uint32_t page_size,
-                                                                UniqueFd fd, uint64_t offset) {
+                                                                UniqueFd fd, uint64_t offset,
+                                                                bool minor_registered) {
   std::unique_ptr<GuestRegion> r(new GuestRegion());
   r->name_ = name;
   r->kind_ = kind;
@@ -161,7 +162,7 @@ absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Adopt(const std::strin
   if (page_size == 0 || size % page_size) {
     return absl::InvalidArgumentError(absl::StrCat("region '", name, "': bad size/page size"));
   }
-  if ((kind == RegionKind::kMemfd || kind == RegionKind::kGuestMemfd)) {
+  if ((kind == RegionKind::kMemfd || kind == RegionKind::kGuestMemfd) && minor_registered) {
     if (!r->fd_.valid()) {
       return absl::InvalidArgumentError(
           absl::StrCat("region '", name, "' of kind ", RegionKindName(kind), " needs its fd"));

@@ -31,11 +31,14 @@ class GuestRegion {
                                                              RegionKind kind, uint64_t size);
   // Wraps memory a VMM owns: `base` is its mapping in this process (the one registered with
   // the uffd), `fd`/`offset` its backing file (memfd, hugetlbfs, guest_memfd), -1 for anonymous.
-  // An alias mapping of the fd is made here when the kind places through one.
+  // `base` need not be mapped in this process (a VMM's address: only uffd ioctls use it).
+  // memfd/guest_memfd ranges registered MINOR too are placed through an alias mapping of the
+  // fd made here; registered MISSING only (as stock QEMU does), they are placed by COPY.
   static absl::StatusOr<std::unique_ptr<GuestRegion>> Adopt(const std::string& name,
                                                             RegionKind kind, uint8_t* base,
                                                             uint64_t size, uint32_t page_size,
-                                                            UniqueFd fd, uint64_t offset);
+                                                            UniqueFd fd, uint64_t offset,
+                                                            bool minor_registered = true);
   ~GuestRegion();
 
   const std::string& name() const { return name_; }
