@@ -16,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "cli/demo.h"
+#include "cli/handoff_run.h"
 #include "cli/local_run.h"
 #include "engine/engine.h"
 #include "transport/page_server.h"
@@ -43,6 +45,12 @@ ABSL_FLAG(bool, busy_poll, false,
 ABSL_FLAG(int32_t, bulk_batch_kib, 1024, "Bytes per background request, KiB.");
 ABSL_FLAG(int32_t, bulk_window, 4, "Background requests in flight.");
 ABSL_FLAG(bool, progress, true, "Show a progress bar while pages arrive.");
+ABSL_FLAG(std::string, handoff, "/run/faultline.sock",
+          "serve: the Unix socket a VMM hands its userfaultfd and memory over on.");
+ABSL_FLAG(int32_t, vcpus, 1, "demo: vCPUs of the guest (1 or 2).");
+ABSL_FLAG(std::string, dest_ram, "memfd", "demo: destination RAM backing, memfd or anon.");
+ABSL_FLAG(int64_t, guest_touches, 4096, "demo: touches per guest phase per vCPU.");
+ABSL_FLAG(bool, guest_serial, false, "demo: print the destination guest's serial lines.");
 
 namespace faultline {
 namespace {
@@ -62,7 +70,14 @@ constexpr char kUsage[] =
     "  faultline dest   --connect=HOST:PORT --token=HEX [--kind=memfd] [--guest=...]\n"
     "      Create destination memory matching the source's regions, run the thread guest on\n"
     "      it while post-copy fills it, verify every page by CRC32C against the source.\n"
-    "  faultline demo   A real KVM guest migrated through faultline (see qemu-integration/).\n"
+    "  faultline serve  --handoff=/run/faultline.sock --connect=HOST:PORT --token=HEX\n"
+    "      Wait for one VMM to hand over its userfaultfd and guest memory (faultline's\n"
+    "      hand-off or Firecracker's), then serve its faults from the source page server.\n"
+    "  faultline demo   [--size=1G] [--vcpus=1|2] [--dest_ram=memfd|anon]\n"
+    "      The main job: a real KVM guest (reference VMM, /dev/kvm) dirties its memory on a\n"
+    "      source VMM, is paused, and resumes at once on a destination VMM whose empty RAM\n"
+    "      faultline fills by post-copy over loopback; then every page is verified. Without\n"
+    "      /dev/kvm it says why and runs `local` with the thread guest instead.\n"
     "\n"
     "Requires userfaultfd (root, or vm.unprivileged_userfaultfd=1). hugetlb needs reserved\n"
     "2 MiB pages: echo N > /proc/sys/vm/nr_hugepages.\n";
@@ -234,6 +249,73 @@ int Source() {
 
 int Dest();
 
+int Serve() {
+  absl::StatusOr<Token> token = ParseToken(absl::GetFlag(FLAGS_token));
+  if (!token.ok()) return Fail(token.status());
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server =
+      HandoffServer::Listen(absl::GetFlag(FLAGS_handoff));
+  if (!server.ok()) return Fail(server.status());
+  std::printf("waiting for a VMM on %s\n", absl::GetFlag(FLAGS_handoff).c_str());
+  std::fflush(stdout);
+  absl::StatusOr<std::unique_ptr<HandoffSession>> session =
+      (*server)->Accept(absl::Hours(24), getuid());
+  if (!session.ok()) return Fail(session.status());
+  HandoffRunOptions ho;
+  ho.source.address = absl::GetFlag(FLAGS_connect);
+  ho.source.token = *token;
+  ho.source.busy_poll = absl::GetFlag(FLAGS_busy_poll);
+  ho.engine = EngineOpts();
+  nlohmann::json stats;
+  absl::Status s = RunHandoff(**session, ho, &stats);
+  if (!s.ok()) return Fail(s);
+  std::printf("%s\n", stats.dump(2).c_str());
+  return 0;
+}
+
+int Demo() {
+  std::string why;
+  if (!DemoAvailable(&why)) {
+    std::printf("faultline demo: no real KVM guest here (%s);\n"
+                "running the self-contained migration with the thread guest instead.\n\n",
+                why.c_str());
+    return Local();
+  }
+  absl::StatusOr<uint64_t> size = ParseSize(absl::GetFlag(FLAGS_size));
+  if (!size.ok()) return Fail(size.status());
+  DemoOptions o;
+  o.ram_size = *size;
+  o.vcpus = static_cast<uint32_t>(absl::GetFlag(FLAGS_vcpus));
+  o.dest_backing = absl::GetFlag(FLAGS_dest_ram);
+  o.touches = static_cast<uint64_t>(absl::GetFlag(FLAGS_guest_touches));
+  o.engine = EngineOpts();
+  if (absl::GetFlag(FLAGS_progress)) {
+    o.progress = [](uint64_t done, uint64_t total) { ProgressBar(done * 4096, total * 4096); };
+  }
+  if (absl::GetFlag(FLAGS_guest_serial)) {
+    o.guest_line = [](const std::string& l) { std::printf("  [dest guest] %s\n", l.c_str()); };
+  }
+  std::printf("faultline demo: a %llu MiB KVM guest, %u vCPU(s); source VMM → faultline → "
+              "destination VMM (%s RAM) over loopback\n",
+              static_cast<unsigned long long>(o.ram_size >> 20), o.vcpus, o.dest_backing.c_str());
+  std::printf("  the source guest dirties every page first (emulated KVM here: ~15 s per "
+              "GiB)...\n");
+  std::fflush(stdout);
+  absl::StatusOr<DemoReport> r = RunDemo(o);
+  if (!r.ok()) return Fail(r.status());
+  std::printf("\n%s", DemoReportTable(*r).c_str());
+  if (!absl::GetFlag(FLAGS_stats_json).empty()) {
+    nlohmann::json j = {{"downtime_ms", r->downtime_ms},
+                        {"total_seconds", r->total_seconds},
+                        {"guest_seconds", r->guest_seconds},
+                        {"verified_pages", r->verified_pages},
+                        {"mismatches", r->mismatches},
+                        {"guest_bad_reads", r->guest_bad},
+                        {"engine", r->engine}};
+    std::ofstream(absl::GetFlag(FLAGS_stats_json)) << j.dump(2) << "\n";
+  }
+  return r->mismatches == 0 && r->guest_bad == 0 ? 0 : 1;
+}
+
 }  // namespace
 }  // namespace faultline
 
@@ -248,6 +330,8 @@ int main(int argc, char** argv) {
   if (cmd == "local") return faultline::Local();
   if (cmd == "source") return faultline::Source();
   if (cmd == "dest") return faultline::Dest();
+  if (cmd == "serve") return faultline::Serve();
+  if (cmd == "demo") return faultline::Demo();
   std::fprintf(stderr, "faultline: unknown command '%s'\n\n%s", cmd.c_str(), faultline::kUsage);
   return 2;
 }

@@ -1,0 +1,67 @@
+// `faultline demo`: a real KVM guest migrated with post-copy through faultline, on this
+// machine, with every role in its own process and talking over the real interfaces:
+//
+//   source process   reference VMM runs the guest (RAM on a memfd) until it has dirtied its
+//                    memory, pauses it, ships the vCPU state, then serves its RAM read-only
+//                    with the page server (TCP loopback)
+//   faultline        accepts the destination VMM's hand-off (uffd + memfd over SCM_RIGHTS on
+//                    a Unix socket), pulls pages from the source, resolves the vCPU faults
+//   destination      (this process) a VMM with empty RAM registered with a userfaultfd:
+//                    hands it off, restores the vCPUs and resumes at once; the guest runs its
+//                    touch phases while its memory arrives; afterwards every page is checked
+//                    against the source's memory.
+#ifndef FAULTLINE_CLI_DEMO_H_
+#define FAULTLINE_CLI_DEMO_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+#include "nlohmann/json.hpp"
+
+namespace faultline {
+
+struct DemoOptions {
+  uint64_t ram_size = 1ull << 30;
+  std::string dest_backing = "memfd";  // destination RAM: memfd or anon
+  uint32_t vcpus = 1;
+  uint64_t touches = 4096;  // per touch phase, per vCPU
+  uint64_t seed = 42;
+  std::string guest_elf;    // empty: find the one Bazel built
+  std::string handoff_path; // empty: a fresh path under /tmp
+  EngineOptions engine;
+  std::function<void(uint64_t done_pages, uint64_t total_pages)> progress;
+  std::function<void(const std::string& line)> guest_line;  // serial lines, both sides
+};
+
+struct GuestPhase {
+  std::string side;  // "source" / "destination"
+  int cpu = 0;
+  std::string phase;
+  uint64_t touches = 0, cycles_p50 = 0, cycles_p99 = 0, cycles_max = 0, slow = 0, bad = 0;
+};
+
+struct DemoReport {
+  double downtime_ms = 0;       // source pause → destination resume
+  double total_seconds = 0;     // source pause → every page present
+  double guest_seconds = 0;     // destination resume → guest done
+  uint64_t tsc_khz = 0;
+  nlohmann::json engine;        // faultline's own report (EngineStatsJson)
+  std::vector<GuestPhase> phases;
+  uint64_t guest_bad = 0;       // words the guest read that were not what it wrote
+  uint64_t verified_pages = 0, mismatches = 0;
+  uint64_t boot_area_pages = 0, boot_area_changed = 0;  // below the guest's data range
+  uint64_t dirty_pattern_pages = 0;  // data pages whose content the guest's pattern predicts
+};
+
+// Whether a real KVM guest can run here; *why says what is missing when not.
+bool DemoAvailable(std::string* why);
+absl::StatusOr<DemoReport> RunDemo(const DemoOptions& opts);
+std::string DemoReportTable(const DemoReport& r);
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_CLI_DEMO_H_

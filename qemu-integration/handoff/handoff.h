@@ -1,0 +1,241 @@
+// The VMM → faultline hand-off on the destination host. A VMM (patched QEMU, the reference VMM,
+// Firecracker) creates a userfaultfd, registers its guest RAM, connects to faultline's Unix
+// socket and hands over the uffd, the memory fds and a region table. faultline acknowledges,
+// resolves faults, and finally reports "complete" so the VMM can finish. Two wire formats are
+// accepted on one listening socket; the first byte received tells them apart.
+//
+// faultline format, version 1 (SOCK_STREAM). Every message is one sendmsg: a u32 little-endian
+// length N (1..65536), then N bytes of JSON (an object); fds ride as SCM_RIGHTS on the first byte.
+//   VMM → faultline  hello     {"type":"hello","version":1,"vmm":"faultline-vmm",
+//                               "uffd_features":u64,"registered":true,"uffd_fd":0,
+//                               "regions":[{"name":"pc.ram","host_addr":u64,"length":u64,
+//                                 "page_size":4096,"kind":"memfd","fd":1,"offset":u64}, ...]}
+//   faultline → VMM  ack       {"type":"ack","ok":true}
+//                              {"type":"ack","ok":false,"error":"...","code":"INVALID_ARGUMENT"}
+//                    progress  {"type":"progress","done_pages":N,"total_pages":M}  (optional)
+//                    complete  {"type":"complete","ok":true,"stats":{...}}
+//                              {"type":"complete","ok":false,"error":"...","code":"..."}
+//   VMM → faultline  bye       {"type":"bye"}  (optional)
+// "code" (an absl::StatusCode name) is an optional extension; readers that lack it see a plain
+// error. Unknown keys are ignored (additive extensions); unknown message types are skipped.
+//
+// Hello rules (anything else is refused with ack{ok:false}): version 1 first ("version
+// mismatch" otherwise); 1..64 regions; name 1..64 printable bytes, unique; page_size a power of
+// two in [4096, 1 GiB]; host_addr, length (> 0) and offset multiples of page_size; no two regions
+// overlap in the VMM's address space; kind one of anon (fd must be -1), memfd, hugetlb,
+// guest_memfd (fd must index an attached fd; regions may share one); uffd_fd indexes an attached
+// fd no region uses; every attached fd is claimed. Server-side, the uffd must be a userfaultfd and
+// a region's fd must cover offset + length. Numbers must be JSON integers (a string or a fraction
+// is refused, naming the field). Every fd received is owned and closed on every error path.
+//
+// Firecracker's UFFD hand-off, unchanged: one sendmsg of a JSON array, no length prefix,
+//   [{"base_host_virt_addr":u64,"size":u64,"offset":u64,"page_size":u64,"page_size_kib":u64}]
+// with exactly one fd, the uffd. No reply is sent. Regions are "anon", named "fc-<i>", with
+// Firecracker's "offset" (into its snapshot file) passed through. Firecracker has always put the
+// page size in BYTES into "page_size_kib" despite the name; so "page_size" wins, and a lone
+// "page_size_kib" is read as bytes when >= 4096 and as KiB below that.
+//
+// Format detection: '[' first → Firecracker, else faultline. A faultline hello whose length's low
+// byte happens to be 0x5B is still recognised (its bytes 2..3 are zero, which JSON text never
+// contains), and HandoffClient pads such hellos with a space anyway.
+//
+// Threads: a HandoffSession's senders (Ack, SendProgress, SendComplete) and PeerClosed() may be
+// called from different threads; a HandoffClient is used from one thread at a time.
+#ifndef FAULTLINE_QEMU_INTEGRATION_HANDOFF_HANDOFF_H_
+#define FAULTLINE_QEMU_INTEGRATION_HANDOFF_HANDOFF_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "base/unique_fd.h"
+#include "nlohmann/json.hpp"
+
+namespace faultline {
+
+namespace handoff_internal {
+class StreamReader;
+}  // namespace handoff_internal
+
+inline constexpr uint32_t kHandoffVersion = 1;
+inline constexpr size_t kMaxHandoffMessage = 64 * 1024;  // JSON bytes in one message
+inline constexpr size_t kMaxHandoffRegions = 64;
+inline constexpr size_t kMaxHandoffRegionName = 64;
+inline constexpr uint64_t kMaxHandoffPageSize = 1ull << 30;
+
+enum class HandoffFormat { kFaultline, kFirecracker };
+const char* HandoffFormatName(HandoffFormat f);
+
+struct HandoffRegion {
+  std::string name;
+  uint64_t host_addr = 0;  // in the VMM's address space
+  uint64_t length = 0;
+  uint32_t page_size = 4096;
+  std::string kind;  // "anon", "memfd", "hugetlb", "guest_memfd"
+  UniqueFd fd;       // invalid for anon
+  uint64_t offset = 0;  // of host_addr's first byte within fd (Firecracker: its snapshot file)
+  int fd_index = -1;    // index into the attached fds (as parsed; -1 for anon)
+};
+
+struct HandoffRequest {
+  HandoffFormat format = HandoffFormat::kFaultline;
+  uint32_t version = kHandoffVersion;  // 0 for Firecracker (unversioned)
+  std::string vmm;                     // "firecracker" for Firecracker
+  uint64_t uffd_features = 0;          // 0 for Firecracker (it does not say)
+  bool registered = true;              // the VMM registered the regions with the uffd
+  UniqueFd uffd;
+  std::vector<HandoffRegion> regions;
+  pid_t peer_pid = 0;
+  uid_t peer_uid = 0;
+  int uffd_index = -1;  // index of the uffd in the attached fds (as parsed)
+};
+
+class HandoffSession;
+
+// Server side (faultline).
+class HandoffServer {
+ public:
+  // Listens on a Unix socket path with mode 0600. A stale socket file (nobody listening) is
+  // unlinked first; a live one, or a path that is not a socket, is refused (AlreadyExists).
+  static absl::StatusOr<std::unique_ptr<HandoffServer>> Listen(const std::string& path);
+  ~HandoffServer();  // closes, and unlinks the socket file if it is still ours
+
+  HandoffServer(const HandoffServer&) = delete;
+  HandoffServer& operator=(const HandoffServer&) = delete;
+
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_.get(); }
+  // How long a connected VMM has to deliver its whole first message (default 5 s).
+  void set_hello_timeout(absl::Duration d) { hello_timeout_ = d; }
+
+  // Waits up to `timeout` for one VMM, then up to the hello timeout for its first message.
+  // The peer (SO_PEERCRED) must be uid 0 or `allowed_uid`; otherwise PermissionDenied naming
+  // both uids, after an ack{ok:false} (sent without reading a byte of the peer's). A hello that
+  // fails validation is answered with ack{ok:false,error} (faultline format) and its error is
+  // returned. On success nothing has been sent yet: the caller answers with session->Ack().
+  absl::StatusOr<std::unique_ptr<HandoffSession>> Accept(absl::Duration timeout,
+                                                         uid_t allowed_uid);
+
+ private:
+  HandoffServer(std::string path, UniqueFd fd, dev_t dev, ino_t ino)
+      : path_(std::move(path)), fd_(std::move(fd)), dev_(dev), ino_(ino) {}
+  std::string path_;
+  UniqueFd fd_;
+  dev_t dev_;
+  ino_t ino_;
+  absl::Duration hello_timeout_ = absl::Seconds(5);
+};
+
+class HandoffSession {  // one connected VMM
+ public:
+  ~HandoffSession();
+  HandoffSession(const HandoffSession&) = delete;
+  HandoffSession& operator=(const HandoffSession&) = delete;
+
+  HandoffRequest& request() { return request_; }  // fds owned by it; std::move them out
+  HandoffFormat format() const { return request_.format; }
+
+  // ack{ok} or ack{ok:false,error}; once. No-op for Firecracker.
+  absl::Status Ack(const absl::Status& result);
+  // After an ok Ack. No-ops for Firecracker.
+  absl::Status SendProgress(uint64_t done, uint64_t total);
+  absl::Status SendComplete(const absl::Status& result, const nlohmann::json& stats);
+  // Non-blocking: true once the VMM went away (EOF, reset, a malformed message) or said bye.
+  // Consumes (and ignores) anything else the VMM sends, closing any fds that come with it.
+  bool PeerClosed();
+  bool bye_received();
+  int fd() const { return fd_.get(); }
+
+ private:
+  friend class HandoffServer;
+  explicit HandoffSession(UniqueFd fd);
+  absl::Status ReadHello(absl::Time deadline);
+  absl::Status Send(const nlohmann::json& message);
+
+  UniqueFd fd_;
+  HandoffRequest request_;
+  std::unique_ptr<handoff_internal::StreamReader> reader_;  // guarded by read_mu_ after Accept
+  std::mutex send_mu_;
+  bool acked_ = false;     // guarded by send_mu_
+  bool ack_ok_ = false;    // guarded by send_mu_
+  bool send_broken_ = false;  // guarded by send_mu_: a send failed part-way
+  std::mutex read_mu_;
+  bool closed_ = false;  // guarded by read_mu_
+  bool bye_ = false;     // guarded by read_mu_
+};
+
+// Client side (the VMM).
+struct HandoffClientRegion {
+  std::string name;
+  uint64_t host_addr = 0;
+  uint64_t length = 0;
+  uint32_t page_size = 4096;
+  std::string kind;
+  int fd = -1;  // -1 for anon; not owned
+  uint64_t offset = 0;
+};
+
+class HandoffClient {
+ public:
+  // Connects (retrying while the socket is absent or refuses, until the timeout), sends hello
+  // with the uffd and the region fds (SCM_RIGHTS; a region fd used twice is sent once) and waits
+  // for the ack; an ack{ok:false} becomes the returned status (its code when it names one).
+  static absl::StatusOr<std::unique_ptr<HandoffClient>> Connect(
+      const std::string& path, int uffd, uint64_t uffd_features,
+      const std::vector<HandoffClientRegion>& regions, absl::Duration timeout,
+      const std::string& vmm_name = "faultline-vmm");
+  // As Connect, but sends `hello_json` verbatim (framed) with `fds`: for VMMs that build their
+  // own hello, and for tests.
+  static absl::StatusOr<std::unique_ptr<HandoffClient>> ConnectWithHello(
+      const std::string& path, absl::string_view hello_json, absl::Span<const int> fds,
+      absl::Duration timeout);
+  ~HandoffClient();
+  HandoffClient(const HandoffClient&) = delete;
+  HandoffClient& operator=(const HandoffClient&) = delete;
+
+  // The next message from faultline (an object with a string "type"), waiting up to `timeout`:
+  // DeadlineExceeded on timeout, Unavailable when faultline went away.
+  absl::StatusOr<nlohmann::json> Next(absl::Duration timeout);
+  // Waits for "complete", calling on_progress for each "progress"; returns the complete
+  // message's stats (an empty object if it had none), or its error.
+  absl::StatusOr<nlohmann::json> WaitComplete(
+      absl::Duration timeout, std::function<void(uint64_t done, uint64_t total)> on_progress =
+                                  nullptr);
+  absl::Status Bye();
+  int fd() const { return fd_.get(); }
+
+ private:
+  explicit HandoffClient(UniqueFd fd);
+  static absl::StatusOr<std::unique_ptr<HandoffClient>> ConnectAndSend(
+      const std::string& path, absl::string_view frame, absl::Span<const int> fds,
+      absl::Duration timeout);
+  absl::Status WaitAck(absl::Time deadline);
+  UniqueFd fd_;
+  std::unique_ptr<handoff_internal::StreamReader> reader_;
+};
+
+// Firecracker-side helper for tests: sends Firecracker's exact message (JSON array + uffd) on a
+// fresh connection (names, kinds and fds of `regions` are not part of it) and returns the
+// connection, which Firecracker keeps open while the VM runs.
+absl::StatusOr<UniqueFd> SendFirecrackerHandoff(const std::string& path, int uffd,
+                                                const std::vector<HandoffClientRegion>& regions);
+
+// Pure validators (no fds, no syscalls), exposed for fuzzing. ParseFaultlineHello checks a hello
+// against `fd_count` attached fds and fills fd_index / uffd_index, not the UniqueFds.
+absl::StatusOr<HandoffRequest> ParseFaultlineHello(absl::string_view json, size_t fd_count);
+absl::StatusOr<HandoffRequest> ParseFirecrackerMessage(absl::string_view json);
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_QEMU_INTEGRATION_HANDOFF_HANDOFF_H_

@@ -1,0 +1,879 @@
+// Real Unix sockets, real memfds and a real userfaultfd: both ends of the hand-off in one
+// process (the VMM side on a thread, or in a forked child for the credential test).
+#include "qemu-integration/handoff/handoff.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace faultline {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr size_t kMemfdSize = 256 * 1024;
+constexpr size_t kAnonSize = 128 * 1024;
+
+int CountFds() {
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return -1;
+  int n = 0;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  closedir(d);
+  return n - 1;  // the directory's own fd
+}
+
+std::string FdTarget(int fd) {
+  char link[64];
+  snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  char target[256];
+  ssize_t n = readlink(link, target, sizeof(target) - 1);
+  return n < 0 ? "" : std::string(target, static_cast<size_t>(n));
+}
+
+ino_t Inode(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
+// Joins on scope exit, so a failed ASSERT in the test body does not std::terminate.
+class JoiningThread {
+ public:
+  template <typename F>
+  explicit JoiningThread(F f) : t_(std::move(f)) {}
+  ~JoiningThread() { Join(); }
+  void Join() {
+    if (t_.joinable()) t_.join();
+  }
+
+ private:
+  std::thread t_;
+};
+
+class HandoffTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // A short path (sun_path is 108 bytes) that other uids can traverse (the SO_PEERCRED test).
+    char tmpl[] = "/tmp/handoff_test.XXXXXX";
+    if (mkdtemp(tmpl) != nullptr) {
+      dir_ = tmpl;
+    } else {
+      const char* t = getenv("TEST_TMPDIR");
+      std::string alt = absl::StrCat(t ? t : ".", "/hoXXXXXX");
+      ASSERT_NE(mkdtemp(&alt[0]), nullptr) << strerror(errno);
+      dir_ = alt;
+    }
+    path_ = dir_ + "/faultline.sock";
+    ASSERT_LT(path_.size(), sizeof(sockaddr_un::sun_path)) << path_;
+
+    // The syscall, else /dev/userfaultfd (which works inside Bazel's sandbox, where the
+    // syscall lacks CAP_SYS_PTRACE in the initial user namespace).
+    int u = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    if (u < 0) {
+      const int syscall_errno = errno;
+      UniqueFd dev(open("/dev/userfaultfd", O_RDWR | O_CLOEXEC));
+      if (dev.valid()) u = ioctl(dev.get(), USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+      if (u < 0) {
+        GTEST_SKIP() << "userfaultfd unavailable here: syscall: " << strerror(syscall_errno)
+                     << "; /dev/userfaultfd: " << strerror(errno);
+      }
+    }
+    uffd_.reset(u);
+    struct uffdio_api api = {};
+    api.api = UFFD_API;
+    ASSERT_EQ(ioctl(uffd_.get(), UFFDIO_API, &api), 0) << strerror(errno);
+    features_ = api.features;
+
+    memfd_.reset(memfd_create("handoff-test", MFD_CLOEXEC));
+    ASSERT_TRUE(memfd_.valid()) << strerror(errno);
+    ASSERT_EQ(ftruncate(memfd_.get(), kMemfdSize), 0);
+    mem_ = mmap(nullptr, kMemfdSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_.get(), 0);
+    ASSERT_NE(mem_, MAP_FAILED);
+    anon_ = mmap(nullptr, kAnonSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(anon_, MAP_FAILED);
+  }
+
+  void TearDown() override {
+    if (mem_ != nullptr && mem_ != MAP_FAILED) munmap(mem_, kMemfdSize);
+    if (anon_ != nullptr && anon_ != MAP_FAILED) munmap(anon_, kAnonSize);
+    if (!path_.empty()) unlink(path_.c_str());
+    if (!dir_.empty()) rmdir(dir_.c_str());
+  }
+
+  uint64_t mem_addr() const { return reinterpret_cast<uint64_t>(mem_); }
+  uint64_t anon_addr() const { return reinterpret_cast<uint64_t>(anon_); }
+
+  std::vector<HandoffClientRegion> Regions() const {
+    return {{"pc.ram", mem_addr(), kMemfdSize, 4096, "memfd", memfd_.get(), 0},
+            {"anon", anon_addr(), kAnonSize, 4096, "anon", -1, 0}};
+  }
+
+  // A valid hello for fds {uffd_, memfd_}.
+  json ValidHello() const {
+    return json{{"type", "hello"},
+                {"version", 1},
+                {"vmm", "test-vmm"},
+                {"uffd_features", features_},
+                {"registered", true},
+                {"uffd_fd", 0},
+                {"regions", json::array({json{{"name", "pc.ram"},
+                                              {"host_addr", mem_addr()},
+                                              {"length", kMemfdSize},
+                                              {"page_size", 4096},
+                                              {"kind", "memfd"},
+                                              {"fd", 1},
+                                              {"offset", 0}},
+                                         json{{"name", "anon"},
+                                              {"host_addr", anon_addr()},
+                                              {"length", kAnonSize},
+                                              {"page_size", 4096},
+                                              {"kind", "anon"},
+                                              {"fd", -1},
+                                              {"offset", 0}}})}};
+  }
+
+  std::string dir_, path_;
+  UniqueFd uffd_, memfd_;
+  uint64_t features_ = 0;
+  void* mem_ = nullptr;
+  void* anon_ = nullptr;
+};
+
+TEST_F(HandoffTest, RoundTripFaultlineFormat) {
+  const int fds_before = CountFds();
+  {
+    absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    struct stat st;
+    ASSERT_EQ(lstat(path_.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+    absl::Status client_status;
+    absl::StatusOr<json> client_stats = absl::UnknownError("not run");
+    std::vector<std::pair<uint64_t, uint64_t>> progress;
+    JoiningThread vmm([&] {
+      absl::StatusOr<std::unique_ptr<HandoffClient>> c = HandoffClient::Connect(
+          path_, uffd_.get(), features_, Regions(), absl::Seconds(10));
+      client_status = c.status();
+      if (!c.ok()) return;
+      client_stats = (*c)->WaitComplete(absl::Seconds(10), [&](uint64_t done, uint64_t total) {
+        progress.emplace_back(done, total);
+      });
+      client_status = (*c)->Bye();
+    });
+
+    absl::StatusOr<std::unique_ptr<HandoffSession>> session =
+        (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_TRUE(session.ok()) << session.status();
+    HandoffRequest& req = (*session)->request();
+    EXPECT_EQ(req.format, HandoffFormat::kFaultline);
+    EXPECT_EQ(req.version, 1u);
+    EXPECT_EQ(req.vmm, "faultline-vmm");
+    EXPECT_EQ(req.uffd_features, features_);
+    EXPECT_TRUE(req.registered);
+    EXPECT_EQ(req.peer_pid, getpid());
+    EXPECT_EQ(req.peer_uid, getuid());
+    ASSERT_EQ(req.regions.size(), 2u);
+    const HandoffRegion& ram = req.regions[0];
+    EXPECT_EQ(ram.name, "pc.ram");
+    EXPECT_EQ(ram.kind, "memfd");
+    EXPECT_EQ(ram.host_addr, mem_addr());
+    EXPECT_EQ(ram.length, kMemfdSize);
+    EXPECT_EQ(ram.page_size, 4096u);
+    EXPECT_EQ(ram.offset, 0u);
+    ASSERT_TRUE(ram.fd.valid());
+    EXPECT_NE(ram.fd.get(), memfd_.get());
+    EXPECT_EQ(Inode(ram.fd.get()), Inode(memfd_.get()));
+    const HandoffRegion& anon = req.regions[1];
+    EXPECT_EQ(anon.name, "anon");
+    EXPECT_EQ(anon.kind, "anon");
+    EXPECT_FALSE(anon.fd.valid());
+    EXPECT_EQ(anon.host_addr, anon_addr());
+
+    // The received memfd is the VMM's memory: written through it, read through the VMM's fd
+    // and mapping.
+    const char text[] = "placed by faultline";
+    ASSERT_EQ(pwrite(ram.fd.get(), text, sizeof(text), 8192), static_cast<ssize_t>(sizeof(text)));
+    char back[sizeof(text)] = {};
+    ASSERT_EQ(pread(memfd_.get(), back, sizeof(back), 8192), static_cast<ssize_t>(sizeof(back)));
+    EXPECT_STREQ(back, text);
+    EXPECT_STREQ(static_cast<const char*>(mem_) + 8192, text);
+
+    // The received uffd is a working userfaultfd.
+    ASSERT_TRUE(req.uffd.valid());
+    EXPECT_EQ(FdTarget(req.uffd.get()), "anon_inode:[userfaultfd]");
+    struct uffdio_register reg = {};
+    reg.range.start = anon_addr();
+    reg.range.len = kAnonSize;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    ASSERT_EQ(ioctl(req.uffd.get(), UFFDIO_REGISTER, &reg), 0) << strerror(errno);
+    struct uffdio_range range = {anon_addr(), kAnonSize};
+    EXPECT_EQ(ioctl(req.uffd.get(), UFFDIO_UNREGISTER, &range), 0) << strerror(errno);
+
+    EXPECT_EQ((*session)->SendProgress(0, 1).code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+    EXPECT_EQ((*session)->Ack(absl::OkStatus()).code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_FALSE((*session)->PeerClosed());
+    ASSERT_TRUE((*session)->SendProgress(1, 3).ok());
+    ASSERT_TRUE((*session)->SendProgress(3, 3).ok());
+    ASSERT_TRUE(
+        (*session)->SendComplete(absl::OkStatus(), json{{"pages", 3}, {"mode", "test"}}).ok());
+    vmm.Join();
+
+    EXPECT_TRUE(client_status.ok()) << client_status;
+    ASSERT_TRUE(client_stats.ok()) << client_stats.status();
+    EXPECT_EQ((*client_stats)["pages"], 3);
+    EXPECT_EQ((*client_stats)["mode"], "test");
+    EXPECT_EQ(progress, (std::vector<std::pair<uint64_t, uint64_t>>{{1, 3}, {3, 3}}));
+
+    // The VMM said bye and went away.
+    EXPECT_TRUE((*session)->PeerClosed());
+    EXPECT_TRUE((*session)->bye_received());
+  }
+  EXPECT_NE(access(path_.c_str(), F_OK), 0) << "the server should unlink its socket";
+  EXPECT_EQ(CountFds(), fds_before);
+}
+
+TEST_F(HandoffTest, CompleteWithErrorReachesTheVmm) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<json> result = absl::UnknownError("not run");
+  JoiningThread vmm([&] {
+    auto c = HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Seconds(10));
+    if (!c.ok()) {
+      result = c.status();
+      return;
+    }
+    result = (*c)->WaitComplete(absl::Seconds(10));
+  });
+  auto session = (*server)->Accept(absl::Seconds(10), getuid());
+  ASSERT_TRUE(session.ok()) << session.status();
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+  ASSERT_TRUE((*session)
+                  ->SendComplete(absl::DataLossError("page 7 of pc.ram failed its CRC"), nullptr)
+                  .ok());
+  vmm.Join();
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDataLoss) << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), "page 7 of pc.ram failed its CRC"))
+      << result.status();
+}
+
+TEST_F(HandoffTest, RegionsMayShareOneMemfd) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  // RAM split in two around a hole, both halves in one memfd (QEMU's pc.ram below/above 4G).
+  const uint64_t half = kMemfdSize / 2;
+  std::vector<HandoffClientRegion> regions = {
+      {"low", mem_addr(), half, 4096, "memfd", memfd_.get(), 0},
+      {"high", mem_addr() + half, half, 4096, "memfd", memfd_.get(), half}};
+  absl::Status client_status;
+  JoiningThread vmm([&] {
+    client_status = HandoffClient::Connect(path_, uffd_.get(), features_, regions,
+                                           absl::Seconds(10))
+                        .status();
+  });
+  auto session = (*server)->Accept(absl::Seconds(10), getuid());
+  ASSERT_TRUE(session.ok()) << session.status();
+  HandoffRequest& req = (*session)->request();
+  ASSERT_EQ(req.regions.size(), 2u);
+  EXPECT_EQ(req.regions[0].fd_index, 1);
+  EXPECT_EQ(req.regions[1].fd_index, 1);
+  EXPECT_NE(req.regions[0].fd.get(), req.regions[1].fd.get());
+  EXPECT_EQ(Inode(req.regions[0].fd.get()), Inode(memfd_.get()));
+  EXPECT_EQ(Inode(req.regions[1].fd.get()), Inode(memfd_.get()));
+  EXPECT_EQ(req.regions[1].offset, half);
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+  vmm.Join();
+  EXPECT_TRUE(client_status.ok()) << client_status;
+}
+
+struct BadHello {
+  const char* name;
+  std::string text;
+  std::vector<int> fds;
+  const char* want;  // in both the server's error and the client's
+};
+
+TEST_F(HandoffTest, ValidationErrorsAreAckedAndLeakNoFd) {
+  UniqueFd extra(memfd_create("extra", MFD_CLOEXEC));
+  ASSERT_TRUE(extra.valid());
+  ASSERT_EQ(ftruncate(extra.get(), kMemfdSize), 0);
+  const std::vector<int> fds = {uffd_.get(), memfd_.get()};
+  auto with = [&](auto mutate) {
+    json h = ValidHello();
+    mutate(h);
+    return h.dump();
+  };
+  std::vector<BadHello> cases = {
+      {"wrong version", with([](json& h) { h["version"] = 2; }), fds, "version mismatch"},
+      {"overlap", with([&](json& h) { h["regions"][1]["host_addr"] = mem_addr() + 4096; }), fds,
+       "overlap"},
+      {"length not a page multiple", with([](json& h) { h["regions"][0]["length"] = 12388; }),
+       fds, "is not a multiple of page_size"},
+      {"memfd without fd", with([](json& h) { h["regions"][0]["fd"] = -1; }), fds,
+       "kind memfd needs an fd"},
+      {"bad fd index", with([](json& h) { h["regions"][0]["fd"] = 7; }), fds,
+       "fd index 7 is out of range (2 fds attached)"},
+      {"unknown kind", with([](json& h) { h["regions"][0]["kind"] = "pmem"; }), fds,
+       "unknown kind \"pmem\""},
+      {"malformed JSON", "{\"type\":\"hello\",\"version\":1,", fds, "not valid JSON"},
+      {"string for a number", with([](json& h) { h["regions"][0]["length"] = "262144"; }), fds,
+       "\"length\" must be an unsigned integer, got a string"},
+      {"negative number", with([](json& h) { h["uffd_features"] = -1; }), fds,
+       "\"uffd_features\" must be an unsigned integer, got a negative integer"},
+      {"fraction", with([](json& h) { h["regions"][1]["page_size"] = 4096.5; }), fds,
+       "got a fraction"},
+      {"oversized", ValidHello().dump() + std::string(70000, ' '), fds,
+       "bytes exceeds the 65536-byte limit"},
+      {"empty", "", fds, "empty hello"},
+      {"unclaimed fd", ValidHello().dump(), {uffd_.get(), memfd_.get(), extra.get()},
+       "attached fd #2 of 3 is claimed by neither"},
+      {"no fds", ValidHello().dump(), {}, "uffd_fd index 0 is out of range (0 fds attached)"},
+      {"uffd is not a userfaultfd",
+       with([](json& h) {
+         h["uffd_fd"] = 1;
+         h["regions"][0]["fd"] = 0;
+       }),
+       fds, "is not a userfaultfd"},
+      {"memfd too small", with([](json& h) { h["regions"][0]["length"] = 2 * kMemfdSize; }), fds,
+       "smaller than offset + length"},
+      {"anon with an fd", with([](json& h) { h["regions"][1]["fd"] = 1; }), fds,
+       "kind anon has no fd"},
+      {"page size not a power of two", with([](json& h) { h["regions"][0]["page_size"] = 6144; }),
+       fds, "is not a power of two"},
+      {"no regions", with([](json& h) { h["regions"] = json::array(); }), {uffd_.get()},
+       "has 0 regions"},
+      {"duplicate names", with([](json& h) { h["regions"][1]["name"] = "pc.ram"; }), fds,
+       "two regions are named \"pc.ram\""},
+      {"not a hello", json{{"type", "bye"}}.dump(), fds, "expected a hello message first"},
+      {"array hello", with([](json& h) { h = json::array({h}); }), fds,
+       "hello must be a JSON object"},
+  };
+
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (const BadHello& c : cases) {
+    SCOPED_TRACE(c.name);
+    const int before = CountFds();
+    absl::Status client_status;
+    {
+      JoiningThread vmm([&] {
+        client_status =
+            HandoffClient::ConnectWithHello(path_, c.text, c.fds, absl::Seconds(10)).status();
+      });
+      absl::StatusOr<std::unique_ptr<HandoffSession>> session =
+          (*server)->Accept(absl::Seconds(10), getuid());
+      ASSERT_FALSE(session.ok());
+      EXPECT_TRUE(absl::StrContains(session.status().message(), c.want)) << session.status();
+    }
+    ASSERT_FALSE(client_status.ok());
+    EXPECT_TRUE(absl::StrContains(client_status.message(), c.want)) << client_status;
+    EXPECT_TRUE(absl::StrContains(client_status.message(), "faultline refused the hand-off"))
+        << client_status;
+    EXPECT_EQ(CountFds(), before);
+  }
+}
+
+TEST_F(HandoffTest, VersionMismatchKeepsItsCode) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  json h = ValidHello();
+  h["version"] = 9;
+  absl::Status client_status;
+  {
+    JoiningThread vmm([&] {
+      const int fds[] = {uffd_.get(), memfd_.get()};
+      client_status =
+          HandoffClient::ConnectWithHello(path_, h.dump(), fds, absl::Seconds(10)).status();
+    });
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_FALSE(session.ok());
+    EXPECT_EQ(session.status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_EQ(client_status.code(), absl::StatusCode::kFailedPrecondition) << client_status;
+  EXPECT_TRUE(absl::StrContains(client_status.message(),
+                                "the VMM speaks version 9, faultline speaks version 1"))
+      << client_status;
+}
+
+// A hello whose length's low byte is '[' must not be taken for Firecracker's JSON array.
+TEST_F(HandoffTest, LengthPrefixStartingWithBracketIsStillOurs) {
+  std::string text = ValidHello().dump();
+  size_t want = text.size();
+  while ((want & 0xff) != '[') ++want;
+  text.append(want - text.size(), ' ');
+  ASSERT_EQ(text.size() & 0xff, static_cast<size_t>('['));
+
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::Status client_status;
+  JoiningThread vmm([&] {
+    const int fds[] = {uffd_.get(), memfd_.get()};
+    client_status = HandoffClient::ConnectWithHello(path_, text, fds, absl::Seconds(10)).status();
+  });
+  auto session = (*server)->Accept(absl::Seconds(10), getuid());
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ((*session)->format(), HandoffFormat::kFaultline);
+  EXPECT_EQ((*session)->request().vmm, "test-vmm");
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+  vmm.Join();
+  EXPECT_TRUE(client_status.ok()) << client_status;
+}
+
+TEST_F(HandoffTest, FirecrackerFormat) {
+  const int fds_before = CountFds();
+  {
+    absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    std::vector<HandoffClientRegion> regions = {
+        {"", anon_addr(), kAnonSize, 4096, "anon", -1, 0},
+        {"", mem_addr(), kMemfdSize, 4096, "anon", -1, kAnonSize}};
+    absl::StatusOr<UniqueFd> fc = SendFirecrackerHandoff(path_, uffd_.get(), regions);
+    ASSERT_TRUE(fc.ok()) << fc.status();
+
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_TRUE(session.ok()) << session.status();
+    HandoffRequest& req = (*session)->request();
+    EXPECT_EQ(req.format, HandoffFormat::kFirecracker);
+    EXPECT_EQ(req.vmm, "firecracker");
+    EXPECT_EQ(req.peer_pid, getpid());
+    ASSERT_TRUE(req.uffd.valid());
+    EXPECT_EQ(FdTarget(req.uffd.get()), "anon_inode:[userfaultfd]");
+    ASSERT_EQ(req.regions.size(), 2u);
+    EXPECT_EQ(req.regions[0].name, "fc-0");
+    EXPECT_EQ(req.regions[0].host_addr, anon_addr());
+    EXPECT_EQ(req.regions[0].length, kAnonSize);
+    EXPECT_EQ(req.regions[0].page_size, 4096u);
+    EXPECT_EQ(req.regions[0].offset, 0u);
+    EXPECT_EQ(req.regions[0].kind, "anon");
+    EXPECT_FALSE(req.regions[0].fd.valid());
+    EXPECT_EQ(req.regions[1].name, "fc-1");
+    EXPECT_EQ(req.regions[1].host_addr, mem_addr());
+    EXPECT_EQ(req.regions[1].offset, kAnonSize);
+
+    // Firecracker expects no reply: these send nothing.
+    EXPECT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+    EXPECT_TRUE((*session)->SendProgress(1, 2).ok());
+    EXPECT_TRUE((*session)->SendComplete(absl::OkStatus(), json::object()).ok());
+    struct pollfd p = {fc->get(), POLLIN, 0};
+    EXPECT_EQ(poll(&p, 1, 50), 0) << "Firecracker must not receive anything";
+
+    EXPECT_FALSE((*session)->PeerClosed());
+    fc->reset();
+    EXPECT_TRUE((*session)->PeerClosed());
+  }
+  EXPECT_EQ(CountFds(), fds_before);
+}
+
+TEST_F(HandoffTest, FirecrackerWithTwoFdsIsRefused) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int before = CountFds();
+  {
+    UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    struct sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, path_.data(), path_.size());
+    ASSERT_EQ(connect(s.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)), 0);
+    std::string text = absl::StrCat("[{\"base_host_virt_addr\":", anon_addr(),
+                                    ",\"size\":4096,\"offset\":0,\"page_size\":4096}]");
+    int fds[] = {uffd_.get(), memfd_.get()};
+    char control[CMSG_SPACE(sizeof(fds))] = {};
+    struct iovec iov = {&text[0], text.size()};
+    struct msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(fds));
+    memcpy(CMSG_DATA(c), fds, sizeof(fds));
+    ASSERT_EQ(sendmsg(s.get(), &msg, MSG_NOSIGNAL), static_cast<ssize_t>(text.size()));
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_FALSE(session.ok());
+    EXPECT_TRUE(absl::StrContains(session.status().message(), "carries 2 fds; expected exactly 1"))
+        << session.status();
+  }
+  EXPECT_EQ(CountFds(), before);
+}
+
+TEST_F(HandoffTest, RootPeerIsAllowedWhateverAllowedUid) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root: checks that uid 0 is always let in";
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::Status client_status;
+  JoiningThread vmm([&] {
+    client_status =
+        HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Seconds(10))
+            .status();
+  });
+  auto session = (*server)->Accept(absl::Seconds(10), /*allowed_uid=*/4242);
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ((*session)->request().peer_uid, 0u);
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+  vmm.Join();
+  EXPECT_TRUE(client_status.ok()) << client_status;
+}
+
+TEST_F(HandoffTest, OtherUidIsRefused) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to fork a child that setuid()s to 65534";
+  }
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  // Let uid 65534 reach the socket at all (the server creates it 0600, the dir is 0700).
+  ASSERT_EQ(chmod(dir_.c_str(), 0711), 0);
+  ASSERT_EQ(chmod(path_.c_str(), 0666), 0);
+  int pipefd[2];
+  ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+  UniqueFd rd(pipefd[0]), wr(pipefd[1]);
+  const std::vector<HandoffClientRegion> regions = Regions();
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0) << strerror(errno);
+  if (pid == 0) {
+    rd.reset();
+    char ok = (setgroups(0, nullptr) == 0 && setgid(65534) == 0 && setuid(65534) == 0) ? 'y' : 'n';
+    (void)!write(wr.get(), &ok, 1);
+    if (ok != 'y') _exit(10);
+    absl::StatusOr<std::unique_ptr<HandoffClient>> c =
+        HandoffClient::Connect(path_, uffd_.get(), features_, regions, absl::Seconds(10));
+    if (c.ok()) _exit(2);
+    if (c.status().code() != absl::StatusCode::kPermissionDenied) _exit(3);
+    if (!absl::StrContains(c.status().message(), "faultline refused the hand-off")) _exit(4);
+    if (!absl::StrContains(c.status().message(), "uid 65534")) _exit(5);
+    _exit(0);
+  }
+  wr.reset();
+  char ok = 0;
+  ASSERT_EQ(read(rd.get(), &ok, 1), 1);
+  if (ok != 'y') {
+    int st;
+    waitpid(pid, &st, 0);
+    GTEST_SKIP() << "setuid(65534) failed in the child (uid not mapped in this namespace?)";
+  }
+  auto session = (*server)->Accept(absl::Seconds(10), /*allowed_uid=*/4242);
+  ASSERT_FALSE(session.ok());
+  EXPECT_EQ(session.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(absl::StrContains(session.status().message(), "uid 65534")) << session.status();
+  EXPECT_TRUE(absl::StrContains(session.status().message(), "uid 4242")) << session.status();
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 0) << "child: 2 accepted, 3 wrong code, 4/5 wrong message";
+}
+
+TEST_F(HandoffTest, PeerClosedAfterClientIsDestroyed) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<std::unique_ptr<HandoffClient>> client = absl::UnknownError("not run");
+  JoiningThread vmm([&] {
+    client = HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Seconds(10));
+  });
+  auto session = (*server)->Accept(absl::Seconds(10), getuid());
+  ASSERT_TRUE(session.ok()) << session.status();
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+  vmm.Join();
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_FALSE((*session)->PeerClosed());
+
+  // Nothing to read yet: the client's Next times out; then faultline goes quiet for good.
+  absl::StatusOr<json> m = (*client)->Next(absl::Milliseconds(50));
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kDeadlineExceeded) << m.status();
+
+  client->reset();
+  EXPECT_TRUE((*session)->PeerClosed());
+  EXPECT_FALSE((*session)->bye_received());
+  EXPECT_TRUE((*session)->PeerClosed());  // and stays so
+}
+
+TEST_F(HandoffTest, ClientSeesFaultlineGoAway) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<std::unique_ptr<HandoffClient>> client = absl::UnknownError("not run");
+  JoiningThread vmm([&] {
+    client = HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Seconds(10));
+  });
+  {
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_TRUE(session.ok()) << session.status();
+    ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+    ASSERT_TRUE((*session)->SendProgress(5, 10).ok());
+    vmm.Join();
+  }  // faultline's session ends without "complete"
+  ASSERT_TRUE(client.ok()) << client.status();
+  uint64_t last_done = 0;
+  absl::StatusOr<json> r = (*client)->WaitComplete(
+      absl::Seconds(5), [&](uint64_t done, uint64_t) { last_done = done; });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_EQ(last_done, 5u);
+  EXPECT_EQ((*client)->Next(absl::Seconds(1)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(HandoffTest, AcceptTimesOut) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::Time start = absl::Now();
+  auto session = (*server)->Accept(absl::Milliseconds(100), getuid());
+  EXPECT_EQ(session.status().code(), absl::StatusCode::kDeadlineExceeded) << session.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+TEST_F(HandoffTest, SilentAndPartialPeersTimeOutWithAnAck) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  (*server)->set_hello_timeout(absl::Milliseconds(200));
+  const int before = CountFds();
+  for (int partial = 0; partial < 2; ++partial) {
+    SCOPED_TRACE(partial ? "partial hello" : "silent peer");
+    UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    struct sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, path_.data(), path_.size());
+    ASSERT_EQ(connect(s.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)), 0);
+    if (partial) {
+      const char part[] = {100, 0, 0, 0, '{', '"'};  // promises 100 bytes, sends 2
+      ASSERT_EQ(send(s.get(), part, sizeof(part), MSG_NOSIGNAL), 6);
+    }
+    auto session = (*server)->Accept(absl::Seconds(5), getuid());
+    EXPECT_EQ(session.status().code(), absl::StatusCode::kDeadlineExceeded) << session.status();
+    // The ack{ok:false} is waiting for the peer.
+    char buf[512];
+    ssize_t n = recv(s.get(), buf, sizeof(buf), 0);
+    ASSERT_GT(n, 4);
+    std::string body(buf + 4, n - 4);
+    EXPECT_TRUE(absl::StrContains(body, "\"ok\":false")) << body;
+    EXPECT_TRUE(absl::StrContains(body, "did not arrive in time")) << body;
+  }
+  EXPECT_EQ(CountFds(), before);
+}
+
+TEST_F(HandoffTest, ListenReplacesStaleSocketButNotLiveOnesOrFiles) {
+  // A stale socket file: bound, never unlinked, nobody listening.
+  {
+    UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    struct sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, path_.data(), path_.size());
+    ASSERT_EQ(bind(s.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)), 0);
+  }
+  {
+    absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    EXPECT_EQ((*server)->path(), path_);
+    absl::StatusOr<std::unique_ptr<HandoffServer>> second = HandoffServer::Listen(path_);
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kAlreadyExists) << second.status();
+    EXPECT_TRUE(absl::StrContains(second.status().message(), "another process is listening"));
+    // The probe's connection is pending on the first server; it must not break a later Accept.
+  }
+  EXPECT_NE(access(path_.c_str(), F_OK), 0);
+
+  UniqueFd f(open(path_.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+  ASSERT_TRUE(f.valid());
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kAlreadyExists) << server.status();
+  EXPECT_EQ(access(path_.c_str(), F_OK), 0) << "a regular file must be left alone";
+
+  std::string long_path = dir_ + "/" + std::string(120, 'x');
+  EXPECT_EQ(HandoffServer::Listen(long_path).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(HandoffTest, ConnectWithoutServerFailsAfterTimeout) {
+  absl::Time start = absl::Now();
+  auto c = HandoffClient::Connect(path_, uffd_.get(), features_, Regions(),
+                                  absl::Milliseconds(100));
+  EXPECT_FALSE(c.ok());
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(90));
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "connect to")) << c.status();
+}
+
+// ---- The pure parsers ----
+
+TEST(HandoffParse, FaultlineHelloFields) {
+  const std::string text = R"({"type":"hello","version":1,"vmm":"qemu","uffd_features":513,
+    "registered":false,"uffd_fd":2,"future_field":{"x":1},
+    "regions":[{"name":"pc.ram","host_addr":1073741824,"length":2097152,"page_size":2097152,
+                "kind":"hugetlb","fd":0,"offset":4194304},
+               {"name":"gmem","host_addr":0,"length":4096,"page_size":4096,
+                "kind":"guest_memfd","fd":1,"offset":0}]})";
+  absl::StatusOr<HandoffRequest> r = ParseFaultlineHello(text, 3);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->format, HandoffFormat::kFaultline);
+  EXPECT_EQ(r->vmm, "qemu");
+  EXPECT_EQ(r->uffd_features, 513u);
+  EXPECT_FALSE(r->registered);
+  EXPECT_EQ(r->uffd_index, 2);
+  ASSERT_EQ(r->regions.size(), 2u);
+  EXPECT_EQ(r->regions[0].page_size, 2097152u);
+  EXPECT_EQ(r->regions[0].offset, 4194304u);
+  EXPECT_EQ(r->regions[0].fd_index, 0);
+  EXPECT_EQ(r->regions[1].kind, "guest_memfd");
+  EXPECT_FALSE(r->regions[0].fd.valid());
+
+  // Misaligned host_addr and offset for the 2 MiB page size.
+  std::string bad = text;
+  bad.replace(bad.find("1073741824"), 10, "1073745920");
+  EXPECT_TRUE(absl::StrContains(ParseFaultlineHello(bad, 3).status().message(),
+                                "host_addr 0x40001000 is not aligned to page_size 2097152"));
+  bad = text;
+  bad.replace(bad.find("4194304"), 7, "4198400");
+  EXPECT_TRUE(absl::StrContains(ParseFaultlineHello(bad, 3).status().message(),
+                                "offset 4198400 is not a multiple"));
+  // Wraps around the address space.
+  bad = text;
+  bad.replace(bad.find("1073741824"), 10, "18446744073707454464");
+  EXPECT_TRUE(absl::StrContains(ParseFaultlineHello(bad, 3).status().message(), "overflows"));
+  // Name rules.
+  bad = text;
+  bad.replace(bad.find("pc.ram"), 6, std::string(65, 'n'));
+  EXPECT_TRUE(absl::StrContains(ParseFaultlineHello(bad, 3).status().message(), "65 bytes"));
+  bad = text;
+  bad.replace(bad.find("pc.ram"), 6, "pc\\nram");
+  EXPECT_TRUE(
+      absl::StrContains(ParseFaultlineHello(bad, 3).status().message(), "control characters"));
+  // Too many fds to ever be claimed.
+  EXPECT_TRUE(absl::StrContains(ParseFaultlineHello(text, 1000).status().message(),
+                                "1000 fds attached"));
+}
+
+TEST(HandoffParse, TooManyRegions) {
+  json h = {{"type", "hello"}, {"version", 1},   {"vmm", "v"},
+            {"uffd_features", 0}, {"registered", true}, {"uffd_fd", 0}};
+  json regions = json::array();
+  for (int i = 0; i < 65; ++i) {
+    regions.push_back(json{{"name", absl::StrCat("r", i)},
+                           {"host_addr", (i + 1) * 4096},
+                           {"length", 4096},
+                           {"page_size", 4096},
+                           {"kind", "anon"},
+                           {"fd", -1},
+                           {"offset", 0}});
+  }
+  h["regions"] = regions;
+  EXPECT_TRUE(absl::StrContains(ParseFaultlineHello(h.dump(), 1).status().message(),
+                                "has 65 regions, want 1..64"));
+  h["regions"].erase(64);
+  EXPECT_TRUE(ParseFaultlineHello(h.dump(), 1).ok());
+}
+
+TEST(HandoffParse, FirecrackerMessage) {
+  // Exactly what Firecracker sends (page_size_kib carries bytes, despite its name).
+  const std::string fc =
+      R"([{"base_host_virt_addr":140000000000000,"size":134217728,"offset":0,"page_size":4096,)"
+      R"("page_size_kib":4096},{"base_host_virt_addr":140000134217728,"size":4096,)"
+      R"("offset":134217728,"page_size":4096,"page_size_kib":4096}])";
+  absl::StatusOr<HandoffRequest> r = ParseFirecrackerMessage(fc);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->format, HandoffFormat::kFirecracker);
+  EXPECT_EQ(r->uffd_index, 0);
+  ASSERT_EQ(r->regions.size(), 2u);
+  EXPECT_EQ(r->regions[0].name, "fc-0");
+  EXPECT_EQ(r->regions[0].host_addr, 140000000000000u);
+  EXPECT_EQ(r->regions[0].length, 134217728u);
+  EXPECT_EQ(r->regions[1].offset, 134217728u);
+  EXPECT_EQ(r->regions[1].kind, "anon");
+
+  auto page_size_of = [](const std::string& fields) -> absl::StatusOr<uint32_t> {
+    absl::StatusOr<HandoffRequest> r = ParseFirecrackerMessage(absl::StrCat(
+        R"([{"base_host_virt_addr":1073741824,"size":4194304,"offset":0,)", fields, "}]"));
+    if (!r.ok()) return r.status();
+    return r->regions[0].page_size;
+  };
+  EXPECT_EQ(*page_size_of(R"("page_size_kib":4096)"), 4096u);       // older Firecracker: bytes
+  EXPECT_EQ(*page_size_of(R"("page_size_kib":2097152)"), 2097152u);  // 2 MiB hugetlbfs, bytes
+  EXPECT_EQ(*page_size_of(R"("page_size_kib":4)"), 4096u);           // really KiB
+  EXPECT_EQ(*page_size_of(R"("page_size_kib":2048)"), 2097152u);
+  EXPECT_EQ(*page_size_of(R"("page_size":2097152,"page_size_kib":0)"), 2097152u);
+  EXPECT_EQ(*page_size_of(R"("page_size":4096,"extra":[1,2],"page_size_kib":4096)"), 4096u);
+  EXPECT_TRUE(absl::StrContains(
+      page_size_of(R"("page_size":4096,"page_size_kib":2097152)").status().message(),
+      "disagree"));
+  EXPECT_TRUE(absl::StrContains(page_size_of(R"("x":1)").status().message(),
+                                "missing \"page_size\""));
+  EXPECT_TRUE(absl::StrContains(page_size_of(R"("page_size":"4096")").status().message(),
+                                "\"page_size\" must be an unsigned integer, got a string"));
+
+  EXPECT_FALSE(ParseFirecrackerMessage("[]").ok());
+  EXPECT_FALSE(ParseFirecrackerMessage("[1]").ok());
+  EXPECT_FALSE(ParseFirecrackerMessage(R"({"base_host_virt_addr":0})").ok());
+  EXPECT_TRUE(absl::StrContains(
+      ParseFirecrackerMessage(
+          R"([{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096},)"
+          R"({"base_host_virt_addr":8192,"size":4096,"offset":0,"page_size":4096}])")
+          .status()
+          .message(),
+      "overlap"));
+}
+
+// Random bytes, truncations and single-byte mutations: always a status, never a crash.
+TEST(HandoffParse, FuzzStyle) {
+  std::mt19937 rng(20240607);
+  const std::string alphabet = "{}[]\":,-.0123456789eE truefalsn\\u";
+  for (int i = 0; i < 400; ++i) {
+    std::string s(rng() % 200, '\0');
+    for (char& c : s) {
+      c = (rng() % 2) ? alphabet[rng() % alphabet.size()] : static_cast<char>(rng());
+    }
+    (void)ParseFaultlineHello(s, rng() % 4);
+    (void)ParseFirecrackerMessage(s);
+  }
+  const std::string hello =
+      R"({"type":"hello","version":1,"vmm":"v","uffd_features":0,"registered":true,)"
+      R"("uffd_fd":0,"regions":[{"name":"r","host_addr":4096,"length":8192,"page_size":4096,)"
+      R"("kind":"memfd","fd":1,"offset":0}]})";
+  const std::string fc =
+      R"([{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096,)"
+      R"("page_size_kib":4096}])";
+  ASSERT_TRUE(ParseFaultlineHello(hello, 2).ok());
+  ASSERT_TRUE(ParseFirecrackerMessage(fc).ok());
+  for (size_t n = 0; n < hello.size(); ++n) {
+    EXPECT_FALSE(ParseFaultlineHello(hello.substr(0, n), 2).ok()) << n;
+  }
+  for (size_t n = 0; n < fc.size(); ++n) {
+    EXPECT_FALSE(ParseFirecrackerMessage(fc.substr(0, n)).ok()) << n;
+  }
+  for (int i = 0; i < 400; ++i) {
+    std::string h = hello, f = fc;
+    h[rng() % h.size()] = static_cast<char>(rng());
+    f[rng() % f.size()] = static_cast<char>(rng());
+    (void)ParseFaultlineHello(h, rng() % 3);
+    (void)ParseFirecrackerMessage(f);
+  }
+  // Deep nesting inside the 64 KiB limit.
+  std::string deep = std::string(30000, '[') + std::string(30000, ']');
+  EXPECT_FALSE(ParseFirecrackerMessage(deep).ok());
+  EXPECT_FALSE(ParseFaultlineHello(deep, 1).ok());
+}
+
+}  // namespace
+}  // namespace faultline
