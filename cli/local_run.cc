@@ -226,6 +226,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
     ++r.verified_pages;
   }
   r.peak_rss_kib = PeakRssKib();
+  r.missing_features = missing;
   return r;
 }
 
@@ -258,6 +259,9 @@ std::string ReportTable(const LocalRunReport& r) {
                                    : "no slow touches");
   row("engine memory", absl::StrFormat("%.2f MiB state+buffers, peak RSS %.1f MiB",
                                        r.engine_footprint / 1048576.0, r.peak_rss_kib / 1024.0));
+  if (!r.missing_features.empty()) {
+    row("kernel lacks (uffd)", r.missing_features + " — the engine works without them");
+  }
   row("verification", absl::StrFormat("verified %d pages, %d mismatches", r.verified_pages,
                                       r.mismatches));
   return s;

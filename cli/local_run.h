@@ -46,6 +46,7 @@ struct LocalRunReport {
   uint64_t verified_pages = 0, mismatches = 0;
   uint64_t engine_footprint = 0;
   uint64_t peak_rss_kib = 0;
+  std::string missing_features;  // userfaultfd features this kernel lacks (empty: none)
 };
 
 absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts);

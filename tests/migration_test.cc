@@ -236,6 +236,36 @@ TEST(Migration, ShmemDontNeedKeepsPageCacheContent) {
   EXPECT_EQ((*src)->CountMismatches(base), 0u);
 }
 
+TEST(Migration, UnmappedRangeIsDroppedAndTheMigrationStillCompletes) {
+  absl::StatusOr<std::unique_ptr<TestSource>> src = TestSource::Start(8u << 20, 4096);
+  ASSERT_TRUE(src.ok()) << src.status();
+  EngineOptions eo;
+  eo.background_pull = false;
+  absl::StatusOr<Dest> d = MakeDest(RegionKind::kAnonymous, **src, eo);
+  ASSERT_TRUE(d.ok()) << d.status();
+  Engine* engine = d->engine.get();
+  Runner runner(engine, d->source.get());
+  uint8_t* base = d->region->base();
+  const uint64_t page = FirstNonZeroPage(3);
+  uint64_t want;
+  memcpy(&want, (*src)->base() + page * 4096, 8);
+  EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(base + page * 4096), want);
+  // The VMM drops the last 1 MiB of guest memory (munmap blocks until the engine has read
+  // the UNMAP event); those pages are no longer owed.
+  ASSERT_EQ(munmap(base + (7u << 20), 1u << 20), 0);
+  ASSERT_TRUE(WaitFor([&] { return engine->counters().unmap_events.load() == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return engine->StateOf(0, 2047) == PageState::kDiscarded; }));
+  engine->StartBackgroundPull();
+  absl::Status run = runner.Join();
+  ASSERT_TRUE(run.ok()) << run;
+  EXPECT_EQ(engine->counters().discarded_pages.load(), 256u);
+  EXPECT_EQ(memcmp(base, (*src)->base(), 7u << 20), 0);
+  // Map the hole again so the region's own munmap at teardown is whole.
+  ASSERT_NE(mmap(base + (7u << 20), 1u << 20, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
+            MAP_FAILED);
+}
+
 TEST(Migration, RegionTableMismatchIsRefused) {
   absl::StatusOr<std::unique_ptr<TestSource>> src = TestSource::Start(4u << 20, 4096);
   ASSERT_TRUE(src.ok()) << src.status();
