@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS=(bazel-bootstrap g++ pkg-config libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
       libibverbs-dev librdmacm-dev libvirt-dev nlohmann-json3-dev libxxhash-dev
-      clang-14 libclang-rt-14-dev gnuplot-nox)
+      clang-14 libclang-rt-14-dev gnuplot-nox qemu-system-x86)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
