@@ -236,11 +236,6 @@ absl::Status CheckRegionFd(const HandoffRegion& r) {
     return absl::InvalidArgumentError(absl::StrCat(
         where, ": a ", r.kind, " region needs a memfd or file, got ", FdTarget(r.fd.get())));
   }
-  if (static_cast<uint64_t>(st.st_size) < r.offset + r.length) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": the fd is ", st.st_size, " bytes, smaller than offset + length = ",
-        r.offset + r.length));
-  }
   if (r.kind == "hugetlb") {
     struct statfs fs;
     if (fstatfs(r.fd.get(), &fs) != 0) return ErrnoStatus(absl::StrCat(where, ": fstatfs"));
@@ -253,6 +248,11 @@ absl::Status CheckRegionFd(const HandoffRegion& r) {
                                                      " but the fd's huge pages are ",
                                                      fs.f_bsize, " bytes"));
     }
+  }
+  if (static_cast<uint64_t>(st.st_size) < r.offset + r.length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": the fd is ", st.st_size, " bytes, smaller than offset + length = ",
+        r.offset + r.length));
   }
   return absl::OkStatus();
 }
@@ -407,6 +407,19 @@ HandoffServer::~HandoffServer() {
 absl::StatusOr<std::unique_ptr<HandoffSession>> HandoffServer::Accept(absl::Duration timeout,
                                                                       uid_t allowed_uid) {
   const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    bool silent = false;
+    absl::StatusOr<std::unique_ptr<HandoffSession>> s = AcceptOne(deadline, allowed_uid, &silent);
+    if (s.ok() || !silent) return s;
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("no VMM connected to ", path_, " in time"));
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<HandoffSession>> HandoffServer::AcceptOne(absl::Time deadline,
+                                                                         uid_t allowed_uid,
+                                                                         bool* silent) {
   UniqueFd conn;
   for (;;) {
     int c = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);  // blocking socket
@@ -418,8 +431,8 @@ absl::StatusOr<std::unique_ptr<HandoffSession>> HandoffServer::Accept(absl::Dura
     if (errno != EAGAIN && errno != EWOULDBLOCK) return ErrnoStatus("accept");
     absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) {
-      return absl::DeadlineExceededError(absl::StrCat("no VMM connected to ", path_, " within ",
-                                                      absl::FormatDuration(timeout)));
+      return absl::DeadlineExceededError(
+          absl::StrCat("no VMM connected to ", path_, " in time"));
     }
     struct pollfd p = {fd_.get(), POLLIN, 0};
     if (::poll(&p, 1, PollMillis(left)) < 0 && errno != EINTR) return ErrnoStatus("poll");
@@ -441,9 +454,9 @@ absl::StatusOr<std::unique_ptr<HandoffSession>> HandoffServer::Accept(absl::Dura
     }
     return refused;
   }
-  absl::Status s = session->ReadHello(absl::Now() + hello_timeout_);
+  absl::Status s = session->ReadHello(absl::Now() + hello_timeout_, silent);
   if (!s.ok()) {
-    if (session->format() == HandoffFormat::kFaultline) (void)session->Ack(s);
+    if (session->format() == HandoffFormat::kFaultline && !*silent) (void)session->Ack(s);
     return s;
   }
   session->request_.peer_pid = cred.pid;
@@ -458,9 +471,10 @@ HandoffSession::HandoffSession(UniqueFd fd)
 
 HandoffSession::~HandoffSession() = default;
 
-absl::Status HandoffSession::ReadHello(absl::Time deadline) {
+absl::Status HandoffSession::ReadHello(absl::Time deadline, bool* silent) {
   StreamReader& rd = *reader_;
   std::string& buf = rd.buffer();
+  *silent = false;
   auto read_error = [](const absl::Status& s, absl::string_view what) {
     if (absl::IsDeadlineExceeded(s)) {
       return absl::DeadlineExceededError(absl::StrCat(what, " did not arrive in time"));
@@ -472,6 +486,7 @@ absl::Status HandoffSession::ReadHello(absl::Time deadline) {
     return s;
   };
   if (absl::Status s = rd.Fill(deadline, kPrefix + kMaxHandoffMessage); !s.ok()) {
+    *silent = rd.eof() && buf.empty() && rd.fds().empty();
     return read_error(s, "the hand-off message");
   }
   // '[' opens Firecracker's JSON array. Our length prefix can start with 0x5B too, but then its
@@ -480,7 +495,7 @@ absl::Status HandoffSession::ReadHello(absl::Time deadline) {
       buf[0] == '[' && !(buf.size() >= kPrefix && buf[2] == '\0' && buf[3] == '\0');
   HandoffRequest req;
   if (firecracker) {
-    request_.format = HandoffFormat::kFirecracker;
+    format_ = HandoffFormat::kFirecracker;
     // Sent in one sendmsg; should the read come up short, keep reading until the JSON parses.
     while (buf.size() <= kMaxHandoffMessage && !json::accept(buf)) {
       absl::Status s = rd.Fill(deadline, kMaxHandoffMessage + 1 - buf.size());
@@ -509,7 +524,7 @@ absl::Status HandoffSession::ReadHello(absl::Time deadline) {
     rd.fds().clear();
     buf.clear();
   } else {
-    request_.format = HandoffFormat::kFaultline;
+    format_ = HandoffFormat::kFaultline;
     while (buf.size() < kPrefix) {
       if (absl::Status s = rd.Fill(deadline, kPrefix - buf.size()); !s.ok()) {
         return read_error(s, "hello");
@@ -540,6 +555,7 @@ absl::Status HandoffSession::ReadHello(absl::Time deadline) {
     req = std::move(*parsed);
     if (absl::Status s = AttachFds(&req, &fds); !s.ok()) return s;
   }
+  req.format = format_;
   request_ = std::move(req);
   return absl::OkStatus();
 }
@@ -716,6 +732,7 @@ absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::Connect(
     const std::string& path, int uffd, uint64_t uffd_features,
     const std::vector<HandoffClientRegion>& regions, absl::Duration timeout,
     const std::string& vmm_name) {
+  if (uffd < 0) return absl::InvalidArgumentError(absl::StrCat("uffd ", uffd, " is not an fd"));
   std::vector<int> fds = {uffd};
   json table = json::array();
   for (const HandoffClientRegion& r : regions) {

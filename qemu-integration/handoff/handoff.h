@@ -24,9 +24,11 @@
 // two in [4096, 1 GiB]; host_addr, length (> 0) and offset multiples of page_size; no two regions
 // overlap in the VMM's address space; kind one of anon (fd must be -1), memfd, hugetlb,
 // guest_memfd (fd must index an attached fd; regions may share one); uffd_fd indexes an attached
-// fd no region uses; every attached fd is claimed. Server-side, the uffd must be a userfaultfd and
-// a region's fd must cover offset + length. Numbers must be JSON integers (a string or a fraction
-// is refused, naming the field). Every fd received is owned and closed on every error path.
+// fd no region uses; every attached fd is claimed. Server-side, the uffd must be a userfaultfd, a
+// region's fd must cover offset + length, memfd/hugetlb fds must be files, and a hugetlb fd must
+// be on hugetlbfs with that page size. Numbers must be JSON integers (a string or a fraction is
+// refused, naming the field). Every fd received is owned and closed on every error path. The
+// whole hello must arrive within 5 s of connecting (HandoffServer::set_hello_timeout).
 //
 // Firecracker's UFFD hand-off, unchanged: one sendmsg of a JSON array, no length prefix,
 //   [{"base_host_virt_addr":u64,"size":u64,"offset":u64,"page_size":u64,"page_size_kib":u64}]
@@ -123,11 +125,15 @@ class HandoffServer {
   // The peer (SO_PEERCRED) must be uid 0 or `allowed_uid`; otherwise PermissionDenied naming
   // both uids, after an ack{ok:false} (sent without reading a byte of the peer's). A hello that
   // fails validation is answered with ack{ok:false,error} (faultline format) and its error is
-  // returned. On success nothing has been sent yet: the caller answers with session->Ack().
+  // returned; a caller that wants the next VMM calls Accept again. A connection that closes
+  // without sending a byte (e.g. another faultline's stale-socket probe) is skipped. On success
+  // nothing has been sent yet: the caller answers with session->Ack().
   absl::StatusOr<std::unique_ptr<HandoffSession>> Accept(absl::Duration timeout,
                                                          uid_t allowed_uid);
 
  private:
+  absl::StatusOr<std::unique_ptr<HandoffSession>> AcceptOne(absl::Time deadline,
+                                                            uid_t allowed_uid, bool* silent);
   HandoffServer(std::string path, UniqueFd fd, dev_t dev, ino_t ino)
       : path_(std::move(path)), fd_(std::move(fd)), dev_(dev), ino_(ino) {}
   std::string path_;
@@ -144,7 +150,7 @@ class HandoffSession {  // one connected VMM
   HandoffSession& operator=(const HandoffSession&) = delete;
 
   HandoffRequest& request() { return request_; }  // fds owned by it; std::move them out
-  HandoffFormat format() const { return request_.format; }
+  HandoffFormat format() const { return format_; }
 
   // ack{ok} or ack{ok:false,error}; once. No-op for Firecracker.
   absl::Status Ack(const absl::Status& result);
@@ -160,10 +166,12 @@ class HandoffSession {  // one connected VMM
  private:
   friend class HandoffServer;
   explicit HandoffSession(UniqueFd fd);
-  absl::Status ReadHello(absl::Time deadline);
+  // *silent: the peer closed without sending a byte (a probe, not a VMM).
+  absl::Status ReadHello(absl::Time deadline, bool* silent);
   absl::Status Send(const nlohmann::json& message);
 
   UniqueFd fd_;
+  HandoffFormat format_ = HandoffFormat::kFaultline;  // set once, before Accept returns
   HandoffRequest request_;
   std::unique_ptr<handoff_internal::StreamReader> reader_;  // guarded by read_mu_ after Accept
   std::mutex send_mu_;

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/memfd.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <sys/ioctl.h>
@@ -562,9 +563,10 @@ TEST_F(HandoffTest, OtherUidIsRefused) {
   ASSERT_GE(pid, 0) << strerror(errno);
   if (pid == 0) {
     rd.reset();
-    char ok = (setgroups(0, nullptr) == 0 && setgid(65534) == 0 && setuid(65534) == 0) ? 'y' : 'n';
-    (void)!write(wr.get(), &ok, 1);
-    if (ok != 'y') _exit(10);
+    int err = 0;
+    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) err = errno;
+    (void)!write(wr.get(), &err, sizeof(err));
+    if (err != 0) _exit(10);
     absl::StatusOr<std::unique_ptr<HandoffClient>> c =
         HandoffClient::Connect(path_, uffd_.get(), features_, regions, absl::Seconds(10));
     if (c.ok()) _exit(2);
@@ -574,12 +576,19 @@ TEST_F(HandoffTest, OtherUidIsRefused) {
     _exit(0);
   }
   wr.reset();
-  char ok = 0;
-  ASSERT_EQ(read(rd.get(), &ok, 1), 1);
-  if (ok != 'y') {
+  int err = 0;
+  ASSERT_EQ(read(rd.get(), &err, sizeof(err)), static_cast<ssize_t>(sizeof(err)));
+  if (err != 0) {
     int st;
     waitpid(pid, &st, 0);
-    GTEST_SKIP() << "setuid(65534) failed in the child (uid not mapped in this namespace?)";
+    std::string uid_map;
+    if (FILE* f = fopen("/proc/self/uid_map", "r")) {
+      char line[128];
+      while (fgets(line, sizeof(line), f)) uid_map += line;
+      fclose(f);
+    }
+    GTEST_SKIP() << "the child cannot become uid 65534 (" << strerror(err)
+                 << "); a user namespace without that uid? uid_map: " << uid_map;
   }
   auto session = (*server)->Accept(absl::Seconds(10), /*allowed_uid=*/4242);
   ASSERT_FALSE(session.ok());
@@ -693,7 +702,21 @@ TEST_F(HandoffTest, ListenReplacesStaleSocketButNotLiveOnesOrFiles) {
     absl::StatusOr<std::unique_ptr<HandoffServer>> second = HandoffServer::Listen(path_);
     EXPECT_EQ(second.status().code(), absl::StatusCode::kAlreadyExists) << second.status();
     EXPECT_TRUE(absl::StrContains(second.status().message(), "another process is listening"));
-    // The probe's connection is pending on the first server; it must not break a later Accept.
+    // The probe's connection is pending on the first server: Accept skips it.
+    EXPECT_EQ((*server)->Accept(absl::Milliseconds(100), getuid()).status().code(),
+              absl::StatusCode::kDeadlineExceeded);
+    (void)HandoffServer::Listen(path_);  // probe again, then a real VMM behind it
+    absl::Status client_status;
+    JoiningThread vmm([&] {
+      client_status =
+          HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Seconds(10))
+              .status();
+    });
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_TRUE(session.ok()) << session.status();
+    ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+    vmm.Join();
+    EXPECT_TRUE(client_status.ok()) << client_status;
   }
   EXPECT_NE(access(path_.c_str(), F_OK), 0);
 
@@ -706,6 +729,52 @@ TEST_F(HandoffTest, ListenReplacesStaleSocketButNotLiveOnesOrFiles) {
   std::string long_path = dir_ + "/" + std::string(120, 'x');
   EXPECT_EQ(HandoffServer::Listen(long_path).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(HandoffTest, HugetlbRegionIsCheckedAgainstItsFd) {
+  UniqueFd huge(memfd_create("handoff-huge", MFD_CLOEXEC | MFD_HUGETLB | MFD_HUGE_2MB));
+  if (!huge.valid()) GTEST_SKIP() << "no 2 MiB hugetlb memfd here: " << strerror(errno);
+  ASSERT_EQ(ftruncate(huge.get(), 4 << 20), 0) << strerror(errno);
+  UniqueFd plain(memfd_create("handoff-plain", MFD_CLOEXEC));
+  ASSERT_EQ(ftruncate(plain.get(), 4 << 20), 0);
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const uint64_t kGiB = 1ull << 30;
+  struct Case {
+    uint32_t page_size;
+    uint64_t length;
+    int fd;
+    const char* want;  // nullptr: accepted
+  } cases[] = {
+      {2u << 20, 4u << 20, huge.get(), nullptr},
+      {1u << 30, kGiB, huge.get(), "page_size 1073741824 but the fd's huge pages are 2097152"},
+      {2u << 20, 2u << 20, plain.get(), "kind hugetlb, but the fd is not on hugetlbfs"},
+      {2u << 20, 8u << 20, huge.get(), "smaller than offset + length"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.want ? c.want : "ok");
+    std::vector<HandoffClientRegion> regions = {
+        {"huge", 1ull << 40, c.length, c.page_size, "hugetlb", c.fd, 0}};
+    absl::Status client_status;
+    JoiningThread vmm([&] {
+      client_status =
+          HandoffClient::Connect(path_, uffd_.get(), features_, regions, absl::Seconds(10))
+              .status();
+    });
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    if (c.want == nullptr) {
+      ASSERT_TRUE(session.ok()) << session.status();
+      EXPECT_EQ((*session)->request().regions[0].page_size, 2u << 20);
+      ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+      vmm.Join();
+      EXPECT_TRUE(client_status.ok()) << client_status;
+    } else {
+      ASSERT_FALSE(session.ok());
+      EXPECT_TRUE(absl::StrContains(session.status().message(), c.want)) << session.status();
+      vmm.Join();
+      EXPECT_TRUE(absl::StrContains(client_status.message(), c.want)) << client_status;
+    }
+  }
 }
 
 TEST_F(HandoffTest, ConnectWithoutServerFailsAfterTimeout) {
