@@ -9,8 +9,15 @@ pass=0; fail=0; rc_all=0
 run() {  # run NAME bazel-args...
   local name=$1; shift
   echo "=== $name: bazel test $* //..."
-  bazel test "$@" //... 2>&1 | tee "$LOG/$name.log" | grep -E "PASSED|FAILED|TIMEOUT|NO STATUS|SKIPPED|ERROR|Executed" || true
-  local rc=${PIPESTATUS[0]}
+  bazel test "$@" //... > "$LOG/$name.log" 2>&1
+  local rc=$?
+  grep -E "PASSED|FAILED|TIMEOUT|NO STATUS|SKIPPED|ERROR|Executed" "$LOG/$name.log" || true
+  # Show the log of every failed test.
+  for f in $(grep -oE "^//[^ ]+ +(FAILED|TIMEOUT)" "$LOG/$name.log" | awk '{print $1}'); do
+    t=${f#//}; t=${t/://}
+    echo "----- $f ($name) -----"
+    tail -60 "bazel-testlogs/$t/test.log" 2>/dev/null || true
+  done
   local p f
   p=$(grep -cE "^//.* PASSED in" "$LOG/$name.log" || true)
   f=$(grep -cE "^//.* (FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD)" "$LOG/$name.log" || true)
