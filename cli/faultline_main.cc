@@ -45,6 +45,9 @@ ABSL_FLAG(bool, busy_poll, false,
 ABSL_FLAG(int32_t, bulk_batch_kib, 1024, "Bytes per background request, KiB.");
 ABSL_FLAG(int32_t, bulk_window, 4, "Background requests in flight.");
 ABSL_FLAG(bool, progress, true, "Show a progress bar while pages arrive.");
+ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
+          "When the connection to the source breaks, keep the guest waiting and reconnect "
+          "for up to this long (0: fail at once).");
 ABSL_FLAG(std::string, handoff, "/run/faultline.sock",
           "serve: the Unix socket a VMM hands its userfaultfd and memory over on.");
 ABSL_FLAG(int32_t, vcpus, 1, "demo: vCPUs of the guest (1 or 2).");
@@ -123,6 +126,7 @@ EngineOptions EngineOpts() {
   o.bulk_batch_bytes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_batch_kib)) << 10;
   o.bulk_window = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_window));
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
+  o.reconnect_deadline = absl::GetFlag(FLAGS_reconnect_deadline);
   return o;
 }
 

@@ -18,7 +18,7 @@ uint32_t Engine::BatchPages(uint32_t region) const {
 
 void Engine::PullMore() {
   if (failed_.load() || secondary_at_ns_.load() != 0 || source_ == nullptr ||
-      !pull_enabled_.load()) {
+      !pull_enabled_.load() || reconnecting_.load()) {
     return;
   }
   std::lock_guard<std::mutex> g(pull_mu_);

@@ -118,6 +118,7 @@ absl::Status Engine::Run(PageSource* source) {
   if (absl::Status s = source->Start(this); !s.ok()) return s;
   PullMore();
   absl::Status status = FaultLoop();
+  JoinReconnect();
   if (status.ok() && opts_.finish_source) {
     absl::Status fin = source->Finish();
     (void)fin;  // every page is here: a source that vanished now costs nothing
@@ -165,6 +166,10 @@ void Engine::Fail(const absl::Status& s) {
 }
 
 void Engine::FailSecondary(const absl::Status& s) {
+  if (Reconnectable(s)) {
+    RequestReconnect(s);
+    return;
+  }
   std::lock_guard<std::mutex> l(fail_mu_);
   if (secondary_failure_.ok()) {
     secondary_failure_ = s;

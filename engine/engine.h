@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -48,6 +49,10 @@ struct EngineOptions {
   // Pull pages nobody faulted on. False: only faults fetch pages until StartBackgroundPull()
   // (tests and the fault-latency benchmark use this).
   bool background_pull = true;
+  // When the connection to the source breaks (not a protocol or auth error), keep the guest
+  // waiting on its faults and reconnect with backoff for up to this long, then re-send every
+  // request that was in flight. Zero: fail at once.
+  absl::Duration reconnect_deadline = absl::Seconds(30);
 };
 
 class Engine : public PageSink {
@@ -131,6 +136,13 @@ class Engine : public PageSink {
   void PullMore();
   uint32_t BatchPages(uint32_t region) const;
 
+  // reconnect.cc
+  bool Reconnectable(const absl::Status& s) const;
+  void RequestReconnect(const absl::Status& why);
+  void StartReconnect();
+  void FinishReconnect();
+  void JoinReconnect();
+
   // engine.cc
   void Fail(const absl::Status& s);
   // A failed request write: the connection is dead, and its receive thread will soon report
@@ -153,6 +165,11 @@ class Engine : public PageSink {
   std::atomic<bool> failed_{false};
   absl::Status secondary_failure_;  // guarded by fail_mu_
   std::atomic<uint64_t> secondary_at_ns_{0};
+
+  // Reconnection (reconnect.cc): set by a failing channel, run on reconnect_thread_.
+  std::atomic<bool> reconnecting_{false}, need_reconnect_{false}, reconnected_{false};
+  absl::Status reconnect_reason_;  // guarded by fail_mu_
+  std::thread reconnect_thread_;
 
   Landing landing_[2];
   std::atomic<uint64_t> flush_key_{0};  // bulk: key+1 of a page a fault waits on

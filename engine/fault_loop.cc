@@ -119,6 +119,8 @@ absl::Status Engine::FaultLoop() {
     }
     if (complete_.load()) return absl::OkStatus();
     if (cancelled_.load()) return absl::CancelledError("migration cancelled");
+    if (need_reconnect_.exchange(false)) StartReconnect();
+    if (reconnected_.exchange(false)) FinishReconnect();
     if (const uint64_t at = secondary_at_ns_.load(); at != 0 &&
         FaultStats::NowNs() - at > 300'000'000ull) {
       std::lock_guard<std::mutex> l(fail_mu_);

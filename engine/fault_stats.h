@@ -29,6 +29,7 @@ struct EngineCounters {
   std::atomic<uint64_t> corrupt_pages{0};     // CRC mismatch: dropped, fetched again
   std::atomic<uint64_t> bytes_received{0};
   std::atomic<uint64_t> remove_events{0}, unmap_events{0}, discarded_pages{0};
+  std::atomic<uint64_t> reconnects{0}, resent_requests{0};
 };
 
 class FaultStats {

@@ -167,7 +167,11 @@ void Engine::FrameAborted(Channel ch) { ReleaseUnplaced(landing_[static_cast<int
 
 void Engine::Failed(Channel ch, const absl::Status& why) {
   ReleaseUnplaced(landing_[static_cast<int>(ch)]);
-  Fail(why);
+  if (Reconnectable(why)) {
+    RequestReconnect(why);
+  } else {
+    Fail(why);
+  }
 }
 
 void Engine::HandlePlaceError(RegionCtx& rc, uint64_t first, uint32_t count,

@@ -18,6 +18,12 @@ namespace {
 
 constexpr uint64_t kSize = 16u << 20;
 
+EngineOptions NoReconnect() {
+  EngineOptions eo;
+  eo.reconnect_deadline = absl::ZeroDuration();
+  return eo;
+}
+
 class FailureTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -25,7 +31,8 @@ class FailureTest : public ::testing::Test {
     FillPattern(PatternSpec{}, mem_.data(), kSize);
   }
   // Runs a migration of an anonymous region against `fake`; returns Run()'s status.
-  absl::Status Migrate(FakeSource& fake, bool with_guest, EngineOptions eo = {}) {
+  // Reconnection is off here: these sources misbehave on purpose every time.
+  absl::Status Migrate(FakeSource& fake, bool with_guest, EngineOptions eo = NoReconnect()) {
     auto r = GuestRegion::Create("ram", RegionKind::kAnonymous, kSize);
     if (!r.ok()) return r.status();
     region_ = std::move(*r);
@@ -87,7 +94,7 @@ TEST_F(FailureTest, CorruptedUrgentPageIsRequestedAgainForTheWaitingFault) {
   ASSERT_TRUE(r.ok());
   auto u = Userfaultfd::Open();
   ASSERT_TRUE(u.ok());
-  EngineOptions eo;
+  EngineOptions eo = NoReconnect();
   eo.background_pull = false;  // only faults fetch pages: every corrupt copy is a claimed one
   auto e = Engine::Create({r->get()}, std::move(*u), eo);
   ASSERT_TRUE(e.ok());

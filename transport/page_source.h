@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "transport/protocol.h"
 
 namespace faultline {
@@ -57,6 +58,12 @@ class PageSource {
   virtual absl::Status Finish() = 0;
   // Closes both channels and joins the receive threads. Idempotent.
   virtual void Stop() = 0;
+  // After a channel failed: closes what is left, joins the receive threads (frames cut short
+  // get FrameAborted), then connects again — retrying with backoff until `deadline` — and
+  // resumes delivering to the same sink. Requests in flight are lost: the caller re-sends.
+  virtual absl::Status Reconnect(absl::Time deadline) {
+    return absl::UnimplementedError("this transport cannot reconnect");
+  }
 };
 
 }  // namespace faultline

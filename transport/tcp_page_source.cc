@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "base/crc32c.h"
 #include "transport/socket.h"
 
@@ -106,6 +107,59 @@ void TcpPageSource::Stop() {
   }
   for (Conn& c : conns_) {
     if (c.rx.joinable()) c.rx.join();
+  }
+}
+
+absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
+  std::lock_guard<std::mutex> g(reconnect_mu_);
+  Stop();  // receive threads joined; their cut frames were handed back
+  absl::Duration backoff = absl::Milliseconds(20);
+  absl::Status last;
+  while (true) {
+    std::vector<RegionInfo> r0, r1;
+    TcpSourceOptions o = opts_;
+    o.connect_timeout = std::min(opts_.connect_timeout,
+                                 std::max(absl::Milliseconds(100), deadline - absl::Now()));
+    absl::StatusOr<UniqueFd> urgent = OpenChannel(o, Channel::kUrgent, &r0);
+    absl::StatusOr<UniqueFd> bulk =
+        urgent.ok() ? OpenChannel(o, Channel::kBulk, &r1) : absl::StatusOr<UniqueFd>(urgent.status());
+    if (urgent.ok() && bulk.ok()) {
+      if (r0.size() != regions_.size() || r1.size() != regions_.size()) {
+        return absl::FailedPreconditionError("the source came back with different regions");
+      }
+      for (size_t i = 0; i < r0.size(); ++i) {
+        if (r0[i].size != regions_[i].size || r0[i].page_size != regions_[i].page_size) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("the source came back with region ", i, " changed"));
+        }
+      }
+      int big = 4 << 20;
+      setsockopt(bulk->get(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+      for (int ch = 0; ch < 2; ++ch) {
+        std::lock_guard<std::mutex> l(conns_[ch].write_mu);
+        conns_[ch].fd = std::move(ch == 0 ? *urgent : *bulk);
+      }
+      stopping_.store(false);
+      for (int ch = 0; ch < 2; ++ch) {
+        conns_[ch].rx = std::thread([this, ch] { ReceiveLoop(static_cast<Channel>(ch)); });
+      }
+      reconnects_.fetch_add(1);
+      return absl::OkStatus();
+    }
+    last = urgent.ok() ? bulk.status() : urgent.status();
+    // Authentication and protocol refusals will not heal by retrying.
+    if (last.code() == absl::StatusCode::kPermissionDenied ||
+        last.code() == absl::StatusCode::kFailedPrecondition ||
+        last.code() == absl::StatusCode::kInvalidArgument) {
+      return last;
+    }
+    if (absl::Now() + backoff > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("source ", opts_.address, " unreachable until the deadline: ",
+                       last.message()));
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
   }
 }
 

@@ -37,6 +37,8 @@ class TcpPageSource : public PageSource {
   absl::Status RequestBulk(uint32_t region, uint64_t first, uint32_t count) override;
   absl::Status Finish() override;
   void Stop() override;
+  absl::Status Reconnect(absl::Time deadline) override;
+  int reconnects() const { return reconnects_.load(); }
 
  private:
   struct Conn {
@@ -54,6 +56,8 @@ class TcpPageSource : public PageSource {
   Conn conns_[2];  // indexed by Channel
   PageSink* sink_ = nullptr;
   std::atomic<bool> stopping_{false};
+  std::atomic<int> reconnects_{0};
+  std::mutex reconnect_mu_;  // one Reconnect() at a time
   std::vector<uint8_t> scratch_[2];
 };
 

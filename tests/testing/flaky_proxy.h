@@ -1,0 +1,48 @@
+// FlakyProxy: a TCP proxy on loopback between the destination and a real page server that
+// breaks the network on demand: it cuts every connection after a number of bytes have flowed
+// from the server, and can refuse new connections (a source that is gone).
+#ifndef FAULTLINE_TESTS_TESTING_FLAKY_PROXY_H_
+#define FAULTLINE_TESTS_TESTING_FLAKY_PROXY_H_
+
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/unique_fd.h"
+
+namespace faultline {
+
+class FlakyProxy {
+ public:
+  explicit FlakyProxy(const std::string& upstream);
+  ~FlakyProxy();
+  std::string address() const;
+  // Cut every connection each time this many more bytes went server → client (0: never).
+  void CutEvery(uint64_t bytes) { cut_every_.store(bytes); }
+  // Down: new connections are closed at once, and live ones are cut.
+  void SetDown(bool down);
+  int cuts() const { return cuts_.load(); }
+
+ private:
+  void AcceptLoop();
+  void Pump(int from, int to, bool from_server);
+  void CutAll();
+
+  std::string upstream_;
+  UniqueFd listen_;
+  int port_ = 0;
+  std::atomic<bool> stop_{false}, down_{false};
+  std::atomic<uint64_t> cut_every_{0}, since_cut_{0};
+  std::atomic<int> cuts_{0};
+  std::mutex mu_;
+  std::vector<int> fds_;
+  std::vector<UniqueFd> owned_;
+  std::vector<std::thread> threads_;
+  std::thread accept_;
+};
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_TESTS_TESTING_FLAKY_PROXY_H_
