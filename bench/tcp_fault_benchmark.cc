@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/clock.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
 #include "tests/testing/test_source.h"
@@ -19,11 +20,7 @@
 namespace faultline {
 namespace {
 
-uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
-}
+uint64_t NowNs() { return MonotonicNowNs(); }
 
 // args: kind, busy-poll (engine + urgent socket)
 void BM_TcpFault(benchmark::State& state) {

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/clock.h"
 #include "benchmark/benchmark.h"
 #include "engine/placer.h"
 #include "engine/region.h"
@@ -22,11 +23,7 @@
 namespace faultline {
 namespace {
 
-uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
-}
+uint64_t NowNs() { return MonotonicNowNs(); }
 
 void ReportPercentiles(benchmark::State& state, std::vector<uint64_t>& ns) {
   if (ns.empty()) return;

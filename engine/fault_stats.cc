@@ -1,14 +1,10 @@
 #include "engine/fault_stats.h"
 
-#include <time.h>
+#include "base/clock.h"
 
 namespace faultline {
 
-uint64_t FaultStats::NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
-}
+uint64_t FaultStats::NowNs() { return MonotonicNowNs(); }
 
 void FaultStats::FaultPending(uint64_t key, uint32_t tid, uint64_t t_ns) {
   std::lock_guard<std::mutex> l(mu_);

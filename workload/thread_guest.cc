@@ -3,16 +3,13 @@
 #include <time.h>
 
 #include "absl/strings/str_cat.h"
+#include "base/clock.h"
 #include "absl/strings/str_split.h"
 
 namespace faultline {
 namespace {
 
-uint64_t Now() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
-}
+uint64_t Now() { return MonotonicNowNs(); }
 
 uint64_t Next(uint64_t& s) {
   s ^= s << 13;
