@@ -291,7 +291,8 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
 
   // faultline: its own process, serving the hand-off socket.
   const std::string path = o.handoff_path.empty()
-                               ? absl::StrCat("/tmp/faultline-demo-", getpid(), ".sock")
+                               ? absl::StrCat("/tmp/faultline-demo-", getpid(), "-",
+                                              TokenToHex(RandomToken()).substr(0, 8), ".sock")
                                : o.handoff_path;
   absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path);
   if (!server.ok()) {

@@ -116,6 +116,10 @@ absl::Status Engine::Run(PageSource* source) {
   if (absl::Status s = CheckSourceTable(source->regions()); !s.ok()) return s;
   source_ = source;
   if (absl::Status s = source->Start(this); !s.ok()) return s;
+  if (opts_.pull_start_delay > absl::ZeroDuration() && pull_enabled_.load()) {
+    pull_enabled_.store(false);
+    pull_start_at_ns_ = FaultStats::NowNs() + absl::ToInt64Nanoseconds(opts_.pull_start_delay);
+  }
   PullMore();
   absl::Status status = FaultLoop();
   JoinReconnect();

@@ -49,6 +49,9 @@ struct EngineOptions {
   // Pull pages nobody faulted on. False: only faults fetch pages until StartBackgroundPull()
   // (tests and the fault-latency benchmark use this).
   bool background_pull = true;
+  // Hold the background pull back for this long after Run() starts, so the first faults have
+  // the link to themselves (tests use it to make vCPU faults certain).
+  absl::Duration pull_start_delay = absl::ZeroDuration();
   // When the connection to the source breaks (not a protocol or auth error), keep the guest
   // waiting on its faults and reconnect with backoff for up to this long, then re-send every
   // request that was in flight. Zero: fail at once.
@@ -181,6 +184,7 @@ class Engine : public PageSink {
   bool pull_idle_ = false;
   std::atomic<uint64_t> pull_hint_{0};  // key+1 of the last urgent fault
   std::atomic<bool> pull_enabled_{true};
+  uint64_t pull_start_at_ns_ = 0;  // fault-loop thread only
 
   EngineCounters counters_;
   PlacerCounters placer_counters_;

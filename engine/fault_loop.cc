@@ -170,6 +170,10 @@ absl::Status Engine::FaultLoop() {
     }
     if (now - last_tick >= tick_ns) {
       last_tick = now;
+      if (pull_start_at_ns_ != 0 && now >= pull_start_at_ns_) {
+        pull_start_at_ns_ = 0;
+        pull_enabled_.store(true);
+      }
       PullMore();  // picks up pages released after a failed landing
       PageDone();
     }
