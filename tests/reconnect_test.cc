@@ -54,6 +54,39 @@ TEST(Reconnect, NetworkBlipsAreSurvivedAndNothingIsLostOrPlacedTwice) {
               (unsigned long long)c.resent_requests.load());
 }
 
+TEST(Reconnect, PageServerRestartResumesFromThePageStateMap) {
+  auto src = TestSource::Start(kSize, 4096);
+  ASSERT_TRUE(src.ok()) << src.status();
+  auto region = GuestRegion::Create("ram", RegionKind::kAnonymous, kSize);
+  ASSERT_TRUE(region.ok());
+  auto uffd = Userfaultfd::Open();
+  ASSERT_TRUE(uffd.ok());
+  EngineOptions eo;
+  eo.background_pull = false;
+  eo.reconnect_deadline = absl::Seconds(20);
+  auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
+  ASSERT_TRUE(engine.ok());
+  auto source = TcpPageSource::Connect((*src)->options());
+  ASSERT_TRUE(source.ok());
+  absl::Status run;
+  std::thread runner([&] { run = (*engine)->Run(source->get()); });
+  uint8_t* base = (*region)->base();
+  for (uint64_t p = 0; p < 64; ++p) (void)*reinterpret_cast<volatile uint64_t*>(base + p * 4096);
+  const uint64_t present_before = kSize / 4096 - (*engine)->remaining_pages();
+  EXPECT_EQ(present_before, 64u);
+  // The source's page server process restarts; its memory (the frozen VM) is still there.
+  ASSERT_TRUE((*src)->Restart().ok());
+  (*engine)->StartBackgroundPull();
+  runner.join();
+  ASSERT_TRUE(run.ok()) << run;
+  EXPECT_GE((*engine)->counters().reconnects.load(), 1u);
+  // Pages present before the restart were not fetched again.
+  EXPECT_EQ((*engine)->counters().urgent_pages + (*engine)->counters().bulk_pages +
+                (*engine)->counters().zero_pages,
+            kSize / 4096);
+  EXPECT_EQ((*src)->CountMismatches(base), 0u);
+}
+
 TEST(Reconnect, SourceGonePastTheDeadlineLeavesTheGuestWaitingNotCrashed) {
   auto src = TestSource::Start(kSize, 4096);
   ASSERT_TRUE(src.ok()) << src.status();

@@ -25,22 +25,32 @@ absl::StatusOr<std::unique_ptr<TestSource>> TestSource::Start(uint64_t size, uin
   if (p == MAP_FAILED) return ErrnoStatus("mmap source");
   t->base_ = static_cast<uint8_t*>(p);
   FillPattern(pattern, t->base_, size);
-  absl::StatusOr<SourceRegion> region = SourceRegion::MapFd("ram", t->fd_.get(), 0, size,
-                                                            page_size);
+  t->token_ = RandomToken();
+  if (absl::Status s = t->StartServer(); !s.ok()) return s;
+  return t;
+}
+
+absl::Status TestSource::StartServer() {
+  absl::StatusOr<SourceRegion> region = SourceRegion::MapFd("ram", fd_.get(), 0, size_,
+                                                            page_size_);
   if (!region.ok()) return region.status();
   std::vector<SourceRegion> regions;
   regions.push_back(std::move(*region));
-  t->token_ = RandomToken();
-  t->server_ = std::make_unique<PageServer>(std::move(regions), t->token_);
-  absl::StatusOr<UniqueFd> listen = ListenTcp("127.0.0.1:0");
+  server_ = std::make_unique<PageServer>(std::move(regions), token_);
+  absl::StatusOr<UniqueFd> listen = ListenTcp(absl::StrCat("127.0.0.1:", port_));
   if (!listen.ok()) return listen.status();
-  t->listen_ = std::move(*listen);
-  absl::StatusOr<int> port = BoundPort(t->listen_.get());
+  listen_ = std::move(*listen);
+  absl::StatusOr<int> port = BoundPort(listen_.get());
   if (!port.ok()) return port.status();
-  t->port_ = *port;
-  TestSource* raw = t.get();
-  t->thread_ = std::thread([raw] { (void)raw->server_->Serve(raw->listen_.get()); });
-  return t;
+  port_ = *port;
+  thread_ = std::thread([this] { (void)server_->Serve(listen_.get()); });
+  return absl::OkStatus();
+}
+
+absl::Status TestSource::Restart() {
+  Stop();
+  listen_.reset();
+  return StartServer();
 }
 
 TestSource::~TestSource() {

@@ -31,11 +31,15 @@ class TestSource {
   int port() const { return port_; }
   // Stops serving (closes every connection) and waits for the server thread.
   void Stop();
+  // A page server restart: Stop(), then a new server over the same memory, the same token
+  // and the same port (the source VM's memory still exists).
+  absl::Status Restart();
   // Pages of `mem` (same size) that differ from the source.
   uint64_t CountMismatches(const uint8_t* mem) const;
 
  private:
   TestSource() = default;
+  absl::Status StartServer();
   UniqueFd fd_, listen_;
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
