@@ -104,6 +104,7 @@ bool ParsePhase(const std::string& side, const std::string& line, GuestPhase* p)
     else if (f.first == "cycles_max") p->cycles_max = v;
     else if (f.first == "slow") p->slow = v;
     else if (f.first == "bad") p->bad = v;
+    else if (f.first == "cycles_total") p->cycles_total = v;
   }
   return p->phase != "dirty";
 }

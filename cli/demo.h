@@ -42,6 +42,7 @@ struct GuestPhase {
   int cpu = 0;
   std::string phase;
   uint64_t touches = 0, cycles_p50 = 0, cycles_p99 = 0, cycles_max = 0, slow = 0, bad = 0;
+  uint64_t cycles_total = 0;
 };
 
 struct DemoReport {

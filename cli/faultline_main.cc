@@ -308,7 +308,16 @@ int Demo() {
   if (!r.ok()) return Fail(r.status());
   std::printf("\n%s", DemoReportTable(*r).c_str());
   if (!absl::GetFlag(FLAGS_stats_json).empty()) {
-    nlohmann::json j = {{"downtime_ms", r->downtime_ms},
+    nlohmann::json phases = nlohmann::json::array();
+    for (const GuestPhase& p : r->phases) {
+      phases.push_back({{"cpu", p.cpu}, {"phase", p.phase}, {"touches", p.touches},
+                        {"cycles_p50", p.cycles_p50}, {"cycles_p99", p.cycles_p99},
+                        {"cycles_max", p.cycles_max}, {"cycles_total", p.cycles_total},
+                        {"slow", p.slow}, {"bad", p.bad}});
+    }
+    nlohmann::json j = {{"guest_phases", phases},
+                        {"tsc_khz", r->tsc_khz},
+                        {"downtime_ms", r->downtime_ms},
                         {"total_seconds", r->total_seconds},
                         {"guest_seconds", r->guest_seconds},
                         {"verified_pages", r->verified_pages},

@@ -23,7 +23,7 @@ class KvmMigration : public ::testing::Test {
     o.touches = 512;
     // The guest faults before the background pull may take everything (a loaded machine
     // can delay the vCPU threads' first run).
-    o.engine.pull_start_delay = absl::Seconds(1);
+    o.engine.pull_start_delay = absl::Seconds(3);
     absl::StatusOr<DemoReport> r = RunDemo(o);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return {};
