@@ -30,5 +30,8 @@ run() {  # run NAME bazel-args...
 run default
 run asan --config=asan
 run tsan --config=tsan
+# libFuzzer on every parser (protocol frames, hand-off messages, Firecracker JSON), bounded.
+echo "=== fuzz: tools/fuzz.sh ${FUZZ_SECONDS:-20}"
+if tools/fuzz.sh "${FUZZ_SECONDS:-20}"; then pass=$((pass + 2)); else fail=$((fail + 2)); rc_all=1; fi
 echo "${pass} passed, ${fail} failed"
 exit $rc_all
