@@ -334,7 +334,19 @@ int Demo() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(faultline::kUsage);
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  // Accept --stats-json as well as --stats_json: dashes in a flag's name become underscores.
+  std::vector<std::string> normalized(argv, argv + argc);
+  std::vector<char*> raw;
+  for (std::string& a : normalized) {
+    if (a.rfind("--", 0) == 0) {
+      const size_t end = std::min(a.find('='), a.size());
+      for (size_t i = 2; i < end; ++i) {
+        if (a[i] == '-') a[i] = '_';
+      }
+    }
+    raw.push_back(a.data());
+  }
+  std::vector<char*> args = absl::ParseCommandLine(static_cast<int>(raw.size()), raw.data());
   if (args.size() < 2) {
     std::fputs(faultline::kUsage, stderr);
     return 2;
