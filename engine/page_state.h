@@ -10,6 +10,8 @@
 //
 //   REMOVE/UNMAP ⇒ kDiscarded from any state: the guest dropped the page; a later fault on it
 //   is resolved with zeros (kPlacingDiscarded ⇒ kPresent), arrivals for it are dropped.
+//   A placement already under way (kPlacing) when the REMOVE is read completes in the kernel
+//   and keeps its content; Complete() then reports the page discarded (known limitation).
 // A page is "done" in kPresent or kDiscarded; remaining() counts pages not done.
 #ifndef FAULTLINE_ENGINE_PAGE_STATE_H_
 #define FAULTLINE_ENGINE_PAGE_STATE_H_
