@@ -119,6 +119,13 @@ TEST_F(FailureTest, CorruptedUrgentPageIsRequestedAgainForTheWaitingFault) {
   EXPECT_EQ(memcmp((*r)->base(), mem_.data(), kSize), 0);
 }
 
+TEST_F(FailureTest, BulkAnswersOutOfOrderAreFine) {
+  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kReorderBulk);
+  absl::Status s = Migrate(fake, /*with_guest=*/true);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(memcmp(region_->base(), mem_.data(), kSize), 0);
+}
+
 TEST_F(FailureTest, PeerClosingMidFrameEndsWithClearErrorAndNothingWrongPlaced) {
   FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kCloseMidFrame, 3);
   absl::Status s = Migrate(fake, /*with_guest=*/true);

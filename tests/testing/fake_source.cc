@@ -110,12 +110,32 @@ void FakeSource::Serve(UniqueFd fd) {
   EncodeWelcome(w, &out);
   if (!WriteAll(fd.get(), out.data(), out.size()).ok()) return;
   const bool bulk = hello->channel == Channel::kBulk;
+  std::vector<PageRange> held;  // kReorderBulk: a request waiting for its successor
   while (!stop_.load()) {
+    // A held request is answered after the next one, or when the line goes quiet.
+    if (!held.empty()) {
+      struct pollfd p = {fd.get(), POLLIN, 0};
+      if (poll(&p, 1, 50) == 0) {
+        if (!SendPages(fd.get(), held.back(), bulk)) return;
+        held.clear();
+        continue;
+      }
+    }
     if (!ReadSmallFrame(fd.get(), &h, &payload).ok()) return;
     if (h.type != FrameType::kRequest) continue;
     absl::StatusOr<PageRange> r = DecodeRange(
         absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
-    if (!r.ok() || !SendPages(fd.get(), *r, bulk)) return;
+    if (!r.ok()) return;
+    if (bulk && mode_ == Mode::kReorderBulk) {
+      if (held.empty()) {
+        held.push_back(*r);
+        continue;
+      }
+      if (!SendPages(fd.get(), *r, bulk) || !SendPages(fd.get(), held.back(), bulk)) return;
+      held.clear();
+      continue;
+    }
+    if (!SendPages(fd.get(), *r, bulk)) return;
   }
 }
 

@@ -27,6 +27,7 @@ class FakeSource {
     kOutOfRangePages,     // bulk channel: a PAGES frame for pages past the region's end
     kWrongRegionTable,    // WELCOME announces a region of a different size
     kRejectToken,         // answers HELLO with ERROR(PERMISSION_DENIED)
+    kReorderBulk,         // answers bulk requests in pairs, the second one first
   };
 
   FakeSource(const uint8_t* mem, uint64_t size, uint32_t page_size, Mode mode, int n = 0);

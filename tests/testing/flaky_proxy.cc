@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "transport/socket.h"
@@ -66,6 +67,7 @@ void FlakyProxy::Pump(int from, int to, bool from_server) {
   while (true) {
     ssize_t n = recv(from, buf, sizeof(buf), 0);
     if (n <= 0) break;
+    if (from_server && delay_us_.load() != 0) usleep(delay_us_.load());
     if (!WriteAll(to, buf, static_cast<size_t>(n)).ok()) break;
     if (from_server) {
       const uint64_t every = cut_every_.load();

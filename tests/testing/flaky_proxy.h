@@ -23,6 +23,8 @@ class FlakyProxy {
   void CutEvery(uint64_t bytes) { cut_every_.store(bytes); }
   // Down: new connections are closed at once, and live ones are cut.
   void SetDown(bool down);
+  // A slow source: hold every chunk from the server for this long before passing it on.
+  void SetDelayPerChunkUs(uint32_t us) { delay_us_.store(us); }
   int cuts() const { return cuts_.load(); }
 
  private:
@@ -36,6 +38,7 @@ class FlakyProxy {
   std::atomic<bool> stop_{false}, down_{false};
   std::atomic<uint64_t> cut_every_{0}, since_cut_{0};
   std::atomic<int> cuts_{0};
+  std::atomic<uint32_t> delay_us_{0};
   std::mutex mu_;
   std::vector<int> fds_;
   std::vector<UniqueFd> owned_;
