@@ -65,10 +65,7 @@ TcpPageSource::~TcpPageSource() { Stop(); }
 
 absl::Status TcpPageSource::Start(PageSink* sink) {
   sink_ = sink;
-  uint32_t max_page = 0;
-  for (const RegionInfo& r : regions_) max_page = std::max(max_page, r.page_size);
   for (int ch = 0; ch < 2; ++ch) {
-    scratch_[ch].resize(max_page);
     conns_[ch].rx = std::thread([this, ch] { ReceiveLoop(static_cast<Channel>(ch)); });
   }
   return absl::OkStatus();
@@ -77,9 +74,7 @@ absl::Status TcpPageSource::Start(PageSink* sink) {
 absl::Status TcpPageSource::Request(Conn& c, uint32_t region, uint64_t first, uint32_t count) {
   PageRange r{region, count, first};
   if (absl::Status s = CheckRange(r, regions_, kMaxPagesPerFrame); !s.ok()) return s;
-  char buf[kHeaderSize + 16];
   std::string out;
-  out.reserve(sizeof(buf));
   EncodeRequest(r, &out);
   std::lock_guard<std::mutex> l(c.write_mu);
   return WriteAll(c.fd.get(), out.data(), out.size());

@@ -58,7 +58,6 @@ class TcpPageSource : public PageSource {
   std::atomic<bool> stopping_{false};
   std::atomic<int> reconnects_{0};
   std::mutex reconnect_mu_;  // one Reconnect() at a time
-  std::vector<uint8_t> scratch_[2];
 };
 
 // Opens one channel: connect, HELLO, WELCOME. Exposed for tests and the bench.
