@@ -198,7 +198,7 @@ def markdown(results, khz, args):
                           for k in ("seq", "random", "hot") if k in ph)
         slow = " / ".join(str(ph[k]["slow"]) for k in ("seq", "random", "hot") if k in ph)
         mx = max((p["cycles_max"] for p in r["guest_phases"]), default=0)
-        rows.append(f"| {name} | {r['total_seconds']:.2f} s | {r['downtime_ms']} ms | "
+        rows.append(f"| {name} | {r['total_seconds']:.2f} s | {float(r['downtime_ms'] or 0):.1f} ms | "
                     f"{r['pages_requested']} | {mean} | {slow} | {us(mx, khz) / 1000:.1f} ms | "
                     f"{'yes' if r['verified'] else 'NO'} |")
     return "\n".join(rows) + "\n"
