@@ -209,7 +209,7 @@ def plot(results, khz, out_png, work):
         return False
     dat = os.path.join(work, "bars.dat")
     with open(dat, "w") as f:
-        f.write("scenario seq random hot\n")
+        f.write("# scenario seq random hot\n")
         for name, r in results.items():
             if "error" in r:
                 continue
@@ -224,6 +224,8 @@ set style data histograms
 set style histogram clustered
 set style fill solid 0.8
 set ylabel 'µs per touch'
+set yrange [0:*]
+set xtics font ',9'
 set key top left
 plot '{dat}' using 2:xtic(1) title 'seq', '' using 3 title 'random', '' using 4 title 'hot'
 """
@@ -233,16 +235,25 @@ plot '{dat}' using 2:xtic(1) title 'seq', '' using 3 title 'random', '' using 4 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--faultline", required=True)
-    ap.add_argument("--guest", required=True)
+    ap.add_argument("--faultline")
+    ap.add_argument("--guest")
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--touches", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--scenarios", default="qemu-postcopy,qemu-postcopy-preempt,faultline")
+    ap.add_argument("--replot", help="redraw results.md/latency.png from a results.json")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     khz = cpu_khz()
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        work = tempfile.mkdtemp(prefix="flt-replot-")
+        khz = saved["machine"]["cpu_khz"]
+        plot(saved["results"], khz, os.path.abspath(os.path.join(args.out, "latency.png")), work)
+        print(markdown(saved["results"], khz, args))
+        return 0
     results = {}
     for name in args.scenarios.split(","):
         work = tempfile.mkdtemp(prefix=f"flt-{name}-")
