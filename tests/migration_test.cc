@@ -11,68 +11,13 @@
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "tests/testing/hugepages.h"
+#include "tests/testing/test_dest.h"
 #include "tests/testing/test_source.h"
 #include "transport/tcp_page_source.h"
 #include "workload/thread_guest.h"
 
 namespace faultline {
 namespace {
-
-struct Dest {
-  std::unique_ptr<GuestRegion> region;
-  std::unique_ptr<Engine> engine;
-  std::unique_ptr<TcpPageSource> source;
-};
-
-// Builds a destination of `kind` for `src`; skips the test (with the reason) if the kind is
-// not available on this machine.
-absl::StatusOr<Dest> MakeDest(RegionKind kind, TestSource& src, EngineOptions eo = {}) {
-  Dest d;
-  absl::StatusOr<std::unique_ptr<GuestRegion>> r = GuestRegion::Create("ram", kind, src.size());
-  if (!r.ok()) return r.status();
-  d.region = std::move(*r);
-  absl::StatusOr<Userfaultfd> u = Userfaultfd::Open();
-  if (!u.ok()) return u.status();
-  absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create({d.region.get()}, std::move(*u), eo);
-  if (!e.ok()) return e.status();
-  d.engine = std::move(*e);
-  absl::StatusOr<std::unique_ptr<TcpPageSource>> s = TcpPageSource::Connect(src.options());
-  if (!s.ok()) return s.status();
-  d.source = std::move(*s);
-  return d;
-}
-
-// Runs Engine::Run on a thread; cancels and joins on scope exit (so a failed ASSERT never
-// leaves a joinable thread behind).
-class Runner {
- public:
-  Runner(Engine* e, PageSource* s) : e_(e), t_([this, s] { status_ = e_->Run(s); }) {}
-  ~Runner() {
-    if (t_.joinable()) {
-      e_->Cancel();
-      t_.join();
-    }
-  }
-  absl::Status Join() {
-    t_.join();
-    return status_;
-  }
-
- private:
-  Engine* e_;
-  absl::Status status_;
-  std::thread t_;
-};
-
-uint64_t FirstNonZeroPage(uint64_t from) {
-  while (PatternPageIsZero(PatternSpec{}, from)) ++from;
-  return from;
-}
-
-bool WaitFor(const std::function<bool()>& cond) {
-  for (int i = 0; i < 2000 && !cond(); ++i) usleep(1000);
-  return cond();
-}
 
 uint32_t PageSizeOf(RegionKind k) { return k == RegionKind::kHugetlb ? (2u << 20) : 4096u; }
 
