@@ -20,8 +20,6 @@
 namespace faultline {
 namespace {
 
-uint64_t NowNs() { return MonotonicNowNs(); }
-
 // args: kind, busy-poll (engine + urgent socket)
 void BM_TcpFault(benchmark::State& state) {
   const auto kind = static_cast<RegionKind>(state.range(0));
@@ -62,9 +60,9 @@ void BM_TcpFault(benchmark::State& state) {
       state.SkipWithError("ran out of fresh pages");
       break;
     }
-    const uint64_t t0 = NowNs();
+    const uint64_t t0 = MonotonicNowNs();
     benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>((*region)->page(page)));
-    lat.push_back(NowNs() - t0);
+    lat.push_back(MonotonicNowNs() - t0);
     page += 1;
   }
   (*engine)->StartBackgroundPull();  // finish the migration so everything shuts down cleanly

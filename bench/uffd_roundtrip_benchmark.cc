@@ -23,8 +23,6 @@
 namespace faultline {
 namespace {
 
-uint64_t NowNs() { return MonotonicNowNs(); }
-
 void ReportPercentiles(benchmark::State& state, std::vector<uint64_t>& ns) {
   if (ns.empty()) return;
   std::sort(ns.begin(), ns.end());
@@ -86,9 +84,9 @@ void BM_UffdRoundTrip(benchmark::State& state) {
       page = 0;
       state.ResumeTiming();
     }
-    const uint64_t t0 = NowNs();
+    const uint64_t t0 = MonotonicNowNs();
     benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>(r.page(page)));
-    lat.push_back(NowNs() - t0);
+    lat.push_back(MonotonicNowNs() - t0);
     ++page;
   }
   stop.store(true);

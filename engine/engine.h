@@ -15,6 +15,7 @@
 
 #include <linux/userfaultfd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -115,6 +116,16 @@ class Engine : public PageSink {
     uint64_t first = 0;
     uint32_t flushed = 0;      // bulk: frame indexes below this are placed
     int64_t flush_after = -1;  // bulk: a fault waits on this index: place up to it at once
+    // The transport delivers a frame's pages in order: index 0, or a page that does not
+    // follow the frame in hand, starts a new frame.
+    void StartFrameIfNew(uint32_t r, uint64_t page, uint32_t index) {
+      if (index != 0 && region == r && first + index == page) return;
+      region = r;
+      first = page - index;
+      flushed = 0;
+      flush_after = -1;
+      std::fill(slots.begin(), slots.end(), kNone);
+    }
   };
 
   Engine(Userfaultfd uffd, const EngineOptions& opts);

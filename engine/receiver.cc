@@ -12,14 +12,7 @@ uint8_t* Engine::Land(Channel ch, uint32_t region, uint64_t page, uint32_t index
   Landing& l = landing_[static_cast<int>(ch)];
   RegionCtx& rc = *regions_[region];
   const uint32_t ps = rc.region->page_size();
-  if (index == 0 || l.region != region || l.first + index != page) {
-    // A new frame (the transport delivers a frame's pages in order).
-    l.region = region;
-    l.first = page - index;
-    l.flushed = 0;
-    l.flush_after = -1;
-    std::fill(l.slots.begin(), l.slots.end(), Landing::kNone);
-  }
+  l.StartFrameIfNew(region, page, index);
   const bool fits = rc.region->places_via_alias() || (size_t{index} + 1) * ps <= l.staging.size();
   PageState prev;
   if (index >= l.slots.size() || !fits || !rc.state.Claim(page, &prev)) {
@@ -36,13 +29,7 @@ void Engine::Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
   Landing& l = landing_[static_cast<int>(ch)];
   RegionCtx& rc = *regions_[region];
   if (what == Arrival::kZero) {
-    if (index == 0 || l.region != region || l.first + index != page) {
-      l.region = region;
-      l.first = page - index;
-      l.flushed = 0;
-      l.flush_after = -1;
-      std::fill(l.slots.begin(), l.slots.end(), Landing::kNone);
-    }
+    l.StartFrameIfNew(region, page, index);
     PageState prev;
     if (index < l.slots.size() && rc.state.Claim(page, &prev)) {
       l.slots[index] = Landing::kReadyZero;

@@ -9,8 +9,6 @@
 namespace faultline {
 namespace {
 
-uint64_t Now() { return MonotonicNowNs(); }
-
 uint64_t Next(uint64_t& s) {
   s ^= s << 13;
   s ^= s >> 7;
@@ -93,9 +91,9 @@ void ThreadGuest::Run(AccessPattern p, uint64_t seed) {
         break;
     }
     const uint64_t off = page * page_size_ + (Next(s) % (page_size_ / 8)) * 8;
-    const uint64_t t0 = Now();
+    const uint64_t t0 = MonotonicNowNs();
     acc ^= *reinterpret_cast<const volatile uint64_t*>(base_ + off);
-    const uint64_t dt = Now() - t0;
+    const uint64_t dt = MonotonicNowNs() - t0;
     if (dt > opts_.slow_touch_ns) local.Record(dt);
   }
   touches_.fetch_add(n);
