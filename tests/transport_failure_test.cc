@@ -9,6 +9,7 @@
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "tests/testing/fake_source.h"
+#include "tests/testing/test_dest.h"
 #include "transport/tcp_page_source.h"
 #include "workload/pattern.h"
 #include "workload/thread_guest.h"
@@ -24,6 +25,13 @@ EngineOptions NoReconnect() {
   return eo;
 }
 
+TcpSourceOptions FakeOptions(const FakeSource& fake) {
+  TcpSourceOptions o;
+  o.address = fake.address();
+  o.token = fake.token();
+  return o;
+}
+
 class FailureTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -33,97 +41,74 @@ class FailureTest : public ::testing::Test {
   // Runs a migration of an anonymous region against `fake`; returns Run()'s status.
   // Reconnection is off here: these sources misbehave on purpose every time.
   absl::Status Migrate(FakeSource& fake, bool with_guest, EngineOptions eo = NoReconnect()) {
-    auto r = GuestRegion::Create("ram", RegionKind::kAnonymous, kSize);
-    if (!r.ok()) return r.status();
-    region_ = std::move(*r);
-    auto u = Userfaultfd::Open();
-    if (!u.ok()) return u.status();
-    auto e = Engine::Create({region_.get()}, std::move(*u), eo);
-    if (!e.ok()) return e.status();
-    engine_ = std::move(*e);
-    TcpSourceOptions o;
-    o.address = fake.address();
-    o.token = fake.token();
-    auto s = TcpPageSource::Connect(o);
-    if (!s.ok()) return s.status();
-    source_ = std::move(*s);
+    absl::StatusOr<Dest> d = MakeDest(RegionKind::kAnonymous, kSize, FakeOptions(fake), eo);
+    if (!d.ok()) return d.status();
+    dest_ = std::move(*d);
     std::unique_ptr<ThreadGuest> guest;
     if (with_guest) {
       GuestOptions go;
       go.touches_per_thread = 500;
-      guest = std::make_unique<ThreadGuest>(region_->base(), kSize, 4096, go);
+      guest = std::make_unique<ThreadGuest>(dest_.region->base(), kSize, 4096, go);
     }
-    absl::Status st = engine_->Run(source_.get());
+    absl::Status st = dest_.engine->Run(dest_.source.get());
     if (!st.ok() && guest) {
       // Faulted guest threads stay blocked (never SIGBUS) while the engine lives; check that,
       // then let them go by tearing the engine down.
       usleep(20000);
       guest->Stop();
       CheckNothingWrongPlaced();
-      engine_.reset();
+      dest_.engine.reset();
     }
     return st;
   }
   // Every page the engine calls present holds the source's bytes; no page is left mid-placement.
   void CheckNothingWrongPlaced() {
     for (uint64_t p = 0; p < kSize / 4096; ++p) {
-      PageState s = engine_->StateOf(0, p);
+      PageState s = dest_.engine->StateOf(0, p);
       ASSERT_NE(s, PageState::kPlacing) << p;
       if (s == PageState::kPresent) {
-        ASSERT_EQ(memcmp(region_->base() + p * 4096, mem_.data() + p * 4096, 4096), 0) << p;
+        ASSERT_EQ(memcmp(dest_.region->base() + p * 4096, mem_.data() + p * 4096, 4096), 0) << p;
       }
     }
   }
   std::vector<uint8_t> mem_;
-  std::unique_ptr<GuestRegion> region_;
-  std::unique_ptr<Engine> engine_;
-  std::unique_ptr<TcpPageSource> source_;
+  Dest dest_;
 };
 
 TEST_F(FailureTest, CorruptedBulkPagesAreFetchedAgain) {
   FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kCorruptFirstPages, 20);
   absl::Status s = Migrate(fake, /*with_guest=*/false);
   ASSERT_TRUE(s.ok()) << s;
-  EXPECT_EQ(engine_->counters().corrupt_pages.load(), 20u);
-  EXPECT_EQ(memcmp(region_->base(), mem_.data(), kSize), 0);
+  EXPECT_EQ(dest_.engine->counters().corrupt_pages.load(), 20u);
+  EXPECT_EQ(memcmp(dest_.region->base(), mem_.data(), kSize), 0);
 }
 
 TEST_F(FailureTest, CorruptedUrgentPageIsRequestedAgainForTheWaitingFault) {
   FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kCorruptFirstUrgentPages, 3);
-  auto r = GuestRegion::Create("ram", RegionKind::kAnonymous, kSize);
-  ASSERT_TRUE(r.ok());
-  auto u = Userfaultfd::Open();
-  ASSERT_TRUE(u.ok());
   EngineOptions eo = NoReconnect();
   eo.background_pull = false;  // only faults fetch pages: every corrupt copy is a claimed one
-  auto e = Engine::Create({r->get()}, std::move(*u), eo);
-  ASSERT_TRUE(e.ok());
-  TcpSourceOptions o;
-  o.address = fake.address();
-  o.token = fake.token();
-  auto src = TcpPageSource::Connect(o);
-  ASSERT_TRUE(src.ok());
-  absl::Status run;
-  std::thread runner([&] { run = (*e)->Run(src->get()); });
-  uint64_t page = 100;
-  while (PatternPageIsZero(PatternSpec{}, page)) ++page;
+  absl::StatusOr<Dest> d = MakeDest(RegionKind::kAnonymous, kSize, FakeOptions(fake), eo);
+  ASSERT_TRUE(d.ok()) << d.status();
+  Engine* e = d->engine.get();
+  Runner runner(e, d->source.get());
+  const uint64_t page = FirstNonZeroPage(100);
   uint64_t want;
   memcpy(&want, mem_.data() + page * 4096 + 8, 8);
   // The first three copies sent fail their CRC; the fault waits through them.
-  EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>((*r)->page(page) + 8), want);
-  EXPECT_EQ((*e)->counters().corrupt_pages.load(), 3u);
-  EXPECT_EQ((*e)->counters().urgent_requests.load(), 4u);
-  (*e)->StartBackgroundPull();
-  runner.join();
+  EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(d->region->page(page) + 8), want);
+  EXPECT_EQ(e->counters().corrupt_pages.load(), 3u);
+  EXPECT_EQ(e->counters().urgent_requests.load(), 4u);
+  e->StartBackgroundPull();
+  absl::Status run = runner.Join();
   ASSERT_TRUE(run.ok()) << run;
-  EXPECT_EQ(memcmp((*r)->base(), mem_.data(), kSize), 0);
+  EXPECT_EQ(memcmp(d->region->base(), mem_.data(), kSize), 0);
 }
 
 TEST_F(FailureTest, BulkAnswersOutOfOrderAreFine) {
   FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kReorderBulk);
   absl::Status s = Migrate(fake, /*with_guest=*/true);
   ASSERT_TRUE(s.ok()) << s;
-  EXPECT_EQ(memcmp(region_->base(), mem_.data(), kSize), 0);
+  EXPECT_EQ(memcmp(dest_.region->base(), mem_.data(), kSize), 0);
 }
 
 TEST_F(FailureTest, PeerClosingMidFrameEndsWithClearErrorAndNothingWrongPlaced) {
