@@ -2,7 +2,7 @@
 # Installs what faultline needs on a fresh Debian 12 machine (apt packages only). Idempotent.
 set -euo pipefail
 PKGS=(bazel-bootstrap g++ pkg-config libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
-      libibverbs-dev librdmacm-dev libvirt-dev nlohmann-json3-dev libxxhash-dev
+      libibverbs-dev librdmacm-dev libvirt-dev nlohmann-json3-dev libxxhash-dev libssl-dev openssl
       clang-14 libclang-rt-14-dev gnuplot-nox qemu-system-x86)
 missing=()
 for p in "${PKGS[@]}"; do
