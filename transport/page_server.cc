@@ -1,14 +1,14 @@
 #include "transport/page_server.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -20,18 +20,20 @@
 
 namespace faultline {
 
-absl::StatusOr<SourceRegion> SourceRegion::MapFd(const std::string& name, int fd,
-                                                 uint64_t offset, uint64_t size,
-                                                 uint32_t page_size) {
+// How long a new connection may take to say HELLO (and finish its TLS handshake).
+constexpr absl::Duration kHandshakeTimeout = absl::Seconds(10);
+
+absl::StatusOr<SourceRegion> SourceRegion::MapFd(const std::string& name, int fd, uint64_t offset,
+                                                 uint64_t size, uint32_t page_size) {
   if (name.empty() || name.size() > kMaxRegionName) {
-    return absl::InvalidArgumentError(absl::StrCat("region name '", name, "' must be 1..",
-                                                   kMaxRegionName, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("region name '", name, "' must be 1..", kMaxRegionName, " bytes"));
   }
   if (page_size < 4096 || (page_size & (page_size - 1)) || size == 0 || size % page_size ||
       offset % page_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "region '", name, "': size ", size, " and offset ", offset,
-        " must be non-zero multiples of the page size ", page_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("region '", name, "': size ", size, " and offset ", offset,
+                     " must be non-zero multiples of the page size ", page_size));
   }
   struct stat st;
   if (fstat(fd, &st) < 0) return ErrnoStatus("fstat");
@@ -48,9 +50,9 @@ absl::StatusOr<SourceRegion> SourceRegion::MapFd(const std::string& name, int fd
   return r;
 }
 
-absl::StatusOr<SourceRegion> SourceRegion::MapFile(const std::string& name,
-                                                   const std::string& path, uint64_t offset,
-                                                   uint64_t size, uint32_t page_size) {
+absl::StatusOr<SourceRegion> SourceRegion::MapFile(const std::string& name, const std::string& path,
+                                                   uint64_t offset, uint64_t size,
+                                                   uint32_t page_size) {
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return ErrnoStatus(absl::StrCat("open ", path));
   return MapFd(name, fd.get(), offset, size, page_size);
@@ -65,8 +67,12 @@ SourceRegion::~SourceRegion() {
   if (base_) munmap(const_cast<uint8_t*>(base_), map_len_);
 }
 
-PageServer::PageServer(std::vector<SourceRegion> regions, Token token)
-    : regions_(std::move(regions)), token_(token), stop_fd_(eventfd(0, EFD_CLOEXEC)) {
+PageServer::PageServer(std::vector<SourceRegion> regions, Token token,
+                       std::shared_ptr<const TlsContext> tls)
+    : regions_(std::move(regions)),
+      token_(token),
+      tls_(std::move(tls)),
+      stop_fd_(eventfd(0, EFD_CLOEXEC)) {
   for (const SourceRegion& r : regions_) table_.push_back(r.info());
 }
 
@@ -79,6 +85,11 @@ PageServer::~PageServer() {
 }
 
 std::vector<RegionInfo> PageServer::region_table() const { return table_; }
+
+std::string PageServer::last_refusal() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return last_refusal_;
+}
 
 void PageServer::Shutdown() {
   uint64_t one = 1;
@@ -114,15 +125,23 @@ absl::Status PageServer::Serve(int listen_fd) {
   return result;
 }
 
-absl::Status PageServer::Handshake(int fd, Channel* ch) {
-  struct timeval tv = {10, 0};  // a silent peer must not hold a thread forever
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+absl::Status PageServer::Handshake(Stream& stream, Channel* ch) {
+  const int fd = stream.fd();
+  stream.SetReadTimeout(kHandshakeTimeout);  // a silent peer must not hold a thread forever
+  if (!stream.tls()) {
+    // A TLS hello (a handshake record: 22) where a HELLO frame (magic 0xFA17) should be.
+    uint8_t first = 0;
+    if (::recv(fd, &first, 1, MSG_PEEK) == 1 && first == 22) {
+      return absl::FailedPreconditionError(
+          "the destination speaks TLS, and this source serves plain TCP: start the source with "
+          "--tls_cert and --tls_key");
+    }
+  }
   FrameHeader h;
   std::string payload;
-  if (absl::Status s = ReadSmallFrame(fd, &h, &payload); !s.ok()) return s;
+  if (absl::Status s = ReadSmallFrame(stream, &h, &payload); !s.ok()) return s;
   if (h.type != FrameType::kHello) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected HELLO, got ", FrameTypeName(h.type)));
+    return absl::InvalidArgumentError(absl::StrCat("expected HELLO, got ", FrameTypeName(h.type)));
   }
   absl::StatusOr<Hello> hello = DecodeHello(
       absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
@@ -131,8 +150,7 @@ absl::Status PageServer::Handshake(int fd, Channel* ch) {
     return absl::PermissionDeniedError("authentication failed: wrong migration token");
   }
   *ch = hello->channel;
-  tv = {0, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  stream.SetReadTimeout(absl::ZeroDuration());
   if (*ch == Channel::kUrgent) {
     int one = 1, prio = 6;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -145,17 +163,32 @@ absl::Status PageServer::Handshake(int fd, Channel* ch) {
   w.regions = table_;
   std::string out;
   EncodeWelcome(w, &out);
-  return WriteAll(fd, out.data(), out.size());
+  return stream.WriteAll(out.data(), out.size());
 }
 
 void PageServer::ServeConnection(UniqueFd fd) {
+  const int raw_fd = fd.get();  // in live_fds_ until the stream is closed
+  Stream stream(std::move(fd));
   Channel ch = Channel::kUrgent;
-  absl::Status s = Handshake(fd.get(), &ch);
-  if (!s.ok()) stats_.refused_connections.fetch_add(1);
+  absl::Status s;
+  bool can_answer = true;  // a peer we can still send an ERROR frame to
+  if (tls_) {
+    s = tls_->Accept(&stream, absl::Now() + kHandshakeTimeout);
+    can_answer = false;  // a failed TLS handshake has answered with an alert (or ERROR) itself
+  }
+  if (s.ok()) {
+    can_answer = true;
+    s = Handshake(stream, &ch);
+  }
+  if (!s.ok()) {
+    stats_.refused_connections.fetch_add(1);
+    std::lock_guard<std::mutex> l(mu_);
+    last_refusal_ = std::string(s.message());
+  }
   while (s.ok()) {
     FrameHeader h;
     std::string payload;
-    s = ReadSmallFrame(fd.get(), &h, &payload);
+    s = ReadSmallFrame(stream, &h, &payload);
     if (!s.ok()) break;
     auto span =
         absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
@@ -176,8 +209,7 @@ void PageServer::ServeConnection(UniqueFd fd) {
         stats_.refused_requests.fetch_add(1);
         break;
       }
-      s = h.type == FrameType::kRequest ? SendPages(fd.get(), *r, ch)
-                                        : SendVerified(fd.get(), *r);
+      s = h.type == FrameType::kRequest ? SendPages(stream, *r, ch) : SendVerified(stream, *r);
     } else if (h.type == FrameType::kDone) {
       done_.store(true);
       uint64_t one = 1;
@@ -188,16 +220,17 @@ void PageServer::ServeConnection(UniqueFd fd) {
           absl::StrCat("unexpected ", FrameTypeName(h.type), " frame from the destination"));
     }
   }
-  if (!s.ok() && s.code() != absl::StatusCode::kUnavailable) {
+  if (!s.ok() && can_answer && s.code() != absl::StatusCode::kUnavailable) {
     std::string out;
     EncodeError(s, &out);
-    (void)WriteAll(fd.get(), out.data(), out.size());
+    (void)stream.WriteAll(out.data(), out.size());
   }
   std::lock_guard<std::mutex> l(mu_);
-  live_fds_.erase(std::remove(live_fds_.begin(), live_fds_.end(), fd.get()), live_fds_.end());
+  live_fds_.erase(std::remove(live_fds_.begin(), live_fds_.end(), raw_fd), live_fds_.end());
+  // `stream` closes the socket after it left live_fds_ (Shutdown never touches a reused fd).
 }
 
-absl::Status PageServer::SendPages(int fd, const PageRange& r, Channel ch) {
+absl::Status PageServer::SendPages(Stream& stream, const PageRange& r, Channel ch) {
   const SourceRegion& reg = regions_[r.region];
   const uint32_t ps = reg.info().page_size;
   std::vector<PageDesc> descs(r.count);
@@ -224,7 +257,7 @@ absl::Status PageServer::SendPages(int fd, const PageRange& r, Channel ch) {
   std::string prefix;
   EncodePagesPrefix(PagesHead{r.region, r.count, r.first}, descs, ps, &prefix);
   iov[0] = {prefix.data(), prefix.size()};
-  absl::Status s = WritevAll(fd, iov.data(), static_cast<int>(iov.size()));
+  absl::Status s = stream.WritevAll(iov.data(), static_cast<int>(iov.size()));
   if (s.ok()) {
     (ch == Channel::kUrgent ? stats_.urgent_pages : stats_.bulk_pages).fetch_add(r.count - zeros);
     stats_.zero_pages.fetch_add(zeros);
@@ -233,14 +266,14 @@ absl::Status PageServer::SendPages(int fd, const PageRange& r, Channel ch) {
   return s;
 }
 
-absl::Status PageServer::SendVerified(int fd, const PageRange& r) {
+absl::Status PageServer::SendVerified(Stream& stream, const PageRange& r) {
   const SourceRegion& reg = regions_[r.region];
   const uint32_t ps = reg.info().page_size;
   std::vector<uint32_t> crcs(r.count);
   for (uint32_t i = 0; i < r.count; ++i) crcs[i] = Crc32c(reg.base() + (r.first + i) * ps, ps);
   std::string out;
   EncodeVerified(r, crcs, &out);
-  return WriteAll(fd, out.data(), out.size());
+  return stream.WriteAll(out.data(), out.size());
 }
 
 }  // namespace faultline

@@ -3,7 +3,9 @@
 // or the bulk channel; each gets its own thread, so an urgent request is answered at once,
 // never behind a bulk batch being written. The destination drives the background order (it
 // knows what it still lacks); the server answers requests, refuses anything outside the
-// regions, and stops when the destination sends DONE.
+// regions, and stops when the destination sends DONE. With a TLS server context every
+// connection is TLS 1.3 (and, if the context has a CA, the destination must present a client
+// certificate signed by it); the token handshake runs inside TLS unchanged.
 #ifndef FAULTLINE_TRANSPORT_PAGE_SERVER_H_
 #define FAULTLINE_TRANSPORT_PAGE_SERVER_H_
 
@@ -19,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "base/unique_fd.h"
 #include "transport/protocol.h"
+#include "transport/tls.h"
 
 namespace faultline {
 
@@ -51,7 +54,9 @@ struct ServerStats {
 
 class PageServer {
  public:
-  PageServer(std::vector<SourceRegion> regions, Token token);
+  // `tls`: a server context (transport/tls.h), or null for plain TCP.
+  PageServer(std::vector<SourceRegion> regions, Token token,
+             std::shared_ptr<const TlsContext> tls = nullptr);
   ~PageServer();
 
   // Accepts and serves connections on `listen_fd` until a destination sends DONE (returns
@@ -62,21 +67,25 @@ class PageServer {
 
   const ServerStats& stats() const { return stats_; }
   std::vector<RegionInfo> region_table() const;
+  // Why the latest refused connection was refused (empty: none was).
+  std::string last_refusal() const;
 
  private:
   void ServeConnection(UniqueFd fd);
-  absl::Status Handshake(int fd, Channel* ch);
-  absl::Status SendPages(int fd, const PageRange& r, Channel ch);
-  absl::Status SendVerified(int fd, const PageRange& r);
+  absl::Status Handshake(Stream& stream, Channel* ch);
+  absl::Status SendPages(Stream& stream, const PageRange& r, Channel ch);
+  absl::Status SendVerified(Stream& stream, const PageRange& r);
 
   std::vector<SourceRegion> regions_;
   std::vector<RegionInfo> table_;
   Token token_;
+  std::shared_ptr<const TlsContext> tls_;
   UniqueFd stop_fd_;  // eventfd
   std::atomic<bool> done_{false};
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::vector<std::thread> threads_;
   std::vector<int> live_fds_;
+  std::string last_refusal_;
   ServerStats stats_;
 };
 

@@ -4,8 +4,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sys/socket.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -75,10 +75,10 @@ absl::Status ReadAll(int fd, void* data, size_t n) {
       return ErrnoStatus("recv");
     }
     if (r == 0) {
-      return absl::UnavailableError(
-          want == n ? "peer closed the connection"
-                    : absl::StrCat("peer closed the connection mid-frame (", want - n, " of ",
-                                   want, " bytes read)"));
+      return absl::UnavailableError(want == n
+                                        ? "peer closed the connection"
+                                        : absl::StrCat("peer closed the connection mid-frame (",
+                                                       want - n, " of ", want, " bytes read)"));
     }
     p += r;
     n -= r;
@@ -86,16 +86,19 @@ absl::Status ReadAll(int fd, void* data, size_t n) {
   return absl::OkStatus();
 }
 
-absl::Status ReadSmallFrame(int fd, FrameHeader* header, std::string* payload) {
+namespace {
+
+template <typename ReadFn>
+absl::Status ReadSmallFrameWith(ReadFn read_all, FrameHeader* header, std::string* payload) {
   uint8_t hb[kHeaderSize];
-  if (absl::Status s = ReadAll(fd, hb, sizeof(hb)); !s.ok()) return s;
+  if (absl::Status s = read_all(hb, sizeof(hb)); !s.ok()) return s;
   absl::StatusOr<FrameHeader> h = DecodeHeader(absl::MakeConstSpan(hb, sizeof(hb)));
   if (!h.ok()) return h.status();
   if (h->type == FrameType::kPages) {
     return absl::InvalidArgumentError("unexpected PAGES frame on a control exchange");
   }
   payload->resize(h->length);
-  if (absl::Status s = ReadAll(fd, payload->data(), h->length); !s.ok()) return s;
+  if (absl::Status s = read_all(payload->data(), h->length); !s.ok()) return s;
   *header = *h;
   if (h->type == FrameType::kError) {
     absl::StatusOr<ErrorFrame> e = DecodeError(
@@ -104,6 +107,17 @@ absl::Status ReadSmallFrame(int fd, FrameHeader* header, std::string* payload) {
     return PeerError(*e);
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ReadSmallFrame(int fd, FrameHeader* header, std::string* payload) {
+  return ReadSmallFrameWith([fd](void* p, size_t n) { return ReadAll(fd, p, n); }, header, payload);
+}
+
+absl::Status ReadSmallFrame(Stream& stream, FrameHeader* header, std::string* payload) {
+  return ReadSmallFrameWith([&stream](void* p, size_t n) { return stream.ReadAll(p, n); }, header,
+                            payload);
 }
 
 absl::Status SplitHostPort(const std::string& host_port, std::string* host, int* port) {
@@ -153,9 +167,8 @@ absl::StatusOr<UniqueFd> ConnectTcp(const std::string& host_port, absl::Duration
       struct pollfd p = {fd.get(), POLLOUT, 0};
       int pr = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
       if (pr == 0) {
-        last = absl::DeadlineExceededError(
-            absl::StrCat("connect to ", host_port, " timed out after ",
-                         absl::FormatDuration(timeout)));
+        last = absl::DeadlineExceededError(absl::StrCat(
+            "connect to ", host_port, " timed out after ", absl::FormatDuration(timeout)));
         continue;
       }
       int err = 0;
@@ -165,8 +178,7 @@ absl::StatusOr<UniqueFd> ConnectTcp(const std::string& host_port, absl::Duration
       errno = err;
     }
     if (rc < 0) {
-      last = absl::UnavailableError(
-          absl::StrCat("connect to ", host_port, ": ", strerror(errno)));
+      last = absl::UnavailableError(absl::StrCat("connect to ", host_port, ": ", strerror(errno)));
       continue;
     }
     int flags = 0;

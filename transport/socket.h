@@ -1,5 +1,6 @@
 // Blocking socket helpers: whole reads and writes, TCP connect/listen. Errors name the peer's
-// fate ("peer closed the connection") rather than a bare errno.
+// fate ("peer closed the connection") rather than a bare errno. The fd versions are plain TCP;
+// the transport's connections are Streams (transport/tls.h): plain TCP or TLS, one code path.
 #ifndef FAULTLINE_TRANSPORT_SOCKET_H_
 #define FAULTLINE_TRANSPORT_SOCKET_H_
 
@@ -14,6 +15,7 @@
 #include "absl/time/time.h"
 #include "base/unique_fd.h"
 #include "transport/protocol.h"
+#include "transport/tls.h"
 
 namespace faultline {
 
@@ -27,6 +29,7 @@ absl::Status ReadAll(int fd, void* data, size_t n);
 // Reads one frame whose payload is at most MaxPayload(type) (never PAGES: those are read
 // piecewise by the receiver). ERROR frames are turned into the peer's status.
 absl::Status ReadSmallFrame(int fd, FrameHeader* header, std::string* payload);
+absl::Status ReadSmallFrame(Stream& stream, FrameHeader* header, std::string* payload);
 
 // "host:port" → connected TCP socket (TCP_NODELAY set).
 absl::StatusOr<UniqueFd> ConnectTcp(const std::string& host_port, absl::Duration timeout);

@@ -11,22 +11,29 @@
 
 namespace faultline {
 
-absl::StatusOr<UniqueFd> OpenChannel(const TcpSourceOptions& opts, Channel ch,
-                                     std::vector<RegionInfo>* regions) {
+absl::StatusOr<Stream> OpenChannel(const TcpSourceOptions& opts, Channel ch,
+                                   std::vector<RegionInfo>* regions) {
+  const absl::Time deadline = absl::Now() + opts.connect_timeout;
   absl::StatusOr<UniqueFd> fd = ConnectTcp(opts.address, opts.connect_timeout);
   if (!fd.ok()) return fd.status();
+  Stream stream(std::move(*fd));
+  if (opts.tls) {
+    absl::Status s = opts.tls->Connect(
+        &stream, opts.tls_server_name.empty() ? HostOfAddress(opts.address) : opts.tls_server_name,
+        opts.address, deadline);
+    if (!s.ok()) return s;
+  }
   // A source that accepts but never answers (hung, or no longer serving) must not hang us.
-  struct timeval tv = {static_cast<time_t>(absl::ToInt64Seconds(opts.connect_timeout)), 0};
-  setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  stream.SetReadTimeout(opts.connect_timeout);
   std::string out;
   Hello hello;
   hello.channel = ch;
   hello.token = opts.token;
   EncodeHello(hello, &out);
-  if (absl::Status s = WriteAll(fd->get(), out.data(), out.size()); !s.ok()) return s;
+  if (absl::Status s = stream.WriteAll(out.data(), out.size()); !s.ok()) return s;
   FrameHeader h;
   std::string payload;
-  if (absl::Status s = ReadSmallFrame(fd->get(), &h, &payload); !s.ok()) {
+  if (absl::Status s = ReadSmallFrame(stream, &h, &payload); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("handshake with ", opts.address, ": ", s.message()));
   }
   if (h.type != FrameType::kWelcome) {
@@ -37,9 +44,8 @@ absl::StatusOr<UniqueFd> OpenChannel(const TcpSourceOptions& opts, Channel ch,
       absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
   if (!w.ok()) return w.status();
   *regions = std::move(w->regions);
-  tv = {0, 0};
-  setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  return fd;
+  stream.SetReadTimeout(absl::ZeroDuration());
+  return stream;
 }
 
 absl::StatusOr<std::unique_ptr<TcpPageSource>> TcpPageSource::Connect(
@@ -47,17 +53,17 @@ absl::StatusOr<std::unique_ptr<TcpPageSource>> TcpPageSource::Connect(
   std::unique_ptr<TcpPageSource> src(new TcpPageSource());
   src->opts_ = opts;
   std::vector<RegionInfo> bulk_regions;
-  absl::StatusOr<UniqueFd> urgent = OpenChannel(opts, Channel::kUrgent, &src->regions_);
+  absl::StatusOr<Stream> urgent = OpenChannel(opts, Channel::kUrgent, &src->regions_);
   if (!urgent.ok()) return urgent.status();
-  absl::StatusOr<UniqueFd> bulk = OpenChannel(opts, Channel::kBulk, &bulk_regions);
+  absl::StatusOr<Stream> bulk = OpenChannel(opts, Channel::kBulk, &bulk_regions);
   if (!bulk.ok()) return bulk.status();
   if (bulk_regions.size() != src->regions_.size()) {
     return absl::FailedPreconditionError("source announced different regions on its channels");
   }
   int big = 4 << 20;
-  setsockopt(bulk->get(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
-  src->conns_[0].fd = std::move(*urgent);
-  src->conns_[1].fd = std::move(*bulk);
+  setsockopt(bulk->fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+  src->conns_[0].stream = std::move(*urgent);
+  src->conns_[1].stream = std::move(*bulk);
   return src;
 }
 
@@ -77,7 +83,7 @@ absl::Status TcpPageSource::Request(Conn& c, uint32_t region, uint64_t first, ui
   std::string out;
   EncodeRequest(r, &out);
   std::lock_guard<std::mutex> l(c.write_mu);
-  return WriteAll(c.fd.get(), out.data(), out.size());
+  return c.stream.WriteAll(out.data(), out.size());
 }
 
 absl::Status TcpPageSource::RequestUrgent(uint32_t region, uint64_t page) {
@@ -92,13 +98,13 @@ absl::Status TcpPageSource::Finish() {
   std::string out;
   EncodeDone(&out);
   std::lock_guard<std::mutex> l(conns_[0].write_mu);
-  return WriteAll(conns_[0].fd.get(), out.data(), out.size());
+  return conns_[0].stream.WriteAll(out.data(), out.size());
 }
 
 void TcpPageSource::Stop() {
   stopping_.store(true);
   for (Conn& c : conns_) {
-    if (c.fd.valid()) ::shutdown(c.fd.get(), SHUT_RDWR);
+    if (c.stream.valid()) c.stream.ShutdownSocket();
   }
   for (Conn& c : conns_) {
     if (c.rx.joinable()) c.rx.join();
@@ -113,11 +119,12 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
   while (true) {
     std::vector<RegionInfo> r0, r1;
     TcpSourceOptions o = opts_;
-    o.connect_timeout = std::min(opts_.connect_timeout,
-                                 std::max(absl::Milliseconds(100), deadline - absl::Now()));
-    absl::StatusOr<UniqueFd> urgent = OpenChannel(o, Channel::kUrgent, &r0);
-    absl::StatusOr<UniqueFd> bulk =
-        urgent.ok() ? OpenChannel(o, Channel::kBulk, &r1) : absl::StatusOr<UniqueFd>(urgent.status());
+    o.connect_timeout =
+        std::min(opts_.connect_timeout, std::max(absl::Milliseconds(100), deadline - absl::Now()));
+    // A fresh TCP connection and, with TLS, a fresh handshake per channel.
+    absl::StatusOr<Stream> urgent = OpenChannel(o, Channel::kUrgent, &r0);
+    absl::StatusOr<Stream> bulk =
+        urgent.ok() ? OpenChannel(o, Channel::kBulk, &r1) : absl::StatusOr<Stream>(urgent.status());
     if (urgent.ok() && bulk.ok()) {
       if (r0.size() != regions_.size() || r1.size() != regions_.size()) {
         return absl::FailedPreconditionError("the source came back with different regions");
@@ -129,10 +136,10 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
         }
       }
       int big = 4 << 20;
-      setsockopt(bulk->get(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+      setsockopt(bulk->fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
       for (int ch = 0; ch < 2; ++ch) {
         std::lock_guard<std::mutex> l(conns_[ch].write_mu);
-        conns_[ch].fd = std::move(ch == 0 ? *urgent : *bulk);
+        conns_[ch].stream = std::move(ch == 0 ? *urgent : *bulk);
       }
       stopping_.store(false);
       for (int ch = 0; ch < 2; ++ch) {
@@ -149,9 +156,8 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
       return last;
     }
     if (absl::Now() + backoff > deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("source ", opts_.address, " unreachable until the deadline: ",
-                       last.message()));
+      return absl::DeadlineExceededError(absl::StrCat(
+          "source ", opts_.address, " unreachable until the deadline: ", last.message()));
     }
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(1));
@@ -159,18 +165,15 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
 }
 
 void TcpPageSource::ReceiveLoop(Channel ch) {
-  int fd = conns_[static_cast<int>(ch)].fd.get();
+  Stream& stream = conns_[static_cast<int>(ch)].stream;
   absl::Status status;
   while (status.ok()) {
     uint8_t hb[kHeaderSize];
     if (opts_.busy_poll && ch == Channel::kUrgent) {
       // Spin until the header's first byte is there, then read normally.
-      while (!stopping_.load(std::memory_order_relaxed)) {
-        ssize_t r = ::recv(fd, hb, 1, MSG_DONTWAIT | MSG_PEEK);
-        if (r > 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) || r == 0) break;
-      }
+      stream.SpinUntilReadable(stopping_);
     }
-    status = ReadAll(fd, hb, sizeof(hb));
+    status = stream.ReadAll(hb, sizeof(hb));
     if (!status.ok()) break;
     absl::StatusOr<FrameHeader> h = DecodeHeader(absl::MakeConstSpan(hb, sizeof(hb)));
     if (!h.ok()) {
@@ -178,16 +181,16 @@ void TcpPageSource::ReceiveLoop(Channel ch) {
       break;
     }
     if (h->type == FrameType::kPages) {
-      status = ReceivePages(ch, fd, *h);
+      status = ReceivePages(ch, stream, *h);
       if (!status.ok()) sink_->FrameAborted(ch);
       continue;
     }
     std::string payload(h->length, '\0');
-    status = ReadAll(fd, payload.data(), payload.size());
+    status = stream.ReadAll(payload.data(), payload.size());
     if (!status.ok()) break;
     if (h->type == FrameType::kError) {
-      absl::StatusOr<ErrorFrame> e = DecodeError(absl::MakeConstSpan(
-          reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
+      absl::StatusOr<ErrorFrame> e = DecodeError(
+          absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
       status = e.ok() ? PeerError(*e) : e.status();
     } else {
       status = absl::InvalidArgumentError(
@@ -200,17 +203,17 @@ void TcpPageSource::ReceiveLoop(Channel ch) {
     std::string out;
     EncodeError(status, &out);
     std::lock_guard<std::mutex> l(conns_[static_cast<int>(ch)].write_mu);
-    (void)WriteAll(fd, out.data(), out.size());
+    (void)stream.WriteAll(out.data(), out.size());
   }
-  sink_->Failed(ch, absl::Status(status.code(),
-                                 absl::StrCat(ch == Channel::kUrgent ? "urgent" : "bulk",
-                                              " channel: ", status.message())));
+  sink_->Failed(ch,
+                absl::Status(status.code(), absl::StrCat(ch == Channel::kUrgent ? "urgent" : "bulk",
+                                                         " channel: ", status.message())));
 }
 
-absl::Status TcpPageSource::ReceivePages(Channel ch, int fd, const FrameHeader& h) {
+absl::Status TcpPageSource::ReceivePages(Channel ch, Stream& stream, const FrameHeader& h) {
   uint8_t head_buf[kPagesHeadSize];
   if (h.length < kPagesHeadSize) return absl::InvalidArgumentError("malformed PAGES frame: short");
-  if (absl::Status s = ReadAll(fd, head_buf, sizeof(head_buf)); !s.ok()) return s;
+  if (absl::Status s = stream.ReadAll(head_buf, sizeof(head_buf)); !s.ok()) return s;
   absl::StatusOr<PagesHead> head = DecodePagesHead(absl::MakeConstSpan(head_buf));
   if (!head.ok()) return head.status();
   PageRange range{head->region, head->count, head->first};
@@ -219,7 +222,7 @@ absl::Status TcpPageSource::ReceivePages(Channel ch, int fd, const FrameHeader& 
   }
   const uint32_t page_size = regions_[head->region].page_size;
   std::vector<uint8_t> desc_buf(size_t{head->count} * kPageDescSize);
-  if (absl::Status s = ReadAll(fd, desc_buf.data(), desc_buf.size()); !s.ok()) return s;
+  if (absl::Status s = stream.ReadAll(desc_buf.data(), desc_buf.size()); !s.ok()) return s;
   absl::StatusOr<std::vector<PageDesc>> descs =
       DecodePageDescs(desc_buf, head->count, page_size, h.length);
   if (!descs.ok()) return descs.status();
@@ -230,7 +233,7 @@ absl::Status TcpPageSource::ReceivePages(Channel ch, int fd, const FrameHeader& 
       continue;
     }
     uint8_t* dst = sink_->Land(ch, head->region, page, i);
-    absl::Status s = ReadAll(fd, dst, page_size);
+    absl::Status s = stream.ReadAll(dst, page_size);  // straight into place
     if (!s.ok()) {
       sink_->Arrived(ch, head->region, page, i, Arrival::kCorrupt);
       return s;
@@ -250,8 +253,8 @@ absl::StatusOr<uint64_t> VerifyAgainstSource(const TcpSourceOptions& opts,
                                              const std::vector<const uint8_t*>& bases,
                                              uint64_t* verified, bool send_done) {
   std::vector<RegionInfo> regions;
-  absl::StatusOr<UniqueFd> fd = OpenChannel(opts, Channel::kUrgent, &regions);
-  if (!fd.ok()) return fd.status();
+  absl::StatusOr<Stream> stream = OpenChannel(opts, Channel::kUrgent, &regions);
+  if (!stream.ok()) return stream.status();
   if (regions.size() != bases.size()) {
     return absl::FailedPreconditionError("verify: region count differs from the source's");
   }
@@ -260,15 +263,15 @@ absl::StatusOr<uint64_t> VerifyAgainstSource(const TcpSourceOptions& opts,
   for (uint32_t ri = 0; ri < regions.size(); ++ri) {
     const RegionInfo& r = regions[ri];
     for (uint64_t first = 0; first < r.pages(); first += kMaxPagesPerFrame) {
-      PageRange range{ri, static_cast<uint32_t>(std::min<uint64_t>(kMaxPagesPerFrame,
-                                                                   r.pages() - first)),
-                      first};
+      PageRange range{
+          ri, static_cast<uint32_t>(std::min<uint64_t>(kMaxPagesPerFrame, r.pages() - first)),
+          first};
       std::string out;
       EncodeVerify(range, &out);
-      if (absl::Status s = WriteAll(fd->get(), out.data(), out.size()); !s.ok()) return s;
+      if (absl::Status s = stream->WriteAll(out.data(), out.size()); !s.ok()) return s;
       FrameHeader h;
       std::string payload;
-      if (absl::Status s = ReadSmallFrame(fd->get(), &h, &payload); !s.ok()) return s;
+      if (absl::Status s = ReadSmallFrame(*stream, &h, &payload); !s.ok()) return s;
       if (h.type != FrameType::kVerified) {
         return absl::InvalidArgumentError(
             absl::StrCat("verify: expected VERIFIED, got ", FrameTypeName(h.type)));
@@ -291,7 +294,7 @@ absl::StatusOr<uint64_t> VerifyAgainstSource(const TcpSourceOptions& opts,
   if (send_done) {
     std::string out;
     EncodeDone(&out);
-    (void)WriteAll(fd->get(), out.data(), out.size());
+    (void)stream->WriteAll(out.data(), out.size());
   }
   return bad;
 }

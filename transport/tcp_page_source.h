@@ -1,6 +1,8 @@
 // TcpPageSource: the destination's TCP transport. Two connections per migration:
 //  - urgent: fault requests only, TCP_NODELAY, its own receive thread — never behind bulk;
 //  - bulk: background batches, received straight into the place the engine chose.
+// Each is plain TCP or, with TcpSourceOptions::tls, TLS 1.3 (transport/tls.h); both go through
+// the same Stream code.
 #ifndef FAULTLINE_TRANSPORT_TCP_PAGE_SOURCE_H_
 #define FAULTLINE_TRANSPORT_TCP_PAGE_SOURCE_H_
 
@@ -15,6 +17,7 @@
 #include "absl/time/time.h"
 #include "base/unique_fd.h"
 #include "transport/page_source.h"
+#include "transport/tls.h"
 
 namespace faultline {
 
@@ -24,6 +27,11 @@ struct TcpSourceOptions {
   absl::Duration connect_timeout = absl::Seconds(10);
   // Spin on the urgent socket instead of sleeping in recv(): lower fault latency, one core.
   bool busy_poll = false;
+  // TLS (a client context: the CA that signed the source's certificate, and our certificate
+  // for mutual TLS); null: plain TCP. The TLS handshake is bounded by connect_timeout.
+  std::shared_ptr<const TlsContext> tls;
+  // The name the source's certificate must carry; empty: the host (or IP) of `address`.
+  std::string tls_server_name;
 };
 
 class TcpPageSource : public PageSource {
@@ -42,14 +50,14 @@ class TcpPageSource : public PageSource {
 
  private:
   struct Conn {
-    UniqueFd fd;
+    Stream stream;
     std::mutex write_mu;  // one writer at a time
     std::thread rx;
   };
   TcpPageSource() = default;
   absl::Status Request(Conn& c, uint32_t region, uint64_t first, uint32_t count);
   void ReceiveLoop(Channel ch);
-  absl::Status ReceivePages(Channel ch, int fd, const FrameHeader& h);
+  absl::Status ReceivePages(Channel ch, Stream& stream, const FrameHeader& h);
 
   TcpSourceOptions opts_;
   std::vector<RegionInfo> regions_;
@@ -60,9 +68,10 @@ class TcpPageSource : public PageSource {
   std::mutex reconnect_mu_;  // one Reconnect() at a time
 };
 
-// Opens one channel: connect, HELLO, WELCOME. Exposed for tests and the bench.
-absl::StatusOr<UniqueFd> OpenChannel(const TcpSourceOptions& opts, Channel ch,
-                                     std::vector<RegionInfo>* regions);
+// Opens one channel: connect, TLS handshake (with opts.tls), HELLO, WELCOME. Exposed for tests
+// and the bench.
+absl::StatusOr<Stream> OpenChannel(const TcpSourceOptions& opts, Channel ch,
+                                   std::vector<RegionInfo>* regions);
 
 }  // namespace faultline
 

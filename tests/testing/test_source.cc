@@ -12,9 +12,10 @@
 
 namespace faultline {
 
-absl::StatusOr<std::unique_ptr<TestSource>> TestSource::Start(uint64_t size, uint32_t page_size,
-                                                              PatternSpec pattern) {
+absl::StatusOr<std::unique_ptr<TestSource>> TestSource::Start(
+    uint64_t size, uint32_t page_size, PatternSpec pattern, std::shared_ptr<const TlsContext> tls) {
   std::unique_ptr<TestSource> t(new TestSource());
+  t->tls_ = std::move(tls);
   t->size_ = size;
   t->page_size_ = page_size;
   unsigned flags = MFD_CLOEXEC | (page_size == (2u << 20) ? (MFD_HUGETLB | MFD_HUGE_2MB) : 0);
@@ -31,12 +32,11 @@ absl::StatusOr<std::unique_ptr<TestSource>> TestSource::Start(uint64_t size, uin
 }
 
 absl::Status TestSource::StartServer() {
-  absl::StatusOr<SourceRegion> region = SourceRegion::MapFd("ram", fd_.get(), 0, size_,
-                                                            page_size_);
+  absl::StatusOr<SourceRegion> region = SourceRegion::MapFd("ram", fd_.get(), 0, size_, page_size_);
   if (!region.ok()) return region.status();
   std::vector<SourceRegion> regions;
   regions.push_back(std::move(*region));
-  server_ = std::make_unique<PageServer>(std::move(regions), token_);
+  server_ = std::make_unique<PageServer>(std::move(regions), token_, tls_);
   absl::StatusOr<UniqueFd> listen = ListenTcp(absl::StrCat("127.0.0.1:", port_));
   if (!listen.ok()) return listen.status();
   listen_ = std::move(*listen);

@@ -17,11 +17,13 @@ namespace faultline {
 
 class TestSource {
  public:
-  static absl::StatusOr<std::unique_ptr<TestSource>> Start(uint64_t size, uint32_t page_size,
-                                                           PatternSpec pattern = {});
+  // `tls`: a server context to serve TLS with (null: plain TCP).
+  static absl::StatusOr<std::unique_ptr<TestSource>> Start(
+      uint64_t size, uint32_t page_size, PatternSpec pattern = {},
+      std::shared_ptr<const TlsContext> tls = nullptr);
   ~TestSource();
 
-  TcpSourceOptions options() const;  // address + token for TcpPageSource::Connect
+  TcpSourceOptions options() const;  // address + token for TcpPageSource::Connect (no TLS)
   const uint8_t* base() const { return base_; }
   uint8_t* writable_base() { return base_; }
   uint64_t size() const { return size_; }
@@ -45,6 +47,7 @@ class TestSource {
   uint64_t size_ = 0;
   uint32_t page_size_ = 4096;
   Token token_{};
+  std::shared_ptr<const TlsContext> tls_;
   int port_ = 0;
   std::unique_ptr<PageServer> server_;
   std::thread thread_;
