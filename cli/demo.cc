@@ -182,7 +182,7 @@ absl::Status SourceMain(int ctl, const DemoOptions& o, const std::string& elf) {
   std::vector<SourceRegion> regions;
   regions.push_back(std::move(*region));
   h.token = RandomToken();
-  PageServer server(std::move(regions), h.token);
+  PageServer server(std::move(regions), h.token, o.server_tls);
   absl::StatusOr<UniqueFd> listen = ListenTcp("127.0.0.1:0");
   if (!listen.ok()) return listen.status();
   absl::StatusOr<int> port = BoundPort(listen->get());
@@ -317,6 +317,8 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     HandoffRunOptions ho;
     ho.source.address = absl::StrCat("127.0.0.1:", hello->port);
     ho.source.token = hello->token;
+    ho.source.tls = o.client_tls;
+    ho.source.tls_server_name = o.tls_server_name;
     ho.engine = o.engine;
     absl::Status s = RunHandoff(**session, ho);
     if (!s.ok()) std::fprintf(stderr, "faultline: %s\n", std::string(s.message()).c_str());

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
 #include "nlohmann/json.hpp"
+#include "transport/tls.h"
 
 namespace faultline {
 
@@ -35,6 +36,9 @@ struct DemoOptions {
   EngineOptions engine;
   std::function<void(uint64_t done_pages, uint64_t total_pages)> progress;
   std::function<void(const std::string& line)> guest_line;  // serial lines, both sides
+  // TLS between the page server and faultline (null: plain TCP).
+  std::shared_ptr<const TlsContext> server_tls, client_tls;
+  std::string tls_server_name;  // empty: 127.0.0.1
 };
 
 struct GuestPhase {

@@ -23,6 +23,7 @@
 #include "transport/page_server.h"
 #include "transport/socket.h"
 #include "transport/tcp_page_source.h"
+#include "transport/tls.h"
 
 ABSL_FLAG(std::string, kind, "memfd",
           "Destination region kind: anon, memfd, hugetlb, guest_memfd, or 'all' (local).");
@@ -54,6 +55,17 @@ ABSL_FLAG(int32_t, vcpus, 1, "demo: vCPUs of the guest (1 or 2).");
 ABSL_FLAG(std::string, dest_ram, "memfd", "demo: destination RAM backing, memfd or anon.");
 ABSL_FLAG(int64_t, guest_touches, 4096, "demo: touches per guest phase per vCPU.");
 ABSL_FLAG(bool, guest_serial, false, "demo: print the destination guest's serial lines.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "TLS certificate (PEM). source, demo: serve TLS 1.3 with it (with --tls_key). dest, "
+          "serve: present it to a source that requires client certificates.");
+ABSL_FLAG(std::string, tls_key, "", "The private key of --tls_cert (PEM, not encrypted).");
+ABSL_FLAG(std::string, tls_ca, "",
+          "CA certificate(s) (PEM). dest, serve: connect with TLS and verify the source's "
+          "certificate against it. source: require destinations to present a certificate "
+          "signed by it (mutual TLS).");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "dest, serve: the name the source's certificate must carry (default: the host or IP "
+          "of --connect).");
 
 namespace faultline {
 namespace {
@@ -81,6 +93,14 @@ constexpr char kUsage[] =
     "      source VMM, is paused, and resumes at once on a destination VMM whose empty RAM\n"
     "      faultline fills by post-copy over loopback; then every page is verified. Without\n"
     "      /dev/kvm it says why and runs `local` with the thread guest instead.\n"
+    "\n"
+    "TLS (source, dest, serve, demo; default: plain TCP):\n"
+    "  source --tls_cert=PEM --tls_key=PEM      serve TLS 1.3 only\n"
+    "  dest   --tls_ca=PEM                      connect with TLS, verify the source's certificate\n"
+    "         [--tls_server_name=NAME]          and its name (default: the host/IP of --connect)\n"
+    "  source --tls_ca=PEM + dest --tls_cert=PEM --tls_key=PEM   mutual TLS: destinations need a\n"
+    "                                           certificate signed by the source's CA\n"
+    "  The token handshake runs inside TLS unchanged. Making certificates: README.md, \"TLS\".\n"
     "\n"
     "Requires userfaultfd (root, or vm.unprivileged_userfaultfd=1). hugetlb needs reserved\n"
     "2 MiB pages: echo N > /proc/sys/vm/nr_hugepages.\n";
@@ -142,6 +162,20 @@ absl::StatusOr<GuestOptions> GuestOpts() {
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "faultline: error: %s\n", std::string(s.message()).c_str());
   return 1;
+}
+
+// The --tls_* flags as a context for one side; null without any of them (plain TCP).
+absl::StatusOr<std::shared_ptr<const TlsContext>> TlsFromFlags(TlsContext::Role role) {
+  TlsFiles f;
+  f.cert = absl::GetFlag(FLAGS_tls_cert);
+  f.key = absl::GetFlag(FLAGS_tls_key);
+  f.ca = absl::GetFlag(FLAGS_tls_ca);
+  return TlsContext::FromFiles(role, f);
+}
+
+std::string TlsMode(const std::shared_ptr<const TlsContext>& tls) {
+  if (!tls) return "plain TCP";
+  return tls->mutual() ? "TLS 1.3, client certificates required" : "TLS 1.3";
 }
 
 int Local() {
@@ -234,11 +268,14 @@ int Source() {
     if (!t.ok()) return Fail(t.status());
     token = *t;
   }
+  absl::StatusOr<std::shared_ptr<const TlsContext>> tls =
+      TlsFromFlags(TlsContext::Role::kServer);
+  if (!tls.ok()) return Fail(tls.status());
   absl::StatusOr<UniqueFd> listen = ListenTcp(absl::GetFlag(FLAGS_listen));
   if (!listen.ok()) return Fail(listen.status());
-  PageServer server(std::move(regions), token);
-  std::printf("serving %zu region(s) on %s\n", server.region_table().size(),
-              absl::GetFlag(FLAGS_listen).c_str());
+  PageServer server(std::move(regions), token, *tls);
+  std::printf("serving %zu region(s) on %s (%s)\n", server.region_table().size(),
+              absl::GetFlag(FLAGS_listen).c_str(), TlsMode(*tls).c_str());
   std::fflush(stdout);
   absl::Status s = server.Serve(listen->get());
   const ServerStats& st = server.stats();
@@ -248,6 +285,9 @@ int Source() {
               (unsigned long long)st.zero_pages.load(), st.bytes.load() / 1048576.0,
               (unsigned long long)st.refused_requests.load(),
               (unsigned long long)st.refused_connections.load());
+  if (st.refused_connections.load() > 0) {
+    std::printf("last refused connection: %s\n", server.last_refusal().c_str());
+  }
   return s.ok() ? 0 : Fail(s);
 }
 
@@ -268,6 +308,10 @@ int Serve() {
   ho.source.address = absl::GetFlag(FLAGS_connect);
   ho.source.token = *token;
   ho.source.busy_poll = absl::GetFlag(FLAGS_busy_poll);
+  absl::StatusOr<std::shared_ptr<const TlsContext>> tls = TlsFromFlags(TlsContext::Role::kClient);
+  if (!tls.ok()) return Fail(tls.status());
+  ho.source.tls = *tls;
+  ho.source.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   ho.engine = EngineOpts();
   nlohmann::json stats;
   absl::Status s = RunHandoff(**session, ho, &stats);
@@ -291,6 +335,20 @@ int Demo() {
   o.vcpus = static_cast<uint32_t>(absl::GetFlag(FLAGS_vcpus));
   o.dest_backing = absl::GetFlag(FLAGS_dest_ram);
   o.touches = static_cast<uint64_t>(absl::GetFlag(FLAGS_guest_touches));
+  if (!absl::GetFlag(FLAGS_tls_cert).empty() || !absl::GetFlag(FLAGS_tls_key).empty() ||
+      !absl::GetFlag(FLAGS_tls_ca).empty()) {
+    // Both ends are here: the page server serves --tls_cert; faultline verifies it with
+    // --tls_ca and presents the same certificate (the source, given the CA, requires one).
+    absl::StatusOr<std::shared_ptr<const TlsContext>> server =
+        TlsFromFlags(TlsContext::Role::kServer);
+    if (!server.ok()) return Fail(server.status());
+    absl::StatusOr<std::shared_ptr<const TlsContext>> client =
+        TlsFromFlags(TlsContext::Role::kClient);
+    if (!client.ok()) return Fail(client.status());
+    o.server_tls = *server;
+    o.client_tls = *client;
+    o.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  }
   o.engine = EngineOpts();
   if (absl::GetFlag(FLAGS_progress)) {
     o.progress = [](uint64_t done, uint64_t total) { ProgressBar(done * 4096, total * 4096); };
@@ -375,6 +433,10 @@ int Dest() {
   topts.address = absl::GetFlag(FLAGS_connect);
   topts.token = *token;
   topts.busy_poll = absl::GetFlag(FLAGS_busy_poll);
+  absl::StatusOr<std::shared_ptr<const TlsContext>> tls = TlsFromFlags(TlsContext::Role::kClient);
+  if (!tls.ok()) return Fail(tls.status());
+  topts.tls = *tls;
+  topts.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   absl::StatusOr<std::unique_ptr<TcpPageSource>> source = TcpPageSource::Connect(topts);
   if (!source.ok()) return Fail(source.status());
   std::vector<std::unique_ptr<GuestRegion>> owned;

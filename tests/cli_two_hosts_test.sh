@@ -39,4 +39,50 @@ cat "$TEST_TMPDIR/src.log"
 [[ $SRC_RC -eq 0 ]] || fail "source exited $SRC_RC (it should stop cleanly on DONE)"
 grep -q "verified 8192 pages, 0 mismatches" "$TEST_TMPDIR/dest.log" || fail "verification line missing"
 grep -q "refused requests 0, connections 1" "$TEST_TMPDIR/src.log" || fail "source did not count the refused connection"
+
+# The same over mutual TLS, with certificates made here by the openssl CLI (as in README.md):
+# a plain destination and one without a client certificate are refused with clear messages;
+# one with a certificate signed by the CA migrates and verifies every page.
+if ! command -v openssl > /dev/null; then
+  echo "SKIP (TLS part): no openssl command"; echo "PASS"; exit 0
+fi
+PKI="$TEST_TMPDIR/pki"; mkdir -p "$PKI"
+EC=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+openssl req -x509 "${EC[@]}" -days 2 -subj "/CN=faultline test CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+  -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2> "$PKI/log" || { cat "$PKI/log"; fail "openssl req (CA)"; }
+for who in source dest; do
+  openssl req "${EC[@]}" -subj "/CN=$who" -keyout "$PKI/$who.key" -out "$PKI/$who.csr" 2>> "$PKI/log" &&
+  openssl x509 -req -in "$PKI/$who.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 1 -extfile <(printf "subjectAltName=IP:127.0.0.1,DNS:localhost\n") \
+    -out "$PKI/$who.crt" 2>> "$PKI/log" || { cat "$PKI/log"; fail "openssl x509 ($who)"; }
+done
+PORT2=$((PORT + 1))
+"$BIN" source --listen=127.0.0.1:$PORT2 --token=$TOKEN --region=ram=$RAM \
+  --tls_cert="$PKI/source.crt" --tls_key="$PKI/source.key" --tls_ca="$PKI/ca.crt" \
+  > "$TEST_TMPDIR/tls-src.log" 2>&1 &
+SRC=$!
+for _ in $(seq 50); do grep -q serving "$TEST_TMPDIR/tls-src.log" && break; sleep 0.1; done
+grep -q "TLS 1.3, client certificates required" "$TEST_TMPDIR/tls-src.log" || fail "source does not say it serves mutual TLS"
+if timeout 20 "$BIN" dest --connect=127.0.0.1:$PORT2 --token=$TOKEN --kind=anon --progress=false \
+    > "$TEST_TMPDIR/tls-plain.log" 2>&1; then
+  fail "a plain destination was accepted by a TLS source"
+fi
+grep -q "requires TLS" "$TEST_TMPDIR/tls-plain.log" || { cat "$TEST_TMPDIR/tls-plain.log"; fail "no clear message for plain vs TLS"; }
+if timeout 20 "$BIN" dest --connect=127.0.0.1:$PORT2 --token=$TOKEN --kind=anon --progress=false \
+    --tls_ca="$PKI/ca.crt" > "$TEST_TMPDIR/tls-nocert.log" 2>&1; then
+  fail "a destination without a client certificate was accepted"
+fi
+grep -q "certificate required" "$TEST_TMPDIR/tls-nocert.log" || { cat "$TEST_TMPDIR/tls-nocert.log"; fail "no clear message for a missing client certificate"; }
+timeout 120 "$BIN" dest --connect=127.0.0.1:$PORT2 --token=$TOKEN --kind=memfd --progress=false \
+  --touches=2000 --tls_ca="$PKI/ca.crt" --tls_cert="$PKI/dest.crt" --tls_key="$PKI/dest.key" \
+  > "$TEST_TMPDIR/tls-dest.log" 2>&1
+RC=$?
+cat "$TEST_TMPDIR/tls-dest.log"
+wait $SRC; SRC_RC=$?
+cat "$TEST_TMPDIR/tls-src.log"
+[[ $RC -eq 0 ]] || fail "TLS dest exited $RC"
+[[ $SRC_RC -eq 0 ]] || fail "TLS source exited $SRC_RC"
+grep -q "verified 8192 pages, 0 mismatches" "$TEST_TMPDIR/tls-dest.log" || fail "TLS verification line missing"
+grep -q "connections 2" "$TEST_TMPDIR/tls-src.log" || fail "TLS source did not count the two refused connections"
 echo "PASS"
