@@ -51,6 +51,10 @@ ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
           "for up to this long (0: fail at once).");
 ABSL_FLAG(std::string, handoff, "/run/faultline.sock",
           "serve: the Unix socket a VMM hands its userfaultfd and memory over on.");
+ABSL_FLAG(std::string, state_dir, "/run/faultline",
+          "serve: directory of the per-migration page-state files (a tmpfs). If faultline "
+          "dies mid-migration, a new `serve` with the same token continues from the file "
+          "when the VMM hands the same uffd over again. Empty: keep no state file.");
 ABSL_FLAG(int32_t, vcpus, 1, "demo: vCPUs of the guest (1 or 2).");
 ABSL_FLAG(std::string, dest_ram, "memfd", "demo: destination RAM backing, memfd or anon.");
 ABSL_FLAG(int64_t, guest_touches, 4096, "demo: touches per guest phase per vCPU.");
@@ -86,8 +90,13 @@ constexpr char kUsage[] =
     "      Create destination memory matching the source's regions, run the thread guest on\n"
     "      it while post-copy fills it, verify every page by CRC32C against the source.\n"
     "  faultline serve  --handoff=/run/faultline.sock --connect=HOST:PORT --token=HEX\n"
+    "                   [--state_dir=/run/faultline]\n"
     "      Wait for one VMM to hand over its userfaultfd and guest memory (faultline's\n"
     "      hand-off or Firecracker's), then serve its faults from the source page server.\n"
+    "      Restart: the page-state map is kept in STATE_DIR/<hash of token>.state; if this\n"
+    "      process dies mid-migration, start `serve` again with the same flags and let the\n"
+    "      VMM hand over the same uffd again: the new engine adopts the file automatically\n"
+    "      and continues (no page lost, none placed twice); the file is removed at the end.\n"
     "  faultline demo   [--size=1G] [--vcpus=1|2] [--dest_ram=memfd|anon]\n"
     "      The main job: a real KVM guest (reference VMM, /dev/kvm) dirties its memory on a\n"
     "      source VMM, is paused, and resumes at once on a destination VMM whose empty RAM\n"
@@ -313,6 +322,11 @@ int Serve() {
   ho.source.tls = *tls;
   ho.source.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   ho.engine = EngineOpts();
+  ho.state_dir = absl::GetFlag(FLAGS_state_dir);
+  ho.log = [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  };
   nlohmann::json stats;
   absl::Status s = RunHandoff(**session, ho, &stats);
   if (!s.ok()) return Fail(s);

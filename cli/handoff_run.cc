@@ -1,15 +1,66 @@
 #include "cli/handoff_run.h"
 
+#include <openssl/sha.h>
+#include <sys/stat.h>
+
 #include <atomic>
+#include <cerrno>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/errno_status.h"
+#include "engine/state_file.h"
 
 namespace faultline {
 namespace {
+
+// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot. With the
+// pid it names one process for good (a pid alone may be reused).
+std::string ProcessStartTime(pid_t pid) {
+  std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string stat = ss.str();
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return "?";
+  std::istringstream rest(stat.substr(paren + 2));  // after ") "
+  std::string field;
+  for (int i = 3; i <= 22 && rest >> field; ++i) {
+  }
+  return field;
+}
+
+// What a state file must match to be adopted: the same VMM process, the same guest memory
+// (addresses in the VMM, sizes, page sizes, kinds, backing files by inode). A state file of
+// the same token written for another VMM — a restarted one, whose memory is new and empty —
+// says nothing about this memory and is refused.
+std::string StateIdentity(const HandoffRequest& req,
+                          const std::vector<std::unique_ptr<GuestRegion>>& regions) {
+  std::string id =
+      absl::StrCat("faultline-state v1\nvmm pid ", req.peer_pid, " start ",
+                   ProcessStartTime(req.peer_pid), " format ", HandoffFormatName(req.format), "\n");
+  for (size_t i = 0; i < regions.size(); ++i) {
+    const GuestRegion& r = *regions[i];
+    struct stat st = {};
+    if (r.fd() >= 0) fstat(r.fd(), &st);
+    absl::StrAppend(&id, "region ", i, " ", r.name(), " ", RegionKindName(r.kind()), " 0x",
+                    absl::Hex(reinterpret_cast<uintptr_t>(r.base())), " ", r.size(), " ",
+                    r.page_size(), " offset ", req.regions[i].offset, " backing ",
+                    static_cast<uint64_t>(st.st_dev), ":", static_cast<uint64_t>(st.st_ino), "\n");
+  }
+  return id;
+}
+
+absl::Status MakeStateDir(const std::string& dir) {
+  if (mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return absl::OkStatus();
+  return ErrnoStatus(absl::StrCat("state directory ", dir, " (--state_dir)"));
+}
 
 nlohmann::json Hist(const LatencyHistogram& h) {
   return {{"count", h.count()},          {"p50_ns", h.Percentile(0.5)},
@@ -35,11 +86,34 @@ absl::StatusOr<std::vector<std::unique_ptr<GuestRegion>>> AdoptRegions(HandoffRe
 
 }  // namespace
 
+std::string StateFilePath(const std::string& dir, const Token& token) {
+  // SHA-256 of a label and the token: names the migration without revealing its secret.
+  std::string in = "faultline-state-name";
+  in.append(reinterpret_cast<const char*>(token.data()), token.size());
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(in.data()), in.size(), digest);
+  return absl::StrCat(
+      dir, "/",
+      absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), 16)),
+      ".state");
+}
+
 nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
   const EngineCounters& c = e.counters();
   nlohmann::json per_thread = nlohmann::json::object();
   for (const auto& [tid, h] : e.fault_stats().PerThread()) per_thread[std::to_string(tid)] = Hist(h);
+  nlohmann::json resumed = nullptr;
+  if (e.adopted()) {
+    const AdoptedStates& a = e.adopted_states();
+    resumed = {{"present", a.present},
+               {"landed", a.landed},
+               {"refetch", a.refetch},
+               {"requeued", a.requeued},
+               {"discarded", a.discarded}};
+  }
   return {{"pages", e.total_pages()},
+          {"resumed", resumed},
+          {"stale_faults", c.stale_faults.load()},
           {"urgent_pages", c.urgent_pages.load()},
           {"bulk_pages", c.bulk_pages.load()},
           {"zero_pages", c.zero_pages.load()},
@@ -68,24 +142,70 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   absl::StatusOr<std::vector<std::unique_ptr<GuestRegion>>> regions = AdoptRegions(req);
   if (!regions.ok()) return refuse(regions.status());
   std::vector<GuestRegion*> raw;
-  for (auto& r : *regions) raw.push_back(r.get());
+  std::vector<uint64_t> pages;
+  for (auto& r : *regions) {
+    raw.push_back(r.get());
+    pages.push_back(r->pages());
+  }
+
+  // The page-state map of this migration, in a file that outlives this process.
+  std::unique_ptr<StateFile> state;
+  if (!opts.state_dir.empty()) {
+    if (absl::Status s = MakeStateDir(opts.state_dir); !s.ok()) return refuse(s);
+    absl::StatusOr<std::unique_ptr<StateFile>> sf = StateFile::Open(
+        StateFilePath(opts.state_dir, opts.source.token), StateIdentity(req, *regions), pages,
+        req.resume ? StateFile::Mode::kAdoptOnly : StateFile::Mode::kCreateOrAdopt);
+    if (!sf.ok()) return refuse(sf.status());
+    state = std::move(*sf);
+  } else if (req.resume) {
+    return refuse(absl::FailedPreconditionError(
+        "the VMM resumes a migration after its engine went away, but this faultline keeps no "
+        "page-state file (--state_dir is empty): which pages are placed is unknown"));
+  }
+  // A fresh state file is ours alone: drop it if we refuse the VMM.
+  auto refuse_fresh = [&](const absl::Status& s) {
+    if (state && !state->adopted()) state->Remove();
+    return refuse(s);
+  };
+
   Userfaultfd uffd = Userfaultfd::Adopt(std::move(req.uffd), req.uffd_features);
   EngineOptions eo = opts.engine;
   eo.register_ranges = !req.registered;
-  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(raw, std::move(uffd), eo);
-  if (!engine.ok()) return refuse(engine.status());
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(raw, std::move(uffd), eo, state.get());
+  if (!engine.ok()) return refuse_fresh(engine.status());
+  if ((*engine)->adopted() && opts.log) {
+    const AdoptedStates& a = (*engine)->adopted_states();
+    opts.log(absl::StrCat("resuming the migration of a previous engine (pid ",
+                          state->previous_pid(), ") from ", state->path(), ": ", a.present,
+                          " pages present, ", a.landed, " landed (mapped, not fetched), ",
+                          a.refetch, " half-placed and ", a.requeued,
+                          " requested pages fetched again, ", a.discarded, " discarded"));
+  }
+
+  const absl::Time t0 = absl::Now();
+  if ((*engine)->adopted() && (*engine)->remaining_pages() == 0) {
+    // The dead engine placed everything (and may have told the source DONE, so the source
+    // may be gone): nothing to fetch, only the VMM to tell.
+    if (absl::Status s = session.Ack(absl::OkStatus()); !s.ok()) return s;
+    nlohmann::json st = EngineStatsJson(**engine, 0);
+    (void)session.SendComplete(absl::OkStatus(), st);
+    state->Remove();
+    if (stats) *stats = st;
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<std::unique_ptr<TcpPageSource>> source = TcpPageSource::Connect(opts.source);
   if (!source.ok()) {
-    return refuse(absl::Status(source.status().code(),
-                               absl::StrCat("cannot reach the source page server: ",
-                                            source.status().message())));
+    return refuse_fresh(absl::Status(
+        source.status().code(),
+        absl::StrCat("cannot reach the source page server: ", source.status().message())));
   }
   if (absl::Status s = (*engine)->CheckSourceTable((*source)->regions()); !s.ok()) {
-    return refuse(s);
+    return refuse_fresh(s);
   }
   if (absl::Status s = session.Ack(absl::OkStatus()); !s.ok()) return s;
 
-  const absl::Time t0 = absl::Now();
   std::atomic<bool> running{true};
   std::thread progress([&] {
     while (running.load()) {
@@ -99,6 +219,11 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   progress.join();
   nlohmann::json st = EngineStatsJson(**engine, absl::ToDoubleSeconds(absl::Now() - t0));
   (void)session.SendComplete(run, st);
+  // Only after "complete" went out: an engine that dies in between leaves a file whose pages
+  // are all present, which a new engine adopts and completes at once. Removed before, a VMM
+  // re-sending its uffd would meet a fresh map and have every page fetched again — into the
+  // page cache of memory the guest has been writing. On failure the file stays for a resume.
+  if (run.ok() && state) state->Remove();
   if (stats) *stats = st;
   return run;
 }

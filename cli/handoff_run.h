@@ -4,6 +4,9 @@
 #ifndef FAULTLINE_CLI_HANDOFF_RUN_H_
 #define FAULTLINE_CLI_HANDOFF_RUN_H_
 
+#include <functional>
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
@@ -17,15 +20,27 @@ struct HandoffRunOptions {
   TcpSourceOptions source;
   EngineOptions engine;
   absl::Duration progress_every = absl::Milliseconds(200);
+  // Where the page-state map lives while the migration runs (one file per migration, named
+  // after a hash of the token; engine/state_file.h). If this engine dies, a new one given the
+  // same uffd adopts the file and continues; it is removed when the migration completes.
+  // Empty: in memory only (a restart then cannot resume, and a "resume" hello is refused).
+  std::string state_dir;
+  // Progress notes for an operator (adopting a dead engine's state, ...). May be null.
+  std::function<void(const std::string&)> log;
 };
 
 // Runs one hand-off session to completion. Nothing is acknowledged until the source is
 // connected and its regions match the VMM's, so a VMM never resumes a guest that faultline
-// cannot serve. *stats receives the final report (also sent to the VMM).
+// cannot serve. *stats receives the final report (also sent to the VMM). With a state_dir,
+// a state file left by a dead engine for the same migration and the same VMM is adopted
+// (automatically; a hello with "resume" requires one) and the migration continues.
 absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
                         nlohmann::json* stats = nullptr);
 
 nlohmann::json EngineStatsJson(const Engine& e, double seconds);
+
+// The state file of the migration with this token under `dir`.
+std::string StateFilePath(const std::string& dir, const Token& token);
 
 }  // namespace faultline
 

@@ -14,9 +14,19 @@ Engine::Engine(Userfaultfd uffd, const EngineOptions& opts)
     : uffd_(std::move(uffd)), opts_(opts), wake_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*> regions,
-                                                       Userfaultfd uffd,
-                                                       const EngineOptions& opts) {
+                                                       Userfaultfd uffd, const EngineOptions& opts,
+                                                       StateFile* state) {
   if (regions.empty()) return absl::InvalidArgumentError("no guest memory regions");
+  if (state != nullptr) {
+    bool same = state->regions() == regions.size();
+    for (size_t i = 0; same && i < regions.size(); ++i) {
+      same = state->region_pages(i) == regions[i]->pages();
+    }
+    if (!same) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("state file ", state->path(), " does not match the regions' page counts"));
+    }
+  }
   if (opts.bulk_window == 0 || opts.bulk_batch_bytes == 0) {
     return absl::InvalidArgumentError("bulk window and batch size must be positive");
   }
@@ -25,9 +35,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
   if (!e->wake_fd_.valid()) return ErrnoStatus("eventfd");
   uint64_t key = 0;
   uint32_t max_ps = 0;
-  for (GuestRegion* r : regions) {
-    e->regions_.push_back(
-        std::make_unique<RegionCtx>(r, &e->uffd_, &e->placer_counters_, key));
+  for (size_t i = 0; i < regions.size(); ++i) {
+    GuestRegion* r = regions[i];
+    if (state != nullptr) {
+      e->regions_.push_back(std::make_unique<RegionCtx>(r, &e->uffd_, &e->placer_counters_, key,
+                                                        state->region_map(i)));
+    } else {
+      e->regions_.push_back(std::make_unique<RegionCtx>(r, &e->uffd_, &e->placer_counters_, key));
+    }
     key += uint64_t{1} << 40;
     e->total_pages_ += r->pages();
     e->total_bytes_ += r->size();
@@ -42,7 +57,108 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
   if (opts.register_ranges) {
     if (absl::Status s = e->RegisterAll(); !s.ok()) return s;
   }
+  if (state != nullptr && state->adopted()) {
+    if (absl::Status s = e->Adopt(); !s.ok()) return s;
+  }
   return e;
+}
+
+// ---- Restart: continuing a dead engine's migration -------------------------------------------
+//
+// The VMM created the userfaultfd, registered guest RAM and handed faultline a copy of the fd
+// (SCM_RIGHTS: another reference to the same open file). When the faultline process dies, only
+// its references go: the userfaultfd context — registration, queued messages, sleeping faulting
+// threads — lives on as long as the VMM keeps its fd (userfaultfd_release(), which unregisters
+// everything and wakes every waiter so that the kernel resolves its fault with zero or page-
+// cache contents, runs on the LAST close only; a VMM that closed its own copy would lose the
+// guest here, which is why handoff.h requires it to keep the fd until "complete"). The VMM
+// hands the same uffd to a new engine, which finds the dead one's page-state map in the state
+// file (state_file.h; its lock guarantees no thread of the dead engine is still inside an
+// ioctl). Per page state, what the dead engine may have done, and what we do:
+//
+//   kPresent     its placement ioctl succeeded (or said EEXIST) before the CAS to kPresent:
+//                the page is mapped. Kept, never fetched again, so never overwritten.
+//   kBulkRequested, kUrgentRequested
+//                a request was sent; no byte of the answer was claimed (Claim → kPlacing comes
+//                first). The request died with the connection: kAbsent, fetched again.
+//   kPlacing, COPY kinds (anonymous, hugetlbfs, memfd registered MISSING only)
+//                the bytes were in the dead process's staging buffer; UFFDIO_COPY may or may
+//                not have run. kAbsent: fetched and UFFDIO_COPY'd again. If the first copy did
+//                happen, the kernel refuses the second with EEXIST without writing the page
+//                (mfill_atomic_pte(): the PTE is not none → -EEXIST; shmem: the index is
+//                already in the page cache → -EEXIST; hugetlb: the huge PTE is not none →
+//                -EEXIST), so whatever the guest wrote since stays; Placer takes EEXIST as
+//                "present".
+//   kPlacing, alias kinds (memfd registered MISSING|MINOR: bytes are read straight into
+//                the page cache through our alias mapping, then UFFDIO_CONTINUE maps them)
+//                the bytes may be half written (mid-read, or a CRC failure). CONTINUE is only
+//                ever issued from kLanded (receiver.cc), so the VMM's page table has no entry
+//                for the page: a guest access raises a MINOR fault and waits. The guest cannot
+//                have read or written it. kAbsent: fetched again into the alias, overwriting
+//                only our own partial bytes, then CONTINUE'd.
+//   kLanded      (alias kinds) the bytes were complete in the page cache before the state
+//                changed; CONTINUE may or may not have run. UFFDIO_CONTINUE it, without a
+//                fetch (ResolveLanded(), fault_loop.cc): success means it was not mapped and
+//                now is, with the complete bytes; EEXIST means it was mapped
+//                (mfill_atomic_pte_continue(): the PTE is not none → -EEXIST) and the guest may
+//                have written it since — left alone. Either way kPresent.
+//   kDiscarded, kPlacingDiscarded
+//                the guest dropped the page (REMOVE/UNMAP): kDiscarded. A fault on it is
+//                resolved anew (zeros, or the page cache as it is), as in a live engine.
+//
+// Then the faults the dead engine had read: a faulting thread sleeps in handle_userfault()
+// until a wake covers its address; read() moved its message from fault_pending_wqh to
+// fault_wqh, and with the reader gone nothing will ever wake it — a vCPU hung for good.
+// WakeAllAfterRestart() issues UFFDIO_WAKE over every region once: __wake_userfault() wakes
+// matching waiters on BOTH queues (a still unread message is dropped with its waiter:
+// userfaultfd_wake_function() list_del_init()s it). Each woken thread returns VM_FAULT_RETRY,
+// the fault is retried, and if the page is still not mapped the kernel queues a fresh message
+// for this engine; if it is mapped (e.g. placed with DONTWAKE by the dead engine, which died
+// before its batch wake) the thread simply continues. A thread woken for nothing costs one
+// retried fault, and no fault can be both lost and left asleep.
+//
+// Events the dead engine had read but not applied: a REMOVE (MADV_DONTNEED, hole punch) read
+// between read() and HandleRemove() — microseconds on the fault-loop thread — is lost, and its
+// pages stay kPresent in the map while the VMM's page table no longer maps them. A fault on
+// such a page would be a "stale fault" forever: woken, faulting again. So an adopted engine
+// resolves every fault on a kPresent page with Placer::FillHole() instead of a bare wake:
+// UFFDIO_CONTINUE for a MINOR fault (maps the page cache as it is), a zero page for a MISSING
+// one — exactly what the guest sees after a discard — and for a page that IS mapped (the
+// common stale fault: placed between the fault and our read) the kernel answers EEXIST
+// without touching it, and we wake the thread as before (fault_loop.cc).
+absl::Status Engine::Adopt() {
+  AdoptedStates sum;
+  for (uint32_t ri = 0; ri < regions_.size(); ++ri) {
+    RegionCtx& rc = *regions_[ri];
+    std::vector<uint64_t> landed;
+    absl::StatusOr<AdoptedStates> a = rc.state.AdoptAfterRestart(&landed);
+    if (!a.ok()) {
+      return absl::Status(a.status().code(),
+                          absl::StrCat("region '", rc.region->name(), "': ", a.status().message()));
+    }
+    if (!rc.region->places_via_alias()) {
+      // Landed by an engine that placed this region through an alias, now placed by COPY
+      // (the VMM registered it MISSING only): COPY says EEXIST where the page cache holds the
+      // page, so fetching again is safe.
+      for (uint64_t p : landed) rc.state.Release(p);
+      a->refetch += landed.size();
+      a->landed -= landed.size();
+      landed.clear();
+    }
+    for (uint64_t p : landed) landed_.emplace_back(ri, p);
+    sum.present += a->present;
+    sum.discarded += a->discarded;
+    sum.requeued += a->requeued;
+    sum.refetch += a->refetch;
+    sum.landed += a->landed;
+  }
+  adopted_ = true;
+  adopted_states_ = sum;
+  return absl::OkStatus();
+}
+
+void Engine::WakeAllAfterRestart() {
+  for (auto& rc : regions_) (void)uffd_.Wake(rc->region->base(), rc->region->size());
 }
 
 Engine::~Engine() {
@@ -121,6 +237,7 @@ absl::Status Engine::Run(PageSource* source) {
     pull_start_at_ns_ = FaultStats::NowNs() + absl::ToInt64Nanoseconds(opts_.pull_start_delay);
   }
   PullMore();
+  if (adopted_) WakeAllAfterRestart();  // the dead engine's read faults: see "Restart"
   absl::Status status = FaultLoop();
   JoinReconnect();
   if (status.ok() && opts_.finish_source) {

@@ -31,6 +31,7 @@
 #include "engine/page_state.h"
 #include "engine/placer.h"
 #include "engine/region.h"
+#include "engine/state_file.h"
 #include "engine/uffd.h"
 #include "transport/page_source.h"
 
@@ -63,9 +64,13 @@ class Engine : public PageSink {
  public:
   // Registers every region with `uffd` (unless the VMM did) — from then on, guest accesses to
   // absent pages wait for Run(). Fails clearly where the kernel lacks support for a kind.
+  // With `state` (which must outlive the engine), the page-state map lives in that file; if
+  // the file was adopted — a previous engine died mid-migration on the same uffd — the engine
+  // continues from what it left (see "Restart" in engine.cc).
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::vector<GuestRegion*> regions,
                                                         Userfaultfd uffd,
-                                                        const EngineOptions& opts = {});
+                                                        const EngineOptions& opts = {},
+                                                        StateFile* state = nullptr);
   ~Engine() override;
 
   // Checks the source's region table against ours, then serves faults and pulls pages until
@@ -88,6 +93,9 @@ class Engine : public PageSink {
   PageState StateOf(uint32_t region, uint64_t page) const {
     return regions_[region]->state.Get(page);
   }
+  // Whether this engine continues a dead one's migration, and what it found.
+  bool adopted() const { return adopted_; }
+  const AdoptedStates& adopted_states() const { return adopted_states_; }
 
   // PageSink (called by the transport's receive threads).
   uint8_t* Land(Channel ch, uint32_t region, uint64_t page, uint32_t index) override;
@@ -101,6 +109,9 @@ class Engine : public PageSink {
   struct RegionCtx {
     RegionCtx(GuestRegion* r, Userfaultfd* u, PlacerCounters* c, uint64_t key)
         : region(r), state(r->pages()), placer(u, r, c), key_base(key) {}
+    RegionCtx(GuestRegion* r, Userfaultfd* u, PlacerCounters* c, uint64_t key,
+              std::atomic<uint8_t>* storage)
+        : region(r), state(r->pages(), storage), placer(u, r, c), key_base(key) {}
     GuestRegion* region;
     PageStateMap state;
     Placer placer;
@@ -131,6 +142,8 @@ class Engine : public PageSink {
   Engine(Userfaultfd uffd, const EngineOptions& opts);
   absl::Status RegisterAll();
   void UnregisterAll();
+  absl::Status Adopt();        // engine.cc: after a restart, before Run()
+  void WakeAllAfterRestart();  // engine.cc: Run(), adopted only
 
   // fault_loop.cc
   absl::Status FaultLoop();
@@ -139,8 +152,14 @@ class Engine : public PageSink {
   void HandleRemove(uint64_t start, uint64_t end, bool unmap);
   void SendUrgent(uint32_t region, uint64_t page);
   int RegionOf(uint64_t addr) const;
+  // Maps the pages a dead engine left kLanded (UFFDIO_CONTINUE); false while some must wait
+  // for events to be read (EAGAIN).
+  bool ResolveLanded();
 
   // receiver.cc
+  // Places `count` pages starting at `first` whose landing is `kind` (kReadyData/kReadyZero).
+  absl::Status PlaceRun(RegionCtx& rc, uint8_t kind, uint64_t first, uint32_t count,
+                        const uint8_t* src, bool wake);
   void FlushBulk(Landing& l, uint32_t upto);
   void PlaceUrgent(Landing& l, uint32_t index, bool zero);
   void ReleaseUnplaced(Landing& l);
@@ -196,6 +215,11 @@ class Engine : public PageSink {
   std::atomic<uint64_t> pull_hint_{0};  // key+1 of the last urgent fault
   std::atomic<bool> pull_enabled_{true};
   uint64_t pull_start_at_ns_ = 0;  // fault-loop thread only
+
+  // Restart (engine.cc): set by Create(), then read by the fault-loop thread only.
+  bool adopted_ = false;
+  AdoptedStates adopted_states_;
+  std::vector<std::pair<uint32_t, uint64_t>> landed_;  // (region, page) left kLanded
 
   EngineCounters counters_;
   PlacerCounters placer_counters_;

@@ -50,6 +50,7 @@ bool Engine::HandleFault(const struct uffd_msg& msg, uint64_t now_ns) {
       break;
     case PageState::kPlacing:
     case PageState::kPlacingDiscarded:
+    case PageState::kLanded:
       // Being received or placed, maybe inside a bulk frame: ask the bulk receiver to place
       // what it has up to this page now rather than at the end of the frame.
       counters_.duplicate_faults.fetch_add(1, std::memory_order_relaxed);
@@ -59,7 +60,16 @@ bool Engine::HandleFault(const struct uffd_msg& msg, uint64_t now_ns) {
       // Placed between the fault and now; the placement's wake may have missed this thread
       // if it placed with DONTWAKE and has not woken yet — waking twice is harmless.
       counters_.stale_faults.fetch_add(1, std::memory_order_relaxed);
-      (void)rc.placer.Wake(page, 1);
+      if (adopted_) {
+        // After a restart the map may say present for a page a lost REMOVE dropped (see
+        // "Restart" in engine.cc): fill the hole if there is one; EEXIST (mapped) just wakes.
+        const bool minor = msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
+        absl::Status s = rc.placer.FillHole(page, minor, /*retry_eagain=*/false);
+        if (s.code() == absl::StatusCode::kUnavailable) return false;  // read the REMOVE first
+        if (!s.ok()) (void)rc.placer.Wake(page, 1);
+      } else {
+        (void)rc.placer.Wake(page, 1);
+      }
       stats_.Resolved(key);
       break;
     case PageState::kDiscarded: {
@@ -107,6 +117,30 @@ void Engine::HandleRemove(uint64_t start, uint64_t end, bool unmap) {
   PageDone();
 }
 
+bool Engine::ResolveLanded() {
+  // Pages a dead engine left kLanded: complete in the page cache, maybe mapped. CONTINUE maps
+  // them, or says EEXIST when the dead engine already had (and the guest may have written
+  // them since): see "Restart" in engine.cc. Either way they are present; none is fetched.
+  std::vector<std::pair<uint32_t, uint64_t>> again;
+  for (const auto& [ri, page] : landed_) {
+    RegionCtx& rc = *regions_[ri];
+    absl::Status s = rc.placer.PlaceData(page, 1, nullptr, /*wake=*/true, /*retry_eagain=*/false);
+    if (s.code() == absl::StatusCode::kUnavailable) {
+      again.emplace_back(ri, page);  // a REMOVE/UNMAP is queued: read it, then try again
+      continue;
+    }
+    if (!s.ok()) {
+      HandlePlaceError(rc, page, 1, s);
+      continue;
+    }
+    rc.state.Complete(page);
+    stats_.Resolved(rc.key_base + page);
+  }
+  landed_.swap(again);
+  PageDone();
+  return landed_.empty();
+}
+
 absl::Status Engine::FaultLoop() {
   struct uffd_msg msgs[64];
   std::vector<struct uffd_msg> deferred;
@@ -127,9 +161,11 @@ absl::Status Engine::FaultLoop() {
       return secondary_failure_;
     }
 
+    if (!landed_.empty()) ResolveLanded();
+
     if (!opts_.busy_poll) {
       struct pollfd p[2] = {{uffd_.fd(), POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
-      int timeout = deferred.empty() ? static_cast<int>(tick_ns / 1'000'000) : 1;
+      int timeout = deferred.empty() && landed_.empty() ? static_cast<int>(tick_ns / 1'000'000) : 1;
       poll(p, 2, timeout);
       if (p[1].revents) {
         uint64_t v;

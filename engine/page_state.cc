@@ -1,5 +1,7 @@
 #include "engine/page_state.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace faultline {
 
 const char* PageStateName(PageState s) {
@@ -11,13 +13,80 @@ const char* PageStateName(PageState s) {
     case PageState::kPlacingDiscarded: return "placing-discarded";
     case PageState::kPresent: return "present";
     case PageState::kDiscarded: return "discarded";
+    case PageState::kLanded:
+      return "landed";
   }
   return "?";
 }
 
 PageStateMap::PageStateMap(uint64_t pages)
-    : pages_(pages), state_(new std::atomic<uint8_t>[pages]), remaining_(pages) {
+    : pages_(pages),
+      owned_(new std::atomic<uint8_t>[pages]),
+      state_(owned_.get()),
+      remaining_(pages) {
   for (uint64_t i = 0; i < pages; ++i) state_[i].store(0, std::memory_order_relaxed);
+}
+
+PageStateMap::PageStateMap(uint64_t pages, std::atomic<uint8_t>* storage)
+    : pages_(pages), state_(storage), remaining_(0) {
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < pages; ++i) {
+    const PageState s = Get(i);
+    if (s != PageState::kPresent && s != PageState::kDiscarded &&
+        s != PageState::kPlacingDiscarded) {
+      ++n;
+    }
+  }
+  remaining_.store(n);
+}
+
+absl::StatusOr<AdoptedStates> PageStateMap::AdoptAfterRestart(std::vector<uint64_t>* landed) {
+  AdoptedStates a;
+  uint64_t remaining = 0;
+  for (uint64_t p = 0; p < pages_; ++p) {
+    const uint8_t raw = state_[p].load(std::memory_order_acquire);
+    PageState to;
+    switch (static_cast<PageState>(raw)) {
+      case PageState::kAbsent:
+        to = PageState::kAbsent;
+        break;
+      case PageState::kBulkRequested:
+      case PageState::kUrgentRequested:
+        // The request died with the dead engine's connections; nothing was claimed.
+        to = PageState::kAbsent;
+        ++a.requeued;
+        break;
+      case PageState::kPlacing:
+        // Claimed, bytes maybe partial: fetched again. Why that is safe per kind: engine.cc.
+        to = PageState::kAbsent;
+        ++a.refetch;
+        break;
+      case PageState::kLanded:
+        to = PageState::kLanded;
+        landed->push_back(p);
+        ++a.landed;
+        break;
+      case PageState::kPresent:
+        to = PageState::kPresent;
+        ++a.present;
+        break;
+      case PageState::kDiscarded:
+      case PageState::kPlacingDiscarded:
+        // A discarded page's zero fill (or minor mapping) may or may not have happened; either
+        // way the page is the guest's to fault on again, and a fault on it is resolved anew.
+        to = PageState::kDiscarded;
+        ++a.discarded;
+        break;
+      default:
+        return absl::DataLossError(absl::StrCat("page ", p, " has state byte ", raw,
+                                                ", which is no page state: the state file is "
+                                                "corrupt"));
+    }
+    state_[p].store(static_cast<uint8_t>(to), std::memory_order_release);
+    if (to != PageState::kPresent && to != PageState::kDiscarded) ++remaining;
+  }
+  remaining_.store(remaining, std::memory_order_release);
+  return a;
 }
 
 bool PageStateMap::MarkUrgent(uint64_t p, PageState* seen) {
@@ -60,15 +129,25 @@ bool PageStateMap::Complete(uint64_t p) {
     CountDone();
     return true;
   }
+  if (s == PageState::kLanded && Cas(p, s, PageState::kPresent)) {
+    CountDone();
+    return true;
+  }
   if (s == PageState::kPlacingDiscarded) {
     return Cas(p, s, PageState::kPresent);
   }
   return false;  // discarded while being placed
 }
 
+bool PageStateMap::MarkLanded(uint64_t p) {
+  PageState s = PageState::kPlacing;
+  return Cas(p, s, PageState::kLanded);
+}
+
 void PageStateMap::Release(uint64_t p) {
   PageState s = PageState::kPlacing;
   if (Cas(p, s, PageState::kAbsent)) return;
+  if (s == PageState::kLanded && Cas(p, s, PageState::kAbsent)) return;
   if (s == PageState::kPlacingDiscarded) Cas(p, s, PageState::kDiscarded);
 }
 

@@ -12,13 +12,25 @@
 //   is resolved with zeros (kPlacingDiscarded ⇒ kPresent), arrivals for it are dropped.
 //   A placement already under way (kPlacing) when the REMOVE is read completes in the kernel
 //   and keeps its content; Complete() then reports the page discarded (known limitation).
+//
+//   Alias kinds (memfd registered MINOR: bytes written into the page cache, then CONTINUE)
+//   take one more step, kPlacing ⇒ kLanded, once every byte of the page is in the page cache
+//   and before the CONTINUE that maps it. It exists for an engine restart (state_file.h):
+//   kPlacing there means "maybe half written, never mapped", kLanded "complete, maybe mapped".
 // A page is "done" in kPresent or kDiscarded; remaining() counts pages not done.
+//
+// The map lives in this process's memory, or in a MAP_SHARED state file that outlives the
+// engine process (engine/state_file.h); AdoptAfterRestart() turns what a dead engine left there
+// into a state this engine can continue from.
 #ifndef FAULTLINE_ENGINE_PAGE_STATE_H_
 #define FAULTLINE_ENGINE_PAGE_STATE_H_
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
 
 namespace faultline {
 
@@ -30,13 +42,25 @@ enum class PageState : uint8_t {
   kPlacingDiscarded,  // claimed to zero-fill a discarded page (already counted done)
   kPresent,
   kDiscarded,
+  kLanded,  // alias kinds: bytes complete in the page cache; CONTINUE issued or about to be
 };
 
 const char* PageStateName(PageState s);
 
+// What AdoptAfterRestart() found and did, page counts.
+struct AdoptedStates {
+  uint64_t present = 0;    // kPresent: placed by the dead engine, kept
+  uint64_t discarded = 0;  // kDiscarded / kPlacingDiscarded: kept discarded
+  uint64_t requeued = 0;   // requested (urgent or bulk), never claimed: absent again
+  uint64_t refetch = 0;    // kPlacing: absent again, fetched and placed anew (see engine.cc)
+  uint64_t landed = 0;     // kLanded: to be mapped with UFFDIO_CONTINUE, not fetched
+};
+
 class PageStateMap {
  public:
   explicit PageStateMap(uint64_t pages);
+  // Over `pages` bytes of caller-owned storage (a state file's mapping), taken as they are.
+  PageStateMap(uint64_t pages, std::atomic<uint8_t>* storage);
 
   uint64_t pages() const { return pages_; }
   PageState Get(uint64_t p) const {
@@ -56,8 +80,16 @@ class PageStateMap {
   bool Complete(uint64_t p);
   // The claimer could not place the page: back to kAbsent (or kDiscarded).
   void Release(uint64_t p);
+  // Alias kinds: every byte of the claimed page is in the page cache: kPlacing → kLanded.
+  // Must precede the UFFDIO_CONTINUE that maps it. False if the page was discarded meanwhile.
+  bool MarkLanded(uint64_t p);
   // REMOVE/UNMAP: any state → kDiscarded.
   void Discard(uint64_t p);
+  // Before any other use of a map a dead engine left behind (no other thread may touch it):
+  // kPresent, kDiscarded, kAbsent stay; requested pages and kPlacing become kAbsent;
+  // kPlacingDiscarded becomes kDiscarded; kLanded stays and its pages are appended to *landed.
+  // Recounts remaining(). DataLoss on a byte that is no state at all (a corrupt file).
+  absl::StatusOr<AdoptedStates> AdoptAfterRestart(std::vector<uint64_t>* landed);
   // Background pull: from `from`, skip to the first kAbsent page and turn up to `max`
   // consecutive kAbsent pages into kBulkRequested. Returns the count (0: none at or after
   // `from`); *first receives the run's first page.
@@ -68,6 +100,8 @@ class PageStateMap {
  private:
   bool Cas(uint64_t p, PageState& expected, PageState to) {
     uint8_t e = static_cast<uint8_t>(expected);
+    static_assert(sizeof(std::atomic<uint8_t>) == 1 && std::atomic<uint8_t>::is_always_lock_free,
+                  "the map is shared with a file as plain bytes");
     bool ok = state_[p].compare_exchange_strong(e, static_cast<uint8_t>(to),
                                                 std::memory_order_acq_rel);
     expected = static_cast<PageState>(e);
@@ -76,7 +110,8 @@ class PageStateMap {
   void CountDone() { remaining_.fetch_sub(1, std::memory_order_acq_rel); }
 
   uint64_t pages_;
-  std::unique_ptr<std::atomic<uint8_t>[]> state_;
+  std::unique_ptr<std::atomic<uint8_t>[]> owned_;
+  std::atomic<uint8_t>* state_;  // owned_ or a state file's mapping
   std::atomic<uint64_t> remaining_;
 };
 

@@ -83,6 +83,68 @@ TEST(PageState, DiscardCountsOnceAndZeroFillsLater) {
   EXPECT_EQ(m.remaining(), 1u);
 }
 
+TEST(PageState, AliasPagesLandBeforeTheyArePlaced) {
+  PageStateMap m(3);
+  PageState prev;
+  ASSERT_TRUE(m.Claim(0, &prev));
+  EXPECT_TRUE(m.MarkLanded(0));
+  EXPECT_EQ(m.Get(0), PageState::kLanded);
+  EXPECT_FALSE(m.Claim(0, &prev));  // still owned by its placer
+  EXPECT_FALSE(m.MarkUrgent(0, &prev));
+  EXPECT_EQ(prev, PageState::kLanded);
+  EXPECT_TRUE(m.Complete(0));
+  EXPECT_EQ(m.Get(0), PageState::kPresent);
+  EXPECT_EQ(m.remaining(), 2u);
+  ASSERT_TRUE(m.Claim(1, &prev));
+  ASSERT_TRUE(m.MarkLanded(1));
+  m.Release(1);  // CONTINUE failed: absent again
+  EXPECT_EQ(m.Get(1), PageState::kAbsent);
+  ASSERT_TRUE(m.Claim(2, &prev));
+  ASSERT_TRUE(m.MarkLanded(2));
+  m.Discard(2);
+  EXPECT_EQ(m.remaining(), 1u);
+  EXPECT_FALSE(m.MarkLanded(2));
+  EXPECT_FALSE(m.Complete(2));
+}
+
+TEST(PageState, AdoptingADeadEnginesMap) {
+  // Storage as a state file holds it: one byte per page, whatever the dead engine left.
+  const PageState left[] = {
+      PageState::kAbsent,    PageState::kBulkRequested,    PageState::kUrgentRequested,
+      PageState::kPlacing,   PageState::kLanded,           PageState::kPresent,
+      PageState::kDiscarded, PageState::kPlacingDiscarded, PageState::kLanded,
+  };
+  constexpr uint64_t kPages = sizeof(left) / sizeof(left[0]);
+  std::atomic<uint8_t> storage[kPages];
+  for (uint64_t p = 0; p < kPages; ++p) storage[p].store(static_cast<uint8_t>(left[p]));
+  PageStateMap m(kPages, storage);
+  std::vector<uint64_t> landed;
+  absl::StatusOr<AdoptedStates> a = m.AdoptAfterRestart(&landed);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->present, 1u);
+  EXPECT_EQ(a->discarded, 2u);
+  EXPECT_EQ(a->requeued, 2u);
+  EXPECT_EQ(a->refetch, 1u);
+  EXPECT_EQ(a->landed, 2u);
+  EXPECT_EQ(landed, (std::vector<uint64_t>{4, 8}));
+  const PageState want[] = {
+      PageState::kAbsent,    PageState::kAbsent,    PageState::kAbsent,
+      PageState::kAbsent,    PageState::kLanded,    PageState::kPresent,
+      PageState::kDiscarded, PageState::kDiscarded, PageState::kLanded,
+  };
+  for (uint64_t p = 0; p < kPages; ++p) EXPECT_EQ(m.Get(p), want[p]) << "page " << p;
+  EXPECT_EQ(m.remaining(), 6u);  // 4 absent + 2 landed
+  // The storage is the map: what the adopter writes is what a third engine would find.
+  EXPECT_EQ(storage[3].load(), static_cast<uint8_t>(PageState::kAbsent));
+  EXPECT_TRUE(m.Complete(4));
+  EXPECT_EQ(storage[4].load(), static_cast<uint8_t>(PageState::kPresent));
+  EXPECT_EQ(m.remaining(), 5u);
+  // A byte that is no state: a corrupt file is refused, not guessed at.
+  storage[0].store(200);
+  PageStateMap bad(kPages, storage);
+  EXPECT_EQ(bad.AdoptAfterRestart(&landed).status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(PageState, ExactlyOneClaimerWinsUnderContention) {
   constexpr uint64_t kPages = 20000;
   PageStateMap m(kPages);

@@ -99,6 +99,16 @@ absl::Status Placer::PlaceZero(uint64_t first, uint32_t count, bool wake, bool r
   return Run(Op::kZero, first, count, nullptr, wake, retry_eagain);
 }
 
+absl::Status Placer::FillHole(uint64_t page, bool minor, bool retry_eagain) {
+  if (minor) return Run(Op::kContinue, page, 1, nullptr, /*wake=*/true, retry_eagain);
+  if (region_->kind() == RegionKind::kHugetlb) {
+    const uint8_t* z = ZeroSource(region_->page_size());
+    if (!z) return absl::InternalError("no zero source for this page size");
+    return Run(Op::kCopy, page, 1, z, /*wake=*/true, retry_eagain);
+  }
+  return Run(Op::kZero, page, 1, nullptr, /*wake=*/true, retry_eagain);
+}
+
 absl::Status Placer::Wake(uint64_t first, uint32_t count) {
   counters_->ioctls.fetch_add(1, std::memory_order_relaxed);
   return uffd_->Wake(region_->page(first), size_t{count} * region_->page_size());

@@ -39,6 +39,12 @@ class Placer {
                          bool retry_eagain = true);
   absl::Status PlaceZero(uint64_t first, uint32_t count, bool wake, bool retry_eagain = true);
   absl::Status Wake(uint64_t first, uint32_t count);
+  // Resolves a fault on `page` the way the guest sees a discarded page, and wakes its waiters:
+  // a MINOR fault maps the page cache as it is (UFFDIO_CONTINUE), a MISSING one gets zeros
+  // (UFFDIO_ZEROPAGE — shmem included, which allocates a zeroed page cache page; hugetlb:
+  // a zero huge page by COPY). Never writes through the alias, so a page that is already
+  // mapped is left exactly as it is: the kernel says EEXIST, and we only wake.
+  absl::Status FillHole(uint64_t page, bool minor, bool retry_eagain);
 
   const GuestRegion& region() const { return *region_; }
 

@@ -1,7 +1,13 @@
 // The receiving half of the engine: the transport's receive threads call these (PageSink).
 // Land() claims a page and says where its bytes go; Arrived() places urgent pages at once;
 // bulk pages are placed in runs (DONTWAKE) and woken once per run.
+//
+// Alias kinds (memfd): the bytes are read straight into the page cache through the alias
+// mapping, so the order matters for a restart (engine.cc, "Restart"): Claim (kPlacing) →
+// bytes complete and CRC-checked (zeros: memset here) → MarkLanded (kLanded) → CONTINUE →
+// Complete (kPresent). A page is never CONTINUE'd before it is kLanded.
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
@@ -34,6 +40,11 @@ void Engine::Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
     if (index < l.slots.size() && rc.state.Claim(page, &prev)) {
       l.slots[index] = Landing::kReadyZero;
       if (prev == PageState::kUrgentRequested) l.flush_after = index;
+      if (rc.region->places_via_alias()) {
+        const uint32_t ps = rc.region->page_size();
+        memset(rc.region->alias() + page * ps, 0, ps);
+        rc.state.MarkLanded(page);
+      }
     } else {
       counters_.duplicate_arrivals.fetch_add(1, std::memory_order_relaxed);
       return;
@@ -55,6 +66,7 @@ void Engine::Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
   } else {
     l.slots[index] = Landing::kReadyData;
     counters_.bytes_received.fetch_add(rc.region->page_size(), std::memory_order_relaxed);
+    if (rc.region->places_via_alias()) rc.state.MarkLanded(page);  // CRC checked: complete
   }
 
   if (ch == Channel::kUrgent) {
@@ -75,11 +87,20 @@ void Engine::Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
   }
 }
 
+absl::Status Engine::PlaceRun(RegionCtx& rc, uint8_t kind, uint64_t first, uint32_t count,
+                              const uint8_t* src, bool wake) {
+  // Alias kinds: zeros were written at landing (Arrived), so zero pages are CONTINUE'd too.
+  if (kind == Landing::kReadyZero && !rc.region->places_via_alias()) {
+    return rc.placer.PlaceZero(first, count, wake);
+  }
+  return rc.placer.PlaceData(first, count, src, wake);
+}
+
 void Engine::PlaceUrgent(Landing& l, uint32_t index, bool zero) {
   RegionCtx& rc = *regions_[l.region];
   const uint64_t page = l.first + index;
-  absl::Status s = zero ? rc.placer.PlaceZero(page, 1, /*wake=*/true)
-                        : rc.placer.PlaceData(page, 1, l.staging.data(), /*wake=*/true);
+  absl::Status s = PlaceRun(rc, zero ? Landing::kReadyZero : Landing::kReadyData, page, 1,
+                            l.staging.data(), /*wake=*/true);
   l.slots[index] = Landing::kNone;
   if (!s.ok()) {
     HandlePlaceError(rc, page, 1, s);
@@ -107,10 +128,8 @@ void Engine::FlushBulk(Landing& l, uint32_t upto) {
     while (j < upto && l.slots[j] == kind) ++j;
     const uint64_t first = l.first + i;
     const uint32_t n = j - i;
-    absl::Status s = kind == Landing::kReadyData
-                         ? rc.placer.PlaceData(first, n, l.staging.data() + size_t{i} * ps,
-                                               /*wake=*/false)
-                         : rc.placer.PlaceZero(first, n, /*wake=*/false);
+    absl::Status s =
+        PlaceRun(rc, kind, first, n, l.staging.data() + size_t{i} * ps, /*wake=*/false);
     if (!s.ok()) {
       HandlePlaceError(rc, first, n, s);
     } else {

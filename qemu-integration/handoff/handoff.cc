@@ -731,7 +731,7 @@ absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::ConnectAndSend(
 absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::Connect(
     const std::string& path, int uffd, uint64_t uffd_features,
     const std::vector<HandoffClientRegion>& regions, absl::Duration timeout,
-    const std::string& vmm_name) {
+    const std::string& vmm_name, bool resume) {
   if (uffd < 0) return absl::InvalidArgumentError(absl::StrCat("uffd ", uffd, " is not an fd"));
   std::vector<int> fds = {uffd};
   json table = json::array();
@@ -757,6 +757,7 @@ absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::Connect(
                 {"vmm", vmm_name},        {"uffd_features", uffd_features},
                 {"registered", true},     {"uffd_fd", 0},
                 {"regions", std::move(table)}};
+  if (resume) hello["resume"] = true;
   std::string body = Dump(hello);
   // Keep the length prefix's first byte off '[' (Firecracker's first byte): JSON allows a
   // trailing space.

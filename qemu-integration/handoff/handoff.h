@@ -16,6 +16,12 @@
 //                    complete  {"type":"complete","ok":true,"stats":{...}}
 //                              {"type":"complete","ok":false,"error":"...","code":"..."}
 //   VMM → faultline  bye       {"type":"bye"}  (optional)
+// "resume": true (optional, default false) in hello: the VMM hands over the same uffd again
+// because the faultline that served it went away mid-migration (its hand-off connection
+// closed before "complete"). faultline then continues from the dead engine's page-state file
+// and refuses (ack{ok:false}) if it has none, rather than guess which pages are placed. A VMM
+// must keep its own uffd fd open until "complete" for this to work: the uffd's registration
+// and its sleeping faults live only as long as some process holds the fd.
 // "code" (an absl::StatusCode name) is an optional extension; readers that lack it see a plain
 // error. Unknown keys are ignored (additive extensions); unknown message types are skipped.
 //
@@ -96,6 +102,7 @@ struct HandoffRequest {
   std::string vmm;                     // "firecracker" for Firecracker
   uint64_t uffd_features = 0;          // 0 for Firecracker (it does not say)
   bool registered = true;              // the VMM registered the regions with the uffd
+  bool resume = false;                 // the same uffd again, after a faultline went away
   UniqueFd uffd;
   std::vector<HandoffRegion> regions;
   pid_t peer_pid = 0;
@@ -199,10 +206,11 @@ class HandoffClient {
   // Connects (retrying while the socket is absent or refuses, until the timeout), sends hello
   // with the uffd and the region fds (SCM_RIGHTS; a region fd used twice is sent once) and waits
   // for the ack; an ack{ok:false} becomes the returned status (its code when it names one).
+  // `resume`: the same uffd again after the previous faultline went away (see "resume").
   static absl::StatusOr<std::unique_ptr<HandoffClient>> Connect(
       const std::string& path, int uffd, uint64_t uffd_features,
       const std::vector<HandoffClientRegion>& regions, absl::Duration timeout,
-      const std::string& vmm_name = "faultline-vmm");
+      const std::string& vmm_name = "faultline-vmm", bool resume = false);
   // As Connect, but sends `hello_json` verbatim (framed) with `fds`: for VMMs that build their
   // own hello, and for tests.
   static absl::StatusOr<std::unique_ptr<HandoffClient>> ConnectWithHello(

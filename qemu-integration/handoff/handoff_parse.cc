@@ -244,6 +244,9 @@ absl::StatusOr<HandoffRequest> ParseHello(absl::string_view text, size_t fd_coun
   }
   if (absl::Status s = GetU64(j, kWhere, "uffd_features", &req.uffd_features); !s.ok()) return s;
   if (absl::Status s = GetBool(j, kWhere, "registered", &req.registered); !s.ok()) return s;
+  if (Find(j, "resume") != nullptr) {
+    if (absl::Status s = GetBool(j, kWhere, "resume", &req.resume); !s.ok()) return s;
+  }
   if (absl::Status s = GetInt(j, kWhere, "uffd_fd", &req.uffd_index); !s.ok()) return s;
   if (req.uffd_index < 0 || static_cast<size_t>(req.uffd_index) >= fd_count) {
     return Invalid(kWhere, absl::StrCat("uffd_fd index ", req.uffd_index, " is out of range (",

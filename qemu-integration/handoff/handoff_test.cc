@@ -808,6 +808,18 @@ TEST(HandoffParse, FaultlineHelloFields) {
   EXPECT_EQ(r->regions[0].fd_index, 0);
   EXPECT_EQ(r->regions[1].kind, "guest_memfd");
   EXPECT_FALSE(r->regions[0].fd.valid());
+  EXPECT_FALSE(r->resume);  // optional, false when absent
+
+  // "resume": a boolean or nothing.
+  std::string resumed = text;
+  resumed.replace(resumed.find("\"registered\""), 0, "\"resume\":true,");
+  absl::StatusOr<HandoffRequest> rr = ParseFaultlineHello(resumed, 3);
+  ASSERT_TRUE(rr.ok()) << rr.status();
+  EXPECT_TRUE(rr->resume);
+  resumed = text;
+  resumed.replace(resumed.find("\"registered\""), 0, "\"resume\":1,");
+  EXPECT_TRUE(absl::StrContains(ParseFaultlineHello(resumed, 3).status().message(), "resume"))
+      << ParseFaultlineHello(resumed, 3).status();
 
   // Misaligned host_addr and offset for the 2 MiB page size.
   std::string bad = text;
