@@ -483,10 +483,13 @@ TEST_F(TlsServerTest, MutualTlsRefusesACertificateFromAnotherCa) {
 // A sink that keeps every page that arrives.
 class Sink : public PageSink {
  public:
-  uint8_t* Land(Channel, uint32_t, uint64_t page, uint32_t) override { return buf_[page]; }
+  // One landing per channel: a page asked for on both arrives on both.
+  uint8_t* Land(Channel ch, uint32_t, uint64_t page, uint32_t) override {
+    return buf_[static_cast<int>(ch)][page];
+  }
   void Arrived(Channel ch, uint32_t, uint64_t page, uint32_t, Arrival what) override {
     std::lock_guard<std::mutex> l(mu_);
-    arrived_.push_back({page, what});
+    arrived_.push_back({ch, page, what});
     cv_.notify_all();
   }
   void FrameDone(Channel, uint32_t, uint64_t, uint32_t) override {}
@@ -500,7 +503,12 @@ class Sink : public PageSink {
     std::unique_lock<std::mutex> l(mu_);
     return cv_.wait_for(l, std::chrono::seconds(10), [&] { return arrived_.size() >= n; });
   }
-  std::vector<std::pair<uint64_t, Arrival>> arrived() {
+  struct Got {
+    Channel ch;
+    uint64_t page;
+    Arrival what;
+  };
+  std::vector<Got> arrived() {
     std::lock_guard<std::mutex> l(mu_);
     return arrived_;
   }
@@ -508,20 +516,20 @@ class Sink : public PageSink {
     std::lock_guard<std::mutex> l(mu_);
     return failed_;
   }
-  uint8_t buf_[kPages][4096];
+  uint8_t buf_[2][kPages][4096];
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::pair<uint64_t, Arrival>> arrived_;
+  std::vector<Got> arrived_;
   absl::Status failed_;
 };
 
 void ExpectPagesMatch(Sink& sink, const uint8_t* mem) {
-  for (auto [page, what] : sink.arrived()) {
+  for (auto [ch, page, what] : sink.arrived()) {
     EXPECT_NE(what, Arrival::kCorrupt) << page;
     if (what == Arrival::kData) {
-      EXPECT_EQ(memcmp(sink.buf_[page], mem + page * 4096, 4096), 0) << page;
+      EXPECT_EQ(memcmp(sink.buf_[static_cast<int>(ch)][page], mem + page * 4096, 4096), 0) << page;
     }
   }
 }
@@ -542,7 +550,7 @@ TEST_F(TlsServerTest, PagesArriveOverTlsOnBothChannelsAndStopIsPrompt) {
     ASSERT_TRUE(sink->WaitArrivals(kPages + 2));
     ExpectPagesMatch(*sink, mem_);
     size_t zeros = 0;
-    for (auto [page, what] : sink->arrived()) zeros += what == Arrival::kZero;
+    for (auto [ch, page, what] : sink->arrived()) zeros += what == Arrival::kZero;
     EXPECT_GT(zeros, 0u);  // zero pages travel as markers inside TLS too
     // Idle connections: Stop() wakes both receive threads at once.
     absl::SleepFor(absl::Milliseconds(50));
