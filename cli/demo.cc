@@ -215,28 +215,23 @@ bool DemoAvailable(std::string* why) {
 }
 
 absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
-  if (o.dest_backing == "guest_memfd") {
-    // Try for real: a guest_memfd of a KVM VM, mapped, registered with a userfaultfd.
+  const bool gmem = o.dest_backing == "guest_memfd";
+  if (gmem) {
+    // Both halves of the kernel/ series are needed: userfaultfd on the guest_memfd mapping,
+    // and vCPU exits for pages that have not arrived (a vCPU never uses the mapping).
+    absl::StatusOr<uint64_t> features = Userfaultfd::ProbeFeatures();
+    if (!features.ok()) return features.status();
     absl::StatusOr<std::unique_ptr<KvmVm>> kvm = KvmVm::Create();
     if (!kvm.ok()) return kvm.status();
-    absl::StatusOr<std::unique_ptr<GuestRam>> ram =
-        GuestRam::CreateGuestMemfd((*kvm)->vm_fd(), o.ram_size);
-    if (!ram.ok()) return ram.status();
-    absl::StatusOr<Userfaultfd> uffd = Userfaultfd::Open();
-    if (!uffd.ok()) return uffd.status();
-    absl::Status s = uffd->Register((*ram)->host_base(), o.ram_size, true, true);
-    if (!s.ok()) {
-      return absl::UnimplementedError(absl::StrCat(
-          "guest RAM on guest_memfd cannot be migrated by post-copy on this kernel: it refuses "
-          "userfaultfd registration of guest_memfd memory (", s.message(), "). Build and boot "
-          "the patch series in kernel/ (kernel/README.md)"));
+    if (!(*features & UFFD_FEATURE_GUEST_MEMFD)) {
+      return absl::UnimplementedError(
+          "guest RAM on guest_memfd cannot be migrated by post-copy on this kernel: it has no "
+          "userfaultfd support for guest_memfd (UFFD_FEATURE_GUEST_MEMFD). Build and boot the "
+          "patch series in kernel/ (kernel/README.md)");
     }
-    (void)uffd->Unregister((*ram)->host_base(), o.ram_size);
-    return absl::UnimplementedError(
-        "this kernel registers guest_memfd with userfaultfd; the demo's guest_memfd "
-        "destination (vCPU fault exits) comes with the kernel/ series");
+    if (absl::Status s = (*kvm)->SetGuestMemfdExitOnMissing(false); !s.ok()) return s;
   }
-  if (o.dest_backing != "memfd" && o.dest_backing != "anon") {
+  if (o.dest_backing != "memfd" && o.dest_backing != "anon" && !gmem) {
     return absl::InvalidArgumentError(absl::StrCat(
         "demo destination RAM '", o.dest_backing, "': memfd, anon or guest_memfd"));
   }
@@ -329,15 +324,30 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     reap(source_pid, true);
   };
 
-  // The destination VMM: empty RAM, registered with a userfaultfd, handed to faultline.
-  absl::StatusOr<std::unique_ptr<GuestRam>> ram =
-      o.dest_backing == "memfd" ? GuestRam::CreateMemfd(o.ram_size, "faultline-dest-ram")
-                                : GuestRam::CreateAnonymous(o.ram_size);
-  if (!ram.ok()) {
-    cleanup();
-    return ram.status();
+  // The destination VMM: empty RAM, registered with a userfaultfd, handed to faultline. A
+  // guest_memfd belongs to its VM, so that VM is created first.
+  absl::StatusOr<std::unique_ptr<Vm>> gmem_vm = absl::UnknownError("unused");
+  absl::StatusOr<std::unique_ptr<GuestRam>> ram = absl::UnknownError("unused");
+  if (gmem) {
+    VmOptions vo;
+    vo.ram_size = o.ram_size;
+    vo.backing = RamBacking::kGuestMemfd;
+    vo.vcpus = o.vcpus;
+    gmem_vm = Vm::Create(vo);
+    if (!gmem_vm.ok()) {
+      cleanup();
+      return gmem_vm.status();
+    }
+  } else {
+    ram = o.dest_backing == "memfd" ? GuestRam::CreateMemfd(o.ram_size, "faultline-dest-ram")
+                                    : GuestRam::CreateAnonymous(o.ram_size);
+    if (!ram.ok()) {
+      cleanup();
+      return ram.status();
+    }
   }
-  uint8_t* base = (*ram)->host_base();
+  uint8_t* base = gmem ? (*gmem_vm)->ram().host_base() : (*ram)->host_base();
+  const int ram_fd = gmem ? (*gmem_vm)->ram().fd() : (*ram)->fd();
   const bool memfd = o.dest_backing == "memfd";
   absl::StatusOr<Userfaultfd> uffd = Userfaultfd::Open();
   if (!uffd.ok()) {
@@ -349,7 +359,7 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     return s;
   }
   HandoffClientRegion region{"ram", reinterpret_cast<uint64_t>(base), o.ram_size, 4096,
-                             o.dest_backing, memfd ? (*ram)->fd() : -1, 0};
+                             o.dest_backing, memfd || gmem ? ram_fd : -1, 0};
   absl::StatusOr<std::unique_ptr<HandoffClient>> client = HandoffClient::Connect(
       path, uffd->fd(), uffd->features(), {region}, absl::Seconds(60), "faultline-demo-vmm");
   if (!client.ok()) {
@@ -357,7 +367,13 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     cleanup();
     return client.status();
   }
-  absl::StatusOr<std::unique_ptr<Vm>> vm = Vm::CreateWithRam(o.vcpus, std::move(*ram));
+  absl::StatusOr<std::unique_ptr<Vm>> vm =
+      gmem ? std::move(gmem_vm) : Vm::CreateWithRam(o.vcpus, std::move(*ram));
+  if (vm.ok() && gmem) {
+    // From now until every page is present, a vCPU touching a page that has not arrived
+    // exits, and the vCPU thread touches it through the registered mapping.
+    if (absl::Status s = (*vm)->kvm().SetGuestMemfdExitOnMissing(true); !s.ok()) vm = s;
+  }
   if (!vm.ok()) {
     (void)uffd->Unregister(base, o.ram_size);
     cleanup();
@@ -400,7 +416,9 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
   r.engine = *complete;
   if (o.progress) o.progress(r.engine.value("pages", 0ull), r.engine.value("pages", 0ull));
   // Every page is present: the VMM takes its memory back.
+  if (gmem) (void)(*vm)->kvm().SetGuestMemfdExitOnMissing(false);
   (void)uffd->Unregister(base, o.ram_size);
+  r.missing_exits = (*vm)->missing_exits();
   absl::StatusOr<VmExit> ex = (*vm)->WaitForExit(absl::Minutes(15));
   r.guest_seconds = (NowNs() - resumed_at) / 1e9;
   (*vm)->Stop();
@@ -464,6 +482,9 @@ std::string DemoReportTable(const DemoReport& r) {
          absl::StrFormat("%d / %d / %d", u("urgent_pages"), u("bulk_pages"), u("zero_pages")));
   Report(&s, "vCPU faults (duplicates)",
          absl::StrFormat("%d (%d)", u("faults"), u("duplicate_faults")));
+  if (r.missing_exits > 0) {
+    Report(&s, "guest_memfd missing-page exits", absl::StrFormat("%d", r.missing_exits));
+  }
   if (e.contains("fault_latency") && e["fault_latency"].value("count", 0) > 0) {
     const nlohmann::json& h = e["fault_latency"];
     Report(&s, "fault latency (faultline)",

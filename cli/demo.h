@@ -50,6 +50,7 @@ struct GuestPhase {
 };
 
 struct DemoReport {
+  uint64_t missing_exits = 0;   // guest_memfd: vCPU exits for pages not yet arrived
   double downtime_ms = 0;       // source pause → destination resume
   double total_seconds = 0;     // source pause → every page present
   double guest_seconds = 0;     // destination resume → guest done

@@ -56,7 +56,9 @@ ABSL_FLAG(std::string, state_dir, "/run/faultline",
           "dies mid-migration, a new `serve` with the same token continues from the file "
           "when the VMM hands the same uffd over again. Empty: keep no state file.");
 ABSL_FLAG(int32_t, vcpus, 1, "demo: vCPUs of the guest (1 or 2).");
-ABSL_FLAG(std::string, dest_ram, "memfd", "demo: destination RAM backing, memfd or anon.");
+ABSL_FLAG(std::string, dest_ram, "memfd",
+          "demo: destination RAM backing: memfd, anon, or guest_memfd (needs the kernel/ "
+          "series: userfaultfd on guest_memfd + vCPU exits for missing pages).");
 ABSL_FLAG(int64_t, guest_touches, 4096, "demo: touches per guest phase per vCPU.");
 ABSL_FLAG(bool, guest_serial, false, "demo: print the destination guest's serial lines.");
 ABSL_FLAG(std::string, tls_cert, "",
@@ -97,7 +99,7 @@ constexpr char kUsage[] =
     "      process dies mid-migration, start `serve` again with the same flags and let the\n"
     "      VMM hand over the same uffd again: the new engine adopts the file automatically\n"
     "      and continues (no page lost, none placed twice); the file is removed at the end.\n"
-    "  faultline demo   [--size=1G] [--vcpus=1|2] [--dest_ram=memfd|anon]\n"
+    "  faultline demo   [--size=1G] [--vcpus=1|2] [--dest_ram=memfd|anon|guest_memfd]\n"
     "      The main job: a real KVM guest (reference VMM, /dev/kvm) dirties its memory on a\n"
     "      source VMM, is paused, and resumes at once on a destination VMM whose empty RAM\n"
     "      faultline fills by post-copy over loopback; then every page is verified. Without\n"
@@ -390,6 +392,7 @@ int Demo() {
     nlohmann::json j = {{"guest_phases", phases},
                         {"tsc_khz", r->tsc_khz},
                         {"downtime_ms", r->downtime_ms},
+                        {"missing_exits", r->missing_exits},
                         {"total_seconds", r->total_seconds},
                         {"guest_seconds", r->guest_seconds},
                         {"verified_pages", r->verified_pages},

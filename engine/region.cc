@@ -138,9 +138,9 @@ absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Create(const std::stri
       if (!base.ok()) return base.status();
       r->base_ = *base;
       r->owns_base_ = true;
-      absl::StatusOr<uint8_t*> alias = MapShared(r->fd_.get(), size, 0, "guest_memfd alias");
-      if (!alias.ok()) return alias.status();
-      r->alias_ = *alias;
+      // No alias: a vCPU reaches guest_memfd pages without going through any mapping, so a
+      // page written through an alias would be visible to it half-filled. UFFDIO_COPY fills
+      // the folio before it enters the guest_memfd (kernel/ series).
       return r;
     }
   }
@@ -162,7 +162,7 @@ absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Adopt(const std::strin
   if (page_size == 0 || size % page_size) {
     return absl::InvalidArgumentError(absl::StrCat("region '", name, "': bad size/page size"));
   }
-  if ((kind == RegionKind::kMemfd || kind == RegionKind::kGuestMemfd) && minor_registered) {
+  if (kind == RegionKind::kMemfd && minor_registered) {
     if (!r->fd_.valid()) {
       return absl::InvalidArgumentError(
           absl::StrCat("region '", name, "' of kind ", RegionKindName(kind), " needs its fd"));

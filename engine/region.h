@@ -4,8 +4,10 @@
 //   anonymous   MISSING           UFFDIO_COPY / ZEROPAGE         4 KiB
 //   memfd       MISSING | MINOR   write via alias + CONTINUE     4 KiB
 //   hugetlb     MISSING           whole-page UFFDIO_COPY         2 MiB
-//   guest_memfd MISSING | MINOR   as memfd — needs the kernel/ series; a stock kernel refuses
-//                                 the registration and faultline says so
+//   guest_memfd MISSING           UFFDIO_COPY / ZEROPAGE         4 KiB
+//               needs the kernel/ series (UFFD_FEATURE_GUEST_MEMFD); without it faultline
+//               says so. COPY, not alias + CONTINUE: vCPUs read guest_memfd directly, and
+//               only COPY inserts a page into it already filled.
 #ifndef FAULTLINE_ENGINE_REGION_H_
 #define FAULTLINE_ENGINE_REGION_H_
 
@@ -52,9 +54,7 @@ class GuestRegion {
   uint8_t* page(uint64_t i) const { return base_ + i * page_size_; }
   // Whether pages are placed by writing the alias then UFFDIO_CONTINUE.
   bool places_via_alias() const { return alias_ != nullptr; }
-  bool register_minor() const {
-    return kind_ == RegionKind::kMemfd || kind_ == RegionKind::kGuestMemfd;
-  }
+  bool register_minor() const { return kind_ == RegionKind::kMemfd; }
 
  private:
   GuestRegion() = default;

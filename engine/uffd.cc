@@ -66,6 +66,7 @@ std::string Userfaultfd::FeatureNames(uint64_t f) {
       {UFFD_FEATURE_EVENT_FORK, "EVENT_FORK"},
       {UFFD_FEATURE_EVENT_REMAP, "EVENT_REMAP"},
       {UFFD_FEATURE_SIGBUS, "SIGBUS"},
+      {UFFD_FEATURE_GUEST_MEMFD, "GUEST_MEMFD"},
   };
   std::vector<std::string> names;
   for (const auto& n : kNames) {

@@ -37,6 +37,16 @@ struct kvm_userspace_memory_region2 {
 #ifndef KVM_CAP_GUEST_MEMFD
 #define KVM_CAP_GUEST_MEMFD 234
 #endif
+#ifndef KVM_EXIT_MEMORY_FAULT
+#define KVM_EXIT_MEMORY_FAULT 39
+#endif
+// From the series in kernel/patches (not in a released kernel yet).
+#ifndef KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING
+#define KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING 245
+#endif
+#ifndef KVM_MEMORY_EXIT_FLAG_MISSING
+#define KVM_MEMORY_EXIT_FLAG_MISSING (1ULL << 4)
+#endif
 
 namespace faultline {
 namespace {
@@ -97,7 +107,21 @@ absl::StatusOr<VcpuExit> KvmVcpu::Run() {
   VcpuExit e;
   if (ioctl(fd_.get(), KVM_RUN, 0) < 0) {
     if (errno == EINTR || errno == EAGAIN) return e;  // kicked (signal or immediate_exit)
-    return ErrnoStatus(absl::StrCat("KVM_RUN (vCPU ", id_, ")"));
+    const int err = errno;
+    if (err == EFAULT && run_->exit_reason == KVM_EXIT_MEMORY_FAULT) {
+      // kvm_run.memory_fault {flags, gpa, size} opens the exit union; Debian 12's header
+      // predates it.
+      const auto* mf = reinterpret_cast<const uint64_t*>(&run_->mmio);
+      if (mf[0] & KVM_MEMORY_EXIT_FLAG_MISSING) {
+        e.kind = VcpuExit::Kind::kMemoryMissing;
+        e.gpa = mf[1];
+        e.length = mf[2];
+        return e;
+      }
+      return ExitError(absl::StrFormat("KVM_EXIT_MEMORY_FAULT flags=0x%x gpa=0x%x size=0x%x",
+                                       mf[0], mf[1], mf[2]));
+    }
+    return ErrnoStatus(absl::StrCat("KVM_RUN (vCPU ", id_, ")"), err);
   }
   switch (run_->exit_reason) {
     case KVM_EXIT_INTR: return e;
@@ -287,6 +311,22 @@ absl::Status KvmVm::SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t si
   if (ioctl(vm_.get(), KVM_SET_USER_MEMORY_REGION, &m) < 0) {
     return ErrnoStatus(
         absl::StrFormat("KVM_SET_USER_MEMORY_REGION slot %u gpa 0x%x size 0x%x", slot, gpa, size));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvmVm::SetGuestMemfdExitOnMissing(bool on) {
+  if (CheckExtension(KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING) <= 0) {
+    return absl::UnimplementedError(
+        "this kernel lacks KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING: a vCPU access to a guest_memfd "
+        "page that has not arrived would allocate a zero page instead of exiting; build and "
+        "boot the series in kernel/ (kernel/README.md)");
+  }
+  struct kvm_enable_cap cap = {};
+  cap.cap = KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING;
+  cap.args[0] = on ? 1 : 0;
+  if (ioctl(vm_.get(), KVM_ENABLE_CAP, &cap) < 0) {
+    return ErrnoStatus("KVM_ENABLE_CAP(KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING)");
   }
   return absl::OkStatus();
 }

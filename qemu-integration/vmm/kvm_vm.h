@@ -24,7 +24,10 @@
 namespace faultline {
 
 struct VcpuExit {
-  enum class Kind { kIoOut, kIoIn, kHlt, kInterrupted };
+  // kMemoryMissing: a guest_memfd page with no folio while exit-on-missing is on
+  // (kernel/ series): the VMM touches [gpa, gpa+length) through its mapping — which a
+  // post-copy pager resolves — and re-enters.
+  enum class Kind { kIoOut, kIoIn, kHlt, kInterrupted, kMemoryMissing };
   Kind kind = Kind::kInterrupted;
   // Port I/O: `count` accesses of `size` bytes at `port`. `data` points into kvm_run (valid
   // until the next Run()); for kIoIn the caller fills it.
@@ -32,6 +35,7 @@ struct VcpuExit {
   uint8_t size = 0;
   uint32_t count = 0;
   uint8_t* data = nullptr;
+  uint64_t gpa = 0, length = 0;  // kMemoryMissing
 };
 
 class KvmVcpu {
@@ -97,6 +101,9 @@ class KvmVm {
   absl::Status SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host);
   // Maps [gpa, gpa+size) to guest_memfd `gmem_fd` at `gmem_offset`, with `host` (its mmap)
   // as userspace_addr: KVM_SET_USER_MEMORY_REGION2 with KVM_MEM_GUEST_MEMFD.
+  // KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING (kernel/ series): vCPU accesses to guest_memfd pages
+  // with no folio exit (VcpuExit::kMemoryMissing) instead of allocating zeros.
+  absl::Status SetGuestMemfdExitOnMissing(bool on);
   absl::Status SetGuestMemfdRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host,
                                    int gmem_fd, uint64_t gmem_offset);
 

@@ -182,6 +182,21 @@ absl::Status Vm::HandleExit(size_t i, const VcpuExit& e) {
   Runner& r = runners_[i];
   switch (e.kind) {
     case VcpuExit::Kind::kInterrupted: return absl::OkStatus();
+    case VcpuExit::Kind::kMemoryMissing: {
+      // The page has not arrived. Reading it through our mapping raises a userfault that the
+      // post-copy pager resolves with UFFDIO_COPY (which inserts the page already filled);
+      // this thread sleeps in the kernel until then, then the vCPU re-enters and finds it.
+      if (e.gpa >= ram_->size() || e.length == 0 || e.length > ram_->size() - e.gpa) {
+        return absl::InternalError(absl::StrFormat(
+            "vCPU %u: memory-fault exit for gpa 0x%x+0x%x outside guest RAM", i, e.gpa,
+            e.length));
+      }
+      for (uint64_t off = 0; off < e.length; off += 4096) {
+        (void)*reinterpret_cast<volatile const uint8_t*>(ram_->host_base() + e.gpa + off);
+      }
+      missing_exits_.fetch_add(1, std::memory_order_relaxed);
+      return absl::OkStatus();
+    }
     case VcpuExit::Kind::kHlt: {
       std::lock_guard<std::mutex> l(mu_);
       r.state = RunState::kHalted;

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -80,6 +81,9 @@ class Vm {
   const GuestRam& ram() const { return *ram_; }
   KvmVm& kvm() { return *kvm_; }
   uint32_t vcpus() const { return static_cast<uint32_t>(runners_.size()); }
+  // vCPU exits for guest_memfd pages with no folio (KvmVm::SetGuestMemfdExitOnMissing), each
+  // resolved by touching the page through the (userfaultfd-registered) RAM mapping.
+  uint64_t missing_exits() const { return missing_exits_.load(); }
 
   // Loads the ELF, writes a PVH start_info and puts every vCPU at the PVH entry in flat
   // 32-bit protected mode (vCPU i: %ebx = start_info, %esi = FLT_CPU_MAGIC, %edi = i).
@@ -132,6 +136,7 @@ class Vm {
 
   std::unique_ptr<KvmVm> kvm_;
   std::unique_ptr<GuestRam> ram_;
+  std::atomic<uint64_t> missing_exits_{0};
   std::vector<Runner> runners_;
   std::function<void(const ConsoleLine&)> line_cb_;
 
