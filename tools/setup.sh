@@ -3,7 +3,8 @@
 set -euo pipefail
 PKGS=(bazel-bootstrap g++ pkg-config libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
       libibverbs-dev librdmacm-dev libvirt-dev nlohmann-json3-dev libxxhash-dev libssl-dev openssl
-      clang-14 libclang-rt-14-dev gnuplot-nox qemu-system-x86)
+      clang-14 libclang-rt-14-dev gnuplot-nox qemu-system-x86
+      flex bison bc libelf-dev dwarves cpio git curl xz-utils)  # the last line: kernel/ suite
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

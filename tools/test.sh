@@ -33,5 +33,18 @@ run tsan --config=tsan
 # libFuzzer on every parser (protocol frames, hand-off messages, Firecracker JSON), bounded.
 echo "=== fuzz: tools/fuzz.sh ${FUZZ_SECONDS:-20}"
 if tools/fuzz.sh "${FUZZ_SECONDS:-20}"; then pass=$((pass + 2)); else fail=$((fail + 2)); rc_all=1; fi
+# The guest_memfd kernel series (kernel/): patched v6.18.4 built once (cached by patch set),
+# booted under QEMU TCG; its selftest, the upstream suites and faultline's guest_memfd e2e.
+echo "=== kernel: kernel/tests/run_kernel_tests.sh"
+kout=$(kernel/tests/run_kernel_tests.sh 2>&1); krc=$?
+echo "$kout" | tail -25
+if [[ $krc -eq 2 ]]; then
+  echo "kernel suite skipped (reason above)"
+else
+  kp=$(echo "$kout" | sed -n 's/^kernel tests: \([0-9]*\) passed, \([0-9]*\) failed.*/\1/p' | tail -1)
+  kf=$(echo "$kout" | sed -n 's/^kernel tests: \([0-9]*\) passed, \([0-9]*\) failed.*/\2/p' | tail -1)
+  pass=$((pass + ${kp:-0})); fail=$((fail + ${kf:-1}))
+  [[ $krc -eq 0 ]] || rc_all=1
+fi
 echo "${pass} passed, ${fail} failed"
 exit $rc_all
