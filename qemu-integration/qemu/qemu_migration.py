@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""A real QEMU-to-QEMU post-copy migration through faultline, on this machine, verified.
+
+Roles (each its own process):
+  source QEMU   guest RAM = memory-backend-file on /dev/shm (share=on); runs faultline-guest,
+                which dirties every data page with a pattern, then keeps reading pages.
+  faultline source   serves the source's RAM file (read-only mapping) over loopback TCP.
+  faultline serve    waits on a Unix socket for the destination QEMU's hand-off.
+  dest QEMU     -incoming defer, empty RAM file on /dev/shm, x-postcopy-external-pager with
+                the socket; at post-copy LISTEN it hands its uffd + RAM block to faultline,
+                waits for the ack, runs the guest; completes when faultline reports every page.
+Then: the guest's own check (every page it reads on the destination carries the pattern,
+"bad=0"), and every page of the destination's RAM file checksummed against the source's:
+pages at or above the guest's data start must all match; pages below it (the guest's image,
+stack and status block, which the guest keeps writing on the destination) are reported.
+
+Used by run_qemu_migration.sh, which builds QEMU and faultline first.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+PAGE = 4096
+MAILBOX_GPA = 0x5000
+
+
+class Qmp:
+    def __init__(self, path, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(path)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.f = self.s.makefile('rw')
+        json.loads(self.f.readline())
+        self.cmd('qmp_capabilities')
+
+    def cmd(self, name, **args):
+        msg = {'execute': name}
+        if args:
+            msg['arguments'] = args
+        self.f.write(json.dumps(msg) + '\n')
+        self.f.flush()
+        while True:
+            r = json.loads(self.f.readline())
+            if 'event' in r:
+                continue
+            return r
+
+    def ok(self, name, **args):
+        r = self.cmd(name, **args)
+        if 'error' in r:
+            raise RuntimeError('%s: %s' % (name, r['error']['desc']))
+        return r['return']
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise RuntimeError('timed out (%d s) waiting for %s' % (timeout, what))
+
+
+def read(path):
+    try:
+        with open(path, errors='replace') as f:
+            return f.read()
+    except FileNotFoundError:
+        return ''
+
+
+def page_digests(path, npages):
+    out = []
+    with open(path, 'rb') as f:
+        for _ in range(npages):
+            out.append(hashlib.blake2b(f.read(PAGE), digest_size=16).digest())
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--qemu', required=True)
+    ap.add_argument('--faultline', required=True)
+    ap.add_argument('--guest', required=True)
+    ap.add_argument('--size_mib', type=int, default=256)
+    ap.add_argument('--accel', default='tcg')
+    ap.add_argument('--rounds', type=int, default=100000)
+    ap.add_argument('--firmware', action='append', default=[])
+    ap.add_argument('--workdir', default='')
+    ap.add_argument('--run_after', type=float, default=2.0,
+                    help='seconds the destination guest keeps running after completion')
+    a = ap.parse_args()
+
+    work = a.workdir or tempfile.mkdtemp(prefix='faultline-qemu-')
+    os.makedirs(work, exist_ok=True)
+    tag = 'faultline-qemu-%d' % os.getpid()
+    src_ram, dst_ram = '/dev/shm/%s-src' % tag, '/dev/shm/%s-dst' % tag
+    size = a.size_mib << 20
+    npages = size // PAGE
+    procs = []
+    result = {'verified_pages': 0}
+
+    def spawn(name, argv):
+        log = open(os.path.join(work, name + '.log'), 'w')
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        procs.append((name, p))
+        return p
+
+    def qemu_argv(name, ram, extra):
+        argv = [a.qemu, '-accel', a.accel, '-m', '%dM' % a.size_mib, '-nodefaults',
+                '-vga', 'none', '-display', 'none', '-no-reboot',
+                '-object', 'memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on'
+                % (a.size_mib, ram),
+                '-machine', 'pc,memory-backend=mem', '-kernel', a.guest,
+                '-serial', 'file:' + os.path.join(work, name + '.serial'),
+                '-qmp', 'unix:%s,server=on,wait=off' % os.path.join(work, name + '.qmp')]
+        if a.accel == 'tcg':
+            argv[argv.index('-m'):argv.index('-m')] = ['-cpu', 'max']
+        for fw in a.firmware:
+            argv += ['-L', fw]
+        return argv + extra
+
+    try:
+        for f in (src_ram, dst_ram):
+            if os.path.exists(f):
+                os.unlink(f)
+        # 1. Source: boot paused, give the guest its inputs (the mailbox, in RAM), run it.
+        spawn('src-qemu', qemu_argv('src', src_ram, ['-S']))
+        src = Qmp(os.path.join(work, 'src.qmp'))
+        mailbox = struct.pack('<IIQQQQIII3I', 0x4D544C46, 1, size, 0x5eed, 16384, 0, 0,
+                              a.rounds, 1, 0, 0, 0)
+        with open(src_ram, 'r+b') as f:
+            f.seek(MAILBOX_GPA)
+            f.write(mailbox)
+        src.ok('cont')
+        serial = os.path.join(work, 'src.serial')
+        boot = wait_for(lambda: re.search(r'FLT cpu=0 boot .*data=0x([0-9a-f]+)-', read(serial)),
+                        120, 'the guest to boot on the source')
+        data_start = int(boot.group(1), 16)
+        wait_for(lambda: 'phase=seq round=1' in read(serial), 300,
+                 'the guest to dirty its memory and start reading')
+        print('source guest: %s, dirtied %d pages from 0x%x' %
+              (a.accel, (size - data_start) // PAGE, data_start), flush=True)
+
+        # 2. faultline: the page server on the source's RAM file, and serve on a socket.
+        token = secrets.token_hex(32)
+        fl_port, mig_port = free_port(), free_port()
+        sock = os.path.join(work, 'pager.sock')
+        spawn('faultline-source', [a.faultline, 'source', '--listen=127.0.0.1:%d' % fl_port,
+                                   '--token=' + token, '--region=mem=%s:%dM' % (src_ram, a.size_mib)])
+        wait_for(lambda: 'serving' in read(os.path.join(work, 'faultline-source.log')), 30,
+                 'faultline source')
+        serve = spawn('faultline-serve', [a.faultline, 'serve', '--handoff=' + sock,
+                                          '--connect=127.0.0.1:%d' % fl_port, '--token=' + token,
+                                          '--state_dir=' + os.path.join(work, 'state')])
+        wait_for(lambda: 'waiting for a VMM' in read(os.path.join(work, 'faultline-serve.log')),
+                 30, 'faultline serve')
+
+        # 3. Destination QEMU, waiting for the stream, the pager socket named.
+        spawn('dst-qemu', qemu_argv('dst', dst_ram, [
+            '-incoming', 'defer',
+            '-global', 'migration.x-postcopy-external-pager-socket=' + sock]))
+        dst = Qmp(os.path.join(work, 'dst.qmp'))
+        caps = [{'capability': c, 'state': True}
+                for c in ('postcopy-ram', 'x-ignore-shared', 'x-postcopy-external-pager')]
+        # migrate_caps_check refuses impossible combinations, with reasons:
+        for bad in (['x-postcopy-external-pager'],
+                    ['postcopy-ram', 'x-postcopy-external-pager'],
+                    ['postcopy-ram', 'x-ignore-shared', 'x-postcopy-external-pager',
+                     'postcopy-blocktime']):
+            r = dst.cmd('migrate-set-capabilities',
+                        capabilities=[{'capability': c, 'state': True} for c in bad])
+            if 'error' not in r:
+                raise RuntimeError('capabilities %s were accepted' % bad)
+            print('refused %s: %s' % ('+'.join(bad), r['error']['desc']), flush=True)
+            dst.ok('migrate-set-capabilities',
+                   capabilities=[{'capability': c, 'state': False} for c in bad])
+        dst.ok('migrate-set-capabilities', capabilities=caps)
+        dst.ok('migrate-incoming', uri='tcp:127.0.0.1:%d' % mig_port)
+        src.ok('migrate-set-capabilities', capabilities=caps)
+
+        # 4. Migrate. The switch to post-copy happens on migrate-start-postcopy or, with the
+        # pager, by itself once the (small) stream has converged.
+        t0 = time.time()
+        src.ok('migrate', uri='tcp:127.0.0.1:%d' % mig_port)
+        src.cmd('migrate-start-postcopy')
+
+        def dst_status():
+            return dst.ok('query-migrate').get('status')
+        wait_for(lambda: src.ok('query-status')['status'] in ('postmigrate', 'finish-migrate')
+                 or src.ok('query-migrate').get('status') == 'postcopy-active', 120,
+                 'the source to stop')
+        t_switch = time.time()
+        resumed = wait_for(lambda: dst.ok('query-status')['status'] == 'running', 120,
+                           'the destination guest to run')
+        t_run = time.time()
+        final = wait_for(lambda: dst_status() in ('completed', 'failed') and dst_status(), 600,
+                         'the destination migration to complete')
+        t_done = time.time()
+        if final != 'completed':
+            raise RuntimeError('destination migration %s' % final)
+        src_info = src.ok('query-migrate')
+        print('migration: source %s (downtime %s ms), destination completed %.2f s after '
+              'migrate (guest running %.2f s after the switch)' %
+              (src_info.get('status'), src_info.get('downtime'), t_done - t0,
+               t_run - t_switch), flush=True)
+
+        # 5. faultline's report; the guest keeps reading on the destination for a while.
+        serve.wait(timeout=60)
+        serve_log = read(os.path.join(work, 'faultline-serve.log'))
+        start = re.search(r'^\{$', serve_log, re.M)  # serve prints its stats last
+        stats = json.loads(serve_log[start.start():]) if start else {}
+        time.sleep(a.run_after)
+        dst.ok('stop')
+        dserial = read(os.path.join(work, 'dst.serial'))
+        guest_lines = [l for l in dserial.splitlines() if 'phase=' in l]
+        guest_bad = sum(int(x) for x in re.findall(r' bad=(\d+)', dserial))
+        src_serial = read(serial)
+        new_lines = len(guest_lines) - len([l for l in src_serial.splitlines() if 'phase=' in l])
+
+        # 6. Every page: source (paused since the switch) vs destination (stopped now).
+        src_st = src.ok('query-status')['status']
+        if src_st not in ('postmigrate', 'paused', 'finish-migrate'):
+            raise RuntimeError('source is %s, not paused' % src_st)
+        s_d, d_d = page_digests(src_ram, npages), page_digests(dst_ram, npages)
+        first_data = data_start // PAGE
+        data_mismatch = [i for i in range(first_data, npages) if s_d[i] != d_d[i]]
+        low_diff = [i for i in range(first_data) if s_d[i] != d_d[i]]
+        zero = hashlib.blake2b(b'\0' * PAGE, digest_size=16).digest()
+        dst_zero_data = sum(1 for i in range(first_data, npages) if d_d[i] == zero)
+        result.update({
+            'pages': npages, 'data_pages': npages - first_data,
+            'data_mismatches': len(data_mismatch), 'low_pages_differing': len(low_diff),
+            'low_differing_gpas': ['0x%x' % (i * PAGE) for i in low_diff[:16]],
+            'dst_zero_data_pages': dst_zero_data, 'guest_bad': guest_bad,
+            'guest_phase_lines_on_destination': new_lines,
+            'seconds_to_complete': round(t_done - t0, 3),
+            'downtime_ms': src_info.get('downtime'),
+            'faultline': {k: stats.get(k) for k in ('pages', 'urgent_pages', 'bulk_pages',
+                                                    'zero_pages', 'faults', 'minor_faults',
+                                                    'eexist', 'seconds')},
+            'fault_latency': stats.get('fault_latency'),
+        })
+        print(json.dumps(result, indent=1), flush=True)
+        ok = (not data_mismatch and guest_bad == 0 and new_lines > 0 and
+              stats.get('pages') == npages and len(low_diff) <= 64)
+        print('%s: QEMU 7.2 post-copy through faultline, %d MiB %s guest: %d/%d data pages '
+              'identical, %d low pages written by the running guest, guest bad=%d, %d faults '
+              '(p50 %s us, p99 %s us), completed in %.2f s, downtime %s ms' %
+              ('PASS' if ok else 'FAIL', a.size_mib, a.accel,
+               (npages - first_data) - len(data_mismatch), npages - first_data, len(low_diff),
+               guest_bad, stats.get('faults', -1),
+               (stats.get('fault_latency') or {}).get('p50_ns', 0) // 1000,
+               (stats.get('fault_latency') or {}).get('p99_ns', 0) // 1000,
+               t_done - t0, src_info.get('downtime')), flush=True)
+        return 0 if ok else 1
+    except Exception as e:  # the logs say more
+        print('FAIL: %s (logs in %s)' % (e, work), flush=True)
+        for name, _ in procs:
+            tail = read(os.path.join(work, name + '.log')).strip().splitlines()[-6:]
+            for l in tail:
+                print('  [%s] %s' % (name, l))
+        return 1
+    finally:
+        for name, p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for f in (src_ram, dst_ram):
+            if os.path.exists(f):
+                os.unlink(f)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

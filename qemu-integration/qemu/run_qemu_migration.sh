@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# A real QEMU-to-QEMU post-copy migration through faultline on this machine, with every page of
+# guest memory checksummed afterwards (qemu_migration.py does the migration; this script builds
+# what it needs). Then QEMU's own migration-test post-copy cases on the same patched build, with
+# the capability off, to show nothing else changed.
+#
+#   qemu-integration/qemu/run_qemu_migration.sh [--accel=tcg|kvm] [--size_mib=256]
+#                                              [--no-qtest] [--qemu=PATH]
+#
+# Needs root (userfaultfd, /dev/shm), QEMU's runtime firmware from Debian (seabios,
+# qemu-system-data: -L /usr/share/seabios -L /usr/share/qemu), Bazel for faultline. Ends with one
+# summary line per part: PASS/FAIL/SKIP.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+ACCEL=tcg
+SIZE=256
+QTEST=1
+QEMU=${FAULTLINE_QEMU:-}
+for a in "$@"; do
+  case "$a" in
+    --accel=*) ACCEL=${a#*=} ;;
+    --size_mib=*) SIZE=${a#*=} ;;
+    --no-qtest) QTEST=0 ;;
+    --qemu=*) QEMU=${a#*=} ;;
+    *) echo "usage: $0 [--accel=tcg|kvm] [--size_mib=N] [--no-qtest] [--qemu=PATH]" >&2; exit 2 ;;
+  esac
+done
+
+if [[ $(id -u) != 0 ]]; then
+  echo "SKIP: needs root (userfaultfd on QEMU's memory, /dev/shm RAM files)"; exit 0
+fi
+if [[ $ACCEL == kvm && ! -w /dev/kvm ]]; then
+  echo "SKIP: --accel=kvm but /dev/kvm is not usable"; exit 0
+fi
+FW=()
+for d in /usr/share/seabios /usr/share/qemu; do
+  [[ -d $d ]] && FW+=(--firmware "$d")
+done
+if [[ ! -f /usr/share/seabios/bios-256k.bin ]]; then
+  echo "SKIP: no SeaBIOS (/usr/share/seabios/bios-256k.bin; apt-get install seabios qemu-system-data)"
+  exit 0
+fi
+
+if [[ -z $QEMU ]]; then
+  build_args=()
+  (( QTEST )) && build_args=(--tests)
+  QEMU=$("$HERE/build_qemu.sh" "${build_args[@]}" | tail -1) || { echo "FAIL: QEMU build"; exit 1; }
+fi
+[[ -x $QEMU ]] || { echo "FAIL: no QEMU binary at '$QEMU'"; exit 1; }
+
+WORK=$(mktemp -d /tmp/faultline-qemu-mig.XXXXXX)
+(
+  cd "$REPO" &&
+  bazel build -c opt //cli:faultline //qemu-integration/guest:faultline-guest >"$WORK/bazel.log" 2>&1
+) || { tail -20 "$WORK/bazel.log"; echo "FAIL: bazel build"; exit 1; }
+BIN=$(cd "$REPO" && bazel info -c opt bazel-bin 2>/dev/null)
+# Copies: other builds in this workspace may replace bazel-bin's files while we run.
+cp "$BIN/cli/faultline" "$BIN/qemu-integration/guest/faultline-guest" "$WORK/"
+
+echo "== QEMU post-copy through faultline ($QEMU, $ACCEL, $SIZE MiB; logs in $WORK)"
+python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+  --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib="$SIZE" --workdir="$WORK" \
+  "${FW[@]}" | tee "$WORK/summary.txt"
+rc=${PIPESTATUS[0]}
+
+if (( QTEST )); then
+  MT=$(dirname "$QEMU")/tests/qtest/migration-test
+  if [[ ! -x $MT ]]; then
+    echo "SKIP: QEMU's migration-test was not built ($MT)"
+  else
+    # migration-test starts QEMU itself: a wrapper adds the firmware paths.
+    cat >"$WORK/qemu-wrapper" <<EOF
+#!/bin/sh
+exec "$QEMU" -L /usr/share/seabios -L /usr/share/qemu "\$@"
+EOF
+    chmod +x "$WORK/qemu-wrapper"
+    qrc=0
+    for t in /x86_64/migration/postcopy/plain /x86_64/migration/postcopy/recovery/plain \
+             /x86_64/migration/postcopy/preempt/plain; do
+      if QTEST_QEMU_BINARY="$WORK/qemu-wrapper" QTEST_QEMU_IMG=/bin/false \
+         timeout 600 "$MT" -p "$t" >"$WORK/qtest.log" 2>&1; then
+        echo "PASS: migration-test $t ($(grep -c '^ok' "$WORK/qtest.log") ok, capability off)"
+      else
+        qrc=1
+        tail -5 "$WORK/qtest.log"
+        echo "FAIL: migration-test $t"
+      fi
+    done
+    (( qrc == 0 )) || rc=1
+  fi
+fi
+exit "$rc"
