@@ -21,6 +21,8 @@
 #include "cli/local_run.h"
 #include "engine/engine.h"
 #include "transport/page_server.h"
+#include "transport/rdma_page_server.h"
+#include "transport/rdma_page_source.h"
 #include "transport/socket.h"
 #include "transport/tcp_page_source.h"
 #include "transport/tls.h"
@@ -61,6 +63,11 @@ ABSL_FLAG(std::string, dest_ram, "memfd",
           "series: userfaultfd on guest_memfd + vCPU exits for missing pages).");
 ABSL_FLAG(int64_t, guest_touches, 4096, "demo: touches per guest phase per vCPU.");
 ABSL_FLAG(bool, guest_serial, false, "demo: print the destination guest's serial lines.");
+ABSL_FLAG(std::string, transport, "tcp",
+          "source, dest, serve: tcp, or rdma (one-sided RDMA READ over RC queue pairs; the "
+          "control connection stays TCP/TLS).");
+ABSL_FLAG(std::string, rdma_device, "",
+          "--transport=rdma: the RDMA device (default: the first with an active port).");
 ABSL_FLAG(std::string, tls_cert, "",
           "TLS certificate (PEM). source, demo: serve TLS 1.3 with it (with --tls_key). dest, "
           "serve: present it to a source that requires client certificates.");
@@ -112,6 +119,10 @@ constexpr char kUsage[] =
     "  source --tls_ca=PEM + dest --tls_cert=PEM --tls_key=PEM   mutual TLS: destinations need a\n"
     "                                           certificate signed by the source's CA\n"
     "  The token handshake runs inside TLS unchanged. Making certificates: README.md, \"TLS\".\n"
+    "\n"
+    "RDMA (source, dest, serve): --transport=rdma on both sides [--rdma_device=NAME]. Pages move\n"
+    "  by one-sided RDMA READ; HELLO/WELCOME, VERIFY and DONE stay on the TCP (or TLS) control\n"
+    "  connection. Without an RDMA device it says so and lists the devices found.\n"
     "\n"
     "Requires userfaultfd (root, or vm.unprivileged_userfaultfd=1). hugetlb needs reserved\n"
     "2 MiB pages: echo N > /proc/sys/vm/nr_hugepages.\n";
@@ -234,6 +245,37 @@ int Local() {
   return bad ? 1 : 0;
 }
 
+// --transport: null for tcp; an RDMA extension of `server` for rdma.
+absl::StatusOr<std::unique_ptr<RdmaPageServer>> RdmaServerFromFlags(PageServer* server) {
+  const std::string t = absl::GetFlag(FLAGS_transport);
+  if (t == "tcp") return std::unique_ptr<RdmaPageServer>();
+  if (t != "rdma") {
+    return absl::InvalidArgumentError(absl::StrCat("--transport=", t, ": expected tcp or rdma"));
+  }
+  RdmaDeviceOptions o;
+  o.device = absl::GetFlag(FLAGS_rdma_device);
+  return RdmaPageServer::Create(server, o);
+}
+
+// --transport for the destination: a TCP or an RDMA transport to the source.
+absl::StatusOr<std::unique_ptr<PageSource>> ConnectSource(const TcpSourceOptions& topts) {
+  const std::string t = absl::GetFlag(FLAGS_transport);
+  if (t == "tcp") {
+    absl::StatusOr<std::unique_ptr<TcpPageSource>> s = TcpPageSource::Connect(topts);
+    if (!s.ok()) return s.status();
+    return std::unique_ptr<PageSource>(std::move(*s));
+  }
+  if (t != "rdma") {
+    return absl::InvalidArgumentError(absl::StrCat("--transport=", t, ": expected tcp or rdma"));
+  }
+  RdmaSourceOptions o;
+  o.control = topts;
+  o.device.device = absl::GetFlag(FLAGS_rdma_device);
+  absl::StatusOr<std::unique_ptr<RdmaPageSource>> s = RdmaPageSource::Connect(o);
+  if (!s.ok()) return s.status();
+  return std::unique_ptr<PageSource>(std::move(*s));
+}
+
 int Source() {
   std::vector<SourceRegion> regions;
   for (const std::string& spec : absl::GetFlag(FLAGS_region)) {
@@ -285,8 +327,14 @@ int Source() {
   absl::StatusOr<UniqueFd> listen = ListenTcp(absl::GetFlag(FLAGS_listen));
   if (!listen.ok()) return Fail(listen.status());
   PageServer server(std::move(regions), token, *tls);
+  absl::StatusOr<std::unique_ptr<RdmaPageServer>> rdma = RdmaServerFromFlags(&server);
+  if (!rdma.ok()) return Fail(rdma.status());
   std::printf("serving %zu region(s) on %s (%s)\n", server.region_table().size(),
               absl::GetFlag(FLAGS_listen).c_str(), TlsMode(*tls).c_str());
+  if (*rdma) {
+    std::printf("RDMA: device %s, every region registered for remote read only\n",
+                (*rdma)->device_name().c_str());
+  }
   std::fflush(stdout);
   absl::Status s = server.Serve(listen->get());
   const ServerStats& st = server.stats();
@@ -325,6 +373,7 @@ int Serve() {
   ho.source.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   ho.engine = EngineOpts();
   ho.state_dir = absl::GetFlag(FLAGS_state_dir);
+  ho.connect = ConnectSource;
   ho.log = [](const std::string& line) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
@@ -454,7 +503,7 @@ int Dest() {
   if (!tls.ok()) return Fail(tls.status());
   topts.tls = *tls;
   topts.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
-  absl::StatusOr<std::unique_ptr<TcpPageSource>> source = TcpPageSource::Connect(topts);
+  absl::StatusOr<std::unique_ptr<PageSource>> source = ConnectSource(topts);
   if (!source.ok()) return Fail(source.status());
   std::vector<std::unique_ptr<GuestRegion>> owned;
   std::vector<GuestRegion*> regions;

@@ -195,7 +195,17 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::unique_ptr<TcpPageSource>> source = TcpPageSource::Connect(opts.source);
+  absl::StatusOr<std::unique_ptr<PageSource>> source;
+  if (opts.connect) {
+    source = opts.connect(opts.source);
+  } else {
+    absl::StatusOr<std::unique_ptr<TcpPageSource>> tcp = TcpPageSource::Connect(opts.source);
+    if (tcp.ok()) {
+      source = std::unique_ptr<PageSource>(std::move(*tcp));
+    } else {
+      source = tcp.status();
+    }
+  }
   if (!source.ok()) {
     return refuse_fresh(absl::Status(
         source.status().code(),

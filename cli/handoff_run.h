@@ -27,6 +27,8 @@ struct HandoffRunOptions {
   std::string state_dir;
   // Progress notes for an operator (adopting a dead engine's state, ...). May be null.
   std::function<void(const std::string&)> log;
+  // Connects the transport (e.g. RDMA, transport/rdma_page_source.h); null: TCP to `source`.
+  std::function<absl::StatusOr<std::unique_ptr<PageSource>>(const TcpSourceOptions&)> connect;
 };
 
 // Runs one hand-off session to completion. Nothing is acknowledged until the source is

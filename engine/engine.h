@@ -99,6 +99,7 @@ class Engine : public PageSink {
 
   // PageSink (called by the transport's receive threads).
   uint8_t* Land(Channel ch, uint32_t region, uint64_t page, uint32_t index) override;
+  uint8_t* DirectBase(uint32_t region) override;
   void Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
                Arrival what) override;
   void FrameDone(Channel ch, uint32_t region, uint64_t first, uint32_t count) override;

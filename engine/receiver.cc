@@ -30,6 +30,12 @@ uint8_t* Engine::Land(Channel ch, uint32_t region, uint64_t page, uint32_t index
   return l.staging.data() + size_t{index} * ps;
 }
 
+uint8_t* Engine::DirectBase(uint32_t region) {
+  if (region >= regions_.size()) return nullptr;
+  const GuestRegion* r = regions_[region]->region;
+  return r->places_via_alias() ? r->alias() : nullptr;
+}
+
 void Engine::Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
                      Arrival what) {
   Landing& l = landing_[static_cast<int>(ch)];

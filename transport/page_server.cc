@@ -215,6 +215,12 @@ void PageServer::ServeConnection(UniqueFd fd) {
       uint64_t one = 1;
       (void)!write(stop_fd_.get(), &one, sizeof(one));
       break;
+    } else if (ext_ != nullptr && ext_->Handles(h.type)) {
+      s = ext_->Handle(stream, h.type, span);
+    } else if (h.type == FrameType::kRdmaConnect) {
+      s = absl::FailedPreconditionError(
+          "the destination asks for RDMA, and this source serves TCP only: start the source "
+          "with --transport=rdma");
     } else {
       s = absl::InvalidArgumentError(
           absl::StrCat("unexpected ", FrameTypeName(h.type), " frame from the destination"));

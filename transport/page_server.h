@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "base/unique_fd.h"
 #include "transport/protocol.h"
 #include "transport/tls.h"
@@ -52,6 +53,16 @@ struct ServerStats {
   std::atomic<uint64_t> refused_requests{0}, refused_connections{0};
 };
 
+// Frames beyond plain page serving (the RDMA set-up, transport/rdma_page_server.h). Only
+// frames after a connection's authenticated HELLO reach it.
+class ServerExtension {
+ public:
+  virtual ~ServerExtension() = default;
+  virtual bool Handles(FrameType t) const = 0;
+  // Answers one frame on `stream`; an error is sent back as ERROR and closes the connection.
+  virtual absl::Status Handle(Stream& stream, FrameType t, absl::Span<const uint8_t> payload) = 0;
+};
+
 class PageServer {
  public:
   // `tls`: a server context (transport/tls.h), or null for plain TCP.
@@ -64,6 +75,13 @@ class PageServer {
   absl::Status Serve(int listen_fd);
   // Thread-safe: makes Serve() return soon.
   void Shutdown();
+
+  // Before Serve(); `ext` must outlive it.
+  void SetExtension(ServerExtension* ext) {
+    std::lock_guard<std::mutex> l(mu_);
+    ext_ = ext;
+  }
+  const std::vector<SourceRegion>& regions() const { return regions_; }
 
   const ServerStats& stats() const { return stats_; }
   std::vector<RegionInfo> region_table() const;
@@ -80,6 +98,7 @@ class PageServer {
   std::vector<RegionInfo> table_;
   Token token_;
   std::shared_ptr<const TlsContext> tls_;
+  ServerExtension* ext_ = nullptr;
   UniqueFd stop_fd_;  // eventfd
   std::atomic<bool> done_{false};
   mutable std::mutex mu_;

@@ -30,6 +30,11 @@ class PageSink {
   // Returns where the bytes of `page` of `region` go: `region` page-size bytes, writable until
   // the matching Arrived(). `index` is the page's position in its frame. Never null.
   virtual uint8_t* Land(Channel ch, uint32_t region, uint64_t page, uint32_t index) = 0;
+  // Where the pages of `region` land whenever Land() claims them, if that is always
+  // base + page * page_size (an alias mapping of the guest's memory); null when the landing
+  // moves (staging buffers). A transport may register that memory with a NIC and write pages
+  // straight into it — only after Land() has claimed them.
+  virtual uint8_t* DirectBase(uint32_t region) { return nullptr; }
   virtual void Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
                        Arrival what) = 0;
   // Every page of a frame has Arrived(): a batch boundary (bulk placement and wake-ups).

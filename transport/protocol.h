@@ -12,6 +12,12 @@
 //                      count × u32 crc32c of the source's page (zero pages included)
 //   DONE     dest→src  empty: every page is present, the source may stop serving
 //   ERROR    either    u32 code | u16 length | message; the sender closes the connection after it
+//   RDMA_CONNECT dest→src  (--transport=rdma, after WELCOME, on the control connection)
+//                      the destination's endpoint: u8[16] gid | u32 lid | u32 path mtu (1..5)
+//                      | 2 × {u32 qpn | u32 psn} (urgent QP, bulk QP)
+//   RDMA_ACCEPT  src→dest  the source's endpoint, as above | u32 region count | count ×
+//                      {u64 remote address | u64 length | u32 rkey | u32 0}: one read-only memory
+//                      registration per region of the WELCOME, in its order
 //
 // Every frame is validated before anything it carries is used; a frame that fails validation is
 // answered with ERROR (where a peer is still listening) and the connection is closed.
@@ -50,6 +56,8 @@ enum class FrameType : uint8_t {
   kVerified = 6,
   kDone = 7,
   kError = 8,
+  kRdmaConnect = 9,
+  kRdmaAccept = 10,
 };
 
 enum class Channel : uint8_t { kUrgent = 0, kBulk = 1 };
@@ -113,6 +121,28 @@ struct ErrorFrame {
   std::string message;
 };
 
+// RDMA (transport/rdma_page_source.h): one reliable-connected queue pair per channel.
+struct RdmaQpInfo {
+  uint32_t qpn = 0;  // 24 bits
+  uint32_t psn = 0;  // 24 bits
+};
+struct RdmaEndpoint {
+  std::array<uint8_t, 16> gid{};
+  uint32_t lid = 0;  // 16 bits; 0 on RoCE
+  uint32_t mtu = 0;  // enum ibv_mtu: 1 (256) .. 5 (4096)
+  RdmaQpInfo qps[2];  // indexed by Channel
+};
+inline constexpr size_t kRdmaEndpointSize = 16 + 4 + 4 + 2 * 8;
+struct RdmaRegionKey {
+  uint64_t addr = 0;
+  uint64_t length = 0;
+  uint32_t rkey = 0;
+};
+struct RdmaAccept {
+  RdmaEndpoint endpoint;
+  std::vector<RdmaRegionKey> regions;
+};
+
 // ---- Encoding: each appends one whole frame (header + payload) to `out`. ----
 void EncodeHello(const Hello& h, std::string* out);
 void EncodeWelcome(const Welcome& w, std::string* out);
@@ -121,6 +151,8 @@ void EncodeVerify(const PageRange& r, std::string* out);
 void EncodeVerified(const PageRange& r, absl::Span<const uint32_t> crcs, std::string* out);
 void EncodeDone(std::string* out);
 void EncodeError(const absl::Status& s, std::string* out);
+void EncodeRdmaConnect(const RdmaEndpoint& e, std::string* out);
+void EncodeRdmaAccept(const RdmaAccept& a, std::string* out);
 // PAGES header, head and descriptors only; the caller sends the page bytes after them.
 void EncodePagesPrefix(const PagesHead& head, absl::Span<const PageDesc> descs,
                        uint32_t page_size, std::string* out);
@@ -141,6 +173,9 @@ absl::StatusOr<std::vector<PageDesc>> DecodePageDescs(absl::Span<const uint8_t> 
                                                       uint32_t frame_length);
 absl::StatusOr<std::vector<uint32_t>> DecodeVerified(absl::Span<const uint8_t> payload,
                                                      PageRange* range);
+
+absl::StatusOr<RdmaEndpoint> DecodeRdmaConnect(absl::Span<const uint8_t> payload);
+absl::StatusOr<RdmaAccept> DecodeRdmaAccept(absl::Span<const uint8_t> payload);
 
 // A request names pages inside one of the regions.
 absl::Status CheckRange(const PageRange& r, absl::Span<const RegionInfo> regions,

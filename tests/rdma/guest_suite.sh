@@ -1,0 +1,63 @@
+#!/bin/bash
+# Runs inside the soft-RoCE VM (tests/rdma/run_rdma_tests.sh boots it), chrooted into the host's
+# root (read-only 9p); /tmp is the guest's tmpfs, /tmp/results the host's result directory.
+set -u
+. /tmp/results/env
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+OUT=/tmp/results
+fails=()
+passes=()
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step "network and soft-RoCE"
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+rdma link add rxe0 type rxe netdev eth0 || fails+=("rdma link add")
+sleep 1
+rdma link show
+ibv_devices 2>/dev/null || true
+
+step "RDMA transport tests (gtest)"
+export TEST_TMPDIR=/tmp/gtest
+mkdir -p "$TEST_TMPDIR"
+if timeout 600 "$BIN/tests/rdma/rdma_transport_test" 2>&1 | tee "$OUT/rdma_transport_test.log"; then
+  passes+=("rdma_transport_test $(grep -c '^\[       OK \]' "$OUT/rdma_transport_test.log") ok")
+else
+  fails+=("rdma_transport_test")
+fi
+
+step "CLI e2e: faultline source/dest --transport=rdma"
+# 64 MiB of source memory: random data with a zero hole.
+dd if=/dev/urandom of=/tmp/ram bs=1M count=48 status=none
+dd if=/dev/zero of=/tmp/ram bs=1M count=16 seek=48 status=none
+TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+timeout 300 "$BIN/cli/faultline" source --transport=rdma --listen=127.0.0.1:7470 \
+  --region=ram=/tmp/ram --token="$TOKEN" > "$OUT/cli_source.log" 2>&1 &
+SRC=$!
+for i in $(seq 100); do ss -ltnH "sport = :7470" | grep -q . && break; sleep 0.2; done
+if timeout 300 "$BIN/cli/faultline" dest --transport=rdma --connect=127.0.0.1:7470 \
+    --token="$TOKEN" --kind=memfd --progress=false > "$OUT/cli_dest.log" 2>&1 &&
+   grep -q "verified 16384 pages, 0 mismatches" "$OUT/cli_dest.log"; then
+  passes+=("cli e2e: $(grep -o 'verified [0-9]* pages, 0 mismatches' "$OUT/cli_dest.log")")
+else
+  fails+=("cli e2e")
+fi
+cat "$OUT/cli_dest.log"
+wait $SRC; echo "source exit $?"; cat "$OUT/cli_source.log"
+
+step "RDMA vs TCP benchmark"
+if timeout 900 "$BIN/bench/rdma/rdma_vs_tcp_benchmark" 2>&1 | tee "$OUT/bench.log"; then
+  passes+=("bench")
+else
+  fails+=("bench")
+fi
+
+{
+  if [ ${#fails[@]} -eq 0 ]; then
+    echo "RDMA suite: PASS ($(IFS=';'; echo "${passes[*]}"))"
+  else
+    echo "RDMA suite: FAIL (failed: $(IFS=';'; echo "${fails[*]}"); passed: $(IFS=';'; echo "${passes[*]}"))"
+  fi
+} > "$OUT/summary"
+cat "$OUT/summary"
