@@ -67,16 +67,24 @@ KEY=$(cat "$ROOT"/kernel/patches/*.patch "$ROOT"/kernel/tests/kernel.config \
 OUT=$CACHE/build-$KEY
 if [[ ! -f $OUT/done ]]; then
   log "building the patched kernel ($OUT); about 5 min of CPU"
-  rm -rf "$OUT" && mkdir -p "$OUT/bin"
-  git -C "$PRISTINE" worktree prune
-  git -C "$PRISTINE" worktree add -q --detach "$OUT/src" "v$VERSION"
-  git -C "$OUT/src" -c user.name=faultline -c user.email=faultline@localhost \
-    am -q $(ls "$ROOT"/kernel/patches/*.patch | grep -v cover-letter) ||
-    die "the series does not apply on v$VERSION"
-  make -s -C "$OUT/src" O="$OUT/obj" tinyconfig >/dev/null
-  "$OUT/src/scripts/kconfig/merge_config.sh" -m -O "$OUT/obj" "$OUT/obj/.config" \
-    "$ROOT/kernel/tests/kernel.config" >/dev/null
-  make -s -C "$OUT/src" O="$OUT/obj" olddefconfig
+  # Resumable: an interrupted build continues where it stopped (make is incremental).
+  mkdir -p "$OUT/bin" "$OUT/st/kvm" "$OUT/st/mm"
+  if [[ ! -f $OUT/src/.patched ]]; then
+    rm -rf "$OUT/src"
+    git -C "$PRISTINE" worktree prune
+    git -C "$PRISTINE" worktree add -q --detach "$OUT/src" "v$VERSION"
+    # shellcheck disable=SC2046
+    git -C "$OUT/src" -c user.name=faultline -c user.email=faultline@localhost \
+      am -q $(ls "$ROOT"/kernel/patches/*.patch | grep -v cover-letter) ||
+      die "the series does not apply on v$VERSION"
+    touch "$OUT/src/.patched"
+  fi
+  if [[ ! -f $OUT/obj/.config ]]; then
+    make -s -C "$OUT/src" O="$OUT/obj" tinyconfig >/dev/null
+    "$OUT/src/scripts/kconfig/merge_config.sh" -m -O "$OUT/obj" "$OUT/obj/.config" \
+      "$ROOT/kernel/tests/kernel.config" >/dev/null
+    make -s -C "$OUT/src" O="$OUT/obj" olddefconfig
+  fi
   make -s -C "$OUT/src" O="$OUT/obj" -j"$JOBS" bzImage >"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log"; die "kernel build failed ($OUT/build.log)"; }
   make -s -C "$OUT/src" O="$OUT/obj" headers >/dev/null
@@ -131,7 +139,7 @@ timeout 1800 qemu-system-x86_64 -accel tcg -cpu max -m 3G -smp 2 -nographic -no-
   -kernel "$OUT/bzImage" -initrd "$CACHE/initramfs-$KEY.cpio.gz" \
   -append "console=ttyS0 panic=-1 tsc_early_khz=2000000 tsc=reliable hugepages=64 quiet" \
   </dev/null >"$LOG" 2>&1 || true
-tr -d '\r' <"$LOG" | grep -E "^(ok|not ok|skip) [0-9]+ |^gmem_uffd_test:|^# (Test|SUMMARY|Totals)|FLT-RESULT|Ran [0-9]+ |PASS|FAIL|verified|mismatch|missing-page|fault latency|init:" |
+tr -d '\r' <"$LOG" | grep -E "^(ok|not ok|skip) [0-9]+ |^gmem_uffd_test:|^# (Test|SUMMARY|Totals)|^Userfaults unit tests|FLT-RESULT|Ran [0-9]+ |PASS|FAIL|verified|mismatch|missing-page|fault latency|init:" |
   grep -vE "^\[" || true
 
 pass=0; fail=0
