@@ -80,7 +80,10 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
     apt-get update -q >&2
   fi
-  (cd "$CACHE/src" && apt-get source -q --download-only qemu >&2)
+  # The newest 7.2 (other suites, e.g. backports, may offer newer QEMUs).
+  ver=$(apt-cache showsrc qemu | sed -n 's/^Version: \(1:7\.2.*\)/\1/p' | sort -V | tail -1)
+  [[ -n $ver ]] || { echo "apt knows no qemu 7.2 source" >&2; exit 1; }
+  (cd "$CACHE/src" && apt-get source -q --download-only "qemu=$ver" >&2)
   DSC=("$CACHE"/src/qemu_7.2*.dsc)
   (( ${#DSC[@]} > 0 )) || { echo "apt-get source qemu did not bring a 7.2 source" >&2; exit 1; }
 fi
@@ -106,6 +109,8 @@ mkdir -p "$OUT/build"
 cc_flags=()
 if [[ -x /usr/lib/ccache/cc ]]; then
   export CCACHE_DIR=${CCACHE_DIR:-${FAULTLINE_CACHE:-$HOME/.cache/faultline}/ccache}
+  # Relative paths in the hash: a rebuild of a changed series reuses unchanged objects.
+  export CCACHE_BASEDIR=$OUT CCACHE_NOHASHDIR=1
   cc_flags=(--cc=/usr/lib/ccache/cc --cxx=/usr/lib/ccache/c++)
 fi
 log "configuring (${CONFIGURE_FLAGS[*]})"

@@ -46,6 +46,7 @@ class Qmp:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.05)
+        self.s.settimeout(60)  # a QEMU whose main loop is stuck must not hang the test
         self.f = self.s.makefile('rw')
         json.loads(self.f.readline())
         self.cmd('qmp_capabilities')
@@ -75,6 +76,11 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
+
+
+def step(msg):
+    if os.environ.get('FAULTLINE_QEMU_DEBUG'):
+        print('  .. %s (%.1f)' % (msg, time.time()), file=sys.stderr, flush=True)
 
 
 def wait_for(pred, timeout, what):
@@ -124,7 +130,7 @@ def main():
     size = a.size_mib << 20
     npages = size // PAGE
     procs = []
-    result = {'verified_pages': 0}
+    result = {}
 
     def spawn(name, argv):
         log = open(os.path.join(work, name + '.log'), 'w')
@@ -202,13 +208,17 @@ def main():
             dst.ok('migrate-set-capabilities',
                    capabilities=[{'capability': c, 'state': False} for c in bad])
         dst.ok('migrate-set-capabilities', capabilities=caps)
+        step("dst.ok('migrate-incoming'")
         dst.ok('migrate-incoming', uri='tcp:127.0.0.1:%d' % mig_port)
+        step("src.ok('migrate-set-capabilities'")
         src.ok('migrate-set-capabilities', capabilities=caps)
 
         # 4. Migrate. The switch to post-copy happens on migrate-start-postcopy or, with the
         # pager, by itself once the (small) stream has converged.
         t0 = time.time()
+        step("src.ok('migrate', uri")
         src.ok('migrate', uri='tcp:127.0.0.1:%d' % mig_port)
+        step("src.cmd('migrate-start-postcopy')")
         src.cmd('migrate-start-postcopy')
 
         def dst_status():
@@ -217,9 +227,11 @@ def main():
                  or src.ok('query-migrate').get('status') == 'postcopy-active', 120,
                  'the source to stop')
         t_switch = time.time()
+        step('resumed = wait_for')
         resumed = wait_for(lambda: dst.ok('query-status')['status'] == 'running', 120,
                            'the destination guest to run')
         t_run = time.time()
+        step('final = wait_for')
         final = wait_for(lambda: dst_status() in ('completed', 'failed') and dst_status(), 600,
                          'the destination migration to complete')
         t_done = time.time()
@@ -232,6 +244,7 @@ def main():
                t_run - t_switch), flush=True)
 
         # 5. faultline's report; the guest keeps reading on the destination for a while.
+        step('serve.wait(timeout=60)')
         serve.wait(timeout=60)
         serve_log = read(os.path.join(work, 'faultline-serve.log'))
         start = re.search(r'^\{$', serve_log, re.M)  # serve prints its stats last
@@ -255,7 +268,7 @@ def main():
         zero = hashlib.blake2b(b'\0' * PAGE, digest_size=16).digest()
         dst_zero_data = sum(1 for i in range(first_data, npages) if d_d[i] == zero)
         result.update({
-            'pages': npages, 'data_pages': npages - first_data,
+            'verified_pages': npages, 'pages': npages, 'data_pages': npages - first_data,
             'data_mismatches': len(data_mismatch), 'low_pages_differing': len(low_diff),
             'low_differing_gpas': ['0x%x' % (i * PAGE) for i in low_diff[:16]],
             'dst_zero_data_pages': dst_zero_data, 'guest_bad': guest_bad,

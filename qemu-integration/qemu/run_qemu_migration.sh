@@ -71,15 +71,16 @@ if (( QTEST )); then
     echo "SKIP: QEMU's migration-test was not built ($MT)"
   else
     # migration-test starts QEMU itself: a wrapper adds the firmware paths.
-    cat >"$WORK/qemu-wrapper" <<EOF
+    mkdir -p "$WORK/wrap"  # migration-test wants a name ending in -system-x86_64
+    cat >"$WORK/wrap/qemu-system-x86_64" <<EOF
 #!/bin/sh
-exec "$QEMU" -L /usr/share/seabios -L /usr/share/qemu "\$@"
+exec "$QEMU" -L /usr/share/seabios -L /usr/share/qemu -L /usr/lib/ipxe/qemu "\$@"
 EOF
-    chmod +x "$WORK/qemu-wrapper"
+    chmod +x "$WORK/wrap/qemu-system-x86_64"
     qrc=0
     for t in /x86_64/migration/postcopy/plain /x86_64/migration/postcopy/recovery/plain \
              /x86_64/migration/postcopy/preempt/plain; do
-      if QTEST_QEMU_BINARY="$WORK/qemu-wrapper" QTEST_QEMU_IMG=/bin/false \
+      if QTEST_QEMU_BINARY="$WORK/wrap/qemu-system-x86_64" QTEST_QEMU_IMG=/bin/false \
          timeout 600 "$MT" -p "$t" >"$WORK/qtest.log" 2>&1; then
         echo "PASS: migration-test $t ($(grep -c '^ok' "$WORK/qtest.log") ok, capability off)"
       else
