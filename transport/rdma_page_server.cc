@@ -1,8 +1,51 @@
 #include "transport/rdma_page_server.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
+#include "base/errno_status.h"
+#include "base/unique_fd.h"
 
 namespace faultline {
+namespace {
+
+// Linux before 6.2 pins every user memory registration with FOLL_WRITE | FOLL_FORCE, which a
+// shared read-only mapping refuses (EFAULT), whatever access the registration asks for. There
+// the source registers a second, writable shared mapping of the same file range instead: it
+// only pins the same page-cache pages. The registration still grants remote read only, and
+// nothing ever writes through the twin.
+absl::StatusOr<std::pair<uint8_t*, size_t>> WritableTwin(const uint8_t* base, size_t len) {
+  FILE* maps = fopen("/proc/self/maps", "re");
+  if (maps == nullptr) return ErrnoStatus("open /proc/self/maps");
+  char line[4096];
+  unsigned long start = 0, end = 0, offset = 0;
+  bool found = false;
+  while (fgets(line, sizeof(line), maps)) {
+    if (sscanf(line, "%lx-%lx %*s %lx", &start, &end, &offset) == 3 &&
+        start == reinterpret_cast<uintptr_t>(base)) {
+      found = true;
+      break;
+    }
+  }
+  fclose(maps);
+  if (!found) return absl::NotFoundError("the source region's mapping is not in /proc/self/maps");
+  const std::string path =
+      absl::StrCat("/proc/self/map_files/", absl::Hex(start), "-", absl::Hex(end));
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus(absl::StrCat("reopen ", path, " for pinning"));
+  void* p =
+      mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), static_cast<off_t>(offset));
+  if (p == MAP_FAILED) return ErrnoStatus("map the source region for pinning");
+  return std::make_pair(static_cast<uint8_t*>(p), len);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<RdmaPageServer>> RdmaPageServer::Create(
     PageServer* server, const RdmaDeviceOptions& opts) {
@@ -12,13 +55,26 @@ absl::StatusOr<std::unique_ptr<RdmaPageServer>> RdmaPageServer::Create(
   r->dev_ = std::move(*dev);
   for (const SourceRegion& reg : server->regions()) {
     // Read-only memory, remote read only: no local or remote write access is asked for, so
-    // the registration neither needs nor grants write access to the source VM's memory.
+    // the registration grants no write access to the source VM's memory.
+    const std::string what = absl::StrCat("source region '", reg.info().name, "'");
+    uint8_t* addr = const_cast<uint8_t*>(reg.base());
     absl::StatusOr<MrPtr> mr =
-        r->dev_->Register(const_cast<uint8_t*>(reg.base()), reg.info().size, IBV_ACCESS_REMOTE_READ,
-                          absl::StrCat("source region '", reg.info().name, "'"));
+        r->dev_->Register(addr, reg.info().size, IBV_ACCESS_REMOTE_READ, what);
+    if (!mr.ok() && mr.status().message().find(strerror(EFAULT)) != absl::string_view::npos) {
+      absl::StatusOr<std::pair<uint8_t*, size_t>> twin = WritableTwin(reg.base(), reg.info().size);
+      if (!twin.ok()) {
+        return absl::Status(twin.status().code(),
+                            absl::StrCat(mr.status().message(),
+                                         "; with a writable twin for pinning (Linux < 6.2): ",
+                                         twin.status().message()));
+      }
+      r->twins_.push_back(*twin);
+      addr = twin->first;
+      mr = r->dev_->Register(addr, reg.info().size, IBV_ACCESS_REMOTE_READ, what);
+    }
     if (!mr.ok()) return mr.status();
     r->keys_.push_back(
-        RdmaRegionKey{reinterpret_cast<uintptr_t>(reg.base()), reg.info().size, (*mr)->rkey});
+        RdmaRegionKey{reinterpret_cast<uintptr_t>(addr), reg.info().size, (*mr)->rkey});
     r->mrs_.push_back(std::move(*mr));
   }
   server->SetExtension(r.get());
@@ -26,8 +82,12 @@ absl::StatusOr<std::unique_ptr<RdmaPageServer>> RdmaPageServer::Create(
 }
 
 RdmaPageServer::~RdmaPageServer() {
-  std::lock_guard<std::mutex> l(mu_);
-  qps_.clear();  // before the registrations and the device
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    qps_.clear();  // before the registrations and the device
+  }
+  mrs_.clear();
+  for (const auto& [p, len] : twins_) munmap(p, len);
 }
 
 absl::Status RdmaPageServer::Handle(Stream& stream, FrameType t,

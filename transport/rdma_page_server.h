@@ -14,6 +14,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -39,8 +40,9 @@ class RdmaPageServer : public ServerExtension {
 
  private:
   RdmaPageServer() = default;
-  std::unique_ptr<RdmaDevice> dev_;  // destroyed last
-  std::vector<MrPtr> mrs_;           // one per region
+  std::unique_ptr<RdmaDevice> dev_;                 // destroyed last
+  std::vector<MrPtr> mrs_;                          // one per region
+  std::vector<std::pair<uint8_t*, size_t>> twins_;  // writable twins pinned (Linux < 6.2)
   std::vector<RdmaRegionKey> keys_;
   std::mutex mu_;
   std::vector<std::unique_ptr<RcQp>> qps_;  // every connection's, until the end of the migration

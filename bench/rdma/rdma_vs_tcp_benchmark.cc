@@ -56,6 +56,7 @@ absl::Status FaultLatency(bool rdma, RegionKind kind, TestSource& src, int fault
   if (!uffd.ok()) return uffd.status();
   EngineOptions eo;
   eo.background_pull = false;
+  eo.finish_source = false;  // the same source serves every row
   auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
   if (!engine.ok()) return engine.status();
   absl::Status run;
@@ -90,7 +91,9 @@ absl::Status Bulk(bool rdma, TestSource& src, Result* r) {
   if (!region.ok()) return region.status();
   auto uffd = Userfaultfd::Open();
   if (!uffd.ok()) return uffd.status();
-  auto engine = Engine::Create({region->get()}, std::move(*uffd), EngineOptions{});
+  EngineOptions eo;
+  eo.finish_source = false;  // the same source serves every row
+  auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
   if (!engine.ok()) return engine.status();
   const absl::Time t0 = absl::Now();
   absl::Status run = (*engine)->Run(source->get());

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs inside the soft-RoCE VM (tests/rdma/run_rdma_tests.sh boots it), chrooted into the host's
 # root (read-only 9p); /tmp is the guest's tmpfs, /tmp/results the host's result directory.
-set -u
+set -u -o pipefail
 . /tmp/results/env
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 OUT=/tmp/results
@@ -21,12 +21,23 @@ ibv_devices 2>/dev/null || true
 step "RDMA transport tests (gtest)"
 export TEST_TMPDIR=/tmp/gtest
 mkdir -p "$TEST_TMPDIR"
-if timeout 600 "$BIN/tests/rdma/rdma_transport_test" 2>&1 | tee "$OUT/rdma_transport_test.log"; then
+timeout 600 "$BIN/tests/rdma/rdma_transport_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} \
+  > "$OUT/rdma_transport_test.log" 2>&1
+rc=$?
+cat "$OUT/rdma_transport_test.log"
+echo "rdma_transport_test exit $rc"
+if [ $rc -eq 0 ]; then
   passes+=("rdma_transport_test $(grep -c '^\[       OK \]' "$OUT/rdma_transport_test.log") ok")
 else
   fails+=("rdma_transport_test")
 fi
 
+if [ $rc -ne 0 ] && [ -n "${GDB_ON_FAIL:-}" ]; then
+  gdb -batch -ex run -ex bt -ex "x/3i \$pc" -ex "p/x \$rax" -ex "p/x \$rbx" -ex "x/4gx \$rbx" \
+    -ex "x/20gx (*(long*)\$rbx)-0x80" --args "$BIN/tests/rdma/rdma_transport_test" \
+    ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} > "$OUT/gdb.log" 2>&1
+fi
+[ "${ONLY:-}" = gtest ] && { echo "RDMA suite: (gtest only) rc $rc" > "$OUT/summary"; exit 0; }
 step "CLI e2e: faultline source/dest --transport=rdma"
 # 64 MiB of source memory: random data with a zero hole.
 dd if=/dev/urandom of=/tmp/ram bs=1M count=48 status=none

@@ -13,7 +13,7 @@
 #
 # Usage (as root, from anywhere in the repo):  tests/rdma/run_rdma_tests.sh
 # Needs: qemu-system-x86_64, network access to a Debian mirror on the first run (apt-get
-# download linux-image-6.1.0-*-amd64), busybox-static (installed with apt if missing).
+# download linux-image-6.1.0-*-amd64), busybox-static and kmod (installed with apt if missing).
 # Cached in ~/.cache/faultline/rdma/<key>/ (vmlinux, initrd), keyed by the kernel package, the
 # busybox binary and this script. Results of the last run: ~/.cache/faultline/rdma/last-run/.
 set -euo pipefail
@@ -29,6 +29,12 @@ if ! [ -x /bin/busybox ] || ! file -L /bin/busybox 2>/dev/null | grep -q "static
   log "installing busybox-static"
   apt-get install -y busybox-static >/dev/null
 fi
+
+if ! command -v depmod >/dev/null && ! [ -x /usr/sbin/depmod ] && ! [ -x /sbin/depmod ]; then
+  log "installing kmod (depmod, modprobe --show-depends for the guest's module order)"
+  apt-get install -y kmod >/dev/null
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
 
 # --- 1. the kernel (Debian's linux-image-6.1 .debs, extracted, never installed) ---------------
 DEB="$(ls -1 "$CACHE"/debs/linux-image-6.1.0-*-amd64_*.deb 2>/dev/null | grep -v -- '-dbg\|unsigned' | sort -V | tail -1 || true)"
@@ -105,6 +111,9 @@ rm -rf "$RESULTS" && mkdir -p "$RESULTS"
 cat > "$RESULTS/env" <<ENV
 BIN=$BIN
 REPO=$REPO
+ONLY=${RDMA_SUITE_ONLY:-}
+GTEST_FILTER=${RDMA_GTEST_FILTER:-}
+GDB_ON_FAIL=${RDMA_GDB_ON_FAIL:-}
 ENV
 
 # --- 3. boot and run ------------------------------------------------------------------------
