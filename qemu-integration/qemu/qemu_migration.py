@@ -119,6 +119,9 @@ def main():
     ap.add_argument('--rounds', type=int, default=100000)
     ap.add_argument('--firmware', action='append', default=[])
     ap.add_argument('--workdir', default='')
+    ap.add_argument('--no_pager', action='store_true',
+                    help='negative test: nobody listens on the socket; the destination must '
+                         'refuse at LISTEN with a clear error (and never run the guest)')
     ap.add_argument('--run_after', type=float, default=2.0,
                     help='seconds the destination guest keeps running after completion')
     a = ap.parse_args()
@@ -182,11 +185,13 @@ def main():
                                    '--token=' + token, '--region=mem=%s:%dM' % (src_ram, a.size_mib)])
         wait_for(lambda: 'serving' in read(os.path.join(work, 'faultline-source.log')), 30,
                  'faultline source')
-        serve = spawn('faultline-serve', [a.faultline, 'serve', '--handoff=' + sock,
-                                          '--connect=127.0.0.1:%d' % fl_port, '--token=' + token,
-                                          '--state_dir=' + os.path.join(work, 'state')])
-        wait_for(lambda: 'waiting for a VMM' in read(os.path.join(work, 'faultline-serve.log')),
-                 30, 'faultline serve')
+        if not a.no_pager:
+            serve = spawn('faultline-serve', [a.faultline, 'serve', '--handoff=' + sock,
+                                              '--connect=127.0.0.1:%d' % fl_port,
+                                              '--token=' + token,
+                                              '--state_dir=' + os.path.join(work, 'state')])
+            wait_for(lambda: 'waiting for a VMM' in
+                     read(os.path.join(work, 'faultline-serve.log')), 30, 'faultline serve')
 
         # 3. Destination QEMU, waiting for the stream, the pager socket named.
         spawn('dst-qemu', qemu_argv('dst', dst_ram, [
@@ -220,6 +225,25 @@ def main():
         src.ok('migrate', uri='tcp:127.0.0.1:%d' % mig_port)
         step("src.cmd('migrate-start-postcopy')")
         src.cmd('migrate-start-postcopy')
+
+        if a.no_pager:
+            dlog = os.path.join(work, 'dst-qemu.log')
+            dst_proc = [p for n, p in procs if n == 'dst-qemu'][0]
+            wait_for(lambda: dst_proc.poll() is not None or 'connect to' in read(dlog), 120,
+                     'the destination to refuse')
+            time.sleep(1)
+            err = [l for l in read(dlog).splitlines() if 'external-pager' in l]
+            ran = 'phase=' in read(os.path.join(work, 'dst.serial'))
+            try:
+                src_state = src.ok('query-migrate').get('status')
+            except Exception as e:
+                src_state = 'unknown (%s)' % e
+            ok = bool(err) and not ran
+            print('%s: without a pager the destination refused at LISTEN (%s); guest ran on '
+                  'the destination: %s; source migration: %s' %
+                  ('PASS' if ok else 'FAIL', err[0] if err else 'no error logged', ran,
+                   src_state), flush=True)
+            return 0 if ok else 1
 
         def dst_status():
             return dst.ok('query-migrate').get('status')

@@ -65,6 +65,12 @@ python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
   "${FW[@]}" | tee "$WORK/summary.txt"
 rc=${PIPESTATUS[0]}
 
+echo "== the same without a pager listening: the destination must refuse at LISTEN"
+python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+  --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/no-pager" \
+  --no_pager "${FW[@]}" | tail -1
+(( PIPESTATUS[0] == 0 )) || rc=1
+
 if (( QTEST )); then
   MT=$(dirname "$QEMU")/tests/qtest/migration-test
   if [[ ! -x $MT ]]; then
