@@ -1,7 +1,8 @@
 // A remote 4 KiB fault over loopback TCP through the whole engine: touch → uffd event → urgent
 // request → page server → PAGES frame → CRC → placement → wake. No background traffic, so
 // this is the fault path's own latency; compare with uffd_roundtrip_benchmark (the local
-// limit) in the same run. Also: bulk throughput of a whole migration with no guest.
+// limit) in the same run. Also: bulk throughput of a whole migration with no guest. Each also
+// over TLS 1.3 (mutual, certificates made at start-up) to show what encryption costs.
 #include <sys/socket.h>
 #include <time.h>
 
@@ -9,25 +10,56 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "base/clock.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
+#include "tests/testing/test_certs.h"
 #include "tests/testing/test_source.h"
-#include "absl/strings/str_cat.h"
 #include "transport/socket.h"
 #include "transport/tcp_page_source.h"
+#include "transport/tls.h"
 
 namespace faultline {
 namespace {
 
-// args: kind, busy-poll (engine + urgent socket)
+// Mutual TLS between the benchmark's page server and destination (made once).
+struct BenchTls {
+  std::unique_ptr<TestCa> ca;
+  std::shared_ptr<const TlsContext> server, client;
+  static const BenchTls& Get() {
+    static const BenchTls* t = [] {
+      auto* b = new BenchTls();
+      auto ca = TestCa::Create("bench");
+      if (!ca.ok()) return b;
+      b->ca = std::move(*ca);
+      auto sf = b->ca->Issue("source"), cf = b->ca->Issue("dest");
+      if (!sf.ok() || !cf.ok()) return b;
+      auto s = TlsContext::Create(TlsContext::Role::kServer, *sf);
+      auto c = TlsContext::Create(TlsContext::Role::kClient, *cf);
+      if (s.ok() && c.ok()) {
+        b->server = *s;
+        b->client = *c;
+      }
+      return b;
+    }();
+    return *t;
+  }
+};
+
+// args: kind, busy-poll (engine + urgent socket), TLS
 void BM_TcpFault(benchmark::State& state) {
   const auto kind = static_cast<RegionKind>(state.range(0));
   const bool busy = state.range(1) != 0;
+  const bool tls = state.range(2) != 0;
+  if (tls && !BenchTls::Get().server) {
+    state.SkipWithError("TLS certificates could not be made");
+    return;
+  }
   const uint64_t size = 1ull << 30;
   PatternSpec pattern;
   pattern.zero_percent = 0;  // every fault carries 4 KiB
-  auto src = TestSource::Start(size, 4096, pattern);
+  auto src = TestSource::Start(size, 4096, pattern, tls ? BenchTls::Get().server : nullptr);
   if (!src.ok()) {
     state.SkipWithError(std::string(src.status().message()).c_str());
     return;
@@ -44,6 +76,7 @@ void BM_TcpFault(benchmark::State& state) {
   auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
   TcpSourceOptions to = (*src)->options();
   to.busy_poll = busy;
+  if (tls) to.tls = BenchTls::Get().client;
   auto source = TcpPageSource::Connect(to);
   if (!engine.ok() || !source.ok()) {
     state.SkipWithError("engine or transport setup failed");
@@ -75,21 +108,28 @@ void BM_TcpFault(benchmark::State& state) {
   }
   LatencyHistogram h = (*engine)->fault_stats().Overall();
   state.counters["engine_p50_ns"] = static_cast<double>(h.Percentile(0.5));
-  state.SetLabel(std::string(RegionKindName(kind)) + (busy ? "/busy-poll" : "/poll"));
+  state.SetLabel(std::string(RegionKindName(kind)) + (busy ? "/busy-poll" : "/poll") +
+                 (tls ? "/tls" : "/plain"));
 }
 
 BENCHMARK(BM_TcpFault)
     ->ArgsProduct({{static_cast<int>(RegionKind::kAnonymous), static_cast<int>(RegionKind::kMemfd)},
+                   {0, 1},
                    {0, 1}})
     ->Iterations(20000)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
-// Whole-migration throughput with no guest: background pull only.
+// Whole-migration throughput with no guest: background pull only. args: batch KiB, TLS.
 void BM_BulkThroughput(benchmark::State& state) {
   const uint64_t size = 512ull << 20;
   const uint32_t batch_kib = static_cast<uint32_t>(state.range(0));
-  auto src = TestSource::Start(size, 4096);
+  const bool tls = state.range(1) != 0;
+  if (tls && !BenchTls::Get().server) {
+    state.SkipWithError("TLS certificates could not be made");
+    return;
+  }
+  auto src = TestSource::Start(size, 4096, PatternSpec{}, tls ? BenchTls::Get().server : nullptr);
   if (!src.ok()) {
     state.SkipWithError(std::string(src.status().message()).c_str());
     return;
@@ -101,13 +141,23 @@ void BM_BulkThroughput(benchmark::State& state) {
     eo.bulk_batch_bytes = batch_kib << 10;
     eo.finish_source = false;  // the same source serves every iteration
     auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
-    auto source = TcpPageSource::Connect((*src)->options());
+    TcpSourceOptions to = (*src)->options();
+    if (tls) to.tls = BenchTls::Get().client;
+    auto source = TcpPageSource::Connect(to);
+    if (!source.ok()) {
+      state.SkipWithError(std::string(source.status().message()).c_str());
+      break;
+    }
     absl::Status s = (*engine)->Run(source->get());
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * size));
+  state.SetLabel(tls ? "tls" : "plain");
 }
-BENCHMARK(BM_BulkThroughput)->Arg(256)->Arg(1024)->Arg(4096)->Iterations(2)->UseRealTime()
+BENCHMARK(BM_BulkThroughput)
+    ->ArgsProduct({{256, 1024, 4096}, {0, 1}})
+    ->Iterations(2)
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
 // The link itself: 512 MiB through one loopback TCP connection, memcpy-bound on both ends
@@ -138,6 +188,40 @@ void BM_LoopbackTcpRaw(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * total));
 }
 BENCHMARK(BM_LoopbackTcpRaw)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The same through one TLS 1.3 connection (Stream, as the transport uses it): the cost of
+// encrypting and decrypting every byte, the ceiling for BM_BulkThroughput over TLS.
+void BM_LoopbackTlsRaw(benchmark::State& state) {
+  const uint64_t total = 512ull << 20;
+  const BenchTls& t = BenchTls::Get();
+  auto listen = ListenTcp("127.0.0.1:0");
+  if (!t.server || !listen.ok()) {
+    state.SkipWithError("TLS or listen unavailable");
+    return;
+  }
+  const int port = *BoundPort(listen->get());
+  std::vector<uint8_t> src(8u << 20, 0x42);
+  for (auto _ : state) {
+    std::thread sender([&] {
+      Stream c{UniqueFd(accept(listen->get(), nullptr, nullptr))};
+      if (!t.server->Accept(&c, absl::Now() + absl::Seconds(5)).ok()) return;
+      for (uint64_t sent = 0; sent < total; sent += src.size()) {
+        if (!c.WriteAll(src.data(), src.size()).ok()) break;
+      }
+    });
+    auto fd = ConnectTcp(absl::StrCat("127.0.0.1:", port), absl::Seconds(5));
+    Stream s(std::move(*fd));
+    absl::Status hs = t.client->Connect(&s, "127.0.0.1", "bench", absl::Now() + absl::Seconds(5));
+    std::vector<uint8_t> buf(4u << 20);
+    for (uint64_t got = 0; hs.ok() && got < total; got += buf.size()) {
+      if (!s.ReadAll(buf.data(), buf.size()).ok()) break;
+    }
+    sender.join();
+    if (!hs.ok()) state.SkipWithError(std::string(hs.message()).c_str());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * total));
+}
+BENCHMARK(BM_LoopbackTlsRaw)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace faultline

@@ -343,7 +343,7 @@ SSL* NewSsl(ssl_ctx_st* ctx, int fd) {
   BIO_set_data(bio, new SockBio{fd, false});
   BIO_set_init(bio, 1);
   SSL_set_bio(ssl, bio, bio);
-  SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   return ssl;
 }
 
@@ -425,6 +425,20 @@ absl::Status Stream::ReadAll(void* data, size_t n) {
   if (!tls_) return faultline::ReadAll(fd_.get(), data, n);
   auto* p = static_cast<uint8_t*>(data);
   const size_t want = n;
+  {
+    // Nothing buffered in OpenSSL: wait for the socket first (poll + recv rather than a recv
+    // that fails with EAGAIN, then poll, then recv: one syscall less per wait).
+    absl::Duration timeout;
+    bool pending;
+    {
+      std::lock_guard<std::mutex> l(tls_->mu);
+      timeout = tls_->read_timeout;
+      pending = tls_->failed || SSL_has_pending(tls_->ssl);
+    }
+    if (!pending && n > 0 && !PollFd(fd_.get(), POLLIN, timeout, timeout == absl::ZeroDuration())) {
+      return absl::DeadlineExceededError("peer did not answer in time");
+    }
+  }
   while (n > 0) {
     SslFailure f;
     absl::Duration timeout;
