@@ -46,5 +46,17 @@ else
   pass=$((pass + ${kp:-0})); fail=$((fail + ${kf:-1}))
   [[ $krc -eq 0 ]] || rc_all=1
 fi
+# The RDMA transport on real verbs (tests/rdma/): soft-RoCE in Debian's 6.1 kernel under QEMU
+# TCG — unit tests, an e2e migration over rxe, RDMA vs TCP. ~4.5 min once cached.
+echo "=== rdma: tests/rdma/run_rdma_tests.sh"
+rout=$(tests/rdma/run_rdma_tests.sh 2> "$LOG/rdma.log"); rrc=$?
+echo "$rout" | tail -1
+if [[ $rrc -eq 2 ]]; then
+  echo "rdma suite skipped (reason above)"
+elif [[ $rrc -eq 0 ]]; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); rc_all=1; tail -40 "$LOG/rdma.log"
+fi
 echo "${pass} passed, ${fail} failed"
 exit $rc_all

@@ -51,6 +51,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case FrameType::kDone: break;
+      case FrameType::kRdmaConnect: (void)DecodeRdmaConnect(payload); break;
+      case FrameType::kRdmaAccept: (void)DecodeRdmaAccept(payload); break;
     }
   }
   return 0;

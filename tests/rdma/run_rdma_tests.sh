@@ -9,7 +9,7 @@
 #      --transport=rdma (every page verified by CRC32C against the source);
 #   3. //bench/rdma:rdma_vs_tcp_benchmark — urgent 4 KiB fault latency and bulk throughput, RDMA and
 #      TCP in the same VM run.
-# Prints one summary line: "RDMA suite: PASS (...)" or "RDMA suite: FAIL (...)".
+# Prints one summary line: "RDMA suite: PASS (...)", "RDMA suite: FAIL (...)" or "... SKIP (why)".
 #
 # Usage (as root, from anywhere in the repo):  tests/rdma/run_rdma_tests.sh
 # Needs: qemu-system-x86_64, network access to a Debian mirror on the first run (apt-get
@@ -24,7 +24,8 @@ TIMEOUT="${RDMA_VM_TIMEOUT:-1500}"
 mkdir -p "$CACHE/debs"
 log() { echo "[rdma] $*" >&2; }
 
-command -v qemu-system-x86_64 >/dev/null || { echo "RDMA suite: FAIL (qemu-system-x86_64 missing: apt-get install qemu-system-x86)"; exit 1; }
+# Exit codes: 0 pass, 1 fail, 2 skipped (a prerequisite is missing; the line says which).
+command -v qemu-system-x86_64 >/dev/null || { echo "RDMA suite: SKIP (qemu-system-x86_64 missing: apt-get install qemu-system-x86)"; exit 2; }
 if ! [ -x /bin/busybox ] || ! file -L /bin/busybox 2>/dev/null | grep -q "statically linked"; then
   log "installing busybox-static"
   apt-get install -y busybox-static >/dev/null
@@ -42,7 +43,8 @@ if [ -z "$DEB" ]; then
   log "downloading Debian's 6.1 kernel"
   (cd "$CACHE/debs" &&
     PKG="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6/{print $2; exit}')" &&
-    apt-get download linux-image-amd64 "$PKG" >&2)
+    apt-get download linux-image-amd64 "$PKG" >&2) ||
+    { echo "RDMA suite: SKIP (cannot download Debian's linux-image-6.1 package: no mirror?)"; exit 2; }
   DEB="$(ls -1 "$CACHE"/debs/linux-image-6.1.0-*-amd64_*.deb | grep -v -- '-dbg\|unsigned' | sort -V | tail -1)"
 fi
 KEY="$( (basename "$DEB"; sha256sum /bin/busybox "$0" | cut -c1-64) | sha256sum | cut -c1-16)"
