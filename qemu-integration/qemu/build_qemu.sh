@@ -2,31 +2,44 @@
 # Builds a minimal x86_64-softmmu QEMU with the x-postcopy-external-pager series applied, and
 # prints the path of qemu-system-x86_64 as the last line of its output.
 #
-#   qemu-integration/qemu/build_qemu.sh [--tests]        # QEMU 7.2 (Debian bookworm source)
+#   qemu-integration/qemu/build_qemu.sh [--version=7.2|10.0] [--tests]
 #
-# The build lives in ~/.cache/faultline/qemu/<hash>/ where <hash> covers the patch series and the
-# configure flags: a second run with the same series only prints the path; a changed series
-# builds afresh (the old one stays until removed). --tests also builds QEMU's migration-test
-# qtest (tests/qtest/migration-test) in the same build directory.
+# 7.2 (default): Debian bookworm's source package (7.2+dfsg; dpkg-source applies the Debian
+# patches), series `patches-7.2/`. 10.0: QEMU 10.0.2 from bookworm-backports' orig tarball
+# (10.0.2+ds; its .dsc is not downloadable there), series `patches-10.0/`, configured with meson
+# 1.7 from bookworm-backports unpacked into the cache (QEMU 10 needs meson >= 1.5; nothing of it
+# is installed).
 #
-# Needs root for apt (a deb-src entry, `apt-get source qemu`, a few -dev packages) the first time.
-# Debian's source package (7.2+dfsg) has the Debian patches applied by dpkg-source; the series
-# goes on top with `git am`. Nothing here writes into the repository.
+# The build lives in ~/.cache/faultline/qemu/<version>-<hash>/ where <hash> covers the patch
+# series and the configure flags: a second run with the same series only prints the path; a
+# changed series builds afresh (the old one stays until removed). --tests also builds QEMU's
+# migration-test qtest (tests/qtest/migration-test) in the same build directory.
+#
+# Needs root for apt (deb-src entries, `apt-get source qemu`, a few -dev packages) the first
+# time. The series goes on the pristine tree with `git am`. Nothing here writes into the
+# repository.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-SERIES_DIR=$HERE/patches-7.2
+VERSION=7.2
 WITH_TESTS=0
 for a in "$@"; do
   case "$a" in
     --tests) WITH_TESTS=1 ;;
-    *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+    --version=7.2|--version=10.0) VERSION=${a#*=} ;;
+    *) echo "usage: $0 [--version=7.2|10.0] [--tests]" >&2; exit 2 ;;
   esac
 done
+SERIES_DIR=$HERE/patches-$VERSION
 
 CACHE=${FAULTLINE_CACHE:-$HOME/.cache/faultline}/qemu
 CONFIGURE_FLAGS=(--target-list=x86_64-softmmu --disable-docs --disable-werror
                  --without-default-features --enable-kvm --enable-tcg)
+if [[ $VERSION == 10.0 ]]; then
+  CONFIGURE_FLAGS+=(--python=/usr/bin/python3 --disable-download -Dinstall_blobs=false)
+  MESON_PY=$CACHE/meson-bpo/root/usr/lib/python3/dist-packages
+  export PYTHONPATH=$MESON_PY${PYTHONPATH:+:$PYTHONPATH}
+fi
 shopt -s nullglob
 PATCHES=()
 for p in "$SERIES_DIR"/*.patch; do
@@ -34,7 +47,7 @@ for p in "$SERIES_DIR"/*.patch; do
 done
 (( ${#PATCHES[@]} > 0 )) || { echo "no patches in $SERIES_DIR" >&2; exit 1; }
 HASH=$( { cat "${PATCHES[@]}"; echo "${CONFIGURE_FLAGS[*]}"; } | sha256sum | cut -c1-16)
-OUT=$CACHE/7.2-$HASH
+OUT=$CACHE/$VERSION-$HASH
 BIN=$OUT/build/qemu-system-x86_64
 
 log() { echo "build_qemu: $*" >&2; }
@@ -44,65 +57,103 @@ if [[ -f $OUT/.done && -x $BIN ]]; then
     log "building migration-test in $OUT/build"
     ninja -C "$OUT/build" -j"$(nproc)" tests/qtest/migration-test >&2
   fi
-  log "cached: series $HASH"
+  log "cached: $VERSION series $HASH"
   echo "$BIN"
   exit 0
 fi
 
-# 1. Debian's source package (downloaded once into $CACHE/src).
 need_pkgs=()
 for p in dpkg-dev ninja-build meson pkg-config libglib2.0-dev libpixman-1-dev python3-venv \
-         flex bison libfdt-dev ccache git; do
+         flex bison libfdt-dev ccache git xz-utils; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if (( ${#need_pkgs[@]} )); then
   log "installing ${need_pkgs[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2
 fi
-mkdir -p "$CACHE/src"
-DSC=("$CACHE"/src/qemu_7.2*.dsc)
-if (( ${#DSC[@]} == 0 )); then
-  if ! grep -rqs "deb-src" /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null ||
-     ! apt-cache showsrc qemu 2>/dev/null | grep -q '^Version: 1:7.2'; then
-    log "adding a deb-src entry for bookworm"
-    cat > /etc/apt/sources.list.d/faultline-debian-src.sources <<'EOF'
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
-Types: deb-src
-URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
+# deb-src entries (bookworm, updates, backports, security), once.
+ensure_deb_src() {
+  if ! apt-cache showsrc qemu 2>/dev/null | grep -q "^Version: 1:$1"; then
+    log "adding deb-src entries for bookworm"
+    printf '%s\n' "Types: deb-src" "URIs: http://deb.debian.org/debian" \
+      "Suites: bookworm bookworm-updates bookworm-backports" "Components: main" \
+      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" "" \
+      "Types: deb-src" "URIs: http://deb.debian.org/debian-security" \
+      "Suites: bookworm-security" "Components: main" \
+      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" \
+      > /etc/apt/sources.list.d/faultline-debian-src.sources
     apt-get update -q >&2
   fi
-  # The newest 7.2 (other suites, e.g. backports, may offer newer QEMUs).
-  ver=$(apt-cache showsrc qemu | sed -n 's/^Version: \(1:7\.2.*\)/\1/p' | sort -V | tail -1)
-  [[ -n $ver ]] || { echo "apt knows no qemu 7.2 source" >&2; exit 1; }
-  (cd "$CACHE/src" && apt-get source -q --download-only "qemu=$ver" >&2)
-  DSC=("$CACHE"/src/qemu_7.2*.dsc)
-  (( ${#DSC[@]} > 0 )) || { echo "apt-get source qemu did not bring a 7.2 source" >&2; exit 1; }
-fi
+}
 
-# 2. Pristine tree (Debian patches applied) as a git repository, then the series.
-# Built in place (meson records absolute paths); .done marks a finished build.
-rm -rf "$OUT"
-mkdir -p "$OUT"
-log "unpacking $(basename "${DSC[-1]}")"
-dpkg-source -q -x --no-check "${DSC[-1]}" "$OUT/src" >&2
-(
-  cd "$OUT/src"
+git_init_and_am() {  # in the unpacked tree: pristine commit, then the series
   export GIT_AUTHOR_NAME=faultline GIT_AUTHOR_EMAIL=faultline@localhost
   export GIT_COMMITTER_NAME=faultline GIT_COMMITTER_EMAIL=faultline@localhost
   git init -q
   git add -A . >/dev/null
-  git commit -qm "QEMU $(cat VERSION) from $(basename "${DSC[-1]}" .dsc)"
+  git commit -qm "QEMU $(cat VERSION) from $1"
   git am -q "${PATCHES[@]}"
-) >&2
+}
+
+# 1. The source, downloaded once; 2. a pristine tree as a git repository, then the series.
+# Built in place (meson records absolute paths); .done marks a finished build.
+if [[ $VERSION == 7.2 ]]; then
+  mkdir -p "$CACHE/src"
+  DSC=("$CACHE"/src/qemu_7.2*.dsc)
+  if (( ${#DSC[@]} == 0 )); then
+    ensure_deb_src 7.2
+    # The newest 7.2 (backports offers newer QEMUs).
+    ver=$(apt-cache showsrc qemu | sed -n 's/^Version: \(1:7\.2.*\)/\1/p' | sort -V | tail -1)
+    [[ -n $ver ]] || { echo "apt knows no qemu 7.2 source" >&2; exit 1; }
+    (cd "$CACHE/src" && apt-get source -q --download-only "qemu=$ver" >&2)
+    DSC=("$CACHE"/src/qemu_7.2*.dsc)
+    (( ${#DSC[@]} > 0 )) || { echo "apt-get source qemu did not bring a 7.2 source" >&2; exit 1; }
+  fi
+  rm -rf "$OUT"
+  mkdir -p "$OUT"
+  log "unpacking $(basename "${DSC[-1]}")"
+  dpkg-source -q -x --no-check "${DSC[-1]}" "$OUT/src" >&2
+  (cd "$OUT/src" && git_init_and_am "$(basename "${DSC[-1]}" .dsc)") >&2
+else
+  mkdir -p "$CACHE/src10"
+  TARBALL=("$CACHE"/src10/qemu_10.0.2*.orig.tar.xz)
+  if (( ${#TARBALL[@]} == 0 )); then
+    ensure_deb_src 10.0.2
+    ver=$(apt-cache showsrc qemu | sed -n 's/^Version: \(1:10\.0\.2.*\)/\1/p' | sort -V | tail -1)
+    # The .dsc and .debian.tar 404 on the mirror; the orig tarball comes, and is all we use.
+    (cd "$CACHE/src10" && apt-get source -q --download-only "qemu=$ver" >&2) || true
+    TARBALL=("$CACHE"/src10/qemu_10.0.2*.orig.tar.xz)
+    (( ${#TARBALL[@]} > 0 )) || { echo "could not download QEMU 10.0.2's tarball" >&2; exit 1; }
+  fi
+  if [[ ! -d $MESON_PY/mesonbuild ]]; then
+    log "fetching meson and python3-pycotap from bookworm-backports (unpacked, not installed)"
+    mkdir -p "$CACHE/meson-bpo"
+    printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" \
+      "Suites: bookworm-backports" "Components: main" \
+      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" \
+      > /etc/apt/sources.list.d/faultline-bpo-tmp.sources
+    apt-get update -q >&2
+    (cd "$CACHE/meson-bpo" &&
+     apt-get download -q meson/bookworm-backports python3-pycotap/bookworm-backports >&2) || true
+    rm -f /etc/apt/sources.list.d/faultline-bpo-tmp.sources
+    apt-get update -q >&2
+    for d in "$CACHE"/meson-bpo/*.deb; do dpkg -x "$d" "$CACHE/meson-bpo/root"; done
+    [[ -d $MESON_PY/mesonbuild ]] || { echo "no meson >= 1.5 for QEMU 10" >&2; exit 1; }
+  fi
+  rm -rf "$OUT"
+  mkdir -p "$OUT"
+  log "unpacking $(basename "${TARBALL[-1]}")"
+  tar -C "$OUT" --no-same-owner -xf "${TARBALL[-1]}"
+  mv "$OUT"/qemu-10.0.2* "$OUT/src"
+  (
+    cd "$OUT/src"
+    git_init_and_am "$(basename "${TARBALL[-1]}")"
+    # A build fix, not part of the series: the +ds tarball has no edk2 blobs to unpack.
+    sed -i "s/^if unpack_edk2_blobs\$/if unpack_edk2_blobs and fs.exists('edk2-aarch64-code.fd.bz2')/" \
+      pc-bios/meson.build
+  ) >&2
+fi
 
 # 3. Configure and build (meson/ninja; ccache when present).
 mkdir -p "$OUT/build"
@@ -118,7 +169,7 @@ log "configuring (${CONFIGURE_FLAGS[*]})"
   { tail -20 "$OUT/build/configure.log" >&2; exit 1; }
 targets=(qemu-system-x86_64)
 (( WITH_TESTS )) && targets+=(tests/qtest/migration-test)
-log "building ${targets[*]} (ninja -j$(nproc); 10-20 min on 2 cores)"
+log "building ${targets[*]} (ninja -j$(nproc); 10-30 min on 2 cores)"
 start=$(date +%s)
 nice ninja -C "$OUT/build" -j"$(nproc)" "${targets[@]}" >"$OUT/build/ninja.log" 2>&1 ||
   { tail -30 "$OUT/build/ninja.log" >&2; exit 1; }

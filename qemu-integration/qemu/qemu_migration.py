@@ -261,6 +261,9 @@ def main():
         t_done = time.time()
         if final != 'completed':
             raise RuntimeError('destination migration %s' % final)
+        # The source reports its downtime once it has completed too.
+        wait_for(lambda: src.ok('query-migrate').get('status') in ('completed', 'failed'), 60,
+                 'the source migration to complete')
         src_info = src.ok('query-migrate')
         print('migration: source %s (downtime %s ms), destination completed %.2f s after '
               'migrate (guest running %.2f s after the switch)' %
@@ -307,10 +310,12 @@ def main():
         print(json.dumps(result, indent=1), flush=True)
         ok = (not data_mismatch and guest_bad == 0 and new_lines > 0 and
               stats.get('pages') == npages and len(low_diff) <= 64)
-        print('%s: QEMU 7.2 post-copy through faultline, %d MiB %s guest: %d/%d data pages '
+        qver = subprocess.run([a.qemu, '--version'], capture_output=True,
+                              text=True).stdout.split('\n')[0].split('version ')[-1]
+        print('%s: QEMU %s post-copy through faultline, %d MiB %s guest: %d/%d data pages '
               'identical, %d low pages written by the running guest, guest bad=%d, %d faults '
               '(p50 %s us, p99 %s us), completed in %.2f s, downtime %s ms' %
-              ('PASS' if ok else 'FAIL', a.size_mib, a.accel,
+              ('PASS' if ok else 'FAIL', qver, a.size_mib, a.accel,
                (npages - first_data) - len(data_mismatch), npages - first_data, len(low_diff),
                guest_bad, stats.get('faults', -1),
                (stats.get('fault_latency') or {}).get('p50_ns', 0) // 1000,

@@ -7,6 +7,9 @@
 #   qemu-integration/qemu/run_qemu_migration.sh [--accel=tcg|kvm] [--size_mib=256]
 #                                              [--no-qtest] [--qemu=PATH]
 #
+# faultline and its guest are built with `bazel build -c opt` in this workspace, or taken from
+# FAULTLINE_BIN and FAULTLINE_GUEST when both are set (e.g. binaries built from a clean checkout).
+#
 # Needs root (userfaultfd, /dev/shm), QEMU's runtime firmware from Debian (seabios,
 # qemu-system-data: -L /usr/share/seabios -L /usr/share/qemu), Bazel for faultline. Ends with one
 # summary line per part: PASS/FAIL/SKIP.
@@ -51,13 +54,17 @@ fi
 [[ -x $QEMU ]] || { echo "FAIL: no QEMU binary at '$QEMU'"; exit 1; }
 
 WORK=$(mktemp -d /tmp/faultline-qemu-mig.XXXXXX)
-(
-  cd "$REPO" &&
-  bazel build -c opt //cli:faultline //qemu-integration/guest:faultline-guest >"$WORK/bazel.log" 2>&1
-) || { tail -20 "$WORK/bazel.log"; echo "FAIL: bazel build"; exit 1; }
-BIN=$(cd "$REPO" && bazel info -c opt bazel-bin 2>/dev/null)
-# Copies: other builds in this workspace may replace bazel-bin's files while we run.
-cp "$BIN/cli/faultline" "$BIN/qemu-integration/guest/faultline-guest" "$WORK/"
+if [[ -n ${FAULTLINE_BIN:-} && -n ${FAULTLINE_GUEST:-} ]]; then
+  cp "$FAULTLINE_BIN" "$WORK/faultline"; cp "$FAULTLINE_GUEST" "$WORK/faultline-guest"
+else
+  (
+    cd "$REPO" &&
+    bazel build -c opt //cli:faultline //qemu-integration/guest:faultline-guest >"$WORK/bazel.log" 2>&1
+  ) || { tail -20 "$WORK/bazel.log"; echo "FAIL: bazel build"; exit 1; }
+  BIN=$(cd "$REPO" && bazel info -c opt bazel-bin 2>/dev/null)
+  # Copies: other builds in this workspace may replace bazel-bin's files while we run.
+  cp "$BIN/cli/faultline" "$BIN/qemu-integration/guest/faultline-guest" "$WORK/"
+fi
 
 echo "== QEMU post-copy through faultline ($QEMU, $ACCEL, $SIZE MiB; logs in $WORK)"
 python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
