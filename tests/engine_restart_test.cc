@@ -66,6 +66,13 @@ uint64_t EnvU64(const char* name, uint64_t dflt) {
   return v && absl::SimpleAtoi(v, &n) ? n : dflt;
 }
 
+// A Unix socket path: short (108 bytes at most, so not under $TEST_TMPDIR) and unique even
+// across concurrent sandboxed runs, which share /tmp and may all see the same pid.
+std::string SocketPath(const std::string& what) {
+  return absl::StrCat("/tmp/faultline-", what, "-", TokenToHex(RandomToken()).substr(0, 12),
+                      ".sock");
+}
+
 bool FileExists(const std::string& p) {
   struct stat st;
   return stat(p.c_str(), &st) == 0;
@@ -387,7 +394,7 @@ TEST(AdoptHandoff, ResumeWithoutStateIsRefusedNotGuessed) {
   auto vmm = Vmm::Make(RegionKind::kAnonymous, 1u << 20);
   if (!vmm.ok()) GTEST_SKIP() << "no userfaultfd here: " << vmm.status();
   for (const std::string state_dir : {TmpDir() + "/nothing-here", std::string()}) {
-    const std::string sock = absl::StrCat("/tmp/faultline-resume-", getpid(), ".sock");
+    const std::string sock = SocketPath("resume");
     auto server = HandoffServer::Listen(sock);
     ASSERT_TRUE(server.ok()) << server.status();
     absl::Status served;
@@ -479,7 +486,7 @@ void KilledEngineRun(RegionKind kind, uint64_t seed) {
   const std::string bin = FaultlineBinary();
   ASSERT_TRUE(FileExists(bin)) << "faultline binary not found at " << bin;
   const std::string state_dir = absl::StrCat(TmpDir(), "/state-", seed);
-  const std::string sock = absl::StrCat("/tmp/faultline-restart-", getpid(), "-", seed, ".sock");
+  const std::string sock = SocketPath("restart");
   const std::string log = absl::StrCat(TmpDir(), "/serve-", seed, ".log");
   const std::vector<std::string> argv = {bin,
                                          "serve",
@@ -496,12 +503,13 @@ void KilledEngineRun(RegionKind kind, uint64_t seed) {
                                        {(*vmm)->HandoffRegion()}, absl::Seconds(30));
   ASSERT_TRUE(client.ok()) << client.status() << "\n" << ReadFile(log);
 
-  // The guest: two readers and a writer, running across the kill and the restart.
+  // The guest: two readers (first half of memory) and a writer (second half: a reader and the
+  // writer on one word would be a data race of the test's own), across the kill and restart.
   GuestOptions go;
   go.threads = {AccessPattern::kRandom, AccessPattern::kSequential};
   go.touches_per_thread = uint64_t{1} << 40;
   go.seed = seed;
-  ThreadGuest readers((*vmm)->ram->base(), size, kPage, go);
+  ThreadGuest readers((*vmm)->ram->base(), size / 2, kPage, go);
   Expected expected(**src);
   std::mutex writes_mu;
   std::vector<std::tuple<uint64_t, uint32_t, uint64_t>> writes;  // guarded by writes_mu
@@ -509,7 +517,7 @@ void KilledEngineRun(RegionKind kind, uint64_t seed) {
   std::thread writer([&, wseed = rng()] {
     std::mt19937_64 wr(wseed);
     for (uint64_t n = 1; !stop.load(); ++n) {
-      const uint64_t p = wr() % pages;
+      const uint64_t p = pages / 2 + wr() % (pages / 2);
       const uint32_t off = static_cast<uint32_t>(wr() % (kPage / 8)) * 8;
       const uint64_t v = (seed << 40) ^ (p << 20) ^ n;
       *reinterpret_cast<volatile uint64_t*>((*vmm)->page(p) + off) = v;
@@ -528,6 +536,7 @@ void KilledEngineRun(RegionKind kind, uint64_t seed) {
   } cleanup{[&] {
     stop.store(true);
     readers.Stop();
+    unlink(sock.c_str());  // left by the killed engine if the second never ran
     if (!::testing::Test::HasFailure()) return;  // the normal path joins below
     (*vmm)->Unregister();
     if (writer.joinable()) writer.join();

@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "transport/socket.h"
 
@@ -37,6 +39,36 @@ void FlakyProxy::SetDown(bool down) {
   if (down) CutAll();
 }
 
+namespace {
+uint64_t SplitMix64(uint64_t* s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+void FlakyProxy::CutRandomly(uint64_t seed, uint64_t min_bytes, uint64_t max_bytes) {
+  std::lock_guard<std::mutex> l(rnd_mu_);
+  rnd_state_ = seed;
+  rnd_min_ = std::max<uint64_t>(1, min_bytes);
+  rnd_max_ = std::max(rnd_min_, max_bytes);
+  rnd_left_ = rnd_min_ + SplitMix64(&rnd_state_) % (rnd_max_ - rnd_min_ + 1);
+}
+
+bool FlakyProxy::RandomCutWithin(size_t n, size_t* pass, bool* all) {
+  std::lock_guard<std::mutex> l(rnd_mu_);
+  if (rnd_max_ == 0) return false;
+  if (n < rnd_left_) {
+    rnd_left_ -= n;
+    return false;
+  }
+  *pass = static_cast<size_t>(rnd_left_);
+  *all = SplitMix64(&rnd_state_) & 1;
+  rnd_left_ = rnd_min_ + SplitMix64(&rnd_state_) % (rnd_max_ - rnd_min_ + 1);
+  return true;
+}
+
 void FlakyProxy::CutAll() {
   std::lock_guard<std::mutex> l(mu_);
   for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
@@ -49,8 +81,12 @@ void FlakyProxy::AcceptLoop() {
     if (poll(&p, 1, 20) != 1) continue;
     UniqueFd client(accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!client.valid() || down_.load()) continue;  // closed at once
+    connections_.fetch_add(1);
     absl::StatusOr<UniqueFd> server = ConnectTcp(upstream_, absl::Seconds(2));
-    if (!server.ok()) continue;
+    if (!server.ok()) {
+      upstream_failures_.fetch_add(1);
+      continue;
+    }
     std::lock_guard<std::mutex> l(mu_);
     int c = client.get(), s = server->get();
     fds_.push_back(c);
@@ -68,6 +104,14 @@ void FlakyProxy::Pump(int from, int to, bool from_server) {
     ssize_t n = recv(from, buf, sizeof(buf), 0);
     if (n <= 0) break;
     if (from_server && delay_us_.load() != 0) usleep(delay_us_.load());
+    size_t pass = 0;
+    bool all = false;
+    if (RandomCutWithin(static_cast<size_t>(n), &pass, &all)) {
+      if (pass > 0) (void)WriteAll(to, buf, pass);
+      cuts_.fetch_add(1);
+      if (all) CutAll();
+      break;
+    }
     if (!WriteAll(to, buf, static_cast<size_t>(n)).ok()) break;
     if (from_server) {
       const uint64_t every = cut_every_.load();
