@@ -181,9 +181,11 @@ void PageServer::ServeConnection(UniqueFd fd) {
     s = Handshake(stream, &ch);
   }
   if (!s.ok()) {
-    stats_.refused_connections.fetch_add(1);
-    std::lock_guard<std::mutex> l(mu_);
-    last_refusal_ = std::string(s.message());
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      last_refusal_ = std::string(s.message());
+    }
+    stats_.refused_connections.fetch_add(1);  // after: a reader of the count sees the reason
   }
   while (s.ok()) {
     FrameHeader h;
