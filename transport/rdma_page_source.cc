@@ -123,7 +123,8 @@ absl::Status RdmaPageSource::Setup(const TcpSourceOptions& control) {
     }
   }
   stream->SetReadTimeout(absl::ZeroDuration());
-  regions_ = std::move(regions);
+  // On a reconnect the table was checked equal above; it is read by Request*() meanwhile.
+  if (regions_.empty()) regions_ = std::move(regions);
   keys_ = std::move(accept->regions);
   control_ = std::move(*stream);
   qps_[0] = std::move(qps[0]);

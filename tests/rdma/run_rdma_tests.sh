@@ -106,8 +106,10 @@ log "building the binaries"
 TARGETS="//tests/rdma:rdma_transport_test //cli:faultline //bench/rdma:rdma_vs_tcp_benchmark"
 # Its own output base (no wait on the Bazel lock of other work; no bazel-* symlinks touched).
 OB="${RDMA_BAZEL_OUTPUT_BASE:-$CACHE/bazel}"
-bazel --output_base="$OB" build -c opt --symlink_prefix=/ $TARGETS >&2
-BIN="$(bazel --output_base="$OB" info -c opt bazel-bin 2>/dev/null)"
+# RDMA_BAZEL_FLAGS: e.g. "--config=tsan" to run the sanitizer builds inside the VM.
+FLAGS="${RDMA_BAZEL_FLAGS:--c opt}"
+bazel --output_base="$OB" build $FLAGS --symlink_prefix=/ $TARGETS >&2
+BIN="$(bazel --output_base="$OB" info $FLAGS bazel-bin 2>/dev/null)"
 RESULTS="$CACHE/last-run"
 rm -rf "$RESULTS" && mkdir -p "$RESULTS"
 cat > "$RESULTS/env" <<ENV
