@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -285,6 +286,16 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     return states.status();
   }
 
+  // With a restart, both engines keep the page-state map in a file here.
+  const bool restart = o.kill_engine_at > 0;
+  if (restart && (o.client_tls || o.server_tls)) {
+    reap(source_pid, true);
+    return absl::InvalidArgumentError("the demo's engine restart does not do TLS");
+  }
+  const std::string state_dir =
+      restart ? absl::StrCat("/tmp/faultline-demo-state-", TokenToHex(RandomToken()).substr(0, 8))
+              : "";
+
   // faultline: its own process, serving the hand-off socket.
   const std::string path = o.handoff_path.empty()
                                ? absl::StrCat("/tmp/faultline-demo-", getpid(), "-",
@@ -315,6 +326,7 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     ho.source.tls = o.client_tls;
     ho.source.tls_server_name = o.tls_server_name;
     ho.engine = o.engine;
+    ho.state_dir = state_dir;
     absl::Status s = RunHandoff(**session, ho);
     if (!s.ok()) std::fprintf(stderr, "faultline: %s\n", std::string(s.message()).c_str());
     _exit(s.ok() ? 0 : 1);
@@ -401,7 +413,48 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
   r.downtime_ms = (resumed_at - hello->paused_at_ns) / 1e6;
 
   // Pages arrive while the guest runs.
-  absl::StatusOr<nlohmann::json> complete = (*client)->WaitComplete(absl::Minutes(15), o.progress);
+  absl::StatusOr<nlohmann::json> complete =
+      (*client)->WaitComplete(absl::Minutes(15), [&](uint64_t done, uint64_t total) {
+        if (o.progress) o.progress(done, total);
+        if (restart && !r.engine_restarted && done >= o.kill_engine_at * total) {
+          // The engine dies mid-migration; the guest keeps running (its faults wait).
+          kill(engine_pid, SIGKILL);
+          r.engine_restarted = true;
+          r.killed_at_pages = done;
+        }
+      });
+  if (r.engine_restarted) {
+    // The VMM saw its hand-off connection close before "complete": it waits for a new
+    // faultline on the same socket and hands it the same uffd. (This process's copy of the
+    // first engine's listening socket goes first, so that the new one can bind the path.)
+    reap(engine_pid, false);
+    server->reset();
+    const std::string bin = o.restart_binary.empty() ? "/proc/self/exe" : o.restart_binary;
+    std::vector<std::string> args = {bin,
+                                     "serve",
+                                     "--handoff=" + path,
+                                     absl::StrCat("--connect=127.0.0.1:", hello->port),
+                                     "--token=" + TokenToHex(hello->token),
+                                     "--state_dir=" + state_dir,
+                                     "--progress=false"};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::fflush(stdout);
+    if (posix_spawn(&engine_pid, bin.c_str(), nullptr, nullptr, argv.data(), environ) != 0) {
+      engine_pid = -1;
+      complete = ErrnoStatus(absl::StrCat("spawn ", bin));
+    } else {
+      client = HandoffClient::Connect(path, uffd->fd(), uffd->features(), {region},
+                                      absl::Seconds(60), "faultline-demo-vmm", /*resume=*/true);
+      complete = client.ok() ? (*client)->WaitComplete(absl::Minutes(15), o.progress)
+                             : absl::StatusOr<nlohmann::json>(client.status());
+    }
+  }
+  if (restart) {
+    unlink(StateFilePath(state_dir, hello->token).c_str());  // (removed already on success)
+    rmdir(state_dir.c_str());
+  }
   const uint64_t complete_at = NowNs();
   r.total_seconds = (complete_at - hello->paused_at_ns) / 1e9;
   if (!complete.ok()) {
@@ -497,6 +550,16 @@ std::string DemoReportTable(const DemoReport& r) {
            absl::StrFormat("%d: p50 ≤%s  p99 ≤%s  max %s  (%d slow)", p.touches,
                            Micros(p.cycles_p50, r.tsc_khz), Micros(p.cycles_p99, r.tsc_khz),
                            Micros(p.cycles_max, r.tsc_khz), p.slow));
+  }
+  if (r.engine_restarted) {
+    const nlohmann::json& rs =
+        e.contains("resumed") && e["resumed"].is_object() ? e["resumed"] : nlohmann::json::object();
+    Report(&s, "engine killed and replaced",
+           absl::StrFormat("at %d pages; the new engine kept %d present, mapped %d landed, "
+                           "fetched %d again",
+                           r.killed_at_pages, rs.value("present", uint64_t{0}),
+                           rs.value("landed", uint64_t{0}),
+                           rs.value("refetch", uint64_t{0}) + rs.value("requeued", uint64_t{0})));
   }
   Report(&s, "guest run after resume", absl::StrFormat("%.2f s, %d bad reads", r.guest_seconds,
                                                        r.guest_bad));

@@ -39,6 +39,12 @@ struct DemoOptions {
   // TLS between the page server and faultline (null: plain TCP).
   std::shared_ptr<const TlsContext> server_tls, client_tls;
   std::string tls_server_name;  // empty: 127.0.0.1
+  // Engine restart: once this fraction of the pages is present, the faultline process is
+  // SIGKILLed while the guest runs, and `restart_binary serve` (a faultline binary; empty:
+  // this executable) takes over: the destination VMM hands it the same uffd ("resume") and it
+  // continues from the page-state file the first engine kept. 0: no restart. Not with TLS.
+  double kill_engine_at = 0;
+  std::string restart_binary;
 };
 
 struct GuestPhase {
@@ -61,6 +67,8 @@ struct DemoReport {
   uint64_t verified_pages = 0, mismatches = 0;
   uint64_t boot_area_pages = 0, boot_area_changed = 0;  // below the guest's data range
   uint64_t dirty_pattern_pages = 0;  // data pages whose content the guest's pattern predicts
+  bool engine_restarted = false;     // kill_engine_at: the engine was killed and replaced
+  uint64_t killed_at_pages = 0;      // pages present when it was killed
 };
 
 // Whether a real KVM guest can run here; *why says what is missing when not.

@@ -63,6 +63,9 @@ ABSL_FLAG(std::string, dest_ram, "memfd",
           "series: userfaultfd on guest_memfd + vCPU exits for missing pages).");
 ABSL_FLAG(int64_t, guest_touches, 4096, "demo: touches per guest phase per vCPU.");
 ABSL_FLAG(bool, guest_serial, false, "demo: print the destination guest's serial lines.");
+ABSL_FLAG(double, kill_engine_at, 0,
+          "demo: SIGKILL the faultline process once this fraction of the pages is present and "
+          "let a new `faultline serve` take over the same uffd (engine restart). 0: never.");
 ABSL_FLAG(std::string, transport, "tcp",
           "source, dest, serve: tcp, or rdma (one-sided RDMA READ over RC queue pairs; the "
           "control connection stays TCP/TLS).");
@@ -400,6 +403,7 @@ int Demo() {
   o.vcpus = static_cast<uint32_t>(absl::GetFlag(FLAGS_vcpus));
   o.dest_backing = absl::GetFlag(FLAGS_dest_ram);
   o.touches = static_cast<uint64_t>(absl::GetFlag(FLAGS_guest_touches));
+  o.kill_engine_at = absl::GetFlag(FLAGS_kill_engine_at);
   if (!absl::GetFlag(FLAGS_tls_cert).empty() || !absl::GetFlag(FLAGS_tls_key).empty() ||
       !absl::GetFlag(FLAGS_tls_ca).empty()) {
     // Both ends are here: the page server serves --tls_cert; faultline verifies it with

@@ -57,8 +57,9 @@ std::string StateIdentity(const HandoffRequest& req,
   return id;
 }
 
-absl::Status MakeStateDir(const std::string& dir) {
-  if (mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return absl::OkStatus();
+// Creates the state directory (mode 0700) if need be: OK (with no file yet) or why not.
+absl::StatusOr<std::unique_ptr<StateFile>> MakeStateDir(const std::string& dir) {
+  if (mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return std::unique_ptr<StateFile>();
   return ErrnoStatus(absl::StrCat("state directory ", dir, " (--state_dir)"));
 }
 
@@ -151,12 +152,26 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   // The page-state map of this migration, in a file that outlives this process.
   std::unique_ptr<StateFile> state;
   if (!opts.state_dir.empty()) {
-    if (absl::Status s = MakeStateDir(opts.state_dir); !s.ok()) return refuse(s);
-    absl::StatusOr<std::unique_ptr<StateFile>> sf = StateFile::Open(
-        StateFilePath(opts.state_dir, opts.source.token), StateIdentity(req, *regions), pages,
-        req.resume ? StateFile::Mode::kAdoptOnly : StateFile::Mode::kCreateOrAdopt);
-    if (!sf.ok()) return refuse(sf.status());
-    state = std::move(*sf);
+    absl::StatusOr<std::unique_ptr<StateFile>> sf = MakeStateDir(opts.state_dir);
+    if (sf.ok()) {
+      sf = StateFile::Open(
+          StateFilePath(opts.state_dir, opts.source.token), StateIdentity(req, *regions), pages,
+          req.resume ? StateFile::Mode::kAdoptOnly : StateFile::Mode::kCreateOrAdopt);
+    }
+    if (sf.ok()) {
+      state = std::move(*sf);
+    } else if (!req.resume && (sf.status().code() == absl::StatusCode::kPermissionDenied ||
+                               sf.status().code() == absl::StatusCode::kResourceExhausted)) {
+      // No place to keep state (e.g. not root and the default /run/faultline): serve anyway;
+      // only a restart of this engine would need the file.
+      if (opts.log) {
+        opts.log(absl::StrCat("warning: no page-state file (", sf.status().message(),
+                              "); if this engine dies, the migration cannot be resumed"));
+      }
+    } else {
+      // Another engine holds it, it belongs to another VMM, or a resume has nothing to resume.
+      return refuse(sf.status());
+    }
   } else if (req.resume) {
     return refuse(absl::FailedPreconditionError(
         "the VMM resumes a migration after its engine went away, but this faultline keeps no "
