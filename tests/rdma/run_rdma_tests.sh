@@ -99,6 +99,9 @@ INIT
   mv "$ART.tmp/vmlinux" "$ART.tmp/initrd.gz" "$ART.tmp/root/mods/order" "$ART.tmp/" 2>/dev/null || true
   mkdir -p "$ART" && mv "$ART.tmp/vmlinux" "$ART.tmp/initrd.gz" "$ART/" && rm -rf "$ART.tmp"
 fi
+# Images of older inputs (another kernel package or script) are not needed any more.
+find "$CACHE" -maxdepth 1 -mindepth 1 -type d -regextype posix-extended \
+  -regex ".*/[0-9a-f]{16}(\.tmp)?" ! -name "$KEY" -exec rm -rf {} +
 
 # --- 2. the binaries (run from the host's root inside the guest) ------------------------------
 cd "$REPO"
