@@ -1,0 +1,125 @@
+#include "bench/forked_peer.h"
+
+#include <linux/memfd.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "base/errno_status.h"
+#include "base/unique_fd.h"
+#include "tests/testing/test_source.h"
+#include "transport/socket.h"
+
+namespace faultline {
+namespace {
+
+struct PeerHello {
+  int32_t port;  // <= 0: the child failed
+  Token token;
+};
+
+// Child of kRawSender: serve the pattern's bytes to every connection, one at a time.
+[[noreturn]] void RawSenderChild(int ctl, uint64_t size, const PatternSpec& pattern) {
+  PeerHello h{};
+  UniqueFd fd(memfd_create("raw-sender", MFD_CLOEXEC));
+  void* p = MAP_FAILED;
+  if (fd.valid() && ftruncate(fd.get(), static_cast<off_t>(size)) == 0) {
+    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  }
+  absl::StatusOr<UniqueFd> listen = ListenTcp("127.0.0.1:0");
+  if (p == MAP_FAILED || !listen.ok()) {
+    (void)!write(ctl, &h, sizeof(h));
+    _exit(1);
+  }
+  FillPattern(pattern, static_cast<uint8_t*>(p), size);
+  h.port = *BoundPort(listen->get());
+  (void)!write(ctl, &h, sizeof(h));
+  for (;;) {
+    UniqueFd c(accept(listen->get(), nullptr, nullptr));
+    if (!c.valid()) continue;
+    (void)WriteAll(c.get(), p, size);
+  }
+}
+
+[[noreturn]] void PageServerChild(int ctl, uint64_t size, const PatternSpec& pattern) {
+  PeerHello h{};
+  absl::StatusOr<std::unique_ptr<TestSource>> src = TestSource::Start(size, 4096, pattern);
+  if (src.ok()) {
+    h.port = (*src)->port();
+    h.token = (*src)->token();
+  }
+  (void)!write(ctl, &h, sizeof(h));
+  if (!src.ok()) _exit(1);
+  for (;;) pause();  // the server thread serves until the parent kills us
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ForkedPeer>> ForkedPeer::Start(Kind kind, uint64_t size,
+                                                              PatternSpec pattern) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return ErrnoStatus("socketpair");
+  UniqueFd parent(sv[0]), child(sv[1]);
+  std::unique_ptr<ForkedPeer> peer(new ForkedPeer());
+  peer->pid_ = fork();
+  if (peer->pid_ < 0) return ErrnoStatus("fork");
+  if (peer->pid_ == 0) {
+    parent.reset();
+    if (kind == Kind::kRawSender) RawSenderChild(child.get(), size, pattern);
+    PageServerChild(child.get(), size, pattern);
+  }
+  child.reset();
+  PeerHello h{};
+  if (absl::Status s = ReadAll(parent.get(), &h, sizeof(h)); !s.ok()) return s;
+  if (h.port <= 0) return absl::InternalError("the sending child could not start");
+  peer->port_ = h.port;
+  peer->token_ = h.token;
+  return peer;
+}
+
+ForkedPeer::~ForkedPeer() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+std::string ForkedPeer::address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+TcpSourceOptions ForkedPeer::options() const {
+  TcpSourceOptions o;
+  o.address = address();
+  o.token = token_;
+  o.connect_timeout = absl::Seconds(10);
+  return o;
+}
+
+CpuSample CpuSample::Now() {
+  auto ns = [](clockid_t c) {
+    timespec t{};
+    clock_gettime(c, &t);
+    return static_cast<uint64_t>(t.tv_sec) * 1000000000ull + static_cast<uint64_t>(t.tv_nsec);
+  };
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto tv = [](const timeval& t) {
+    return static_cast<uint64_t>(t.tv_sec) * 1000000000ull +
+           static_cast<uint64_t>(t.tv_usec) * 1000;
+  };
+  CpuSample s;
+  s.process_ns = ns(CLOCK_PROCESS_CPUTIME_ID);
+  s.thread_ns = ns(CLOCK_THREAD_CPUTIME_ID);
+  s.user_ns = tv(ru.ru_utime);
+  s.sys_ns = tv(ru.ru_stime);
+  return s;
+}
+
+}  // namespace faultline
