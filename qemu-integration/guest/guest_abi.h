@@ -15,6 +15,10 @@
 //   FLT cpu=C phase=seq|random|hot round=R touches=N cycles_min=A cycles_p50=B cycles_p99=C
 //       cycles_max=D slow=S bad=X cycles_total=T          (one line; p50/p99 are the upper
 //                                                          bounds of log2 buckets)
+//   FLT cpu=C hist=seq|random|hot round=R q=I:N,I:N,…       (after each phase line: the touch
+//       times in quarter-octave buckets, bucket I = 4*b + q holding [2^b*(1+q/4),
+//       2^b*(1+(q+1)/4)) cycles; only non-empty buckets; long lists continue on more lines
+//       with the same prefix)
 //   FLT cpu=C done bad=X                                  (every CPU)
 //   FLT done cpus=K bad=X                                 (CPU 0, after every CPU is done)
 // Then CPU 0 writes (bad != 0) to FLT_EXIT_PORT (QEMU: -device isa-debug-exit,iobase=0x501

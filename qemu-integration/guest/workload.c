@@ -201,7 +201,39 @@ static void barrier(volatile struct flt_mailbox* m, const struct config* c, uint
 struct touch_stats {
   uint64_t min, max, slow, bad, total;
   uint32_t hist[64];  // hist[b]: touches taking [2^b, 2^(b+1)) cycles
+  uint32_t fine[256]; // quarter-octave buckets, see fine_bucket (printed on "hist=" lines)
 };
+
+// Bucket 4*b + q holds touches taking [2^b * (1 + q/4), 2^b * (1 + (q+1)/4)) cycles, b >= 2.
+static uint32_t fine_bucket(uint64_t d) {
+  uint32_t b = 63 - __builtin_clzll(d | 1);
+  return b < 2 ? 4 * b : 4 * b + (uint32_t)((d >> (b - 2)) & 3);
+}
+
+// "FLT cpu=C hist=PHASE round=R q=I:N,I:N,…" with the non-empty fine buckets, split over as
+// many lines as needed (each line repeats the prefix; readers concatenate the q= lists).
+static void put_hist(const struct config* c, const char* phase, uint32_t round,
+                     const struct touch_stats* s) {
+  struct line l;
+  uint32_t i = 0;
+  while (i < 256) {
+    start_line(&l, c->cpu);
+    put(&l, " hist=");
+    put(&l, phase);
+    put_kv(&l, "round", round);
+    put(&l, " q=");
+    int first = 1;
+    for (; i < 256 && l.n < sizeof(l.b) - 24; i++) {
+      if (s->fine[i] == 0) continue;
+      if (!first) put(&l, ",");
+      first = 0;
+      put_u64(&l, i);
+      put(&l, ":");
+      put_u64(&l, s->fine[i]);
+    }
+    if (!first) send(&l);
+  }
+}
 
 // The smallest log2-bucket upper bound covering `rank` touches (capped at the maximum).
 static uint64_t percentile(const struct touch_stats* s, uint64_t rank) {
@@ -257,6 +289,7 @@ static void touch_phase(volatile struct flt_mailbox* m, const struct config* c, 
     if (d > s.max) s.max = d;
     if (d > c->slow) s.slow++;
     s.hist[63 - __builtin_clzll(d | 1)]++;
+    s.fine[fine_bucket(d)]++;
     if (verify && v != flt_page_value(c->seed, page)) s.bad++;
     st->heartbeat++;
   }
@@ -278,6 +311,7 @@ static void touch_phase(volatile struct flt_mailbox* m, const struct config* c, 
   put_kv(&l, "bad", s.bad);
   put_kv(&l, "cycles_total", s.total);
   send(&l);
+  put_hist(c, kNames[phase], round, &s);
 }
 
 void flt_main(uint32_t cpu, uint32_t start_info) {

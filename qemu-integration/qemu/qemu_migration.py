@@ -30,44 +30,11 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qmp import Qmp  # noqa: E402  (the shared QMP client)
+
 PAGE = 4096
 MAILBOX_GPA = 0x5000
-
-
-class Qmp:
-    def __init__(self, path, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.s.settimeout(60)  # a QEMU whose main loop is stuck must not hang the test
-        self.f = self.s.makefile('rw')
-        json.loads(self.f.readline())
-        self.cmd('qmp_capabilities')
-
-    def cmd(self, name, **args):
-        msg = {'execute': name}
-        if args:
-            msg['arguments'] = args
-        self.f.write(json.dumps(msg) + '\n')
-        self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if 'event' in r:
-                continue
-            return r
-
-    def ok(self, name, **args):
-        r = self.cmd(name, **args)
-        if 'error' in r:
-            raise RuntimeError('%s: %s' % (name, r['error']['desc']))
-        return r['return']
 
 
 def free_port():

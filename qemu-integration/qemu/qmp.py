@@ -1,0 +1,57 @@
+"""A minimal QMP client (QEMU Machine Protocol over a Unix socket), shared by
+qemu_migration.py and bench/e2e/compare_postcopy.py."""
+import json
+import socket
+import time
+
+
+class Qmp:
+    """Connects (retrying until QEMU has made the socket), negotiates capabilities.
+
+    cmd() returns QEMU's whole reply ({'return': ...} or {'error': ...}), skipping events;
+    ok() returns the 'return' value or raises RuntimeError with QEMU's error text.
+    """
+
+    def __init__(self, path, timeout=30, reply_timeout=60):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(path)
+                break
+            except OSError:
+                self.s.close()
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.s.settimeout(reply_timeout)  # a QEMU whose main loop is stuck must not hang us
+        self.f = self.s.makefile('rw')
+        json.loads(self.f.readline())  # greeting
+        self.ok('qmp_capabilities')
+
+    def cmd(self, name, **args):
+        msg = {'execute': name}
+        if args:
+            msg['arguments'] = args
+        self.f.write(json.dumps(msg) + '\n')
+        self.f.flush()
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise RuntimeError('%s: QEMU closed the QMP connection' % name)
+            r = json.loads(line)
+            if 'event' in r:
+                continue
+            return r
+
+    def ok(self, name, **args):
+        r = self.cmd(name, **args)
+        if 'error' in r:
+            raise RuntimeError('%s: %s' % (name, r['error']['desc']))
+        return r['return']
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
