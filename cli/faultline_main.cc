@@ -20,6 +20,7 @@
 #include "cli/handoff_run.h"
 #include "cli/local_run.h"
 #include "engine/engine.h"
+#include "qemu-integration/libvirt/libvirt_migration.h"
 #include "transport/page_server.h"
 #include "transport/rdma_page_server.h"
 #include "transport/rdma_page_source.h"
@@ -66,6 +67,25 @@ ABSL_FLAG(bool, guest_serial, false, "demo: print the destination guest's serial
 ABSL_FLAG(double, kill_engine_at, 0,
           "demo: SIGKILL the faultline process once this fraction of the pages is present and "
           "let a new `faultline serve` take over the same uffd (engine restart). 0: never.");
+ABSL_FLAG(std::string, domain, "", "migrate: the libvirt domain to migrate.");
+ABSL_FLAG(std::string, source_uri, "qemu:///system", "migrate: the source's libvirt URI.");
+ABSL_FLAG(std::string, dest_uri, "",
+          "migrate: the destination's libvirt URI (e.g. qemu+ssh://host2/system); the source's "
+          "libvirtd connects to it (peer-to-peer).");
+ABSL_FLAG(std::string, migrate_uri, "",
+          "migrate: QEMU's data connection, e.g. tcp://10.0.0.2:49152 (default: libvirt's).");
+ABSL_FLAG(bool, pager, true,
+          "migrate: post-copy through faultline (the x-postcopy-external-pager capability; "
+          "`faultline serve --handoff=SOCKET` must be running on the destination). false: "
+          "QEMU's own post-copy.");
+ABSL_FLAG(absl::Duration, postcopy_after, absl::ZeroDuration(),
+          "migrate: request post-copy after this long (0: after the first pre-copy pass; "
+          "with the pager that pass is only device state and small blocks).");
+ABSL_FLAG(absl::Duration, migrate_timeout, absl::Minutes(10),
+          "migrate: abort a migration still pre-copying after this long (the domain stays on "
+          "the source; post-copy is never aborted).");
+ABSL_FLAG(bool, persist_dest, false, "migrate: define the domain persistently on the destination.");
+ABSL_FLAG(bool, undefine_source, false, "migrate: undefine the domain on the source afterwards.");
 ABSL_FLAG(std::string, transport, "tcp",
           "source, dest, serve: tcp, or rdma (one-sided RDMA READ over RC queue pairs; the "
           "control connection stays TCP/TLS).");
@@ -114,6 +134,15 @@ constexpr char kUsage[] =
     "      source VMM, is paused, and resumes at once on a destination VMM whose empty RAM\n"
     "      faultline fills by post-copy over loopback; then every page is verified. Without\n"
     "      /dev/kvm it says why and runs `local` with the thread guest instead.\n"
+    "  faultline migrate --domain=NAME --dest_uri=URI [--source_uri=qemu:///system]\n"
+    "                   [--migrate_uri=tcp://HOST:PORT] [--handoff=/run/faultline.sock]\n"
+    "                   [--pager=true|false] [--stats_json=FILE]\n"
+    "      Live-migrate a libvirt domain with post-copy through libvirt's API. With the pager\n"
+    "      (default) the domain's QEMU must carry faultline's x-postcopy-external-pager series,\n"
+    "      its RAM must be shared memfd/file memory, and on the destination `faultline serve\n"
+    "      --handoff=SOCKET` must be waiting, connected to `faultline source` serving the\n"
+    "      source QEMU's RAM (qemu-integration/libvirt/README.md). Prints libvirt's events\n"
+    "      and job statistics; --pager=false runs QEMU's own post-copy for comparison.\n"
     "\n"
     "TLS (source, dest, serve, demo; default: plain TCP):\n"
     "  source --tls_cert=PEM --tls_key=PEM      serve TLS 1.3 only\n"
@@ -457,6 +486,47 @@ int Demo() {
   return r->mismatches == 0 && r->guest_bad == 0 ? 0 : 1;
 }
 
+int Migrate() {
+  LibvirtMigrateOptions o;
+  o.domain = absl::GetFlag(FLAGS_domain);
+  o.source_uri = absl::GetFlag(FLAGS_source_uri);
+  o.dest_uri = absl::GetFlag(FLAGS_dest_uri);
+  o.migrate_uri = absl::GetFlag(FLAGS_migrate_uri);
+  o.pager = absl::GetFlag(FLAGS_pager);
+  o.pager_socket = absl::GetFlag(FLAGS_handoff);
+  o.postcopy_after = absl::GetFlag(FLAGS_postcopy_after);
+  o.timeout = absl::GetFlag(FLAGS_migrate_timeout);
+  o.persist_dest = absl::GetFlag(FLAGS_persist_dest);
+  o.undefine_source = absl::GetFlag(FLAGS_undefine_source);
+  o.log = [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  };
+  absl::StatusOr<LibvirtMigrateReport> r = MigrateDomain(o);
+  if (!r.ok()) return Fail(r.status());
+  auto ms = [](int64_t v) { return v < 0 ? std::string("?") : absl::StrCat(v, " ms"); };
+  auto mib = [](int64_t v) {
+    return v < 0 ? std::string("?") : absl::StrFormat("%.1f MiB", v / 1048576.0);
+  };
+  std::printf(
+      "\nmigrated '%s' (%s): %.2f s (libvirt: %s), downtime %s, post-copy from %.2f s, "
+      "stream %s (memory %s, %lld pre-copy passes, %lld post-copy requests)%s\n",
+      o.domain.c_str(), r->pager ? "post-copy through faultline" : "QEMU's own post-copy",
+      r->seconds, ms(r->time_elapsed_ms).c_str(), ms(r->downtime_ms).c_str(), r->postcopy_at,
+      mib(r->data_processed).c_str(), mib(r->memory_processed).c_str(),
+      static_cast<long long>(r->memory_iteration), static_cast<long long>(r->postcopy_requests),
+      r->pager ? (r->dest_pager_capability ? "; destination QEMU ran with the pager"
+                                           : "; WARNING: the destination QEMU does not report "
+                                             "the pager capability")
+               : "");
+  if (!absl::GetFlag(FLAGS_stats_json).empty()) {
+    std::ofstream f(absl::GetFlag(FLAGS_stats_json));
+    f << ReportJson(*r) << "\n";
+    if (!f) return Fail(absl::InternalError("cannot write --stats_json"));
+  }
+  return r->pager && !r->dest_pager_capability ? 1 : 0;
+}
+
 }  // namespace
 }  // namespace faultline
 
@@ -485,6 +555,7 @@ int main(int argc, char** argv) {
   if (cmd == "dest") return faultline::Dest();
   if (cmd == "serve") return faultline::Serve();
   if (cmd == "demo") return faultline::Demo();
+  if (cmd == "migrate") return faultline::Migrate();
   std::fprintf(stderr, "faultline: unknown command '%s'\n\n%s", cmd.c_str(), faultline::kUsage);
   return 2;
 }

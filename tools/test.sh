@@ -58,5 +58,25 @@ elif [[ $rrc -eq 0 ]]; then
 else
   fail=$((fail + 1)); rc_all=1; tail -40 "$LOG/rdma.log"
 fi
+# QEMU with faultline's series (built once, cached by series in ~/.cache/faultline/qemu):
+# QEMU-to-QEMU post-copy through faultline + QEMU's own migration-test post-copy cases, then
+# the libvirt driver against two real libvirtd daemons. Lines: PASS:/FAIL:/SKIP:.
+echo "=== qemu: qemu-integration/qemu/run_qemu_migration.sh"
+qout=$(qemu-integration/qemu/run_qemu_migration.sh 2> "$LOG/qemu.log"); qrc=$?
+echo "$qout" | grep -E "^(PASS|FAIL|SKIP)"
+qp=$(echo "$qout" | grep -c "^PASS" || true); qf=$(echo "$qout" | grep -c "^FAIL" || true)
+if [[ $qrc -ne 0 && $qf -eq 0 ]]; then qf=1; tail -20 "$LOG/qemu.log"; fi
+pass=$((pass + qp)); fail=$((fail + qf)); [[ $qf -eq 0 ]] || rc_all=1
+echo "=== libvirt: tests/libvirt/run_libvirt_tests.sh"
+lout=$(tests/libvirt/run_libvirt_tests.sh 2> "$LOG/libvirt.log"); lrc=$?
+echo "$lout" | grep -E "^(PASS|FAIL|SKIP)|libvirt (tests|suite)"
+if [[ $lrc -eq 2 ]]; then
+  echo "libvirt suite skipped (reason above)"
+else
+  lp=$(echo "$lout" | sed -n 's/^libvirt tests: \([0-9]*\) passed, \([0-9]*\) failed.*/\1/p' | tail -1)
+  lf=$(echo "$lout" | sed -n 's/^libvirt tests: \([0-9]*\) passed, \([0-9]*\) failed.*/\2/p' | tail -1)
+  pass=$((pass + ${lp:-0})); fail=$((fail + ${lf:-1}))
+  if [[ $lrc -ne 0 ]]; then rc_all=1; tail -20 "$LOG/libvirt.log"; fi
+fi
 echo "${pass} passed, ${fail} failed"
 exit $rc_all

@@ -52,6 +52,15 @@ BIN=$OUT/build/qemu-system-x86_64
 
 log() { echo "build_qemu: $*" >&2; }
 
+# One build per series at a time: a second build_qemu.sh of the same series (another test
+# suite, a helper) waits for the first and then uses its result instead of wiping its tree.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock-$VERSION-$HASH"
+if ! flock -n 9; then
+  log "another build of this series is running: waiting for it"
+  flock 9
+fi
+
 if [[ -f $OUT/.done && -x $BIN ]]; then
   if (( WITH_TESTS )) && [[ ! -x $OUT/build/tests/qtest/migration-test ]]; then
     log "building migration-test in $OUT/build"

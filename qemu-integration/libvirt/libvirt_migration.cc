@@ -1,0 +1,506 @@
+#include "qemu-integration/libvirt/libvirt_migration.h"
+
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
+#include "qemu-integration/libvirt/domain_xml.h"
+
+namespace faultline {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr char kCap[] = "x-postcopy-external-pager";
+
+// libvirt keeps the last error per thread; read it on the thread that failed.
+std::string LastError() {
+  const char* m = virGetLastErrorMessage();
+  return m != nullptr ? m : "unknown libvirt error";
+}
+
+void Quiet(void*, virErrorPtr) {}  // errors are reported through our statuses, not stderr
+
+struct ConnClose {
+  void operator()(virConnectPtr c) const { virConnectClose(c); }
+};
+struct DomFree {
+  void operator()(virDomainPtr d) const { virDomainFree(d); }
+};
+using Conn = std::unique_ptr<virConnect, ConnClose>;
+using Dom = std::unique_ptr<virDomain, DomFree>;
+
+// libvirt's default event loop on a thread of its own, woken every 100 ms so it can stop.
+class EventLoop {
+ public:
+  static absl::Status RegisterOnce() {
+    static const int rc = virEventRegisterDefaultImpl();
+    if (rc < 0) return absl::InternalError("cannot register libvirt's event loop: " + LastError());
+    return absl::OkStatus();
+  }
+  EventLoop() {
+    timer_ = virEventAddTimeout(
+        100, [](int, void*) {}, nullptr, nullptr);
+    thread_ = std::thread([this] {
+      while (!stop_.load()) virEventRunDefaultImpl();
+    });
+  }
+  ~EventLoop() {
+    stop_.store(true);
+    thread_.join();
+    if (timer_ >= 0) virEventRemoveTimeout(timer_);
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  int timer_ = -1;
+  std::thread thread_;
+};
+
+// What the event callbacks see, shared with the driving thread.
+struct Shared {
+  std::mutex mu;
+  std::condition_variable cv;
+  absl::Time start;
+  std::vector<std::string> events;
+  std::function<void(const std::string&)> log;
+  int iterations = 0;
+  bool postcopy = false;         // the source reported post-copy (suspended or resumed)
+  bool postcopy_failed = false;  // either side reported a failed post-copy
+  double postcopy_at = -1;
+  std::optional<Json> completed;  // the JOB_COMPLETED statistics
+
+  void Note(const std::string& what) {  // with mu held
+    std::string line =
+        absl::StrFormat("+%.3fs %s", absl::ToDoubleSeconds(absl::Now() - start), what);
+    events.push_back(line);
+    if (log) log(line);
+  }
+};
+
+struct Watch {  // one side's registration
+  Shared* shared;
+  const char* side;
+};
+
+std::string LifecycleName(int event, int detail) {
+  switch (event) {
+    case VIR_DOMAIN_EVENT_STARTED:
+      return detail == VIR_DOMAIN_EVENT_STARTED_MIGRATED ? "started (incoming migration)"
+                                                         : "started";
+    case VIR_DOMAIN_EVENT_SUSPENDED:
+      switch (detail) {
+        case VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED: return "paused (migration)";
+        case VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY: return "paused (post-copy)";
+        case VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED: return "paused (post-copy FAILED)";
+        default: return absl::StrCat("paused (", detail, ")");
+      }
+    case VIR_DOMAIN_EVENT_RESUMED:
+      switch (detail) {
+        case VIR_DOMAIN_EVENT_RESUMED_MIGRATED: return "running (migration completed)";
+        case VIR_DOMAIN_EVENT_RESUMED_POSTCOPY: return "running (post-copy)";
+        case VIR_DOMAIN_EVENT_RESUMED_POSTCOPY_FAILED: return "running (post-copy FAILED)";
+        default: return absl::StrCat("running (", detail, ")");
+      }
+    case VIR_DOMAIN_EVENT_STOPPED:
+      return detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED ? "stopped (migrated away)"
+             : detail == VIR_DOMAIN_EVENT_STOPPED_FAILED ? "stopped (FAILED)"
+                                                         : absl::StrCat("stopped (", detail, ")");
+    default: return absl::StrCat("event ", event, " detail ", detail);
+  }
+}
+
+void OnLifecycle(virConnectPtr, virDomainPtr, int event, int detail, void* opaque) {
+  auto* w = static_cast<Watch*>(opaque);
+  std::lock_guard<std::mutex> l(w->shared->mu);
+  w->shared->Note(absl::StrCat(w->side, ": ", LifecycleName(event, detail)));
+  const bool failed =
+      (event == VIR_DOMAIN_EVENT_SUSPENDED &&
+       detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED) ||
+      (event == VIR_DOMAIN_EVENT_RESUMED && detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY_FAILED);
+  const bool postcopy =
+      (event == VIR_DOMAIN_EVENT_SUSPENDED && detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY) ||
+      (event == VIR_DOMAIN_EVENT_RESUMED && detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY);
+  if (failed) w->shared->postcopy_failed = true;
+  if (postcopy && !w->shared->postcopy) {
+    w->shared->postcopy = true;
+    w->shared->postcopy_at = absl::ToDoubleSeconds(absl::Now() - w->shared->start);
+  }
+  w->shared->cv.notify_all();
+}
+
+void OnIteration(virConnectPtr, virDomainPtr, int iteration, void* opaque) {
+  auto* w = static_cast<Watch*>(opaque);
+  std::lock_guard<std::mutex> l(w->shared->mu);
+  w->shared->iterations = iteration;
+  w->shared->Note(absl::StrCat(w->side, ": pre-copy pass ", iteration, " done"));
+  w->shared->cv.notify_all();
+}
+
+Json ParamsJson(virTypedParameterPtr params, int n) {
+  Json j = Json::object();
+  for (int i = 0; i < n; ++i) {
+    const virTypedParameter& p = params[i];
+    switch (p.type) {
+      case VIR_TYPED_PARAM_INT: j[p.field] = p.value.i; break;
+      case VIR_TYPED_PARAM_UINT: j[p.field] = p.value.ui; break;
+      case VIR_TYPED_PARAM_LLONG: j[p.field] = p.value.l; break;
+      case VIR_TYPED_PARAM_ULLONG: j[p.field] = p.value.ul; break;
+      case VIR_TYPED_PARAM_DOUBLE: j[p.field] = p.value.d; break;
+      case VIR_TYPED_PARAM_BOOLEAN: j[p.field] = p.value.b != 0; break;
+      case VIR_TYPED_PARAM_STRING: j[p.field] = p.value.s ? p.value.s : ""; break;
+      default: break;
+    }
+  }
+  return j;
+}
+
+void OnJobCompleted(virConnectPtr, virDomainPtr, virTypedParameterPtr params, int n, void* opaque) {
+  auto* w = static_cast<Watch*>(opaque);
+  std::lock_guard<std::mutex> l(w->shared->mu);
+  w->shared->completed = ParamsJson(params, n);
+  w->shared->Note(absl::StrCat(w->side, ": job completed"));
+  w->shared->cv.notify_all();
+}
+
+// Registers the callbacks of one side; deregisters on destruction.
+class Registrations {
+ public:
+  Registrations(virConnectPtr conn, Watch* w, bool job_events) : conn_(conn) {
+    Add(VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(OnLifecycle), w);
+    if (job_events) {
+      Add(VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, VIR_DOMAIN_EVENT_CALLBACK(OnIteration), w);
+      Add(VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, VIR_DOMAIN_EVENT_CALLBACK(OnJobCompleted), w);
+    }
+  }
+  ~Registrations() {
+    for (int id : ids_) virConnectDomainEventDeregisterAny(conn_, id);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  void Add(int event, virConnectDomainEventGenericCallback cb, Watch* w) {
+    const int id = virConnectDomainEventRegisterAny(conn_, nullptr, event, cb, w, nullptr);
+    if (id < 0) {
+      ok_ = false;
+    } else {
+      ids_.push_back(id);
+    }
+  }
+  virConnectPtr conn_;
+  std::vector<int> ids_;
+  bool ok_ = true;
+};
+
+absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd) {
+  char* out = nullptr;
+  if (virDomainQemuMonitorCommand(dom, cmd.dump().c_str(), &out, 0) < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "QEMU monitor passthrough (", cmd["execute"].get<std::string>(), "): ", LastError()));
+  }
+  Json reply = Json::parse(out, nullptr, /*allow_exceptions=*/false);
+  free(out);
+  if (reply.is_discarded()) return absl::InternalError("QEMU's monitor reply is not JSON");
+  if (reply.contains("error")) {
+    return absl::FailedPreconditionError(absl::StrCat(cmd["execute"].get<std::string>(), ": ",
+                                                      reply["error"].value("desc", "error")));
+  }
+  return reply.value("return", Json());
+}
+
+absl::StatusOr<bool> HasPagerCapability(virDomainPtr dom) {
+  absl::StatusOr<Json> caps = Monitor(dom, {{"execute", "query-migrate-capabilities"}});
+  if (!caps.ok()) return caps.status();
+  for (const Json& c : *caps) {
+    if (c.value("capability", "") == kCap) return c.value("state", false);
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the domain's QEMU has no '", kCap,
+      "' migration capability: its emulator must be QEMU with faultline's series "
+      "(qemu-integration/qemu/build_qemu.sh prints the binary to name in <emulator>)"));
+}
+
+absl::Status SetPagerCapabilities(virDomainPtr dom, bool on) {
+  Json caps = Json::array();
+  for (const char* c : {"postcopy-ram", "x-ignore-shared", kCap}) {
+    caps.push_back({{"capability", c}, {"state", on}});
+  }
+  return Monitor(dom,
+                 {{"execute", "migrate-set-capabilities"}, {"arguments", {{"capabilities", caps}}}})
+      .status();
+}
+
+int64_t Field(const Json& j, const char* key) {
+  return j.contains(key) && j[key].is_number() ? j[key].get<int64_t>() : -1;
+}
+
+std::string MiB(int64_t bytes) { return absl::StrFormat("%.1f MiB", bytes / 1048576.0); }
+
+}  // namespace
+
+std::string ReportJson(const LibvirtMigrateReport& r) {
+  Json j = {{"pager", r.pager},
+            {"seconds", r.seconds},
+            {"postcopy_at_seconds", r.postcopy_at},
+            {"time_elapsed_ms", r.time_elapsed_ms},
+            {"downtime_ms", r.downtime_ms},
+            {"setup_time_ms", r.setup_time_ms},
+            {"data_total_bytes", r.data_total},
+            {"data_processed_bytes", r.data_processed},
+            {"memory_total_bytes", r.memory_total},
+            {"memory_processed_bytes", r.memory_processed},
+            {"precopy_iterations", r.memory_iteration},
+            {"postcopy_requests", r.postcopy_requests},
+            {"dest_pager_capability", r.dest_pager_capability},
+            {"events", r.events}};
+  return j.dump(1);
+}
+
+absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& o) {
+  if (o.domain.empty()) return absl::InvalidArgumentError("--domain is required");
+  if (o.dest_uri.empty()) {
+    return absl::InvalidArgumentError(
+        "--dest_uri is required (the destination's libvirt, e.g. qemu+ssh://host2/system)");
+  }
+  if (virInitialize() < 0) return absl::InternalError("virInitialize failed");
+  virSetErrorFunc(nullptr, Quiet);
+  if (absl::Status s = EventLoop::RegisterOnce(); !s.ok()) return s;
+  Shared shared;
+  shared.start = absl::Now();
+  shared.log = o.log;
+  auto say = [&](const std::string& m) {
+    if (o.log) o.log(m);
+  };
+
+  Conn src(virConnectOpen(o.source_uri.c_str()));
+  if (!src) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect to the source libvirt '", o.source_uri, "': ", LastError()));
+  }
+  Conn dst(virConnectOpen(o.dest_uri.c_str()));
+  if (!dst) {
+    return absl::UnavailableError(absl::StrCat("cannot connect to the destination libvirt '",
+                                               o.dest_uri, "': ", LastError()));
+  }
+  Dom dom(virDomainLookupByName(src.get(), o.domain.c_str()));
+  if (!dom) {
+    return absl::NotFoundError(
+        absl::StrCat("no domain '", o.domain, "' on ", o.source_uri, ": ", LastError()));
+  }
+  if (virDomainIsActive(dom.get()) != 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain '", o.domain, "' is not running: nothing to live-migrate"));
+  }
+  if (Dom other(virDomainLookupByName(dst.get(), o.domain.c_str()));
+      other && virDomainIsActive(other.get()) == 1) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("a domain '", o.domain, "' is already running on ", o.dest_uri));
+  }
+
+  // Pager checks and set-up, before anything moves.
+  std::string dest_xml;
+  if (o.pager) {
+    char* xml = virDomainGetXMLDesc(dom.get(), VIR_DOMAIN_XML_MIGRATABLE);
+    if (xml == nullptr) return absl::InternalError("virDomainGetXMLDesc: " + LastError());
+    const std::string domain_xml = xml;
+    free(xml);
+    if (absl::Status s = CheckPagerRam(domain_xml); !s.ok()) return s;
+    absl::StatusOr<bool> has = HasPagerCapability(dom.get());
+    if (!has.ok()) return has.status();
+    absl::StatusOr<std::string> x = AddPagerCommandline(domain_xml, o.pager_socket);
+    if (!x.ok()) return x.status();
+    dest_xml = *std::move(x);
+    if (absl::Status s = SetPagerCapabilities(dom.get(), true); !s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the source QEMU refused the pager capabilities: ", s.message()));
+    }
+    say(absl::StrCat("source: postcopy-ram, x-ignore-shared, ", kCap,
+                     " on (monitor passthrough); destination: the same as -global properties, "
+                     "pager socket ",
+                     o.pager_socket));
+  }
+
+  Watch src_watch{&shared, "source"}, dst_watch{&shared, "destination"};
+  EventLoop loop;
+  Registrations src_reg(src.get(), &src_watch, /*job_events=*/true);
+  Registrations dst_reg(dst.get(), &dst_watch, /*job_events=*/false);
+  if (!src_reg.ok() || !dst_reg.ok()) {
+    if (o.pager) (void)SetPagerCapabilities(dom.get(), false);
+    return absl::InternalError("cannot register for libvirt's domain events: " + LastError());
+  }
+
+  virTypedParameterPtr params = nullptr;
+  int nparams = 0, maxparams = 0;
+  if (!o.migrate_uri.empty()) {
+    virTypedParamsAddString(&params, &nparams, &maxparams, VIR_MIGRATE_PARAM_URI,
+                            o.migrate_uri.c_str());
+  }
+  if (!dest_xml.empty()) {
+    virTypedParamsAddString(&params, &nparams, &maxparams, VIR_MIGRATE_PARAM_DEST_XML,
+                            dest_xml.c_str());
+  }
+  unsigned int flags = VIR_MIGRATE_LIVE | VIR_MIGRATE_PEER2PEER | VIR_MIGRATE_POSTCOPY;
+  if (o.persist_dest) flags |= VIR_MIGRATE_PERSIST_DEST;
+  if (o.undefine_source) flags |= VIR_MIGRATE_UNDEFINE_SOURCE;
+
+  say(absl::StrCat("migrating '", o.domain, "' ", o.source_uri, " -> ", o.dest_uri,
+                   o.migrate_uri.empty() ? "" : absl::StrCat(" (data: ", o.migrate_uri, ")"),
+                   o.pager ? ", post-copy through faultline" : ", QEMU's own post-copy"));
+  const absl::Time t0 = absl::Now();
+  std::atomic<bool> done{false};
+  int rc = 0;
+  std::string migrate_error;
+  std::thread migrator([&] {
+    rc = virDomainMigrateToURI3(dom.get(), o.dest_uri.c_str(), params, nparams, flags);
+    if (rc < 0) migrate_error = LastError();
+    done.store(true);
+    std::lock_guard<std::mutex> l(shared.mu);
+    shared.cv.notify_all();
+  });
+
+  // Drive: progress, the switch to post-copy, the pre-copy timeout.
+  bool asked_postcopy = false, aborted = false;
+  absl::Time last_progress = t0;
+  while (!done.load()) {
+    {
+      std::unique_lock<std::mutex> l(shared.mu);
+      shared.cv.wait_for(l, std::chrono::milliseconds(200));
+    }
+    if (done.load()) break;
+    bool in_postcopy, first_pass_done;
+    {
+      std::lock_guard<std::mutex> l(shared.mu);
+      in_postcopy = shared.postcopy;
+      first_pass_done = shared.iterations >= 1;
+    }
+    const absl::Duration elapsed = absl::Now() - t0;
+    int type = 0;
+    virTypedParameterPtr jp = nullptr;
+    int jn = 0;
+    Json job;
+    if (virDomainGetJobStats(dom.get(), &type, &jp, &jn, 0) == 0) {
+      job = ParamsJson(jp, jn);
+      virTypedParamsFree(jp, jn);
+    }
+    const bool running = type == VIR_DOMAIN_JOB_UNBOUNDED || type == VIR_DOMAIN_JOB_BOUNDED;
+    if (running && !in_postcopy && !asked_postcopy) {
+      // Not before the first pass, even with the pager (whose QEMU switches by itself once
+      // its small stream has converged): the destination checks its pager at ADVISE, the
+      // first thing in the stream, and a missing pager must fail the migration while it is
+      // still pre-copy — the source then simply keeps running the guest.
+      const bool now =
+          o.postcopy_after > absl::ZeroDuration() ? elapsed >= o.postcopy_after : first_pass_done;
+      if (now) {
+        // It can fail while the job is still setting up: try again on the next round. With
+        // the pager, QEMU may have switched by itself already, and then this fails with
+        // "already in post-copy": both are fine.
+        if (virDomainMigrateStartPostCopy(dom.get(), 0) == 0) {
+          asked_postcopy = true;
+          std::lock_guard<std::mutex> l(shared.mu);
+          shared.Note("source: post-copy requested (virDomainMigrateStartPostCopy)");
+        }
+      }
+    }
+    if (!in_postcopy && !aborted && o.timeout > absl::ZeroDuration() && elapsed > o.timeout) {
+      say(absl::StrCat("still pre-copying after ", absl::FormatDuration(o.timeout),
+                       ": aborting (the domain stays on the source)"));
+      virDomainAbortJob(dom.get());
+      aborted = true;
+    }
+    if (running && absl::Now() - last_progress >= absl::Seconds(1)) {
+      last_progress = absl::Now();
+      say(absl::StrFormat("  %5.1fs %s: memory %s of %s, remaining %s, iteration %d",
+                          absl::ToDoubleSeconds(elapsed), in_postcopy ? "post-copy" : "pre-copy",
+                          MiB(Field(job, VIR_DOMAIN_JOB_MEMORY_PROCESSED)),
+                          MiB(Field(job, VIR_DOMAIN_JOB_MEMORY_TOTAL)),
+                          MiB(Field(job, VIR_DOMAIN_JOB_MEMORY_REMAINING)),
+                          static_cast<int>(Field(job, VIR_DOMAIN_JOB_MEMORY_ITERATION))));
+    }
+  }
+  migrator.join();
+  virTypedParamsFree(params, nparams);
+  LibvirtMigrateReport r;
+  r.pager = o.pager;
+  r.seconds = absl::ToDoubleSeconds(absl::Now() - t0);
+
+  // The JOB_COMPLETED event may trail the API's return a little.
+  {
+    std::unique_lock<std::mutex> l(shared.mu);
+    if (rc == 0) {
+      shared.cv.wait_for(l, std::chrono::seconds(3), [&] { return shared.completed.has_value(); });
+    }
+    r.events = shared.events;
+    r.postcopy_at = shared.postcopy_at;
+    if (shared.completed) {
+      const Json& j = *shared.completed;
+      r.time_elapsed_ms = Field(j, VIR_DOMAIN_JOB_TIME_ELAPSED);
+      r.downtime_ms = Field(j, VIR_DOMAIN_JOB_DOWNTIME);
+      r.setup_time_ms = Field(j, VIR_DOMAIN_JOB_SETUP_TIME);
+      r.data_total = Field(j, VIR_DOMAIN_JOB_DATA_TOTAL);
+      r.data_processed = Field(j, VIR_DOMAIN_JOB_DATA_PROCESSED);
+      r.memory_total = Field(j, VIR_DOMAIN_JOB_MEMORY_TOTAL);
+      r.memory_processed = Field(j, VIR_DOMAIN_JOB_MEMORY_PROCESSED);
+      r.memory_iteration = Field(j, VIR_DOMAIN_JOB_MEMORY_ITERATION);
+      r.postcopy_requests = Field(j, VIR_DOMAIN_JOB_MEMORY_POSTCOPY_REQS);
+    }
+  }
+  if (rc < 0) {
+    bool postcopy, failed;
+    {
+      std::lock_guard<std::mutex> l(shared.mu);
+      postcopy = shared.postcopy;
+      failed = shared.postcopy_failed;
+    }
+    std::string where;
+    if (!postcopy && virDomainIsActive(dom.get()) == 1) {
+      where = "the domain is still running on the source";
+      if (o.pager) {
+        absl::Status s = SetPagerCapabilities(dom.get(), false);
+        where += s.ok() ? " (pager capabilities turned off again)"
+                        : absl::StrCat(" (turning the pager capabilities off failed: ", s.message(),
+                                       ")");
+      }
+    } else if (postcopy || failed) {
+      where =
+          "the migration failed in post-copy: the guest is paused and its memory is split "
+          "between the hosts. Nothing is lost while both sides stay up: faultline keeps the "
+          "destination's guest waiting, and `virsh migrate --postcopy --postcopy-resume` "
+          "resumes QEMU's stream once the cause is fixed";
+    } else {
+      where = "the domain is no longer running on the source";
+    }
+    std::string hint;
+    if (absl::StrContains(migrate_error, kCap) && absl::StrContains(migrate_error, "connect")) {
+      hint = absl::StrCat(" — is `faultline serve --handoff=", o.pager_socket,
+                          "` running on the destination?");
+    } else if (absl::StrContains(migrate_error, "property") &&
+               absl::StrContains(migrate_error, kCap)) {
+      hint = " — the destination's emulator must be QEMU with faultline's series";
+    }
+    return absl::AbortedError(
+        absl::StrCat(aborted ? "migration aborted (timeout)" : "migration failed", ": ",
+                     migrate_error, hint, "; ", where));
+  }
+
+  // Confirm the destination QEMU ran with the pager.
+  if (o.pager) {
+    if (Dom d(virDomainLookupByName(dst.get(), o.domain.c_str())); d) {
+      absl::StatusOr<bool> on = HasPagerCapability(d.get());
+      r.dest_pager_capability = on.ok() && *on;
+    }
+  }
+  return r;
+}
+
+}  // namespace faultline
