@@ -88,7 +88,8 @@ def main():
     ap.add_argument('--workdir', default='')
     ap.add_argument('--no_pager', action='store_true',
                     help='negative test: nobody listens on the socket; the destination must '
-                         'refuse at LISTEN with a clear error (and never run the guest)')
+                         'refuse at ADVISE with a clear error (never run the guest), the '
+                         'source migration fail in pre-copy and the source guest keep running')
     ap.add_argument('--run_after', type=float, default=2.0,
                     help='seconds the destination guest keeps running after completion')
     a = ap.parse_args()
@@ -190,8 +191,9 @@ def main():
         t0 = time.time()
         step("src.ok('migrate', uri")
         src.ok('migrate', uri='tcp:127.0.0.1:%d' % mig_port)
-        step("src.cmd('migrate-start-postcopy')")
-        src.cmd('migrate-start-postcopy')
+        if not a.no_pager:  # (no pager: let the destination's ADVISE-time check act first)
+            step("src.cmd('migrate-start-postcopy')")
+            src.cmd('migrate-start-postcopy')
 
         if a.no_pager:
             dlog = os.path.join(work, 'dst-qemu.log')
@@ -201,15 +203,20 @@ def main():
             time.sleep(1)
             err = [l for l in read(dlog).splitlines() if 'external-pager' in l]
             ran = 'phase=' in read(os.path.join(work, 'dst.serial'))
+            # The destination checks the pager at ADVISE, the first command in the stream:
+            # the migration must fail while it is still pre-copy, the source guest running.
             try:
-                src_state = src.ok('query-migrate').get('status')
+                src_state = wait_for(lambda: (lambda st: st if st in ('failed', 'completed',
+                                                                     'postcopy-paused') else None)(
+                    src.ok('query-migrate').get('status')), 60, 'the source migration to end')
+                src_run = src.ok('query-status')['status']
             except Exception as e:
-                src_state = 'unknown (%s)' % e
-            ok = bool(err) and not ran
-            print('%s: without a pager the destination refused at LISTEN (%s); guest ran on '
-                  'the destination: %s; source migration: %s' %
+                src_state, src_run = 'unknown (%s)' % e, 'unknown'
+            ok = bool(err) and not ran and src_state == 'failed' and src_run == 'running'
+            print('%s: without a pager the destination refused at ADVISE (%s); guest ran on '
+                  'the destination: %s; source migration: %s, source guest: %s' %
                   ('PASS' if ok else 'FAIL', err[0] if err else 'no error logged', ran,
-                   src_state), flush=True)
+                   src_state, src_run), flush=True)
             return 0 if ok else 1
 
         def dst_status():

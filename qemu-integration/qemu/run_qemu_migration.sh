@@ -72,7 +72,7 @@ python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
   "${FW[@]}" | tee "$WORK/summary.txt"
 rc=${PIPESTATUS[0]}
 
-echo "== the same without a pager listening: the destination must refuse at LISTEN"
+echo "== the same without a pager listening: the destination must refuse at ADVISE, the source keep running"
 python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
   --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/no-pager" \
   --no_pager "${FW[@]}" | tail -1
