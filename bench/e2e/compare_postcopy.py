@@ -446,6 +446,13 @@ def fmt_bytes(b):
     return f"{b / (1 << 30):.2f} GiB" if b >= (1 << 30) else f"{b / MIB:.0f} MiB"
 
 
+def error_line(text):
+    """The most telling line of an error: QEMU's own message if it printed one."""
+    lines = text.splitlines() or [""]
+    qemu = [l for l in lines if "qemu-system-x86_64:" in l and "terminating on signal" not in l]
+    return (qemu[-1].split("] ", 1)[-1] if qemu else lines[0])[:200].replace("|", "/")
+
+
 def size_name(mib):
     return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
 
@@ -461,7 +468,7 @@ def markdown(results, khz):
             rows.append(f"{lead} n/a: {c['na']} |" + " |" * 8)
             continue
         if "error" in c:
-            rows.append(f"{lead} error: {c['error'].splitlines()[0][:160]} |" + " |" * 8)
+            rows.append(f"{lead} error: {error_line(c['error'])} |" + " |" * 8)
             continue
         g = summarize_guest(c["guest"], c.get("tsc_khz") or khz)
         p50 = " / ".join(fmt_us(g[p]["p50_us"]) if p in g else "–" for p in PHASES)
@@ -536,16 +543,20 @@ def plot(results, khz, out_png, work):
             curves.append(f"'{dat}' using 1:2 with steps lw 2 title '{c['scenario']}'")
         if curves:
             plots.append((f"{size_name(key[0])}, {key[1]} pages, 1 vCPU", curves))
-    cols = min(2, len(plots))
-    rows = (len(plots) + cols - 1) // cols
-    script = [f"set terminal png size {600 * cols},{420 * rows}", f"set output '{out_png}'",
-              f"set multiplot layout {rows},{cols} title 'Guest-observed touch latency on the "
-              "destination while memory arrives (CDF; all touches, seq+random+hot)'",
+    rows = len(plots)
+    script = [f"set terminal png size 1200,{400 * rows}", f"set output '{out_png}'",
+              f"set multiplot layout {rows},2 title 'Guest-observed touch latency on the "
+              "destination while memory arrives (all touches, seq+random+hot)'",
               "set logscale x", "set xlabel 'µs per touch (rdtsc, quarter-octave buckets)'",
-              "set ylabel 'fraction of touches'", "set yrange [0:1]", "set key bottom right",
-              "set grid"]
+              "set key bottom right", "set grid"]
     for title, curves in plots:
-        script += [f"set title '{title}'", "plot " + ", ".join(curves)]
+        script += [f"set title 'CDF: {title}'", "unset logscale y", "set yrange [0:1]",
+                   "set ylabel 'fraction of touches'", "set key bottom right",
+                   "plot " + ", ".join(curves),
+                   f"set title 'tail (1 - CDF): {title}'", "set logscale y",
+                   "set yrange [1e-4:1]", "set ylabel 'fraction slower'", "set key top right",
+                   "plot " + ", ".join(c.replace("using 1:2", "using 1:(1-$2+1e-9)")
+                                       for c in curves)]
     script.append("unset multiplot")
     subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True, check=False)
     return os.path.exists(out_png)
@@ -560,12 +571,24 @@ def write_outputs(args, saved, khz):
           f"after `{saved['machine'].get('uptime_after', '?')}`.\n"
           f"Guest: faultline-guest, {saved['touches']} touches per phase per vCPU, seed "
           f"{saved['seed']}; phases run in the order seq, random, hot right after the switch.\n\n"
-          + markdown(saved["results"], khz) + "\nfaultline-qemu vs QEMU's own post-copy "
+          + markdown(saved["results"], khz) + notes(saved["results"]) + "\nfaultline-qemu vs QEMU's own post-copy "
           "(the better of plain and preempt per column), 1 vCPU:\n\n" + targets(saved["results"], khz))
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     print(md)
     print(f"wrote {args.out}/results.json, results.md" + (", latency.png" if png else ""))
+
+
+def notes(results):
+    out = []
+    for c in results:
+        used = c.get("guest_ram_used")
+        if used and used < c["size_mib"] * MIB:
+            out.append(f"{c['scenario']} {size_name(c['size_mib'])}: QEMU's pc machine maps RAM "
+                       f"above {used >> 30} GiB at 4 GiB, beyond the guest's identity map, so the "
+                       f"guest's workload covers the low {used >> 30} GiB; the rest migrates as "
+                       "zero pages and is compared too.")
+    return ("\nNotes:\n" + "\n".join(f"- {n}" for n in sorted(set(out))) + "\n") if out else ""
 
 
 def machine_description():
