@@ -251,6 +251,10 @@ def main():
         start = re.search(r'^\{$', serve_log, re.M)  # serve prints its stats last
         stats = json.loads(serve_log[start.start():]) if start else {}
         time.sleep(a.run_after)
+        # A touch phase prints its line when it ends: under this machine's emulated KVM one
+        # phase of 16384 touches takes ~3 s, longer than run_after — wait for the first one.
+        wait_for(lambda: 'phase=' in read(os.path.join(work, 'dst.serial')), 120,
+                 'the guest to finish a touch phase on the destination')
         dst.ok('stop')
         dserial = read(os.path.join(work, 'dst.serial'))
         guest_lines = [l for l in dserial.splitlines() if 'phase=' in l]
