@@ -481,12 +481,15 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
       where = "the domain is no longer running on the source";
     }
     std::string hint;
-    if (absl::StrContains(migrate_error, kCap) && absl::StrContains(migrate_error, "connect")) {
-      hint = absl::StrCat(" — is `faultline serve --handoff=", o.pager_socket,
-                          "` running on the destination?");
-    } else if (absl::StrContains(migrate_error, "property") &&
-               absl::StrContains(migrate_error, kCap)) {
+    if (absl::StrContains(migrate_error, "property") && absl::StrContains(migrate_error, kCap)) {
       hint = " — the destination's emulator must be QEMU with faultline's series";
+    } else if (o.pager && !postcopy) {
+      // The destination QEMU checks its pager at the start of the stream and fails the
+      // incoming migration without one; the source then sees only a broken connection.
+      hint = absl::StrCat(
+          " — if the destination's QEMU log says \"x-postcopy-external-pager: connect to '",
+          o.pager_socket, "'\", start `faultline serve --handoff=", o.pager_socket,
+          "` there first");
     }
     return absl::AbortedError(
         absl::StrCat(aborted ? "migration aborted (timeout)" : "migration failed", ": ",

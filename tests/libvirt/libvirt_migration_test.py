@@ -128,10 +128,13 @@ def domain_xml(a, emulator, serial, ram='memfd'):
   </devices>
   <qemu:commandline>
     <qemu:arg value='-L'/><qemu:arg value='/usr/share/seabios'/>
-    <qemu:arg value='-L'/><qemu:arg value='/usr/share/qemu'/>
+    <qemu:arg value='-L'/><qemu:arg value='/usr/share/qemu'/>%s
   </qemu:commandline>
 </domain>
-""" % (NAME, a.size_mib, backing, a.guest, emulator, serial)
+""" % (NAME, a.size_mib, backing, a.guest, emulator, serial,
+       # FAULTLINE_QEMU_TRACE=pattern: QEMU trace events (-trace), into each side's QEMU log
+       ''.join("<qemu:arg value='-trace'/><qemu:arg value='%s'/>" % t
+               for t in os.environ.get('FAULTLINE_QEMU_TRACE', '').split(',') if t))
 
 
 class Run:
@@ -291,9 +294,13 @@ class Run:
         out = (r.stdout + r.stderr)
         time.sleep(1)
         state = A.state()
-        ok = r.returncode != 0 and 'x-postcopy-external-pager' in out and state == 'running'
-        self.record('no-pager', ok, 'exit %d, source domain %s; error: %s' %
-                    (r.returncode, state, out.strip().splitlines()[-1] if out.strip() else ''))
+        dlog = read(os.path.join(B.dir, 'log', 'qemu', NAME + '.log'))
+        refused = "x-postcopy-external-pager: connect to '%s'" % sock in dlog
+        ok = (r.returncode != 0 and 'faultline serve --handoff=' + sock in out and refused and
+              state == 'running')
+        self.record('no-pager', ok, 'exit %d, source domain %s, destination QEMU refused at '
+                    'ADVISE: %s; error: %s' % (r.returncode, state, refused,
+                                               out.strip().splitlines()[-1] if out.strip() else ''))
         A.virsh('destroy', NAME, check=False)
         B.virsh('destroy', NAME, check=False)
 
