@@ -84,6 +84,9 @@ ABSL_FLAG(absl::Duration, postcopy_after, absl::ZeroDuration(),
 ABSL_FLAG(absl::Duration, migrate_timeout, absl::Minutes(10),
           "migrate: abort a migration still pre-copying after this long (the domain stays on "
           "the source; post-copy is never aborted).");
+ABSL_FLAG(uint64_t, bandwidth_mib, 0,
+          "migrate: limit pre-copy to this many MiB/s (libvirt's --bandwidth; 0: no limit). "
+          "Post-copy is never limited.");
 ABSL_FLAG(bool, persist_dest, false, "migrate: define the domain persistently on the destination.");
 ABSL_FLAG(bool, undefine_source, false, "migrate: undefine the domain on the source afterwards.");
 ABSL_FLAG(std::string, transport, "tcp",
@@ -496,6 +499,7 @@ int Migrate() {
   o.pager_socket = absl::GetFlag(FLAGS_handoff);
   o.postcopy_after = absl::GetFlag(FLAGS_postcopy_after);
   o.timeout = absl::GetFlag(FLAGS_migrate_timeout);
+  o.bandwidth_mib = absl::GetFlag(FLAGS_bandwidth_mib);
   o.persist_dest = absl::GetFlag(FLAGS_persist_dest);
   o.undefine_source = absl::GetFlag(FLAGS_undefine_source);
   o.log = [](const std::string& line) {

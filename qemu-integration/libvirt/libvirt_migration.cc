@@ -350,6 +350,10 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
     virTypedParamsAddString(&params, &nparams, &maxparams, VIR_MIGRATE_PARAM_DEST_XML,
                             dest_xml.c_str());
   }
+  if (o.bandwidth_mib > 0) {
+    virTypedParamsAddULLong(&params, &nparams, &maxparams, VIR_MIGRATE_PARAM_BANDWIDTH,
+                            o.bandwidth_mib);
+  }
   unsigned int flags = VIR_MIGRATE_LIVE | VIR_MIGRATE_PEER2PEER | VIR_MIGRATE_POSTCOPY;
   if (o.persist_dest) flags |= VIR_MIGRATE_PERSIST_DEST;
   if (o.undefine_source) flags |= VIR_MIGRATE_UNDEFINE_SOURCE;

@@ -43,6 +43,7 @@ struct LibvirtMigrateOptions {
   std::string pager_socket = "/run/faultline.sock";      // on the destination host
   absl::Duration postcopy_after = absl::ZeroDuration();  // 0: after pre-copy pass one
   absl::Duration timeout = absl::Minutes(10);            // abort if still pre-copying after this
+  uint64_t bandwidth_mib = 0;  // pre-copy bandwidth limit, MiB/s (0: none); post-copy: none
   bool persist_dest = false;
   bool undefine_source = false;
   std::function<void(const std::string&)> log;  // progress and events, one line each
