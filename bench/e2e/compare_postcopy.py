@@ -37,7 +37,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "qemu-integration", "qemu"))
+from harness import free_port, read, wait_for  # noqa: E402  (helpers shared by the drivers)
 from qmp import Qmp  # noqa: E402  (the shared QMP client)
 
 MAILBOX_GPA = 0x5000
@@ -63,32 +63,6 @@ class NotApplicable(Exception):
 
 
 # ---- small helpers ----
-
-def read(path):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out ({timeout} s) waiting for {what}")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
 
 def cpu_khz():
     with open("/proc/cpuinfo") as f:
@@ -353,7 +327,7 @@ def run_qemu(args, work, cell, huge):
         src.cmd("migrate-start-postcopy")  # with the pager the switch may already have happened
         final = wait_for(lambda: (dst.ok("query-migrate").get("status") in ("completed", "failed")
                                   and dst.ok("query-migrate")["status"]), 1800,
-                         "the destination migration to complete")
+                         "the destination migration to complete", interval=0.02)
         t_done = time.time()
         if final != "completed":
             raise RuntimeError("destination migration " + final)
