@@ -236,8 +236,13 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "demo destination RAM '", o.dest_backing, "': memfd, anon or guest_memfd"));
   }
-  if (o.ram_size % (2u << 20) || o.ram_size < (16u << 20) || o.ram_size > FLT_MAX_RAM) {
-    return absl::InvalidArgumentError("demo RAM must be 16 MiB..4 GiB, a multiple of 2 MiB");
+  // The reference VMM's RAM ends below the I/O APIC page (kMaxVmRam, 4076 MiB).
+  constexpr uint64_t kMaxDemoRam = kMaxVmRam & ~((2ull << 20) - 1);  // 4076 MiB
+  if (o.ram_size % (2u << 20) || o.ram_size < (16u << 20) || o.ram_size > kMaxDemoRam) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "demo RAM must be 16..%u MiB (the reference VMM's RAM ends below the APIC pages at "
+        "0xfec00000), a multiple of 2 MiB",
+        kMaxDemoRam >> 20));
   }
   const std::string elf = o.guest_elf.empty() ? FindGuestElf() : o.guest_elf;
   if (elf.empty()) return absl::NotFoundError("guest ELF not found (set FAULTLINE_GUEST_ELF)");

@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -32,40 +31,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qmp import Qmp  # noqa: E402  (the shared QMP client)
+from harness import free_port, read, wait_for  # noqa: E402
 
 PAGE = 4096
 MAILBOX_GPA = 0x5000
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def step(msg):
     if os.environ.get('FAULTLINE_QEMU_DEBUG'):
         print('  .. %s (%.1f)' % (msg, time.time()), file=sys.stderr, flush=True)
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise RuntimeError('timed out (%d s) waiting for %s' % (timeout, what))
-
-
-def read(path):
-    try:
-        with open(path, errors='replace') as f:
-            return f.read()
-    except FileNotFoundError:
-        return ''
 
 
 def page_digests(path, npages):

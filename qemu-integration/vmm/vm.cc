@@ -32,6 +32,12 @@ absl::StatusOr<std::unique_ptr<Vm>> Vm::Create(const VmOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("vcpus must be 1..", FLT_MAX_CPUS, ", not ", options.vcpus));
   }
+  if (options.ram_size > kMaxVmRam) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "guest RAM of %u MiB would reach the I/O APIC (0xfec00000) and local APIC (0xfee00000) "
+        "pages; at most %u MiB",
+        options.ram_size >> 20, kMaxVmRam >> 20));
+  }
   absl::StatusOr<std::unique_ptr<KvmVm>> kvm = KvmVm::Create();
   if (!kvm.ok()) return kvm.status();
   absl::StatusOr<std::unique_ptr<GuestRam>> ram;

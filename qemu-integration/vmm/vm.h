@@ -44,8 +44,12 @@ namespace faultline {
 // The signal that kicks a vCPU thread out of KVM_RUN.
 constexpr int kKickSignal = SIGUSR1;
 
+// Guest RAM is one slot from GPA 0 up, so it must end below the I/O APIC and local APIC pages
+// (0xfec00000, 0xfee00000): a 4 GiB guest's access to 0xfee00000 exits as MMIO, not RAM.
+inline constexpr uint64_t kMaxVmRam = 0xfec00000ull;  // 4076 MiB
+
 struct VmOptions {
-  uint64_t ram_size = 64ull << 20;
+  uint64_t ram_size = 64ull << 20;  // 2 MiB .. kMaxVmRam
   RamBacking backing = RamBacking::kAnonymous;
   uint32_t vcpus = 1;
 };

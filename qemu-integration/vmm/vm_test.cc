@@ -96,6 +96,16 @@ class VmTest : public ::testing::Test {
   std::string guest_;
 };
 
+TEST(VmCreateTest, RefusesRamReachingTheLocalApic) {
+  VmOptions o;
+  o.ram_size = 4096ull << 20;  // would map RAM over 0xfee00000
+  absl::StatusOr<std::unique_ptr<Vm>> vm = Vm::Create(o);
+  ASSERT_FALSE(vm.ok());
+  EXPECT_EQ(vm.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(vm.status().message(), "local APIC (0xfee00000)")) << vm.status();
+  EXPECT_TRUE(absl::StrContains(vm.status().message(), "at most 4076 MiB")) << vm.status();
+}
+
 TEST_F(VmTest, BootsOnAnonymousRam) {
   WorkloadConfig cfg = Small();
   std::unique_ptr<Vm> vm = Boot(RamBacking::kAnonymous, 1, cfg);
