@@ -240,9 +240,6 @@ class HugePages:
 def run_qemu(args, work, cell, huge):
     scenario, size_mib, page, vcpus = cell["scenario"], cell["size_mib"], cell["page"], cell["vcpus"]
     pager = scenario == "faultline-qemu"
-    if vcpus > 1:
-        raise NotApplicable("under QEMU faultline-guest runs on the boot vCPU only (no INIT/SIPI "
-                            "bring-up; the reference VMM starts each vCPU itself)")
     qemu = args.patched_qemu if pager else args.qemu
     if not qemu:
         raise NotApplicable("no patched QEMU: " + args.patched_qemu_why)
@@ -262,7 +259,10 @@ def run_qemu(args, work, cell, huge):
         return p
 
     def qemu_argv(name, ram, extra):
-        argv = [qemu, "-accel", "kvm", "-cpu", "host", "-m", f"{size_mib}M", "-nodefaults",
+        # -smp: the guest's boot CPU starts the others itself (INIT/SIPI) when the mailbox
+        # asks for them.
+        argv = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", str(vcpus), "-m", f"{size_mib}M",
+                "-nodefaults",
                 "-vga", "none", "-display", "none", "-no-reboot",
                 "-object", f"memory-backend-file,id=mem,size={size_mib}M,mem-path={ram},share=on",
                 "-machine", "pc,memory-backend=mem", "-kernel", args.guest,
@@ -291,7 +291,8 @@ def run_qemu(args, work, cell, huge):
         if boot.group(2) != "vmm":
             raise RuntimeError("the guest did not see the mailbox: " + boot.group(0))
         data_start = int(boot.group(1), 16)
-        wait_for(lambda: "phase=dirty" in read(serial), 1800, "the guest's dirty phase")
+        wait_for(lambda: read(serial).count("phase=dirty") >= vcpus, 1800,
+                 "the guest's dirty phase (every vCPU)")
 
         caps = ["postcopy-ram"]
         extra = ["-incoming", "defer"]
@@ -467,15 +468,15 @@ def markdown(results, khz):
 
 def targets(results, khz):
     """faultline-qemu against QEMU's own post-copy in the same run, per (RAM, page) cell."""
-    rows = ["| RAM | page | all touches p50: faultline-qemu / best QEMU (ratio) "
+    rows = ["| RAM | page | vCPUs | all touches p50: faultline-qemu / best QEMU (ratio) "
             "| p99: faultline-qemu / best QEMU (ratio) | total: faultline-qemu / best QEMU |",
-            "|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|"]
     cells = {}
     for c in results:
-        if "na" in c or "error" in c or c["vcpus"] != 1:
+        if "na" in c or "error" in c:
             continue
-        cells.setdefault((c["size_mib"], c["page"]), {})[c["scenario"]] = c
-    for (size, page), d in sorted(cells.items()):
+        cells.setdefault((c["size_mib"], c["page"], c["vcpus"]), {})[c["scenario"]] = c
+    for (size, page, vcpus), d in sorted(cells.items()):
         f = d.get("faultline-qemu")
         qs = [d[s] for s in ("qemu-postcopy", "qemu-postcopy-preempt") if s in d]
         if not f or not qs:
@@ -484,21 +485,21 @@ def targets(results, khz):
         qg = [summarize_guest(q["guest"], khz)["all"] for q in qs]
         q50, q99 = min(g["p50_us"] for g in qg), min(g["p99_us"] for g in qg)
         qt = min(q["total_seconds"] for q in qs)
-        rows.append(f"| {size_name(size)} | {page} | {fmt_us(fg['p50_us'])} / {fmt_us(q50)} "
+        rows.append(f"| {size_name(size)} | {page} | {vcpus} | {fmt_us(fg['p50_us'])} / {fmt_us(q50)} "
                     f"({fg['p50_us'] / q50:.2f}) | {fmt_us(fg['p99_us'])} / {fmt_us(q99)} "
                     f"({fg['p99_us'] / q99:.2f}) | {f['total_seconds']:.2f} s / {qt:.2f} s |")
     return "\n".join(rows) + "\n"
 
 
 def plot(results, khz, out_png, work):
-    """CDF of every destination touch, per RAM/page cell (1 vCPU), one curve per scenario."""
+    """CDF of every destination touch, per RAM/page/vCPUs cell, one curve per scenario."""
     if not shutil.which("gnuplot"):
         return False
     cells = []
     for c in results:
-        if "na" in c or "error" in c or c["vcpus"] != 1:
+        if "na" in c or "error" in c:
             continue
-        key = (c["size_mib"], c["page"])
+        key = (c["size_mib"], c["page"], c["vcpus"])
         if key not in cells:
             cells.append(key)
     if not cells:
@@ -507,7 +508,7 @@ def plot(results, khz, out_png, work):
     for n, key in enumerate(cells):
         curves = []
         for c in results:
-            if (c["size_mib"], c["page"]) != key or c["vcpus"] != 1 or "guest" not in c:
+            if (c["size_mib"], c["page"], c["vcpus"]) != key or "guest" not in c:
                 continue
             h = merged_hist(c["guest"])
             total = sum(h.values())
@@ -522,7 +523,7 @@ def plot(results, khz, out_png, work):
                     f.write(f"{bucket_upper(i) * 1000.0 / k:.2f} {seen / total:.5f}\n")
             curves.append(f"'{dat}' using 1:2 with steps lw 2 title '{c['scenario']}'")
         if curves:
-            plots.append((f"{size_name(key[0])}, {key[1]} pages, 1 vCPU", curves))
+            plots.append((f"{size_name(key[0])}, {key[1]} pages, {key[2]} vCPU(s)", curves))
     rows = len(plots)
     script = [f"set terminal png size 1200,{400 * rows}", f"set output '{out_png}'",
               f"set multiplot layout {rows},2 title 'Guest-observed touch latency on the "
@@ -554,7 +555,7 @@ def write_outputs(args, saved, khz):
           "(\"–\": the phase ended on the source, before the switch). Touch latencies are "
           "all reads, faults and hits alike (p50/p99: upper bounds of quarter-octave buckets).\n\n"
           + markdown(saved["results"], khz) + notes(saved["results"]) + "\nfaultline-qemu vs QEMU's own post-copy "
-          "(the better of plain and preempt per column), 1 vCPU:\n\n" + targets(saved["results"], khz))
+          "(the better of plain and preempt per column), per RAM, page size and vCPU count:\n\n" + targets(saved["results"], khz))
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     print(md)

@@ -13,6 +13,7 @@
 #define EFER_LME 0x00000100
 #define SEL_CODE64 0x08
 #define SEL_DATA 0x10
+#define SEL_CODE32 0x18
 
 // The PVH entry note QEMU looks for (its loader reads an 8-byte descriptor, as Linux emits).
   .pushsection .note.Xen, "a", @note
@@ -34,7 +35,10 @@ pvh_start32:
   cld
   xorl %ebp, %ebp                     // %ebp = cpu index
   cmpl $FLT_CPU_MAGIC, %esi
-  jne 1f
+  je 2f
+  movl $1, flt_boot_plain             // a plain PVH loader (QEMU) started this, the boot CPU
+  jmp 1f
+2:
   movl %edi, %ebp
   cmpl $FLT_MAX_CPUS, %ebp
   jae park32
@@ -71,6 +75,43 @@ pvh_start32:
 park32:
   hlt
   jmp park32
+
+// Under QEMU the other vCPUs wait for INIT/SIPI: flt_start_aps() copies flt_ap_tramp to
+// FLT_AP_TRAMPOLINE_GPA and sends them there. In real mode at CS = that page, it loads the
+// image's GDT, enters protected mode and jumps here; each AP takes the next CPU index and
+// enters pvh_start32 like a vCPU started by faultline-vmm.
+  .globl flt_ap_start32
+flt_ap_start32:
+  movl $SEL_DATA, %eax
+  movl %eax, %ds
+  movl %eax, %es
+  movl %eax, %ss
+  movl $1, %edi
+  lock xaddl %edi, flt_ap_next
+  movl flt_ap_start_info, %ebx
+  movl $FLT_CPU_MAGIC, %esi
+  jmp pvh_start32
+
+  .section .rodata.ap_tramp, "a"     // copied to FLT_AP_TRAMPOLINE_GPA, never run in place
+  .code16
+  .globl flt_ap_tramp
+flt_ap_tramp:
+  cli
+  movw %cs, %ax
+  movw %ax, %ds
+  lgdtl (ap_gdt_desc - flt_ap_tramp)
+  movl %cr0, %eax
+  orl $CR0_PE, %eax
+  movl %eax, %cr0
+  ljmpl $SEL_CODE32, $flt_ap_start32
+  .balign 8
+ap_gdt_desc:
+  .word gdt_end - gdt - 1
+  .long gdt
+  .globl flt_ap_tramp_end
+flt_ap_tramp_end:
+
+  .section .text.entry, "ax"
 
   .code64
 start64:
@@ -113,6 +154,15 @@ pd:
   .quad (flt_i << 21) | 0x83
   .set flt_i, flt_i + 1
   .endr
+
+  .balign 4
+  .globl flt_boot_plain, flt_ap_next, flt_ap_start_info
+flt_boot_plain:
+  .long 0                             // 1: booted by a plain PVH loader (QEMU)
+flt_ap_next:
+  .long 1                             // the next AP's CPU index
+flt_ap_start_info:
+  .long 0                             // the PVH start_info paddr, for the APs
 
   .section .bss.stacks, "aw", @nobits
   .balign 4096

@@ -5,6 +5,10 @@
 // faultline-vmm additionally puts FLT_CPU_MAGIC in %esi and the vCPU index in %edi (each vCPU
 // starts at the same entry; no INIT/SIPI). Without that magic the vCPU is CPU 0.
 //
+// Under a plain PVH loader (QEMU) only the boot CPU enters; when the mailbox asks for more
+// CPUs it starts the others itself (INIT + SIPI to all but itself, real-mode trampoline at
+// FLT_AP_TRAMPOLINE_GPA), giving them indices 1, 2, ... in arrival order; QEMU needs -smp N.
+//
 // Mailbox: a struct flt_mailbox at guest-physical FLT_MAILBOX_GPA. The VMM writes the inputs
 // before any vCPU runs; the guest writes the outputs. Without FLT_MAILBOX_MAGIC (a QEMU boot)
 // the guest uses defaults, takes the RAM size from the PVH memmap and works from 16 MiB up.
@@ -37,6 +41,8 @@
 #define FLT_CPU_MAGIC 0x43544C46u     /* "FLTC", in %esi at entry */
 #define FLT_MAILBOX_GPA 0x5000
 #define FLT_START_INFO_GPA 0x6000 /* where faultline-vmm builds the PVH start_info */
+#define FLT_AP_TRAMPOLINE_GPA 0x70000 /* under QEMU: the other vCPUs' real-mode start page */
+#define FLT_LAPIC_GPA 0xfee00000 /* xAPIC registers (INIT/SIPI under QEMU) */
 #define FLT_IMAGE_BASE 0x100000   /* the ELF is linked (and loaded) at 1 MiB */
 #define FLT_MAX_CPUS 8
 #define FLT_STACK_SHIFT 14 /* 16 KiB stack per CPU */

@@ -91,9 +91,14 @@ static void start_line(struct line* l, uint32_t cpu) {
   put_u64(l, cpu);
 }
 
+// One serial port for every CPU (QEMU): a line goes out whole, never interleaved.
+static volatile uint32_t serial_lock;
+
 static void send(struct line* l) {
+  while (__atomic_exchange_n(&serial_lock, 1, __ATOMIC_ACQUIRE)) __asm__ volatile("pause");
   for (uint32_t i = 0; i < l->n; i++) outb(FLT_SERIAL_PORT, (uint8_t)l->b[i]);
   outb(FLT_SERIAL_PORT, '\n');
+  __atomic_store_n(&serial_lock, 0, __ATOMIC_RELEASE);
 }
 
 // ---- configuration ----
@@ -314,9 +319,39 @@ static void touch_phase(volatile struct flt_mailbox* m, const struct config* c, 
   put_hist(c, kNames[phase], round, &s);
 }
 
+// ---- the other vCPUs under QEMU ----
+
+extern const char flt_ap_tramp[], flt_ap_tramp_end[];
+extern volatile uint32_t flt_boot_plain, flt_ap_start_info;
+
+static void spin_cycles(uint64_t n) {
+  const uint64_t t0 = rdtsc();
+  while (rdtsc() - t0 < n) __asm__ volatile("pause");
+}
+
+// INIT, then SIPI twice, to every CPU but this one (xAPIC, destination shorthand "all
+// excluding self"), as the MP start-up protocol asks. Each AP runs flt_ap_tramp, takes the
+// next CPU index and enters like a vCPU of faultline-vmm; APs beyond the mailbox's count park.
+static void start_aps(uint32_t start_info) {
+  volatile uint8_t* dst = (volatile uint8_t*)FLT_AP_TRAMPOLINE_GPA;
+  for (const char* p = flt_ap_tramp; p < flt_ap_tramp_end; p++) *dst++ = (uint8_t)*p;
+  flt_ap_start_info = start_info;
+  volatile uint32_t* icr_lo = (volatile uint32_t*)(uintptr_t)(FLT_LAPIC_GPA + 0x300);
+  volatile uint32_t* icr_hi = (volatile uint32_t*)(uintptr_t)(FLT_LAPIC_GPA + 0x310);
+  *icr_hi = 0;
+  *icr_lo = 0x000C4500;  // INIT, level assert, all excluding self
+  spin_cycles(20000000);  // ~10 ms
+  for (int i = 0; i < 2; i++) {
+    *icr_hi = 0;
+    *icr_lo = 0x000C4600 | (FLT_AP_TRAMPOLINE_GPA >> 12);  // SIPI, vector = start page
+    spin_cycles(1000000);
+  }
+}
+
 void flt_main(uint32_t cpu, uint32_t start_info) {
   struct config c;
   volatile struct flt_mailbox* m = configure(cpu, start_info, &c);
+  if (cpu == 0 && flt_boot_plain && c.from_vmm && c.ncpus > 1) start_aps(start_info);
   volatile struct flt_cpu_status* st = &m->cpu[c.cpu];
   if (c.cpu >= c.ncpus) return;  // a vCPU the mailbox does not count: park it
   st->phase = FLT_PHASE_BOOT;
