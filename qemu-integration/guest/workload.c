@@ -205,8 +205,8 @@ static void barrier(volatile struct flt_mailbox* m, const struct config* c, uint
 
 struct touch_stats {
   uint64_t min, max, slow, bad, total;
-  uint32_t hist[64];  // hist[b]: touches taking [2^b, 2^(b+1)) cycles
-  uint32_t fine[256]; // quarter-octave buckets, see fine_bucket (printed on "hist=" lines)
+  uint32_t hist[64];   // hist[b]: touches taking [2^b, 2^(b+1)) cycles
+  uint32_t fine[256];  // quarter-octave buckets, see fine_bucket (printed on "hist=" lines)
 };
 
 // Bucket 4*b + q holds touches taking [2^b * (1 + q/4), 2^b * (1 + (q+1)/4)) cycles, b >= 2.
@@ -339,7 +339,7 @@ static void start_aps(uint32_t start_info) {
   volatile uint32_t* icr_lo = (volatile uint32_t*)(uintptr_t)(FLT_LAPIC_GPA + 0x300);
   volatile uint32_t* icr_hi = (volatile uint32_t*)(uintptr_t)(FLT_LAPIC_GPA + 0x310);
   *icr_hi = 0;
-  *icr_lo = 0x000C4500;  // INIT, level assert, all excluding self
+  *icr_lo = 0x000C4500;   // INIT, level assert, all excluding self
   spin_cycles(20000000);  // ~10 ms
   for (int i = 0; i < 2; i++) {
     *icr_hi = 0;
