@@ -154,7 +154,7 @@ class Run:
             wait_for(lambda: 'phase=seq' in read(serial), 300, 'the guest to dirty its memory')
         return serial, int(boot.group(1), 16)
 
-    def verify(self, src_fd, dst, serial, data_start, lines_before):
+    def verify(self, src_fd, dst, serial, data_start, serial_before):
         """Pauses the destination guest; compares every data page with the source's RAM."""
         dst.virsh('suspend', NAME)
         npages = (self.a.size_mib << 20) // PAGE
@@ -174,9 +174,8 @@ class Run:
             os.close(dfd)
         text = read(serial)
         bad = sum(int(x) for x in re.findall(r' bad=(\d+)', text))
-        before_text, lines_before = lines_before
-        if text.startswith(before_text):
-            new_lines = len(re.findall(r'phase=', text[len(before_text):]))
+        if text.startswith(serial_before):
+            new_lines = len(re.findall(r'phase=', text[len(serial_before):]))
         else:  # the destination's libvirt truncated the serial file when it opened it
             new_lines = len(re.findall(r'phase=', text))
         ok = mism == 0 and bad == 0 and new_lines > 0
@@ -217,7 +216,7 @@ class Run:
                                                                              'state')])
         wait_for(lambda: 'waiting for a VMM' in
                  read(os.path.join(self.a.workdir, 'faultline-serve.log')), 30, 'faultline serve')
-        lines_before = (read(serial), None)
+        serial_before = read(serial)
         r, rep = self.migrate(A, B, '--handoff=' + sock)
         if r.returncode != 0:
             self.record('pager', False, 'faultline migrate exited %d: %s' %
@@ -227,7 +226,7 @@ class Run:
         slog = read(os.path.join(self.a.workdir, 'faultline-serve.log'))
         start = re.search(r'^\{$', slog, re.M)
         fstats = json.loads(slog[start.start():]) if start else {}
-        ok, detail = self.verify(src_fd, B, serial, data_start, lines_before)
+        ok, detail = self.verify(src_fd, B, serial, data_start, serial_before)
         events = rep.get('events', [])
         want = ['source: paused (post-copy)', 'destination: running (post-copy)']
         missing = [w for w in want if not any(w in e for e in events)]
@@ -247,7 +246,7 @@ class Run:
         serial, data_start = self.boot(A)
         src_fd = os.open(memfd_path(A.qemu_pid()), os.O_RDONLY)
         self.held.append(src_fd)
-        lines_before = (read(serial), None)
+        serial_before = read(serial)
         # Post-copy in the middle of the first pass (pre-copy limited to 32 MiB/s): a quiet
         # 256 MiB guest converges in one fast pass otherwise, and would end as pre-copy.
         r, rep = self.migrate(A, B, '--pager=false', '--postcopy_after=100ms',
@@ -256,7 +255,7 @@ class Run:
             self.record('plain', False, 'faultline migrate --pager=false exited %d: %s' %
                         (r.returncode, (r.stdout + r.stderr).strip().splitlines()[-3:]))
             return
-        ok, detail = self.verify(src_fd, B, serial, data_start, lines_before)
+        ok, detail = self.verify(src_fd, B, serial, data_start, serial_before)
         events = rep.get('events', [])
         ok = (ok and any('destination: running (post-copy)' in e for e in events) and
               rep.get('postcopy_requests', 0) > 0)
