@@ -32,6 +32,7 @@
 #include "bench/forked_peer.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
+#include "tests/testing/test_dest.h"
 #include "transport/socket.h"
 #include "transport/tcp_page_source.h"
 
@@ -104,29 +105,19 @@ void BM_BulkVsLoopback(benchmark::State& state) {
       break;
     }
 
-    // engine (region creation and registration are set-up, not transfer: outside the clock)
-    auto region = GuestRegion::Create("ram", kind, size);
-    auto uffd = Userfaultfd::Open();
-    if (!region.ok() || !uffd.ok()) {
-      state.SkipWithError("destination memory or userfaultfd unavailable");
-      break;
-    }
+    // engine (region creation, registration and the connection's handshake are set-up, not
+    // transfer: outside the clock)
     EngineOptions eo;
     eo.bulk_batch_bytes = batch_kib << 10;
     eo.finish_source = false;  // the same page server serves every iteration
-    auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
-    if (!engine.ok()) {
-      state.SkipWithError(std::string(engine.status().message()).c_str());
+    absl::StatusOr<Dest> d = MakeDest(kind, size, (*server)->options(), eo);
+    if (!d.ok()) {
+      state.SkipWithError(std::string(d.status().message()).c_str());
       break;
     }
     c0 = CpuSample::Now();
     t0 = MonotonicNowNs();
-    auto source = TcpPageSource::Connect((*server)->options());
-    if (!source.ok()) {
-      state.SkipWithError(std::string(source.status().message()).c_str());
-      break;
-    }
-    absl::Status s = (*engine)->Run(source->get());
+    absl::Status s = d->engine->Run(d->source.get());
     engine_ns += MonotonicNowNs() - t0;
     c1 = CpuSample::Now();
     engine_cpu += (c1.user_ns + c1.sys_ns) - (c0.user_ns + c0.sys_ns);
@@ -138,7 +129,7 @@ void BM_BulkVsLoopback(benchmark::State& state) {
     std::vector<uint8_t> want(kPage);
     for (uint64_t p = 0; p < size / kPage; p += 64) {
       FillPatternPage(pattern, p, want.data());
-      if (memcmp((*region)->page(p), want.data(), kPage) != 0) ++mismatches;
+      if (memcmp(d->region->page(p), want.data(), kPage) != 0) ++mismatches;
     }
   }
   const double n = static_cast<double>(state.iterations());

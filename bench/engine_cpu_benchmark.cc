@@ -20,6 +20,7 @@
 #include "bench/forked_peer.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
+#include "tests/testing/test_dest.h"
 #include "transport/tcp_page_source.h"
 
 namespace faultline {
@@ -38,25 +39,20 @@ void BM_EngineCpuUrgent(benchmark::State& state) {
     state.SkipWithError(std::string(server.status().message()).c_str());
     return;
   }
-  auto region = GuestRegion::Create("ram", kind, size);
-  auto uffd = Userfaultfd::Open();
-  if (!region.ok() || !uffd.ok()) {
-    state.SkipWithError("destination memory or userfaultfd unavailable");
-    return;
-  }
   EngineOptions eo;
   eo.background_pull = false;
-  auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
-  auto source = TcpPageSource::Connect((*server)->options());
-  if (!engine.ok() || !source.ok()) {
-    state.SkipWithError("engine or transport setup failed");
+  absl::StatusOr<Dest> d = MakeDest(kind, size, (*server)->options(), eo);
+  if (!d.ok()) {
+    state.SkipWithError(std::string(d.status().message()).c_str());
     return;
   }
+  Engine* engine = d->engine.get();
+  const GuestRegion* region = d->region.get();
   absl::Status run;
-  std::thread runner([&] { run = (*engine)->Run(source->get()); });
+  std::thread runner([&] { run = engine->Run(d->source.get()); });
   const uint64_t pages = size / kPage;
   // The first fault waits for Run() to start serving: outside the measurement.
-  benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>((*region)->page(0)));
+  benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>(region->page(0)));
   uint64_t page = 1;
   std::vector<uint64_t> lat;
   lat.reserve(1 << 16);
@@ -67,12 +63,12 @@ void BM_EngineCpuUrgent(benchmark::State& state) {
       break;
     }
     const uint64_t t0 = MonotonicNowNs();
-    benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>((*region)->page(page)));
+    benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>(region->page(page)));
     lat.push_back(MonotonicNowNs() - t0);
     ++page;
   }
   const CpuSample c1 = CpuSample::Now();
-  (*engine)->StartBackgroundPull();  // finish the migration so everything shuts down cleanly
+  engine->StartBackgroundPull();  // finish the migration so everything shuts down cleanly
   runner.join();
   const double n = static_cast<double>(page - 1);
   if (n > 0) {
@@ -104,26 +100,19 @@ void BM_EngineCpuBulk(benchmark::State& state) {
   }
   uint64_t user = 0, sys = 0, zero = 0;
   for (auto _ : state) {
-    auto region = GuestRegion::Create("ram", kind, size);
-    auto uffd = Userfaultfd::Open();
-    if (!region.ok() || !uffd.ok()) {
-      state.SkipWithError("destination memory or userfaultfd unavailable");
-      break;
-    }
     EngineOptions eo;
     eo.finish_source = false;
-    auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
-    auto source = TcpPageSource::Connect((*server)->options());
-    if (!engine.ok() || !source.ok()) {
-      state.SkipWithError("engine or transport setup failed");
+    absl::StatusOr<Dest> d = MakeDest(kind, size, (*server)->options(), eo);
+    if (!d.ok()) {
+      state.SkipWithError(std::string(d.status().message()).c_str());
       break;
     }
     const CpuSample c0 = CpuSample::Now();
-    absl::Status s = (*engine)->Run(source->get());
+    absl::Status s = d->engine->Run(d->source.get());
     const CpuSample c1 = CpuSample::Now();
     user += c1.user_ns - c0.user_ns;
     sys += c1.sys_ns - c0.sys_ns;
-    zero += (*engine)->counters().zero_pages.load();
+    zero += d->engine->counters().zero_pages.load();
     if (!s.ok()) {
       state.SkipWithError(std::string(s.message()).c_str());
       break;

@@ -14,6 +14,7 @@
 #include "base/clock.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
+#include "tests/testing/test_dest.h"
 #include "tests/testing/test_certs.h"
 #include "tests/testing/test_source.h"
 #include "transport/socket.h"
@@ -64,26 +65,21 @@ void BM_TcpFault(benchmark::State& state) {
     state.SkipWithError(std::string(src.status().message()).c_str());
     return;
   }
-  auto region = GuestRegion::Create("ram", kind, size);
-  auto uffd = Userfaultfd::Open();
-  if (!region.ok() || !uffd.ok()) {
-    state.SkipWithError("destination memory or userfaultfd unavailable");
-    return;
-  }
   EngineOptions eo;
   eo.background_pull = false;
   eo.busy_poll = busy;
-  auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
   TcpSourceOptions to = (*src)->options();
   to.busy_poll = busy;
   if (tls) to.tls = BenchTls::Get().client;
-  auto source = TcpPageSource::Connect(to);
-  if (!engine.ok() || !source.ok()) {
-    state.SkipWithError("engine or transport setup failed");
+  absl::StatusOr<Dest> d = MakeDest(kind, size, to, eo);
+  if (!d.ok()) {
+    state.SkipWithError(std::string(d.status().message()).c_str());
     return;
   }
+  Engine* engine = d->engine.get();
+  const GuestRegion* region = d->region.get();
   absl::Status run;
-  std::thread runner([&] { run = (*engine)->Run(source->get()); });
+  std::thread runner([&] { run = engine->Run(d->source.get()); });
   std::vector<uint64_t> lat;
   lat.reserve(1 << 18);
   uint64_t page = 0;
@@ -94,11 +90,11 @@ void BM_TcpFault(benchmark::State& state) {
       break;
     }
     const uint64_t t0 = MonotonicNowNs();
-    benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>((*region)->page(page)));
+    benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>(region->page(page)));
     lat.push_back(MonotonicNowNs() - t0);
     page += 1;
   }
-  (*engine)->StartBackgroundPull();  // finish the migration so everything shuts down cleanly
+  engine->StartBackgroundPull();  // finish the migration so everything shuts down cleanly
   runner.join();
   std::sort(lat.begin(), lat.end());
   if (!lat.empty()) {
@@ -106,7 +102,7 @@ void BM_TcpFault(benchmark::State& state) {
     state.counters["p99_ns"] = static_cast<double>(lat[lat.size() * 99 / 100]);
     state.counters["max_ns"] = static_cast<double>(lat.back());
   }
-  LatencyHistogram h = (*engine)->fault_stats().Overall();
+  LatencyHistogram h = engine->fault_stats().Overall();
   state.counters["engine_p50_ns"] = static_cast<double>(h.Percentile(0.5));
   state.SetLabel(std::string(RegionKindName(kind)) + (busy ? "/busy-poll" : "/poll") +
                  (tls ? "/tls" : "/plain"));
@@ -135,20 +131,17 @@ void BM_BulkThroughput(benchmark::State& state) {
     return;
   }
   for (auto _ : state) {
-    auto region = GuestRegion::Create("ram", RegionKind::kMemfd, size);
-    auto uffd = Userfaultfd::Open();
     EngineOptions eo;
     eo.bulk_batch_bytes = batch_kib << 10;
     eo.finish_source = false;  // the same source serves every iteration
-    auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
     TcpSourceOptions to = (*src)->options();
     if (tls) to.tls = BenchTls::Get().client;
-    auto source = TcpPageSource::Connect(to);
-    if (!source.ok()) {
-      state.SkipWithError(std::string(source.status().message()).c_str());
+    absl::StatusOr<Dest> d = MakeDest(RegionKind::kMemfd, size, to, eo);
+    if (!d.ok()) {
+      state.SkipWithError(std::string(d.status().message()).c_str());
       break;
     }
-    absl::Status s = (*engine)->Run(source->get());
+    absl::Status s = d->engine->Run(d->source.get());
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * size));
