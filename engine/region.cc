@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/errno_status.h"
+#include "base/kvm_device.h"
 
 // Debian 12's linux/kvm.h predates guest_memfd: the 6.18 UAPI bits we need.
 #ifndef KVM_CREATE_GUEST_MEMFD
@@ -48,7 +49,7 @@ absl::StatusOr<RegionKind> ParseRegionKind(const std::string& s) {
 }
 
 absl::StatusOr<UniqueFd> CreateKvmVm() {
-  UniqueFd kvm(open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  UniqueFd kvm(OpenKvmDevice());
   if (!kvm.valid()) return ErrnoStatus("open /dev/kvm (guest_memfd needs KVM)");
   int vm = ioctl(kvm.get(), KVM_CREATE_VM, 0);
   if (vm < 0) return ErrnoStatus("KVM_CREATE_VM");
@@ -68,8 +69,7 @@ absl::StatusOr<UniqueFd> CreateGuestMemfd(int vm_fd, uint64_t size) {
 
 static absl::StatusOr<uint8_t*> MapShared(int fd, uint64_t size, uint64_t offset,
                                           const char* what) {
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
-                 static_cast<off_t>(offset));
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) {
     if (errno == ENOMEM && std::string(what) == "hugetlb") {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -83,17 +83,15 @@ static absl::StatusOr<uint8_t*> MapShared(int fd, uint64_t size, uint64_t offset
 }
 
 absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Create(const std::string& name,
-                                                                 RegionKind kind,
-                                                                 uint64_t size) {
+                                                                 RegionKind kind, uint64_t size) {
   std::unique_ptr<GuestRegion> r(new GuestRegion());
   r->name_ = name;
   r->kind_ = kind;
   r->size_ = size;
   r->page_size_ = kind == RegionKind::kHugetlb ? (2u << 20) : 4096u;
   if (size == 0 || size % r->page_size_) {
-    return absl::InvalidArgumentError(absl::StrCat("region '", name, "' size ", size,
-                                                   " is not a multiple of its page size ",
-                                                   r->page_size_));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "region '", name, "' size ", size, " is not a multiple of its page size ", r->page_size_));
   }
   switch (kind) {
     case RegionKind::kAnonymous: {

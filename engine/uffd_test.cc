@@ -139,14 +139,14 @@ TEST_F(UffdTest, MemfdMissingThenMinorContinue) {
 
 TEST_F(UffdTest, HugetlbWholePageCopy) {
   auto r = GuestRegion::Create("t", RegionKind::kHugetlb, 4u << 20);
-  if (!r.ok()) GTEST_SKIP() << "no free 2 MiB huge pages: " << r.status();
+  if (!r.ok())
+    GTEST_SKIP() << "no free 2 MiB huge pages [setup]: tools/test.sh reserves them; " << r.status();
   ASSERT_TRUE(uffd_->Register((*r)->base(), (*r)->size(), true, false).ok());
   ScopedRegistration reg(&*uffd_, r->get());
   Placer placer(&*uffd_, r->get(), &counters_);
   std::atomic<uint64_t> seen{0};
-  std::thread g([&] {
-    seen = *reinterpret_cast<volatile uint64_t*>((*r)->base() + (2u << 20) + 12345 * 8);
-  });
+  std::thread g(
+      [&] { seen = *reinterpret_cast<volatile uint64_t*>((*r)->base() + (2u << 20) + 12345 * 8); });
   ASSERT_EQ(WaitFault(*uffd_), reinterpret_cast<uint64_t>((*r)->page(1)));
   std::vector<uint64_t> huge((2u << 20) / 8, 0x77);
   ASSERT_TRUE(placer.PlaceData(1, 1, reinterpret_cast<uint8_t*>(huge.data()), true).ok());

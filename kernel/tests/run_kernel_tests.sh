@@ -1,5 +1,5 @@
 #!/bin/bash
-# Builds linux v6.18.4 with the series in kernel/patches, boots it under QEMU TCG with nested
+# Builds linux v6.18.5 (Debian's orig tarball; see step 1) with the series in kernel/patches, boots it under QEMU TCG with nested
 # SVM, and runs inside it:
 #   gmem_uffd_test          the series' own selftest (kernel/tests/gmem_uffd_test.c)
 #   guest_memfd_test        KVM's upstream selftest (regression)
@@ -12,36 +12,55 @@
 # Everything heavy is cached in ${FAULTLINE_CACHE:-~/.cache/faultline}/kernel, keyed by the
 # patch set and the config: a rerun with the same inputs only boots and tests (~3 min).
 #
-# Linux source, first found of: $LINUX_SRC (a v6.18.4 tree), the cache, a tarball at
-# $LINUX_TARBALL, cdn.kernel.org (linux-6.18.4.tar.xz), or the local mirror the project's
-# search tool fetches (see shared notes/kernel.md).
+# Linux source, first found of: the cache, $LINUX_SRC (a tree), a tarball at $LINUX_TARBALL,
+# Debian's linux_6.18.5.orig.tar.xz from deb.debian.org (pinned by hash), or v6.18.4 from the
+# local mirror the project's search tool fetches (see shared notes/kernel.md).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${FAULTLINE_CACHE:-$HOME/.cache/faultline}/kernel
 JOBS=${JOBS:-$(nproc)}
-VERSION=6.18.4
 mkdir -p "$CACHE"
 log() { echo "kernel-tests: $*" >&2; }
-die() { echo "kernel tests: 0 passed, 1 failed ($*)"; exit 1; }
+# With $FAULTLINE_RESULTS set (tools/test.sh), one record per test (tools/test_report.py).
+record() {
+  [[ -n ${FAULTLINE_RESULTS:-} ]] && printf '%s\tkernel\t%s\t%s\n' "$1" "$2" "${3:-}" >>"$FAULTLINE_RESULTS"
+  return 0
+}
+die() { record fail "kernel suite" "$*"; echo "kernel tests: 0 passed, 1 failed ($*)"; exit 1; }
 # Exit status 2: the suite cannot run on this machine (says why); tools/test.sh reports a skip.
-cannot() { echo "kernel tests: skipped — $*"; exit 2; }
+cannot() { record skip "kernel suite" "$*"; echo "kernel tests: skipped — $*"; exit 2; }
 
 for t in flex bison bc gcc make qemu-system-x86_64 cpio git; do
-  command -v $t >/dev/null || cannot "missing tool '$t' (tools/setup.sh installs it)"
+  command -v $t >/dev/null || cannot "missing tool '$t' [setup]: tools/setup.sh installs it"
 done
 
 # ---- 1. pristine source, as a git repository tagged v$VERSION ----------------------------
-PRISTINE=$CACHE/linux
+# The base is v6.18.5 as Debian ships it (linux_6.18.5.orig.tar.xz from any Debian mirror:
+# every machine of ours reaches one; pinned by hash), or v6.18.4 from the project's search-tool
+# mirror where Debian cannot be reached; the series applies to both unchanged.
+DEBIAN_ORIG=linux_6.18.5.orig.tar.xz
+DEBIAN_SHA256=69ac99a397e2e1d9e97f6ade0c01e4ab704ba999667932b6b35fec032700cb19
+MIRROR=/work/.mirror/liuhaoqq9311-creator+dev-linux-kernel/repo
+VERSION=${LINUX_VERSION:-6.18.5}
+PRISTINE=$CACHE/linux-$VERSION
 if ! git -C "$PRISTINE" rev-parse -q --verify "v$VERSION" >/dev/null 2>&1; then
   rm -rf "$PRISTINE" && mkdir -p "$PRISTINE"
-  MIRROR=/work/.mirror/liuhaoqq9311-creator+dev-linux-kernel/repo
   if [[ -n ${LINUX_SRC:-} ]]; then
     log "copying $LINUX_SRC"
     cp -a "$LINUX_SRC/." "$PRISTINE/"
   elif [[ -n ${LINUX_TARBALL:-} ]]; then
     tar -xf "$LINUX_TARBALL" -C "$PRISTINE" --strip-components=1
-  elif [[ -d $MIRROR ]] && git --git-dir="$MIRROR" rev-parse -q --verify "v$VERSION" >/dev/null; then
-    log "extracting v$VERSION from $MIRROR"
+  elif [[ $VERSION == 6.18.5 ]] &&
+       curl -fsS -o "$CACHE/$DEBIAN_ORIG" "http://deb.debian.org/debian/pool/main/l/linux/$DEBIAN_ORIG" &&
+       echo "$DEBIAN_SHA256  $CACHE/$DEBIAN_ORIG" | sha256sum -c --quiet; then
+    log "extracting Debian's $DEBIAN_ORIG"
+    tar -xf "$CACHE/$DEBIAN_ORIG" -C "$PRISTINE" --strip-components=1
+    rm -f "$CACHE/$DEBIAN_ORIG"
+  elif [[ -d $MIRROR ]] && git --git-dir="$MIRROR" rev-parse -q --verify v6.18.4 >/dev/null; then
+    VERSION=6.18.4
+    PRISTINE=$CACHE/linux-$VERSION
+    rm -rf "$PRISTINE" && mkdir -p "$PRISTINE"
+    log "no Debian mirror: extracting v$VERSION from $MIRROR"
     # Blobs the snapshot lacks (AMD GPU register headers, unused here) are left out.
     missing=$(git --git-dir="$MIRROR" ls-tree -r -l "v$VERSION" |
       awk '$4 >= 4000000 {print $3, $5}' |
@@ -49,10 +68,7 @@ if ! git -C "$PRISTINE" rev-parse -q --verify "v$VERSION" >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     git --git-dir="$MIRROR" archive "v$VERSION" -- . $missing | tar -x -C "$PRISTINE"
   else
-    log "downloading linux-$VERSION.tar.xz"
-    curl -fsSL "https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-$VERSION.tar.xz" |
-      tar -xJ -C "$PRISTINE" --strip-components=1 ||
-      cannot "no Linux $VERSION source: set LINUX_SRC or LINUX_TARBALL (cdn.kernel.org unreachable)"
+    cannot "no Linux source: Debian's $DEBIAN_ORIG could not be downloaded (no Debian mirror?) and there is no local mirror; set LINUX_SRC or LINUX_TARBALL"
   fi
   git -C "$PRISTINE" init -q
   git -C "$PRISTINE" add -A >/dev/null 2>&1
@@ -62,8 +78,8 @@ if ! git -C "$PRISTINE" rev-parse -q --verify "v$VERSION" >/dev/null 2>&1; then
 fi
 
 # ---- 2. patched build, keyed by patches + config + the test sources ----------------------
-KEY=$(cat "$ROOT"/kernel/patches/*.patch "$ROOT"/kernel/tests/kernel.config \
-  "$ROOT"/kernel/tests/gmem_uffd_test.c "$ROOT"/kernel/tests/init.c | sha256sum | cut -c1-16)
+KEY=$( (echo "$VERSION"; cat "$ROOT"/kernel/patches/*.patch "$ROOT"/kernel/tests/kernel.config \
+  "$ROOT"/kernel/tests/gmem_uffd_test.c "$ROOT"/kernel/tests/init.c) | sha256sum | cut -c1-16)
 OUT=$CACHE/build-$KEY
 if [[ ! -f $OUT/done ]]; then
   log "building the patched kernel ($OUT); about 5 min of CPU"
@@ -145,7 +161,12 @@ tr -d '\r' <"$LOG" | grep -E "^(ok|not ok|skip) [0-9]+ |^gmem_uffd_test:|^# (Tes
 pass=0; fail=0
 for t in gmem_uffd_test guest_memfd_test uffd-unit-tests faultline_uffd_test faultline_demo_guest_memfd; do
   rc=$(tr -d '\r' <"$LOG" | awk -v t="$t" '$1 == "FLT-RESULT" && $2 == t {print $3}')
-  if [[ $rc == 0 ]]; then pass=$((pass + 1)); else fail=$((fail + 1)); log "$t: ${rc:-did not run} (see $LOG)"; fi
+  if [[ $rc == 0 ]]; then
+    pass=$((pass + 1)); record pass "$t" "in the patched kernel's VM"
+  else
+    fail=$((fail + 1)); log "$t: ${rc:-did not run} (see $LOG)"
+    record fail "$t" "exit ${rc:-none: did not run} (see $LOG)"
+  fi
 done
 echo "kernel tests: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]

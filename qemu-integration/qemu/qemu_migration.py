@@ -50,6 +50,35 @@ def page_digests(path, npages):
     return out
 
 
+def print_report(a, result, stats, resume_s, low_diff, data_mismatch):
+    """The demo's report, for the QEMU-guest demo (tools/demo.sh without /dev/kvm)."""
+    lat = stats.get('fault_latency') or {}
+    us = lambda k: '%.0f µs' % (lat.get(k, 0) / 1000.0)
+    rows = [
+        ('guest', '%d MiB of RAM (memory-backend-file, share=on), 1 vCPU, QEMU %s' %
+         (a.size_mib, a.accel.upper())),
+        ('downtime', '%s ms (the source QEMU\'s figure: pause to the destination running)' %
+         result.get('downtime_ms')),
+        ('total time', '%.2f s from migrate to every page present' %
+         result.get('seconds_to_complete', 0)),
+        ('pages', 'urgent %s, bulk %s, zero %s (of %d)' %
+         (stats.get('urgent_pages'), stats.get('bulk_pages'), stats.get('zero_pages'),
+          result.get('pages', 0))),
+        ('vCPU faults', '%s served by faultline (MINOR %s)' % (stats.get('faults'),
+                                                               stats.get('minor_faults'))),
+        ('fault latency', 'p50 %s, p99 %s, max %s (faultline: event read to wake)' %
+         (us('p50_ns'), us('p99_ns'), us('max_ns'))),
+        ('guest check', 'bad=%d over %d touch phases on the destination' %
+         (result.get('guest_bad', 0), result.get('guest_phase_lines_on_destination', 0))),
+    ]
+    print('\n== faultline demo: a QEMU guest migrated post-copy through faultline')
+    for k, v in rows:
+        print('  %-14s %s' % (k, v))
+    print('guest memory verified: %d pages, %d mismatches (%d pages below the guest\'s data, '
+          'which it rewrites on the destination, differ as expected)' %
+          (result.get('data_pages', 0), len(data_mismatch), len(low_diff)), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--qemu', required=True)
@@ -64,6 +93,9 @@ def main():
                     help='negative test: nobody listens on the socket; the destination must '
                          'refuse at ADVISE with a clear error (never run the guest), the '
                          'source migration fail in pre-copy and the source guest keep running')
+    ap.add_argument('--report', action='store_true',
+                    help='end with the demo\'s report table (tools/demo.sh on a host without '
+                         '/dev/kvm)')
     ap.add_argument('--run_after', type=float, default=2.0,
                     help='seconds the destination guest keeps running after completion')
     a = ap.parse_args()
@@ -262,6 +294,8 @@ def main():
             'fault_latency': stats.get('fault_latency'),
         })
         print(json.dumps(result, indent=1), flush=True)
+        if a.report:
+            print_report(a, result, stats, t_run - t_switch, low_diff, data_mismatch)
         ok = (not data_mismatch and guest_bad == 0 and new_lines > 0 and
               stats.get('pages') == npages and len(low_diff) <= 64)
         qver = subprocess.run([a.qemu, '--version'], capture_output=True,

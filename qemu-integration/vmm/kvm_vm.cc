@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/errno_status.h"
+#include "base/kvm_device.h"
 
 // Debian 12's linux/kvm.h is 6.1-era; the guest_memfd memslot UAPI came in 6.8.
 #ifndef KVM_SET_USER_MEMORY_REGION2
@@ -118,8 +119,8 @@ absl::StatusOr<VcpuExit> KvmVcpu::Run() {
         e.length = mf[2];
         return e;
       }
-      return ExitError(absl::StrFormat("KVM_EXIT_MEMORY_FAULT flags=0x%x gpa=0x%x size=0x%x",
-                                       mf[0], mf[1], mf[2]));
+      return ExitError(absl::StrFormat("KVM_EXIT_MEMORY_FAULT flags=0x%x gpa=0x%x size=0x%x", mf[0],
+                                       mf[1], mf[2]));
     }
     return ErrnoStatus(absl::StrCat("KVM_RUN (vCPU ", id_, ")"), err);
   }
@@ -264,7 +265,7 @@ std::string KvmVcpu::DumpRegisters() const {
 // ---- KvmVm ----
 
 bool KvmVm::Available(std::string* why) {
-  UniqueFd kvm(open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  UniqueFd kvm(OpenKvmDevice());
   if (!kvm.valid()) {
     if (why != nullptr) *why = absl::StrCat("cannot open /dev/kvm: ", strerror(errno));
     return false;
@@ -273,7 +274,7 @@ bool KvmVm::Available(std::string* why) {
 }
 
 absl::StatusOr<std::unique_ptr<KvmVm>> KvmVm::Create() {
-  UniqueFd kvm(open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  UniqueFd kvm(OpenKvmDevice());
   if (!kvm.valid()) return ErrnoStatus("open /dev/kvm");
   int api = ioctl(kvm.get(), KVM_GET_API_VERSION, 0);
   if (api != KVM_API_VERSION) {

@@ -86,13 +86,17 @@ def domain_xml(a, emulator, serial, ram='memfd'):
         'memfd': "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>",
         'anon': '',
     }[ram]
-    return """<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+    # KVM where the host has it; TCG (domain type 'qemu', QEMU's default CPU model, which both
+    # hosts share) where it has not: the same guest, the same checks.
+    dtype, cpu = (('kvm', "<cpu mode='host-passthrough'/>") if a.accel == 'kvm' else
+                  ('qemu', ''))
+    return """<domain type='%s' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>%s</name>
   <memory unit='MiB'>%d</memory>
   %s
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel></os>
-  <cpu mode='host-passthrough'/>
+  %s
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
@@ -106,7 +110,7 @@ def domain_xml(a, emulator, serial, ram='memfd'):
     <qemu:arg value='-L'/><qemu:arg value='/usr/share/qemu'/>%s
   </qemu:commandline>
 </domain>
-""" % (NAME, a.size_mib, backing, a.guest, emulator, serial,
+""" % (dtype, NAME, a.size_mib, backing, a.guest, cpu, emulator, serial,
        # FAULTLINE_QEMU_TRACE=pattern: QEMU trace events (-trace), into each side's QEMU log
        ''.join("<qemu:arg value='-trace'/><qemu:arg value='%s'/>" % t
                for t in os.environ.get('FAULTLINE_QEMU_TRACE', '').split(',') if t))
@@ -322,6 +326,8 @@ def main():
     ap.add_argument('--qemu', required=True, help='QEMU with faultline\'s series')
     ap.add_argument('--workdir', default='')
     ap.add_argument('--size_mib', type=int, default=256)
+    ap.add_argument('--accel', default='kvm', choices=['kvm', 'tcg'],
+                    help="domain type 'kvm', or 'qemu' (TCG) on a host without /dev/kvm")
     ap.add_argument('--cases', default='no-domain,anon-ram,stock-qemu,pager,no-pager,plain')
     a = ap.parse_args()
     a.workdir = a.workdir or subprocess.run(['mktemp', '-d', '/var/tmp/faultline-libvirt.XXXXXX'],
@@ -334,7 +340,8 @@ def main():
         daemons.append(A)
         B = Daemon(a.workdir, 'B')
         daemons.append(B)
-        print('two libvirtd "hosts": %s and %s (logs in %s)' % (A.uri, B.uri, a.workdir),
+        print('two libvirtd "hosts": %s and %s (logs in %s; %s)' % (A.uri, B.uri, a.workdir,
+                                                                     a.accel),
               flush=True)
         for case in a.cases.split(','):
             fn = getattr(run, 'case_' + case.replace('-', '_'))

@@ -7,9 +7,12 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 OUT=/tmp/results
 fails=()
 passes=()
+# One record per case for tools/test_report.py (the host appends them to the suite's results).
+record() { printf '%s\trdma\t%s\t%s\n' "$1" "$2" "${3:-in the soft-RoCE VM}" >> "$OUT/records.tsv"; }
 step() { echo; echo "=== $* ($(date +%T))"; }
 
 step "network and soft-RoCE"
+rm -f "$OUT/records.tsv"
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
@@ -22,6 +25,7 @@ step "RDMA transport tests (gtest)"
 export TEST_TMPDIR=/tmp/gtest
 mkdir -p "$TEST_TMPDIR"
 timeout 600 "$BIN/tests/rdma/rdma_transport_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} \
+  --gtest_output=xml:"$OUT/rdma_transport_test.xml" \
   > "$OUT/rdma_transport_test.log" 2>&1
 rc=$?
 cat "$OUT/rdma_transport_test.log"
@@ -51,8 +55,10 @@ if timeout 300 "$BIN/cli/faultline" dest --transport=rdma --connect=127.0.0.1:74
     --token="$TOKEN" --kind=memfd --progress=false > "$OUT/cli_dest.log" 2>&1 &&
    grep -q "verified 16384 pages, 0 mismatches" "$OUT/cli_dest.log"; then
   passes+=("cli e2e: $(grep -o 'verified [0-9]* pages, 0 mismatches' "$OUT/cli_dest.log")")
+  record pass "faultline source/dest --transport=rdma"
 else
   fails+=("cli e2e")
+  record fail "faultline source/dest --transport=rdma" "see $OUT/cli_dest.log"
 fi
 cat "$OUT/cli_dest.log"
 wait $SRC; echo "source exit $?"; cat "$OUT/cli_source.log"
@@ -60,8 +66,10 @@ wait $SRC; echo "source exit $?"; cat "$OUT/cli_source.log"
 step "RDMA vs TCP benchmark"
 if timeout 900 "$BIN/bench/rdma/rdma_vs_tcp_benchmark" 2>&1 | tee "$OUT/bench.log"; then
   passes+=("bench")
+  record pass "rdma_vs_tcp_benchmark"
 else
   fails+=("bench")
+  record fail "rdma_vs_tcp_benchmark" "see bench.log"
 fi
 
 {

@@ -36,13 +36,15 @@ ScopedHugePages::ScopedHugePages(uint64_t n) {
   }
   const int64_t want = total + static_cast<int64_t>(n) - free_pages;
   if (!WriteNum(kNr, want)) {
-    why_not_ = "cannot raise vm.nr_hugepages to " + std::to_string(want) + " (needs root)";
+    why_not_ = "cannot raise vm.nr_hugepages to " + std::to_string(want) +
+               " (needs root) [setup]: tools/test.sh reserves them before the tests";
     return;
   }
   restore_ = total;
   if (ReadNum(kFree) < static_cast<int64_t>(n)) {
     why_not_ = "the kernel could not find " + std::to_string(n) +
-               " free 2 MiB pages (memory fragmented?)";
+               " free 2 MiB pages (memory fragmented?) [setup]: tools/test.sh reserves them before "
+               "the tests";
     return;
   }
   ok_ = true;

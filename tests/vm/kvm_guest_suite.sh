@@ -1,0 +1,46 @@
+#!/bin/bash
+# Runs inside the KVM VM (tests/vm/run_kvm_tests.sh boots it), chrooted into the host's root
+# (read-only 9p); /tmp is the VM's tmpfs, /tmp/results the host's result directory. Runs each
+# test binary as `bazel test` would (runfiles, TEST_SRCDIR, TEST_TMPDIR, its own directory) and
+# writes one gtest XML per part and target.
+set -u -o pipefail
+. /tmp/results/env
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+OUT=/tmp/results
+
+if [ -c /dev/kvm ] && [ -r /proc/cpuinfo ] && grep -qw svm /proc/cpuinfo; then
+  echo "kvm ok: $(ls -l /dev/kvm)"
+else
+  echo "kvm missing: $(ls -l /dev/kvm 2>&1); svm: $(grep -cw svm /proc/cpuinfo)"
+  exit 1
+fi
+echo "huge pages: $(cat /proc/sys/vm/nr_hugepages)"
+
+for entry in $PARTS; do
+  part=${entry%%:*}
+  bin=${entry#*:}
+  mkdir -p "$OUT/$part"
+  for t in $TARGETS; do
+    name=$(echo "$t" | tr / _)
+    exe="$bin/$t"
+    echo "=== $part $t ($(date +%T))"
+    if [ ! -x "$exe" ]; then
+      echo "missing binary $exe"
+      continue
+    fi
+    tmp=/tmp/t/$part/$name
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    (
+      cd "$exe.runfiles/faultline" 2>/dev/null || cd /
+      TEST_SRCDIR="$exe.runfiles" TEST_WORKSPACE=faultline TEST_TMPDIR="$tmp" HOME="$tmp" \
+        ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        timeout "${PER_TEST_TIMEOUT:-1500}" "$exe" --gtest_output=xml:"$OUT/$part/$name.xml"
+    ) > "$OUT/$part/$name.log" 2>&1
+    rc=$?
+    echo "$part $t exit $rc"
+    tail -5 "$OUT/$part/$name.log"
+  done
+done
+echo "kvm suite done"

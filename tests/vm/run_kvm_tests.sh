@@ -1,0 +1,88 @@
+#!/bin/bash
+# The KVM suite for a host without /dev/kvm: runs every test target tagged "kvm" (the real KVM
+# guests migrated end to end, the reference VMM's tests, the guest_memfd cases) inside a VM
+# that has a working /dev/kvm — Debian's 6.1 kernel under QEMU TCG with `-cpu max`, whose
+# emulated SVM lets kvm_amd load (tests/vm/debian_vm.sh) — and reports their gtest cases as
+# the host's own (tools/test_report.py merges a case skipped on the host with the same case
+# run here). Slow (TCG), never skipped for want of KVM.
+#
+#   tests/vm/run_kvm_tests.sh [--parts=default,asan,tsan] [--targets="//a:b //c:d"]
+#
+# Each part is a Bazel configuration (default: fastbuild; asan: --config=asan; tsan:
+# --config=tsan); its test binaries are built on the host (tools/test.sh has built them by
+# then) and run from the host's root over 9p. With $FAULTLINE_RESULTS set, one record per case
+# goes there. Ends with "kvm-vm tests: N passed, N failed, N skipped" (exit 0/1), or
+# "kvm-vm suite: SKIP (why)" (exit 2).
+set -uo pipefail
+REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+PARTS=default
+TARGETS=""
+for a in "$@"; do
+  case "$a" in
+    --parts=*) PARTS=${a#*=} ;;
+    --targets=*) TARGETS=${a#*=} ;;
+    *) echo "usage: $0 [--parts=default,asan,tsan] [--targets=...]" >&2; exit 2 ;;
+  esac
+done
+RESULTS="${FAULTLINE_CACHE:-$HOME/.cache/faultline}/kvm-vm/last-run"
+REPORT="$REPO/tools/test_report.py"
+log() { echo "[kvm-vm] $*" >&2; }
+
+[[ $(id -u) == 0 ]] || { echo "kvm-vm suite: SKIP (needs root: 9p of / and the VM's userfaultfd tests)"; exit 2; }
+. "$REPO/tests/vm/debian_vm.sh"
+if ! vm_image; then
+  echo "kvm-vm suite: SKIP ($VM_WHY)"
+  [[ -n ${FAULTLINE_RESULTS:-} ]] && python3 "$REPORT" add skip kvm-vm "KVM VM suite" "$VM_WHY" "$FAULTLINE_RESULTS"
+  exit 2
+fi
+
+cd "$REPO"
+if [[ -z $TARGETS ]]; then
+  TARGETS=$(bazel query 'attr(tags, "\bkvm\b", tests(//...))' 2>/dev/null | tr '\n' ' ')
+fi
+[[ -n $TARGETS ]] || { echo "kvm-vm tests: 0 passed, 1 failed (no target tagged kvm?)"; exit 1; }
+rm -rf "$RESULTS" && mkdir -p "$RESULTS"
+{
+  echo "TARGETS=\"$(echo $TARGETS | sed 's#//##g; s#:#/#g')\""
+  echo "PARTS=\"\""
+} > "$RESULTS/env"
+declare -A FLAGS=([default]="" [asan]="--config=asan" [tsan]="--config=tsan")
+for part in ${PARTS//,/ }; do
+  [[ -v FLAGS[$part] ]] || { echo "unknown part $part" >&2; exit 2; }
+  log "building the $part binaries"
+  # shellcheck disable=SC2086
+  if ! bazel build ${FLAGS[$part]} $TARGETS >"$RESULTS/build-$part.log" 2>&1; then
+    tail -20 "$RESULTS/build-$part.log" >&2
+    echo "kvm-vm tests: 0 passed, 1 failed (bazel build of the $part binaries)"; exit 1
+  fi
+  # shellcheck disable=SC2086
+  bin=$(bazel info ${FLAGS[$part]} bazel-bin 2>/dev/null)
+  echo "PARTS=\"\$PARTS $part:$bin\"" >> "$RESULTS/env"
+done
+
+log "booting the VM (TCG, nested SVM; slow: each part runs every kvm test)"
+START=$(date +%s)
+VM_HUGEPAGES=64 vm_run "$REPO/tests/vm/kvm_guest_suite.sh" "$RESULTS" "${KVM_VM_TIMEOUT:-3600}"
+QRC=$?
+ELAPSED=$(( $(date +%s) - START ))
+cat "$RESULTS/guest.log" >&2 2>/dev/null
+
+# The results: one gtest XML per part and target.
+TMP_RESULTS="$RESULTS/records.tsv"
+: > "$TMP_RESULTS"
+for part in ${PARTS//,/ }; do
+  for t in $TARGETS; do
+    rel=$(echo "$t" | sed 's#//##; s#:#/#')
+    xml="$RESULTS/$part/$(echo "$rel" | tr / _).xml"
+    python3 "$REPORT" gtest "$part" "$xml" "$TMP_RESULTS" --target="$t" \
+      --where="in the KVM VM (TCG, nested SVM)"
+  done
+done
+grep -q "^kvm ok" "$RESULTS/guest.log" 2>/dev/null ||
+  python3 "$REPORT" add fail kvm-vm "KVM inside the VM" \
+    "no usable /dev/kvm in the VM (qemu exit $QRC; see $RESULTS/console.log)" "$TMP_RESULTS"
+[[ -n ${FAULTLINE_RESULTS:-} ]] && cat "$TMP_RESULTS" >> "$FAULTLINE_RESULTS"
+p=$(grep -c "^pass" "$TMP_RESULTS"); f=$(grep -c "^fail" "$TMP_RESULTS"); s=$(grep -c "^skip" "$TMP_RESULTS")
+grep -E "^(fail|skip)" "$TMP_RESULTS" | cut -f1,3,4 | sed 's/^/  /' | head -40
+echo "kvm-vm tests: $p passed, $f failed, $s skipped [VM ${ELAPSED}s]"
+[[ $f -eq 0 ]]
