@@ -1,5 +1,5 @@
 // The local limit: one userfaultfd round trip — a thread touches an absent page, a handler
-// thread reads the event, places the page (UFFDIO_COPY, or alias write + UFFDIO_CONTINUE, or a
+// thread reads the event, places the page (UFFDIO_COPY, or pwrite + UFFDIO_CONTINUE, or a
 // whole 2 MiB UFFDIO_COPY) and the kernel wakes the toucher. No network. Each iteration is one
 // fault; p50/p99 are reported as counters (ns). Handler: poll() or busy-polling.
 #include <poll.h>
@@ -68,9 +68,14 @@ void BM_UffdRoundTrip(benchmark::State& state) {
       if (!n.ok() || *n == 0 || m.event != UFFD_EVENT_PAGEFAULT) continue;
       const uint64_t page = (m.arg.pagefault.address - reinterpret_cast<uint64_t>(r.base())) /
                             r.page_size();
-      if (r.places_via_alias()) memcpy(r.alias() + page * r.page_size(), content.data(),
-                                       r.page_size());
-      (void)placer.PlaceData(page, 1, content.data(), true);
+      if (r.places_via_alias()) {
+        // As the engine places memfd pages: into the page cache (pwrite), then map.
+        (void)!pwrite(r.fd(), content.data(), r.page_size(),
+                      static_cast<off_t>(page * r.page_size()));
+        (void)placer.Continue(page, 1, true, Caller::kOther);
+      } else {
+        (void)placer.Copy(page, 1, content.data(), true, Caller::kOther);
+      }
     }
   });
   std::vector<uint64_t> lat;

@@ -1,60 +1,141 @@
-// The background pull: keeps `bulk_window` batch requests in flight for pages nobody has
-// asked for yet, scanning from the last urgent fault onwards (spatial locality), wrapping
-// around the regions until every page has been requested once.
-#include <algorithm>
+#include "engine/background_pull.h"
 
-#include "absl/strings/str_cat.h"
-#include "engine/engine.h"
+#include <algorithm>
 
 namespace faultline {
 
-uint32_t Engine::BatchPages(uint32_t region) const {
-  const uint32_t ps = regions_[region]->region->page_size();
-  uint64_t n = std::max<uint64_t>(1, opts_.bulk_batch_bytes / ps);
-  n = std::min<uint64_t>(n, landing_[1].staging.size() / ps);
-  n = std::min<uint64_t>(n, kMaxPagesPayload / ps);
-  return static_cast<uint32_t>(std::clamp<uint64_t>(n, 1, kMaxPagesPerFrame));
+void BackgroundPull::Start(PageSource* source) {
+  source_ = source;
+  limits_ = source->limits();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    outstanding_.assign(std::max<uint32_t>(1, limits_.bulk_lanes), 0);
+    stop_ = false;
+  }
+  thread_ = std::thread([this] { Loop(); });
 }
 
-void Engine::PullMore() {
-  if (failed_.load() || secondary_at_ns_.load() != 0 || source_ == nullptr ||
-      !pull_enabled_.load() || reconnecting_.load()) {
-    return;
+void BackgroundPull::Stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
   }
-  std::lock_guard<std::mutex> g(pull_mu_);
-  while (bulk_outstanding_ < opts_.bulk_window) {
-    if (uint64_t hint = pull_hint_.exchange(0, std::memory_order_relaxed); hint != 0) {
-      pull_region_ = static_cast<uint32_t>((hint - 1) >> 40);
-      pull_page_ = (hint - 1) & ((uint64_t{1} << 40) - 1);
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void BackgroundPull::Enable() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    enabled_ = true;
+  }
+  cv_.notify_all();
+}
+
+void BackgroundPull::Pause() {
+  std::lock_guard<std::mutex> l(mu_);
+  paused_ = true;
+}
+
+void BackgroundPull::Resume() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    paused_ = false;
+    idle_ = false;
+    ++generation_;
+    std::fill(outstanding_.begin(), outstanding_.end(), 0);
+  }
+  cv_.notify_all();
+}
+
+void BackgroundPull::BulkDone(uint32_t lane) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (lane < outstanding_.size() && outstanding_[lane] > 0) --outstanding_[lane];
+  }
+  cv_.notify_all();
+}
+
+void BackgroundPull::Kick() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    idle_ = false;
+  }
+  cv_.notify_all();
+}
+
+bool BackgroundPull::idle() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return idle_;
+}
+
+uint32_t BackgroundPull::BatchPages(uint32_t region) const {
+  const uint32_t ps = (*table_)[region].region->page_size();
+  uint64_t n = std::max<uint64_t>(1, opts_.batch_bytes / ps);
+  n = std::min<uint64_t>(n, std::max<uint64_t>(1, limits_.max_request_bytes / ps));
+  n = std::min<uint64_t>(n, std::max<uint32_t>(1, limits_.max_request_pages));
+  return static_cast<uint32_t>(n);
+}
+
+bool BackgroundPull::ClaimNext(uint32_t* region, uint64_t* first, uint32_t* count) {
+  if (uint64_t hint = hint_.exchange(0, std::memory_order_relaxed); hint != 0) {
+    cursor_region_ = RegionTable::RegionOfKey(hint - 1);
+    cursor_page_ = RegionTable::PageOfKey(hint - 1);
+  }
+  // From the cursor to the end of its region, then the following regions, then wrap around.
+  const uint32_t start = cursor_region_;
+  const size_t nregions = table_->size();
+  for (size_t step = 0; step <= nregions; ++step) {
+    const uint32_t ri = static_cast<uint32_t>((start + step) % nregions);
+    const uint64_t from = step == 0 ? cursor_page_ : 0;
+    uint64_t f = 0;
+    const uint32_t n = (*table_)[ri].state.ClaimBulkRun(from, BatchPages(ri), &f);
+    if (n > 0) {
+      cursor_region_ = ri;
+      cursor_page_ = f + n;
+      *region = ri;
+      *first = f;
+      *count = n;
+      return true;
     }
-    // Scan from the cursor to the end of its region, the following regions, then wrap.
-    uint32_t n = 0;
+  }
+  return false;
+}
+
+void BackgroundPull::Loop() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (true) {
+    // The lane with the most room, if any.
+    auto has_room = [&] {
+      return *std::min_element(outstanding_.begin(), outstanding_.end()) < opts_.window;
+    };
+    cv_.wait(l, [&] { return stop_ || (enabled_ && !paused_ && !idle_ && has_room()); });
+    if (stop_) return;
+    const uint32_t lane = static_cast<uint32_t>(
+        std::min_element(outstanding_.begin(), outstanding_.end()) - outstanding_.begin());
+    uint32_t region = 0, count = 0;
     uint64_t first = 0;
-    const uint32_t start_region = pull_region_;
-    for (size_t step = 0; step <= regions_.size() && n == 0; ++step) {
-      const uint32_t ri = static_cast<uint32_t>((start_region + step) % regions_.size());
-      const uint64_t from = step == 0 ? pull_page_ : 0;
-      n = regions_[ri]->state.ClaimBulkRun(from, BatchPages(ri), &first);
-      if (n > 0) pull_region_ = ri;
+    if (!ClaimNext(&region, &first, &count)) {
+      idle_ = true;  // every page is requested, placed or discarded: wait for a Kick()
+      continue;
     }
-    if (n == 0) {
-      pull_idle_ = true;  // every page is requested, placed or discarded
-      return;
-    }
-    pull_idle_ = false;
-    counters_.bulk_requests.fetch_add(1, std::memory_order_relaxed);
-    if (absl::Status s = source_->RequestBulk(pull_region_, first, n); !s.ok()) {
-      for (uint64_t p = first; p < first + n; ++p) {
-        PageState seen;
-        (void)seen;
-        regions_[pull_region_]->state.Claim(p, &seen);
-        regions_[pull_region_]->state.Release(p);
+    ++outstanding_[lane];
+    const uint64_t gen = generation_;
+    l.unlock();
+    counters_->bulk_requests.fetch_add(1, std::memory_order_relaxed);
+    absl::Status s = source_->RequestBulk(lane, region, first, count);
+    l.lock();
+    if (!s.ok()) {
+      // The connection is gone (its receive thread reports why, and the engine reconnects or
+      // fails). Nothing of this batch will come: its pages go back to absent.
+      for (uint64_t p = first; p < first + count; ++p) (*table_)[region].state.Unrequest(p);
+      if (gen == generation_) {
+        if (outstanding_[lane] > 0) --outstanding_[lane];
+        // Wait for the reconnection (Resume) rather than spin on a dead connection; try
+        // again after a while in case no reconnection comes (the write failed on its own).
+        cv_.wait_for(l, std::chrono::seconds(1), [&] { return stop_ || generation_ != gen; });
       }
-      FailSecondary(absl::Status(s.code(), absl::StrCat("bulk request: ", s.message())));
-      return;
     }
-    ++bulk_outstanding_;
-    pull_page_ = first + n;
   }
 }
 

@@ -1,22 +1,35 @@
 #include "engine/engine.h"
 
-#include <sys/eventfd.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 
 #include "absl/strings/str_cat.h"
 #include "base/errno_status.h"
 
 namespace faultline {
 
-Engine::Engine(Userfaultfd uffd, const EngineOptions& opts)
-    : uffd_(std::move(uffd)), opts_(opts), wake_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+Engine::Engine(std::unique_ptr<UffdOps> uffd, const EngineOptions& opts)
+    : uffd_(std::move(uffd)), opts_(opts) {}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*> regions,
                                                        Userfaultfd uffd, const EngineOptions& opts,
                                                        StateFile* state) {
+  return Create(std::move(regions), std::make_unique<Userfaultfd>(std::move(uffd)), opts, state);
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*> regions,
+                                                       std::unique_ptr<UffdOps> uffd,
+                                                       const EngineOptions& opts,
+                                                       StateFile* state) {
   if (regions.empty()) return absl::InvalidArgumentError("no guest memory regions");
+  if (regions.size() > kMaxEngineRegions) {
+    return absl::InvalidArgumentError(absl::StrCat("more than ", kMaxEngineRegions, " regions"));
+  }
+  std::vector<std::atomic<uint8_t>*> maps;
   if (state != nullptr) {
     bool same = state->regions() == regions.size();
     for (size_t i = 0; same && i < regions.size(); ++i) {
@@ -26,41 +39,84 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
       return absl::InvalidArgumentError(
           absl::StrCat("state file ", state->path(), " does not match the regions' page counts"));
     }
+    for (size_t i = 0; i < regions.size(); ++i) maps.push_back(state->region_map(i));
   }
   if (opts.bulk_window == 0 || opts.bulk_batch_bytes == 0) {
     return absl::InvalidArgumentError("bulk window and batch size must be positive");
   }
   std::unique_ptr<Engine> e(new Engine(std::move(uffd), opts));
-  e->pull_enabled_.store(opts.background_pull);
-  if (!e->wake_fd_.valid()) return ErrnoStatus("eventfd");
-  uint64_t key = 0;
-  uint32_t max_ps = 0;
-  for (size_t i = 0; i < regions.size(); ++i) {
-    GuestRegion* r = regions[i];
-    if (state != nullptr) {
-      e->regions_.push_back(std::make_unique<RegionCtx>(r, &e->uffd_, &e->placer_counters_, key,
-                                                        state->region_map(i)));
-    } else {
-      e->regions_.push_back(std::make_unique<RegionCtx>(r, &e->uffd_, &e->placer_counters_, key));
-    }
-    key += uint64_t{1} << 40;
-    e->total_pages_ += r->pages();
-    e->total_bytes_ += r->size();
-    max_ps = std::max(max_ps, r->page_size());
-  }
-  for (Landing& l : e->landing_) {
-    l.scratch.resize(max_ps);
-    l.slots.resize(kMaxPagesPerFrame);
-  }
-  e->landing_[0].staging.resize(max_ps);
-  e->landing_[1].staging.resize(std::max<size_t>(max_ps, opts.bulk_batch_bytes));
+  if (!e->stop_.valid()) return ErrnoStatus("eventfd");
+  absl::StatusOr<std::unique_ptr<RegionTable>> table =
+      RegionTable::Create(regions, e->uffd_.get(), &e->placer_counters_, maps);
+  if (!table.ok()) return table.status();
+  e->table_ = std::move(*table);
+  e->lander_ = std::make_unique<Lander>(e->table_.get(), &e->stats_, &e->counters_);
+  BackgroundPull::Options po;
+  po.batch_bytes = opts.bulk_batch_bytes;
+  po.window = opts.bulk_window;
+  po.enabled = opts.background_pull && opts.pull_start_delay <= absl::ZeroDuration();
+  e->pull_ = std::make_unique<BackgroundPull>(e->table_.get(), &e->counters_, po);
+  Engine* raw = e.get();
+  e->reconnector_ = std::make_unique<Reconnector>(e->table_.get(), e->pull_.get(), &e->counters_,
+                                                  opts.reconnect_deadline,
+                                                  [raw](const absl::Status& s) { raw->Fail(s); });
   if (opts.register_ranges) {
     if (absl::Status s = e->RegisterAll(); !s.ok()) return s;
   }
   if (state != nullptr && state->adopted()) {
     if (absl::Status s = e->Adopt(); !s.ok()) return s;
+  } else if (absl::Status s = e->DropStalePages(); !s.ok()) {
+    return s;
+  }
+  FaultLoop::Options lo;
+  lo.tick = opts.tick;
+  lo.busy_poll = opts.busy_poll;
+  lo.adopted = e->adopted_;
+  e->loop_ = std::make_unique<FaultLoop>(e->uffd_.get(), e->table_.get(), &e->stats_, &e->counters_,
+                                         static_cast<UrgentRequester*>(e.get()), lo);
+  for (size_t ri = 0; e->adopted_ && ri < e->table_->size(); ++ri) {
+    const PageStateMap& st = (*e->table_)[ri].state;
+    for (uint64_t p = 0; p < st.pages(); ++p) {
+      if (st.Get(p) == PageState::kLanded) e->loop_->AddLanded(static_cast<uint32_t>(ri), p);
+    }
   }
   return e;
+}
+
+// ---- A fresh engine: nothing may be present yet ---------------------------------------------
+//
+// Post-copy's whole premise is that a page the guest can read without faulting holds the
+// source's bytes. A page already in a region's file when the migration starts — written by the
+// VMM before the hand-off, preallocated (QEMU's prealloc=on), left by an earlier run — would be
+// read by the guest without any fault: wrong memory, silently. So a fresh engine (not one
+// continuing a dead engine's run, whose map says what is present) punches out whatever the
+// file holds in the region's range; the VMM's mappings of those pages go with them, and the
+// next access faults as it must. Anonymous memory has no file to inspect from here: its owner
+// must hand it over untouched (the hand-off's contract).
+absl::Status Engine::DropStalePages() {
+  for (size_t i = 0; i < table_->size(); ++i) {
+    const GuestRegion& r = *(*table_)[i].region;
+    if (r.fd() < 0 || r.kind() == RegionKind::kAnonymous) continue;
+    const off_t lo = static_cast<off_t>(r.fd_offset());
+    const off_t hi = lo + static_cast<off_t>(r.size());
+    uint64_t bytes = 0;
+    for (off_t at = lo; at < hi;) {
+      off_t data = lseek(r.fd(), at, SEEK_DATA);
+      if (data < 0 || data >= hi) break;  // ENXIO: no data after `at`
+      off_t hole = lseek(r.fd(), data, SEEK_HOLE);
+      if (hole < 0 || hole > hi) hole = hi;
+      bytes += static_cast<uint64_t>(hole - data);
+      at = hole;
+    }
+    if (bytes == 0) continue;
+    if (fallocate(r.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, lo, hi - lo) < 0) {
+      return ErrnoStatus(absl::StrCat("region '", r.name(), "' already holds ", bytes,
+                                      " bytes before post-copy started, and punching them out "
+                                      "failed"));
+    }
+    stale_pages_dropped_ += bytes / r.page_size();
+  }
+  return absl::OkStatus();
 }
 
 // ---- Restart: continuing a dead engine's migration -------------------------------------------
@@ -89,16 +145,17 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
 //                already in the page cache → -EEXIST; hugetlb: the huge PTE is not none →
 //                -EEXIST), so whatever the guest wrote since stays; Placer takes EEXIST as
 //                "present".
-//   kPlacing, alias kinds (memfd registered MISSING|MINOR: bytes are read straight into
-//                the page cache through our alias mapping, then UFFDIO_CONTINUE maps them)
-//                the bytes may be half written (mid-read, or a CRC failure). CONTINUE is only
-//                ever issued from kLanded (receiver.cc), so the VMM's page table has no entry
-//                for the page: a guest access raises a MINOR fault and waits. The guest cannot
-//                have read or written it. kAbsent: fetched again into the alias, overwriting
-//                only our own partial bytes, then CONTINUE'd.
-//   kLanded      (alias kinds) the bytes were complete in the page cache before the state
-//                changed; CONTINUE may or may not have run. UFFDIO_CONTINUE it, without a
-//                fetch (ResolveLanded(), fault_loop.cc): success means it was not mapped and
+//   kPlacing, page-cache kinds (memfd registered MISSING|MINOR: checked bytes are written
+//                into the page cache with pwritev — or through our alias mapping where the
+//                fd takes no writes — then UFFDIO_CONTINUE maps them)
+//                the bytes may be half written (the process died inside the write). CONTINUE
+//                is only ever issued from kLanded (lander.cc), so the VMM's page table has no
+//                entry for the page: a guest access raises a MINOR fault and waits. The guest
+//                cannot have read or written it. kAbsent: fetched again and written again,
+//                overwriting only our own partial bytes, then CONTINUE'd.
+//   kLanded      (page-cache kinds) the bytes were complete in the page cache before the
+//                state changed; CONTINUE may or may not have run. UFFDIO_CONTINUE it, without
+//                a fetch (FaultLoop::ResolveLanded()): success means it was not mapped and
 //                now is, with the complete bytes; EEXIST means it was mapped
 //                (mfill_atomic_pte_continue(): the PTE is not none → -EEXIST) and the guest may
 //                have written it since — left alone. Either way kPresent.
@@ -118,34 +175,32 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
 // retried fault, and no fault can be both lost and left asleep.
 //
 // Events the dead engine had read but not applied: a REMOVE (MADV_DONTNEED, hole punch) read
-// between read() and HandleRemove() — microseconds on the fault-loop thread — is lost, and its
-// pages stay kPresent in the map while the VMM's page table no longer maps them. A fault on
+// between read() and FaultLoop::OnRemove() — microseconds on the fault-loop thread — is lost, and
+// its pages stay kPresent in the map while the VMM's page table no longer maps them. A fault on
 // such a page would be a "stale fault" forever: woken, faulting again. So an adopted engine
 // resolves every fault on a kPresent page with Placer::FillHole() instead of a bare wake:
 // UFFDIO_CONTINUE for a MINOR fault (maps the page cache as it is), a zero page for a MISSING
 // one — exactly what the guest sees after a discard — and for a page that IS mapped (the
 // common stale fault: placed between the fault and our read) the kernel answers EEXIST
-// without touching it, and we wake the thread as before (fault_loop.cc).
+// without touching it, and we wake the thread as before (FaultLoop::OnFault).
 absl::Status Engine::Adopt() {
   AdoptedStates sum;
-  for (uint32_t ri = 0; ri < regions_.size(); ++ri) {
-    RegionCtx& rc = *regions_[ri];
+  for (uint32_t ri = 0; ri < table_->size(); ++ri) {
+    RegionTable::Entry& e = (*table_)[ri];
     std::vector<uint64_t> landed;
-    absl::StatusOr<AdoptedStates> a = rc.state.AdoptAfterRestart(&landed);
+    absl::StatusOr<AdoptedStates> a = e.state.AdoptAfterRestart(&landed);
     if (!a.ok()) {
       return absl::Status(a.status().code(),
-                          absl::StrCat("region '", rc.region->name(), "': ", a.status().message()));
+                          absl::StrCat("region '", e.region->name(), "': ", a.status().message()));
     }
-    if (!rc.region->places_via_alias()) {
-      // Landed by an engine that placed this region through an alias, now placed by COPY
-      // (the VMM registered it MISSING only): COPY says EEXIST where the page cache holds the
-      // page, so fetching again is safe.
-      for (uint64_t p : landed) rc.state.Release(p);
+    if (!e.region->places_via_alias()) {
+      // Landed by an engine that placed this region through the page cache, now placed by
+      // COPY (the VMM registered it MISSING only): COPY says EEXIST where the page cache holds
+      // the page, so fetching again is safe.
+      for (uint64_t p : landed) e.state.Release(p);
       a->refetch += landed.size();
       a->landed -= landed.size();
-      landed.clear();
     }
-    for (uint64_t p : landed) landed_.emplace_back(ri, p);
     sum.present += a->present;
     sum.discarded += a->discarded;
     sum.requeued += a->requeued;
@@ -158,33 +213,38 @@ absl::Status Engine::Adopt() {
 }
 
 void Engine::WakeAllAfterRestart() {
-  for (auto& rc : regions_) (void)uffd_.Wake(rc->region->base(), rc->region->size());
+  for (size_t i = 0; i < table_->size(); ++i) {
+    const GuestRegion& r = *(*table_)[i].region;
+    (void)uffd_->Wake(r.base(), r.size());
+  }
 }
 
 Engine::~Engine() {
+  if (pull_) pull_->Stop();
+  if (reconnector_) reconnector_->Join();
   if (registered_) UnregisterAll();
 }
 
 absl::Status Engine::RegisterAll() {
-  for (auto& rc : regions_) {
-    GuestRegion& r = *rc->region;
-    if (r.kind() == RegionKind::kMemfd && !uffd_.has(UFFD_FEATURE_MINOR_SHMEM)) {
+  for (size_t i = 0; i < table_->size(); ++i) {
+    GuestRegion& r = *(*table_)[i].region;
+    if (r.kind() == RegionKind::kMemfd && !uffd_->has(UFFD_FEATURE_MINOR_SHMEM)) {
       return absl::UnimplementedError(
           "memfd region needs UFFD_FEATURE_MINOR_SHMEM (Linux 5.14+); this kernel lacks it");
     }
-    if (r.kind() == RegionKind::kHugetlb && !uffd_.has(UFFD_FEATURE_MISSING_HUGETLBFS)) {
+    if (r.kind() == RegionKind::kHugetlb && !uffd_->has(UFFD_FEATURE_MISSING_HUGETLBFS)) {
       return absl::UnimplementedError("hugetlb region needs UFFD_FEATURE_MISSING_HUGETLBFS");
     }
     uint64_t ioctls = 0;
-    absl::Status s =
-        r.kind() == RegionKind::kGuestMemfd && !uffd_.has(UFFD_FEATURE_GUEST_MEMFD)
-            ? absl::UnimplementedError("the kernel lacks UFFD_FEATURE_GUEST_MEMFD")
-            : uffd_.Register(r.base(), r.size(), true, r.register_minor(), &ioctls);
+    absl::Status s = r.kind() == RegionKind::kGuestMemfd && !uffd_->has(UFFD_FEATURE_GUEST_MEMFD)
+                         ? absl::UnimplementedError("the kernel lacks UFFD_FEATURE_GUEST_MEMFD")
+                         : uffd_->Register(r.base(), r.size(), true, r.register_minor(), &ioctls);
     if (!s.ok() && r.kind() == RegionKind::kGuestMemfd) {
       UnregisterAll();
       return absl::UnimplementedError(absl::StrCat(
           "region '", r.name(), "': this kernel cannot register userfaultfd on guest_memfd (",
-          s.message(), "). Stock Linux has no userfaultfd MISSING/MINOR support for "
+          s.message(),
+          "). Stock Linux has no userfaultfd MISSING/MINOR support for "
           "guest_memfd; build and boot the patch series in kernel/ (see kernel/README.md)"));
     }
     if (!s.ok()) {
@@ -192,9 +252,9 @@ absl::Status Engine::RegisterAll() {
       return absl::Status(s.code(), absl::StrCat("region '", r.name(), "' (",
                                                  RegionKindName(r.kind()), "): ", s.message()));
     }
-    const uint64_t need = (uint64_t{1} << _UFFDIO_WAKE) |
-                          (r.places_via_alias() ? (uint64_t{1} << _UFFDIO_CONTINUE)
-                                                : (uint64_t{1} << _UFFDIO_COPY));
+    const uint64_t need =
+        (uint64_t{1} << _UFFDIO_WAKE) |
+        (r.places_via_alias() ? (uint64_t{1} << _UFFDIO_CONTINUE) : (uint64_t{1} << _UFFDIO_COPY));
     registered_ = true;
     if ((ioctls & need) != need) {
       UnregisterAll();
@@ -209,100 +269,89 @@ absl::Status Engine::RegisterAll() {
 void Engine::UnregisterAll() {
   // Unregistering wakes every thread still waiting on the ranges; the kernel then resolves
   // their faults itself — correct only once every page is present (or discarded).
-  for (auto& rc : regions_) (void)uffd_.Unregister(rc->region->base(), rc->region->size());
+  for (size_t i = 0; i < table_->size(); ++i) {
+    const GuestRegion& r = *(*table_)[i].region;
+    (void)uffd_->Unregister(r.base(), r.size());
+  }
   registered_ = false;
 }
 
-absl::Status Engine::CheckSourceTable(const std::vector<RegionInfo>& table) const {
-  if (table.size() != regions_.size()) {
-    return absl::FailedPreconditionError(absl::StrCat("the source has ", table.size(),
-                                                      " memory regions, this side ",
-                                                      regions_.size()));
-  }
-  for (size_t i = 0; i < table.size(); ++i) {
-    const GuestRegion& r = *regions_[i]->region;
-    if (table[i].size != r.size() || table[i].page_size != r.page_size()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "region ", i, " differs: source '", table[i].name, "' ", table[i].size, " bytes in ",
-          table[i].page_size, "-byte pages, destination '", r.name(), "' ", r.size(),
-          " bytes in ", r.page_size(), "-byte pages"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Engine::Run(PageSource* source) {
-  if (absl::Status s = CheckSourceTable(source->regions()); !s.ok()) return s;
+  if (absl::Status s = table_->CheckSource(source->regions()); !s.ok()) return s;
   source_ = source;
-  if (absl::Status s = source->Start(this); !s.ok()) return s;
-  if (opts_.pull_start_delay > absl::ZeroDuration() && pull_enabled_.load()) {
-    pull_enabled_.store(false);
+  reconnector_->SetSource(source);
+  running_.store(true);
+  if (absl::Status s = source->Start(this); !s.ok()) {
+    running_.store(false);
+    return s;
+  }
+  if (opts_.background_pull && opts_.pull_start_delay > absl::ZeroDuration()) {
     pull_start_at_ns_ = FaultStats::NowNs() + absl::ToInt64Nanoseconds(opts_.pull_start_delay);
   }
-  PullMore();
+  pull_->Start(source);
   if (adopted_) WakeAllAfterRestart();  // the dead engine's read faults: see "Restart"
-  absl::Status status = FaultLoop();
-  JoinReconnect();
+  CheckComplete();
+  absl::Status status = loop_->Run(&stop_, [this] { OnTick(); });
+  running_.store(false);
+  pull_->Stop();
+  reconnector_->Join();
   if (status.ok() && opts_.finish_source) {
-    absl::Status fin = source->Finish();
-    (void)fin;  // every page is here: a source that vanished now costs nothing
+    (void)source->Finish();  // every page is here: a source that vanished now costs nothing
   }
   source->Stop();
   if (status.ok() && registered_) UnregisterAll();
   return status;
 }
 
-void Engine::StartBackgroundPull() {
-  pull_enabled_.store(true);
-  Signal();  // the fault loop's next tick calls PullMore()
+void Engine::OnTick() {
+  if (pull_start_at_ns_ != 0 && FaultStats::NowNs() >= pull_start_at_ns_) {
+    pull_start_at_ns_ = 0;
+    pull_->Enable();
+  }
+  CheckComplete();
 }
 
-void Engine::Cancel() {
-  cancelled_.store(true);
-  Signal();
+void Engine::RequestUrgent(uint32_t region, uint64_t page) {
+  counters_.urgent_requests.fetch_add(1, std::memory_order_relaxed);
+  pull_->Hint(region, page);  // neighbours are likely next
+  // A failed write means the connection is gone; its receive thread reports why (Failed),
+  // and the reconnection asks again for every page still urgent-requested.
+  (void)source_->RequestUrgent(region, page);
 }
 
-uint64_t Engine::remaining_pages() const {
-  uint64_t n = 0;
-  for (const auto& rc : regions_) n += rc->state.remaining();
-  return n;
+void Engine::Deliver(const PageRun& run) {
+  if (absl::Status s = lander_->Deliver(run); !s.ok()) Fail(s);
+  CheckComplete();
 }
+
+void Engine::Rejected(uint32_t region, uint64_t page, Urgency urgency) {
+  counters_.corrupt_pages.fetch_add(1, std::memory_order_relaxed);
+  PageStateMap& st = (*table_)[region].state;
+  if (st.Get(page) == PageState::kUrgentRequested) {
+    // A fault waits on it: ask again, urgently.
+    counters_.urgent_requests.fetch_add(1, std::memory_order_relaxed);
+    (void)source_->RequestUrgent(region, page);
+  } else if (st.Unrequest(page)) {
+    pull_->Kick();  // the background pull fetches it again
+  }
+}
+
+void Engine::BulkDone(uint32_t lane) { pull_->BulkDone(lane); }
+
+void Engine::Failed(const SourceError& why) {
+  if (!running_.load()) return;
+  if (why.reconnectable() && reconnector_->Request(why)) return;
+  Fail(why.status);
+}
+
+void Engine::StartBackgroundPull() { pull_->Enable(); }
+
+void Engine::Cancel() { stop_.Stop(absl::CancelledError("migration cancelled")); }
 
 size_t Engine::footprint_bytes() const {
   size_t n = 0;
-  for (const auto& rc : regions_) n += rc->state.memory_bytes();
-  for (const Landing& l : landing_) n += l.staging.size() + l.scratch.size() + l.slots.size();
+  for (size_t i = 0; i < table_->size(); ++i) n += (*table_)[i].state.memory_bytes();
   return n;
-}
-
-void Engine::Signal() {
-  uint64_t one = 1;
-  (void)!write(wake_fd_.get(), &one, sizeof(one));
-}
-
-void Engine::Fail(const absl::Status& s) {
-  {
-    std::lock_guard<std::mutex> l(fail_mu_);
-    if (failure_.ok()) failure_ = s;
-  }
-  failed_.store(true);
-  Signal();
-}
-
-void Engine::FailSecondary(const absl::Status& s) {
-  if (Reconnectable(s)) {
-    RequestReconnect(s);
-    return;
-  }
-  std::lock_guard<std::mutex> l(fail_mu_);
-  if (secondary_failure_.ok()) {
-    secondary_failure_ = s;
-    secondary_at_ns_.store(FaultStats::NowNs());
-  }
-}
-
-void Engine::PageDone() {
-  if (remaining_pages() == 0 && !complete_.exchange(true)) Signal();
 }
 
 }  // namespace faultline

@@ -22,11 +22,11 @@ struct EngineCounters {
   std::atomic<uint64_t> stale_faults{0};      // on a page already present (woken at once)
   std::atomic<uint64_t> urgent_requests{0};
   std::atomic<uint64_t> bulk_requests{0};
-  std::atomic<uint64_t> urgent_pages{0};      // placed from the urgent channel
-  std::atomic<uint64_t> bulk_pages{0};        // placed from the bulk channel
-  std::atomic<uint64_t> zero_pages{0};        // placed from a zero marker
+  std::atomic<uint64_t> urgent_pages{0};        // placed from the urgent channel
+  std::atomic<uint64_t> bulk_pages{0};          // placed from the bulk channel
+  std::atomic<uint64_t> zero_pages{0};          // placed from a zero marker
   std::atomic<uint64_t> duplicate_arrivals{0};  // arrived for a page already placed: dropped
-  std::atomic<uint64_t> corrupt_pages{0};     // CRC mismatch: dropped, fetched again
+  std::atomic<uint64_t> corrupt_pages{0};       // CRC mismatch: dropped, fetched again
   std::atomic<uint64_t> bytes_received{0};
   std::atomic<uint64_t> remove_events{0}, unmap_events{0}, discarded_pages{0};
   std::atomic<uint64_t> reconnects{0}, resent_requests{0};

@@ -13,8 +13,7 @@ const char* PageStateName(PageState s) {
     case PageState::kPlacingDiscarded: return "placing-discarded";
     case PageState::kPresent: return "present";
     case PageState::kDiscarded: return "discarded";
-    case PageState::kLanded:
-      return "landed";
+    case PageState::kLanded: return "landed";
   }
   return "?";
 }
@@ -29,6 +28,13 @@ PageStateMap::PageStateMap(uint64_t pages)
 
 PageStateMap::PageStateMap(uint64_t pages, std::atomic<uint8_t>* storage)
     : pages_(pages), state_(storage), remaining_(0) {
+  if (storage == nullptr) {
+    owned_.reset(new std::atomic<uint8_t>[pages]);
+    state_ = owned_.get();
+    for (uint64_t i = 0; i < pages; ++i) state_[i].store(0, std::memory_order_relaxed);
+    remaining_.store(pages);
+    return;
+  }
   uint64_t n = 0;
   for (uint64_t i = 0; i < pages; ++i) {
     const PageState s = Get(i);
@@ -47,9 +53,7 @@ absl::StatusOr<AdoptedStates> PageStateMap::AdoptAfterRestart(std::vector<uint64
     const uint8_t raw = state_[p].load(std::memory_order_acquire);
     PageState to;
     switch (static_cast<PageState>(raw)) {
-      case PageState::kAbsent:
-        to = PageState::kAbsent;
-        break;
+      case PageState::kAbsent: to = PageState::kAbsent; break;
       case PageState::kBulkRequested:
       case PageState::kUrgentRequested:
         // The request died with the dead engine's connections; nothing was claimed.
@@ -137,6 +141,11 @@ bool PageStateMap::Complete(uint64_t p) {
     return Cas(p, s, PageState::kPresent);
   }
   return false;  // discarded while being placed
+}
+
+bool PageStateMap::Unrequest(uint64_t p) {
+  PageState s = PageState::kBulkRequested;
+  return Cas(p, s, PageState::kAbsent);
 }
 
 bool PageStateMap::MarkLanded(uint64_t p) {

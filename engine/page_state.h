@@ -59,7 +59,8 @@ struct AdoptedStates {
 class PageStateMap {
  public:
   explicit PageStateMap(uint64_t pages);
-  // Over `pages` bytes of caller-owned storage (a state file's mapping), taken as they are.
+  // Over `pages` bytes of caller-owned storage (a state file's mapping), taken as they are;
+  // null: owned storage, every page absent.
   PageStateMap(uint64_t pages, std::atomic<uint8_t>* storage);
 
   uint64_t pages() const { return pages_; }
@@ -78,6 +79,9 @@ class PageStateMap {
   // The claimer placed the page: kPlacing|kPlacingDiscarded → kPresent. False if the page was
   // discarded meanwhile (it stays kDiscarded).
   bool Complete(uint64_t p);
+  // A bulk request that will not be answered (the connection died, the write failed):
+  // kBulkRequested → kAbsent, so the background pull asks again. False in any other state.
+  bool Unrequest(uint64_t p);
   // The claimer could not place the page: back to kAbsent (or kDiscarded).
   void Release(uint64_t p);
   // Alias kinds: every byte of the claimed page is in the page cache: kPlacing → kLanded.
@@ -102,8 +106,8 @@ class PageStateMap {
     uint8_t e = static_cast<uint8_t>(expected);
     static_assert(sizeof(std::atomic<uint8_t>) == 1 && std::atomic<uint8_t>::is_always_lock_free,
                   "the map is shared with a file as plain bytes");
-    bool ok = state_[p].compare_exchange_strong(e, static_cast<uint8_t>(to),
-                                                std::memory_order_acq_rel);
+    bool ok =
+        state_[p].compare_exchange_strong(e, static_cast<uint8_t>(to), std::memory_order_acq_rel);
     expected = static_cast<PageState>(e);
     return ok;
   }

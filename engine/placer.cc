@@ -3,34 +3,30 @@
 #include <sched.h>
 #include <sys/mman.h>
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
 namespace faultline {
-namespace {
 
-// A zero-filled source for hugetlb zero pages (read-only anonymous memory reads as zeros).
-const uint8_t* ZeroSource(size_t len) {
+const uint8_t* ZeroBytes(size_t len) {
+  // Read-only anonymous memory reads as zeros and costs nothing until touched (then one
+  // shared zero page per 4 KiB).
   static const uint8_t* zeros = [] {
-    void* p = mmap(nullptr, 1u << 30, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    void* p =
+        mmap(nullptr, 1u << 30, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return static_cast<const uint8_t*>(p == MAP_FAILED ? nullptr : p);
   }();
   return len <= (1u << 30) ? zeros : nullptr;
 }
 
-}  // namespace
-
-absl::Status Placer::Run(Op op, uint64_t first, uint32_t count, const uint8_t* src, bool wake,
-                         bool retry_eagain) {
+PlaceResult Placer::Run(Op op, uint64_t first, uint32_t count, const uint8_t* src, bool wake,
+                        Caller caller) {
+  PlaceResult r;
   const size_t ps = region_->page_size();
   const size_t len = size_t{count} * ps;
   uint8_t* dst = region_->page(first);
   size_t off = 0;
   absl::Time eagain_deadline = absl::InfiniteFuture();
-  bool skipped = false;
   while (off < len) {
     size_t done = 0;
     absl::Status s;
@@ -41,72 +37,76 @@ absl::Status Placer::Run(Op op, uint64_t first, uint32_t count, const uint8_t* s
       case Op::kContinue: s = uffd_->Continue(dst + off, len - off, wake, &done); break;
     }
     off += done - done % ps;
-    if (s.ok()) {
-      off = len;
-      break;
-    }
+    if (s.ok()) break;
     switch (s.code()) {
-      case absl::StatusCode::kAlreadyExists:
-        // Somebody mapped this page already: it is present. Skip it, place the rest.
+      case absl::StatusCode::kAlreadyExists:  // EEXIST: present; skip the page, place the rest
         counters_->eexist.fetch_add(1, std::memory_order_relaxed);
+        ++r.already_present;
         off += ps;
-        skipped = true;
         break;
-      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kUnavailable:  // EAGAIN: a REMOVE/UNMAP event is unread
         counters_->eagain.fetch_add(1, std::memory_order_relaxed);
-        if (!retry_eagain) return s;
+        if (caller == Caller::kFaultLoop) {
+          r.outcome = PlaceOutcome::kRetryAfterEvents;
+          return r;
+        }
         if (eagain_deadline == absl::InfiniteFuture()) {
           eagain_deadline = absl::Now() + absl::Seconds(30);
         } else if (absl::Now() > eagain_deadline) {
-          return absl::DeadlineExceededError(absl::StrCat(
-              s.message(), " for 30 s: userfaultfd events are not being read"));
+          r.outcome = PlaceOutcome::kFailed;
+          r.error = absl::DeadlineExceededError(
+              absl::StrCat(s.message(), " for 30 s: userfaultfd events are not being read"));
+          return r;
         }
         sched_yield();
         break;
+      case absl::StatusCode::kNotFound:  // ENOENT: unmapped under us
+        r.outcome = PlaceOutcome::kUnmapped;
+        return r;
       default:
-        return s;  // NotFound (unmapped) and real errors
+        r.outcome = PlaceOutcome::kFailed;
+        r.error = s;
+        return r;
     }
   }
-  // A waiter on a page we skipped (EEXIST) is woken by whoever mapped it; wake anyway, it is
-  // cheap and a lost wake-up would hang a vCPU.
-  if (wake && skipped) return Wake(first, count);
-  return absl::OkStatus();
+  // A waiter on a page skipped for EEXIST is woken by whoever mapped it; wake anyway.
+  if (wake && r.already_present > 0) (void)Wake(first, count);
+  return r;
 }
 
-absl::Status Placer::PlaceData(uint64_t first, uint32_t count, const uint8_t* src, bool wake,
-                               bool retry_eagain) {
-  if (region_->places_via_alias()) {
-    return Run(Op::kContinue, first, count, nullptr, wake, retry_eagain);
-  }
-  return Run(Op::kCopy, first, count, src, wake, retry_eagain);
+PlaceResult Placer::Copy(uint64_t first, uint32_t count, const uint8_t* src, bool wake, Caller c) {
+  return Run(Op::kCopy, first, count, src, wake, c);
 }
 
-absl::Status Placer::PlaceZero(uint64_t first, uint32_t count, bool wake, bool retry_eagain) {
-  const size_t ps = region_->page_size();
-  if (region_->places_via_alias()) {
-    memset(region_->alias() + first * ps, 0, size_t{count} * ps);
-    return Run(Op::kContinue, first, count, nullptr, wake, retry_eagain);
+PlaceResult Placer::Zero(uint64_t first, uint32_t count, bool wake, Caller c) {
+  if (region_->kind() != RegionKind::kHugetlb) {
+    return Run(Op::kZero, first, count, nullptr, wake, c);
   }
-  if (region_->kind() == RegionKind::kHugetlb) {
-    for (uint32_t i = 0; i < count; ++i) {
-      const uint8_t* z = ZeroSource(ps);
-      if (!z) return absl::InternalError("no zero source for this page size");
-      absl::Status s = Run(Op::kCopy, first + i, 1, z, wake, retry_eagain);
-      if (!s.ok()) return s;
+  PlaceResult sum;
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint8_t* z = ZeroBytes(region_->page_size());
+    if (z == nullptr) {
+      sum.outcome = PlaceOutcome::kFailed;
+      sum.error = absl::InternalError("no zero source for this page size");
+      return sum;
     }
-    return absl::OkStatus();
+    PlaceResult r = Run(Op::kCopy, first + i, 1, z, wake, c);
+    sum.already_present += r.already_present;
+    if (!r.done()) {
+      r.already_present = sum.already_present;
+      return r;
+    }
   }
-  return Run(Op::kZero, first, count, nullptr, wake, retry_eagain);
+  return sum;
 }
 
-absl::Status Placer::FillHole(uint64_t page, bool minor, bool retry_eagain) {
-  if (minor) return Run(Op::kContinue, page, 1, nullptr, /*wake=*/true, retry_eagain);
-  if (region_->kind() == RegionKind::kHugetlb) {
-    const uint8_t* z = ZeroSource(region_->page_size());
-    if (!z) return absl::InternalError("no zero source for this page size");
-    return Run(Op::kCopy, page, 1, z, /*wake=*/true, retry_eagain);
-  }
-  return Run(Op::kZero, page, 1, nullptr, /*wake=*/true, retry_eagain);
+PlaceResult Placer::Continue(uint64_t first, uint32_t count, bool wake, Caller c) {
+  return Run(Op::kContinue, first, count, nullptr, wake, c);
+}
+
+PlaceResult Placer::FillHole(uint64_t page, bool minor, Caller c) {
+  if (minor) return Run(Op::kContinue, page, 1, nullptr, /*wake=*/true, c);
+  return Zero(page, 1, /*wake=*/true, c);
 }
 
 absl::Status Placer::Wake(uint64_t first, uint32_t count) {

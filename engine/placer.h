@@ -1,17 +1,26 @@
-// Placer: puts arrived pages into one region the way its kind requires, and wakes vCPUs.
-//   anonymous  UFFDIO_COPY from the landing buffer; zeros by UFFDIO_ZEROPAGE
-//   hugetlb    UFFDIO_COPY of whole huge pages; zeros by copying a zero huge page
-//              (UFFDIO_ZEROPAGE is not supported on hugetlbfs)
-//   memfd,     the bytes are already in the page cache (written through the alias mapping);
-//   guest_memfd UFFDIO_CONTINUE maps them; zeros are written to the alias first. (ZEROPAGE is
-//              not used: on a page-cache page left by a failed landing it would say EEXIST
-//              while the page holds garbage.)
-// Kernel races, as QEMU's postcopy handles them:
-//   EEXIST: the page is already mapped, so it is present: skip it and carry on with the run.
-//   EAGAIN: a REMOVE/UNMAP event is queued: the mm is changing. Off the fault-loop thread we
-//           retry (the fault loop reads the event, which clears the condition); on it we
-//           return Unavailable so the loop reads events first.
-//   ENOENT: the range is no longer registered (UNMAP): NotFound, the caller drops the pages.
+// Placer: the placement ioctls of one region, with postcopy's rules for the kernel's races,
+// returning what happened as a typed outcome.
+//
+//   Copy      UFFDIO_COPY from a buffer (anonymous, hugetlbfs, guest_memfd; memfd registered
+//             MISSING only): allocates, copies, maps — one ioctl per run
+//   Zero      zero pages: UFFDIO_ZEROPAGE; hugetlbfs has none, so a zero huge page is copied
+//   Continue  UFFDIO_CONTINUE: maps what the page cache already holds (memfd/guest_memfd
+//             registered MINOR, after the bytes were written into the page cache)
+//   Wake      UFFDIO_WAKE: wakes every thread waiting on a range placed with wake=false
+//
+// The kernel's races, as QEMU's migration/postcopy-ram.c meets them:
+//   EEXIST  the page is already mapped — someone placed it, or (after an engine restart) the
+//           dead engine did. It is present: counted, skipped, the rest of the run placed. Its
+//           waiters are woken by whoever mapped it; we wake the run anyway (cheap; a lost
+//           wake-up would hang a vCPU for good).
+//   EAGAIN  a UFFD_EVENT_REMOVE/UNMAP is queued and unread: the mm is changing under us
+//           (mfill_atomic() checks mmap_changing). Only the fault-loop thread reads events, so
+//           on that thread we return kRetryAfterEvents (it reads them, then retries); on any
+//           other thread we yield and retry until the fault loop has read them (bounded: 30 s,
+//           then kFailed — events are not being read).
+//   ENOENT  the range is no longer registered or mapped (UFFD_EVENT_UNMAP, the VMM unmapped
+//           guest memory): kUnmapped; the caller drops those pages (discarded, not missing).
+// Thread-safety: stateless apart from counters (atomics); any thread may call it.
 #ifndef FAULTLINE_ENGINE_PLACER_H_
 #define FAULTLINE_ENGINE_PLACER_H_
 
@@ -20,7 +29,7 @@
 
 #include "absl/status/status.h"
 #include "engine/region.h"
-#include "engine/uffd.h"
+#include "engine/uffd_ops.h"
 
 namespace faultline {
 
@@ -28,35 +37,53 @@ struct PlacerCounters {
   std::atomic<uint64_t> eexist{0}, eagain{0}, ioctls{0};
 };
 
+enum class PlaceOutcome : uint8_t {
+  kDone,              // every page of the range is mapped (some maybe by others: EEXIST)
+  kRetryAfterEvents,  // EAGAIN on the fault-loop thread: read uffd events, then call again
+  kUnmapped,          // ENOENT: the range is gone; nothing more is placed there
+  kFailed,            // a real error (in `error`)
+};
+
+struct PlaceResult {
+  PlaceOutcome outcome = PlaceOutcome::kDone;
+  uint32_t already_present = 0;  // pages the kernel said EEXIST for
+  absl::Status error;            // kFailed only
+  bool done() const { return outcome == PlaceOutcome::kDone; }
+};
+
+// Which thread calls: only the fault loop may be told to read events first.
+enum class Caller : uint8_t { kFaultLoop, kOther };
+
 class Placer {
  public:
-  Placer(Userfaultfd* uffd, const GuestRegion* region, PlacerCounters* counters)
+  Placer(UffdOps* uffd, const GuestRegion* region, PlacerCounters* counters)
       : uffd_(uffd), region_(region), counters_(counters) {}
 
-  // Pages [first, first+count). `src` holds their bytes for COPY kinds (ignored for alias
-  // kinds, whose bytes are already in the alias). With wake=false the caller must Wake().
-  absl::Status PlaceData(uint64_t first, uint32_t count, const uint8_t* src, bool wake,
-                         bool retry_eagain = true);
-  absl::Status PlaceZero(uint64_t first, uint32_t count, bool wake, bool retry_eagain = true);
+  // Pages [first, first + count) of the region.
+  PlaceResult Copy(uint64_t first, uint32_t count, const uint8_t* src, bool wake, Caller c);
+  PlaceResult Zero(uint64_t first, uint32_t count, bool wake, Caller c);
+  PlaceResult Continue(uint64_t first, uint32_t count, bool wake, Caller c);
   absl::Status Wake(uint64_t first, uint32_t count);
   // Resolves a fault on `page` the way the guest sees a discarded page, and wakes its waiters:
-  // a MINOR fault maps the page cache as it is (UFFDIO_CONTINUE), a MISSING one gets zeros
-  // (UFFDIO_ZEROPAGE — shmem included, which allocates a zeroed page cache page; hugetlb:
-  // a zero huge page by COPY). Never writes through the alias, so a page that is already
-  // mapped is left exactly as it is: the kernel says EEXIST, and we only wake.
-  absl::Status FillHole(uint64_t page, bool minor, bool retry_eagain);
+  // a MINOR fault maps the page cache as it is (CONTINUE), a MISSING one gets zeros (ZEROPAGE;
+  // hugetlb: a zero huge page by COPY). Never writes the page cache, so a page that is already
+  // mapped is left exactly as it is: the kernel says EEXIST, and its waiters are woken.
+  PlaceResult FillHole(uint64_t page, bool minor, Caller c);
 
   const GuestRegion& region() const { return *region_; }
 
  private:
   enum class Op { kCopy, kZero, kContinue };
-  absl::Status Run(Op op, uint64_t first, uint32_t count, const uint8_t* src, bool wake,
-                   bool retry_eagain);
+  PlaceResult Run(Op op, uint64_t first, uint32_t count, const uint8_t* src, bool wake, Caller c);
 
-  Userfaultfd* uffd_;
+  UffdOps* uffd_;
   const GuestRegion* region_;
   PlacerCounters* counters_;
 };
+
+// A read-only run of zeros at least `len` bytes long (up to 1 GiB), or null: the source of
+// zero huge pages (hugetlbfs has no UFFDIO_ZEROPAGE) and of zero pages written to a page cache.
+const uint8_t* ZeroBytes(size_t len);
 
 }  // namespace faultline
 

@@ -157,6 +157,7 @@ absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Adopt(const std::strin
   r->size_ = size;
   r->page_size_ = page_size;
   r->fd_ = std::move(fd);
+  r->fd_offset_ = offset;
   if (page_size == 0 || size % page_size) {
     return absl::InvalidArgumentError(absl::StrCat("region '", name, "': bad size/page size"));
   }

@@ -2,7 +2,8 @@
 //
 //   kind        registered        absent page placed by          page size
 //   anonymous   MISSING           UFFDIO_COPY / ZEROPAGE         4 KiB
-//   memfd       MISSING | MINOR   write via alias + CONTINUE     4 KiB
+//   memfd       MISSING | MINOR   pwrite into the memfd (or write  4 KiB
+//                                 via the alias) + CONTINUE
 //   hugetlb     MISSING           whole-page UFFDIO_COPY         2 MiB
 //   guest_memfd MISSING           UFFDIO_COPY / ZEROPAGE         4 KiB
 //               needs the kernel/ series (UFFD_FEATURE_GUEST_MEMFD); without it faultline
@@ -45,14 +46,16 @@ class GuestRegion {
 
   const std::string& name() const { return name_; }
   RegionKind kind() const { return kind_; }
-  uint8_t* base() const { return base_; }      // the registered mapping (what the guest sees)
-  uint8_t* alias() const { return alias_; }    // a second, unregistered mapping, or null
+  uint8_t* base() const { return base_; }    // the registered mapping (what the guest sees)
+  uint8_t* alias() const { return alias_; }  // a second, unregistered mapping, or null
   int fd() const { return fd_.get(); }
+  uint64_t fd_offset() const { return fd_offset_; }  // of base() in fd()
   uint64_t size() const { return size_; }
   uint32_t page_size() const { return page_size_; }
   uint64_t pages() const { return size_ / page_size_; }
   uint8_t* page(uint64_t i) const { return base_ + i * page_size_; }
-  // Whether pages are placed by writing the alias then UFFDIO_CONTINUE.
+  // Whether pages are placed by writing the page cache (pwrite into fd(), or the alias
+  // mapping), then UFFDIO_CONTINUE.
   bool places_via_alias() const { return alias_ != nullptr; }
   bool register_minor() const { return kind_ == RegionKind::kMemfd; }
 
@@ -64,6 +67,7 @@ class GuestRegion {
   uint8_t* alias_ = nullptr;
   bool owns_base_ = false;
   UniqueFd fd_;
+  uint64_t fd_offset_ = 0;
   UniqueFd vm_fd_;  // guest_memfd only: the VM that owns it
   uint64_t size_ = 0;
   uint32_t page_size_ = 4096;

@@ -29,8 +29,9 @@ absl::StatusOr<UniqueFd> OpenRaw() {
           "/dev/userfaultfd, or set vm.unprivileged_userfaultfd=1");
     }
     if (err == ENOSYS) {
-      return absl::UnimplementedError("userfaultfd: this kernel is built without "
-                                      "CONFIG_USERFAULTFD");
+      return absl::UnimplementedError(
+          "userfaultfd: this kernel is built without "
+          "CONFIG_USERFAULTFD");
     }
     return ErrnoStatus("userfaultfd", err);
   }
@@ -108,8 +109,8 @@ absl::Status Userfaultfd::Register(void* addr, size_t len, bool missing, bool mi
   struct uffdio_register reg = {};
   reg.range.start = reinterpret_cast<uintptr_t>(addr);
   reg.range.len = len;
-  reg.mode = (missing ? UFFDIO_REGISTER_MODE_MISSING : 0) |
-             (minor ? UFFDIO_REGISTER_MODE_MINOR : 0);
+  reg.mode =
+      (missing ? UFFDIO_REGISTER_MODE_MISSING : 0) | (minor ? UFFDIO_REGISTER_MODE_MINOR : 0);
   if (ioctl(fd_.get(), UFFDIO_REGISTER, &reg) < 0) {
     return ErrnoStatus(absl::StrCat("UFFDIO_REGISTER (", missing ? "MISSING" : "",
                                     missing && minor ? "|" : "", minor ? "MINOR" : "", ")"));

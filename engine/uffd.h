@@ -1,21 +1,7 @@
-// Userfaultfd: a thin RAII wrapper over one userfaultfd. The only code in faultline that
-// issues UFFDIO_* ioctls. Placement calls report the kernel's races as status codes so the
-// caller can apply postcopy's rules:
-//   AlreadyExists (EEXIST)  the page is already mapped: somebody placed it; it is present.
-//   Unavailable   (EAGAIN)  the mm is changing (a UFFD_EVENT_REMOVE/UNMAP is queued and not
-//                           yet read): read events, then retry.
-//   NotFound      (ENOENT)  the range is no longer registered/mapped (after UNMAP).
-// Multi-page calls stop at the first failing page and report how many bytes were done.
+// Userfaultfd: the real UffdOps (engine/uffd_ops.h) — a thin RAII wrapper over one
+// userfaultfd, and the only code in faultline that issues UFFDIO_* ioctls.
 #ifndef FAULTLINE_ENGINE_UFFD_H_
 #define FAULTLINE_ENGINE_UFFD_H_
-
-#include <linux/userfaultfd.h>
-
-// From the guest_memfd series in kernel/patches (not in any released kernel yet): shared
-// guest_memfd mappings accept MISSING and MINOR registration.
-#ifndef UFFD_FEATURE_GUEST_MEMFD
-#define UFFD_FEATURE_GUEST_MEMFD (1 << 17)
-#endif
 
 #include <cstddef>
 #include <cstdint>
@@ -24,10 +10,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/unique_fd.h"
+#include "engine/uffd_ops.h"
 
 namespace faultline {
 
-class Userfaultfd {
+class Userfaultfd final : public UffdOps {
  public:
   // Features faultline asks for; what a kernel lacks is named in the result of Open().
   static constexpr uint64_t kWantedFeatures =
@@ -49,24 +36,20 @@ class Userfaultfd {
   Userfaultfd(Userfaultfd&&) = default;
   Userfaultfd& operator=(Userfaultfd&&) = default;
 
-  int fd() const { return fd_.get(); }
-  uint64_t features() const { return features_; }
-  bool has(uint64_t feature) const { return (features_ & feature) == feature; }
+  int fd() const override { return fd_.get(); }
+  uint64_t features() const override { return features_; }
 
-  // Registers [addr, addr+len) in MISSING and/or MINOR mode; *ioctls receives the ioctls the
-  // kernel allows on the range.
   absl::Status Register(void* addr, size_t len, bool missing, bool minor,
-                        uint64_t* ioctls = nullptr);
-  absl::Status Unregister(void* addr, size_t len);
+                        uint64_t* ioctls = nullptr) override;
+  absl::Status Unregister(void* addr, size_t len) override;
 
-  // Placement. `done` (optional) receives the bytes placed before a failure.
-  absl::Status Copy(void* dst, const void* src, size_t len, bool wake, size_t* done = nullptr);
-  absl::Status ZeroPage(void* dst, size_t len, bool wake, size_t* done = nullptr);
-  absl::Status Continue(void* dst, size_t len, bool wake, size_t* done = nullptr);
-  absl::Status Wake(void* addr, size_t len);
+  absl::Status Copy(void* dst, const void* src, size_t len, bool wake,
+                    size_t* done = nullptr) override;
+  absl::Status ZeroPage(void* dst, size_t len, bool wake, size_t* done = nullptr) override;
+  absl::Status Continue(void* dst, size_t len, bool wake, size_t* done = nullptr) override;
+  absl::Status Wake(void* addr, size_t len) override;
 
-  // Reads up to n pending messages; returns 0 when none is queued (the fd is non-blocking).
-  absl::StatusOr<int> Read(struct uffd_msg* msgs, int n);
+  absl::StatusOr<int> Read(struct uffd_msg* msgs, int n) override;
 
  private:
   Userfaultfd(UniqueFd fd, uint64_t features) : fd_(std::move(fd)), features_(features) {}

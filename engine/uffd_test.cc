@@ -67,11 +67,13 @@ TEST_F(UffdTest, AnonymousMissingCopyWakesTheFaultingThread) {
   std::vector<uint64_t> page(512, 0);
   page[1] = 0xfeedface;
   Placer placer(&*uffd_, r->get(), &counters_);
-  ASSERT_TRUE(placer.PlaceData(3, 1, reinterpret_cast<uint8_t*>(page.data()), true).ok());
+  ASSERT_TRUE(
+      placer.Copy(3, 1, reinterpret_cast<uint8_t*>(page.data()), true, Caller::kOther).done());
   guest.join();
   EXPECT_EQ(seen.load(), 0xfeedfaceu);
   // Placing it again: EEXIST is success, counted.
-  EXPECT_TRUE(placer.PlaceData(3, 1, reinterpret_cast<uint8_t*>(page.data()), true).ok());
+  EXPECT_TRUE(
+      placer.Copy(3, 1, reinterpret_cast<uint8_t*>(page.data()), true, Caller::kOther).done());
   EXPECT_EQ(counters_.eexist.load(), 1u);
   // Raw ioctl reports EEXIST as AlreadyExists.
   EXPECT_EQ(uffd_->Copy((*r)->page(3), page.data(), 4096, true).code(),
@@ -88,7 +90,7 @@ TEST_F(UffdTest, BatchedPlacementDontWakeThenOneWake) {
   ASSERT_NE(WaitFault(*uffd_), 0u);
   std::vector<uint8_t> pages(32 * 4096, 0x5a);
   Placer placer(&*uffd_, r->get(), &counters_);
-  ASSERT_TRUE(placer.PlaceData(0, 32, pages.data(), /*wake=*/false).ok());
+  ASSERT_TRUE(placer.Copy(0, 32, pages.data(), /*wake=*/false, Caller::kOther).done());
   // Placed but not woken: the thread is still waiting.
   usleep(20000);
   EXPECT_EQ(seen.load(), 0u);
@@ -103,7 +105,7 @@ TEST_F(UffdTest, AnonymousZeroPage) {
   ASSERT_TRUE(uffd_->Register((*r)->base(), (*r)->size(), true, false).ok());
   ScopedRegistration reg(&*uffd_, r->get());
   Placer placer(&*uffd_, r->get(), &counters_);
-  ASSERT_TRUE(placer.PlaceZero(0, 4, true).ok());
+  ASSERT_TRUE(placer.Zero(0, 4, true, Caller::kOther).done());
   for (int i = 0; i < 4 * 4096; ++i) ASSERT_EQ((*r)->base()[i], 0);
 }
 
@@ -121,7 +123,7 @@ TEST_F(UffdTest, MemfdMissingThenMinorContinue) {
   ASSERT_EQ(WaitFault(*uffd_, &flags), reinterpret_cast<uint64_t>((*r)->page(2)));
   EXPECT_EQ(flags & UFFD_PAGEFAULT_FLAG_MINOR, 0u);
   memset((*r)->alias() + 2 * 4096, 0x11, 4096);
-  ASSERT_TRUE(placer.PlaceData(2, 1, nullptr, true).ok());
+  ASSERT_TRUE(placer.Continue(2, 1, true, Caller::kOther).done());
   g1.join();
   EXPECT_EQ(seen.load(), 0x1111111111111111ull);
   // A page already in the page cache (written through the alias) but unmapped: MINOR.
@@ -129,11 +131,11 @@ TEST_F(UffdTest, MemfdMissingThenMinorContinue) {
   std::thread g2([&] { seen = *reinterpret_cast<volatile uint64_t*>((*r)->page(5)); });
   ASSERT_EQ(WaitFault(*uffd_, &flags), reinterpret_cast<uint64_t>((*r)->page(5)));
   EXPECT_NE(flags & UFFD_PAGEFAULT_FLAG_MINOR, 0u);
-  ASSERT_TRUE(placer.PlaceData(5, 1, nullptr, true).ok());
+  ASSERT_TRUE(placer.Continue(5, 1, true, Caller::kOther).done());
   g2.join();
   EXPECT_EQ(seen.load(), 0x2222222222222222ull);
-  // Zero page through the alias.
-  ASSERT_TRUE(placer.PlaceZero(6, 1, true).ok());
+  // A zero page (UFFDIO_ZEROPAGE allocates a zeroed page-cache page).
+  ASSERT_TRUE(placer.Zero(6, 1, true, Caller::kOther).done());
   EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>((*r)->page(6)), 0u);
 }
 
@@ -149,10 +151,11 @@ TEST_F(UffdTest, HugetlbWholePageCopy) {
       [&] { seen = *reinterpret_cast<volatile uint64_t*>((*r)->base() + (2u << 20) + 12345 * 8); });
   ASSERT_EQ(WaitFault(*uffd_), reinterpret_cast<uint64_t>((*r)->page(1)));
   std::vector<uint64_t> huge((2u << 20) / 8, 0x77);
-  ASSERT_TRUE(placer.PlaceData(1, 1, reinterpret_cast<uint8_t*>(huge.data()), true).ok());
+  ASSERT_TRUE(
+      placer.Copy(1, 1, reinterpret_cast<uint8_t*>(huge.data()), true, Caller::kOther).done());
   g.join();
   EXPECT_EQ(seen.load(), 0x77u);
-  ASSERT_TRUE(placer.PlaceZero(0, 1, true).ok());
+  ASSERT_TRUE(placer.Zero(0, 1, true, Caller::kOther).done());
   EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>((*r)->base() + 4096), 0u);
 }
 
@@ -166,7 +169,7 @@ TEST_F(UffdTest, GuestMemfdRegistrationFollowsFeatureBit) {
     ScopedRegistration reg(&*uffd_, r->get());
     Placer placer(&*uffd_, r->get(), &counters_);
     std::vector<uint8_t> page(4096, 0x5c);
-    ASSERT_TRUE(placer.PlaceData(2, 1, page.data(), true).ok());
+    ASSERT_TRUE(placer.Copy(2, 1, page.data(), true, Caller::kOther).done());
     EXPECT_EQ(*reinterpret_cast<volatile uint8_t*>((*r)->base() + 2 * 4096 + 7), 0x5c);
     std::printf("this kernel registers guest_memfd with userfaultfd (kernel/ series present)\n");
     return;

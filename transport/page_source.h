@@ -1,51 +1,86 @@
-// The engine's whole view of a transport: a PageSource that takes page requests, and a
-// PageSink (implemented by the engine) that decides where arriving bytes land and places them.
+// The engine's whole view of a transport, and the transport's whole view of the engine:
 //
-// One fault's trip through this interface:
-//   fault loop ──RequestUrgent(region, page)──► transport ──► source
-//   transport receive thread: Land() → bytes read straight into the returned buffer
-//                             → CRC checked → Arrived(kData) → FrameDone()
+//   engine ──PageSource::RequestUrgent / RequestBulk──► transport ──► source
+//   transport receive thread ──PageSink::Deliver(run of checked pages)──► engine places them
+//
+// A transport never calls the engine for anything but these four PageSink calls, and never
+// includes engine/. Pages cross as runs of consecutive pages whose bytes are already checked
+// (CRC32C on TCP, per page); the engine copies what it keeps before Deliver() returns, so the
+// transport reuses its receive buffer at once (a small, cache-hot buffer: the bytes are
+// touched while they are still in cache).
 #ifndef FAULTLINE_TRANSPORT_PAGE_SOURCE_H_
 #define FAULTLINE_TRANSPORT_PAGE_SOURCE_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "transport/protocol.h"
 
 namespace faultline {
 
-enum class Arrival {
-  kData,     // the page's bytes are in the buffer Land() returned, CRC verified
-  kZero,     // the page is all zeros; no bytes were sent and Land() was not called
-  kCorrupt,  // bytes were read into the landing but failed their CRC, or the stream broke
-             // while they were being read: the landing holds garbage, place nothing
+// One region of guest memory as a source announces it.
+struct RegionInfo {
+  std::string name;
+  uint64_t size = 0;
+  uint32_t page_size = 0;
+  uint64_t pages() const { return page_size ? size / page_size : 0; }
+};
+
+// Why a page was asked for: a fault waits on it (urgent), or nobody does yet (bulk).
+enum class Urgency : uint8_t { kUrgent, kBulk };
+
+// Consecutive pages [first, first + count) of one region, every one checked. Page i's bytes
+// are at data + i * page_size, except where zero[i] is 1: an all-zero page, whose bytes in
+// `data` are unspecified (the transport sent only a marker). `zero` is null when no page is
+// zero. Valid only during the Deliver() call.
+struct PageRun {
+  uint32_t region = 0;
+  uint64_t first = 0;
+  uint32_t count = 0;
+  uint32_t page_size = 0;
+  const uint8_t* data = nullptr;
+  const uint8_t* zero = nullptr;
+  Urgency urgency = Urgency::kBulk;
+  uint32_t lane = 0;  // the bulk lane it came on (0 for urgent)
+  bool is_zero(uint32_t i) const { return zero != nullptr && zero[i] != 0; }
+};
+
+// Why a source stopped delivering. The kind decides what the engine does next, the status
+// says what happened; they are separate so that no status code doubles as a control signal.
+struct SourceError {
+  enum class Kind : uint8_t {
+    kNetwork,   // the connection broke or timed out: reconnecting may heal it
+    kProtocol,  // the peer sent what the protocol forbids: it will not heal
+    kRefused,   // the peer refused us (token, TLS, region table, an ERROR frame)
+  };
+  Kind kind;
+  absl::Status status;
+  bool reconnectable() const { return kind == Kind::kNetwork; }
 };
 
 class PageSink {
  public:
   virtual ~PageSink() = default;
-  // Returns where the bytes of `page` of `region` go: `region` page-size bytes, writable until
-  // the matching Arrived(). `index` is the page's position in its frame. Never null.
-  virtual uint8_t* Land(Channel ch, uint32_t region, uint64_t page, uint32_t index) = 0;
-  // Where the pages of `region` land whenever Land() claims them, if that is always
-  // base + page * page_size (an alias mapping of the guest's memory); null when the landing
-  // moves (staging buffers). A transport may register that memory with a NIC and write pages
-  // straight into it — only after Land() has claimed them.
-  virtual uint8_t* DirectBase(uint32_t region) { return nullptr; }
-  virtual void Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index,
-                       Arrival what) = 0;
-  // Every page of a frame has Arrived(): a batch boundary (bulk placement and wake-ups).
-  virtual void FrameDone(Channel ch, uint32_t region, uint64_t first, uint32_t count) = 0;
-  // A frame broke off before all its pages arrived (stream error, or Stop()): every page the
-  // sink claimed for it and has not placed must be handed back. Always called for such a
-  // frame, even during Stop().
-  virtual void FrameAborted(Channel ch) = 0;
-  // The transport can deliver nothing more (peer gone, protocol error). Called at most once
-  // per channel, never after PageSource::Stop().
-  virtual void Failed(Channel ch, const absl::Status& why) = 0;
+  // A run of checked pages arrived. Called on the transport's receive threads, concurrently
+  // for different connections; the sink must not block for long (it places the pages).
+  virtual void Deliver(const PageRun& run) = 0;
+  // `page` was sent but its bytes failed the check: nothing of it is delivered. The sink asks
+  // again (urgently if a fault waits on it).
+  virtual void Rejected(uint32_t region, uint64_t page, Urgency urgency) = 0;
+  // Every page of a bulk request on `lane` was delivered or rejected: the lane has room.
+  virtual void BulkDone(uint32_t lane) = 0;
+  // The source can deliver nothing more on some connection. At most once per connection and
+  // never after PageSource::Stop(). Requests without an answer are lost with it.
+  virtual void Failed(const SourceError& why) = 0;
+};
+
+// What a source can carry: the engine sizes its requests by this, never by protocol constants.
+struct SourceLimits {
+  uint32_t max_request_pages = 1;
+  uint64_t max_request_bytes = 4096;
+  uint32_t bulk_lanes = 1;  // independent bulk connections, each with its own receive thread
 };
 
 class PageSource {
@@ -53,19 +88,24 @@ class PageSource {
   virtual ~PageSource() = default;
   // The source's region table, as announced in its WELCOME.
   virtual const std::vector<RegionInfo>& regions() const = 0;
+  virtual SourceLimits limits() const = 0;
   // Starts delivering to `sink` (receive threads run until Stop()).
   virtual absl::Status Start(PageSink* sink) = 0;
-  // Thread-safe. Asks for one page ahead of any bulk traffic.
+  // Thread-safe. Asks for one page ahead of any bulk traffic. An error means this request is
+  // lost (the connection is gone, and Failed() says why); the caller need not act on it.
   virtual absl::Status RequestUrgent(uint32_t region, uint64_t page) = 0;
-  // Thread-safe. Asks for a run of pages on the bulk channel.
-  virtual absl::Status RequestBulk(uint32_t region, uint64_t first, uint32_t count) = 0;
+  // Thread-safe. Asks for a run of pages on bulk lane `lane` (< limits().bulk_lanes); answered
+  // by Deliver()/Rejected() for every page, then BulkDone(lane). Errors as RequestUrgent.
+  virtual absl::Status RequestBulk(uint32_t lane, uint32_t region, uint64_t first,
+                                   uint32_t count) = 0;
   // Tells the source every page is present (it may stop serving).
   virtual absl::Status Finish() = 0;
-  // Closes both channels and joins the receive threads. Idempotent.
+  // Closes every connection and joins the receive threads. Idempotent.
   virtual void Stop() = 0;
-  // After a channel failed: closes what is left, joins the receive threads (frames cut short
-  // get FrameAborted), then connects again — retrying with backoff until `deadline` — and
-  // resumes delivering to the same sink. Requests in flight are lost: the caller re-sends.
+  // After Failed(): closes what is left, joins the receive threads, then connects again —
+  // retrying with backoff until `deadline` — and resumes delivering to the same sink. Requests
+  // in flight are lost: the caller asks again. A kNetwork error kind only for a deadline
+  // passed; a refusal on the way (token, region table changed) is kRefused.
   virtual absl::Status Reconnect(absl::Time deadline) {
     return absl::UnimplementedError("this transport cannot reconnect");
   }

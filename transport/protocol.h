@@ -33,6 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "transport/page_source.h"  // RegionInfo
 
 namespace faultline {
 
@@ -76,13 +77,6 @@ Token RandomToken();
 struct FrameHeader {
   FrameType type;
   uint32_t length;  // payload bytes that follow
-};
-
-struct RegionInfo {
-  std::string name;
-  uint64_t size = 0;
-  uint32_t page_size = 0;
-  uint64_t pages() const { return page_size ? size / page_size : 0; }
 };
 
 struct Hello {

@@ -136,29 +136,22 @@ RdmaPageSource::~RdmaPageSource() {
   Stop();
   qps_[0].reset();
   qps_[1].reset();
-  direct_mr_.clear();
   urgent_staging_mr_.reset();
   ring_mr_.reset();
   if (urgent_staging_) munmap(urgent_staging_, urgent_staging_len_);
   if (ring_) munmap(ring_, ring_len_);
 }
 
+SourceLimits RdmaPageSource::limits() const {
+  SourceLimits l;
+  l.max_request_pages = kMaxPagesPerFrame;
+  l.max_request_bytes = opts_.bulk_slot_bytes;
+  l.bulk_lanes = 1;
+  return l;
+}
+
 absl::Status RdmaPageSource::Start(PageSink* sink) {
   sink_ = sink;
-  direct_base_.assign(regions_.size(), nullptr);
-  direct_mr_.clear();
-  direct_mr_.resize(regions_.size());
-  for (uint32_t i = 0; i < regions_.size(); ++i) {
-    uint8_t* base = sink->DirectBase(i);
-    if (base == nullptr) continue;
-    // Pins the alias mapping (its page cache pages): urgent pages are read straight into it.
-    absl::StatusOr<MrPtr> mr =
-        dev_->Register(base, regions_[i].size, IBV_ACCESS_LOCAL_WRITE,
-                       absl::StrCat("region '", regions_[i].name, "' (alias mapping)"));
-    if (!mr.ok()) return mr.status();
-    direct_base_[i] = base;
-    direct_mr_[i] = std::move(*mr);
-  }
   StartThreads();
   return absl::OkStatus();
 }
@@ -186,7 +179,9 @@ absl::Status RdmaPageSource::RequestUrgent(uint32_t region, uint64_t page) {
   return absl::OkStatus();
 }
 
-absl::Status RdmaPageSource::RequestBulk(uint32_t region, uint64_t first, uint32_t count) {
+absl::Status RdmaPageSource::RequestBulk(uint32_t lane, uint32_t region, uint64_t first,
+                                         uint32_t count) {
+  if (lane != 0) return absl::InvalidArgumentError(absl::StrCat("no bulk lane ", lane));
   PageRange r{region, count, first};
   if (absl::Status s = CheckRange(r, regions_, kMaxPagesPerFrame); !s.ok()) return s;
   if (uint64_t{count} * regions_[region].page_size > opts_.bulk_slot_bytes) {
@@ -292,41 +287,40 @@ void RdmaPageSource::UrgentLoop() {
     }
     const auto [region, page] = req;
     const uint32_t ps = regions_[region].page_size;
-    uint8_t* dst = sink_->Land(Channel::kUrgent, region, page, 0);
-    const bool direct = direct_base_[region] != nullptr && dst == direct_base_[region] + page * ps;
-    uint8_t* local = direct ? dst : urgent_staging_;
-    const uint32_t lkey = direct ? direct_mr_[region]->lkey : urgent_staging_mr_->lkey;
     uint32_t rkey = keys_[region].rkey;
     if (fail_urgent_left_.load() > 0 && fail_urgent_left_.fetch_sub(1) > 0) rkey ^= 0x5a;
     stats_.urgent_reads.fetch_add(1, std::memory_order_relaxed);
-    if (direct) stats_.urgent_direct.fetch_add(1, std::memory_order_relaxed);
-    absl::Status posted =
-        qps_[0]->PostRead(kUrgentWrId, local, lkey, keys_[region].addr + page * ps, rkey, ps);
+    absl::Status posted = qps_[0]->PostRead(kUrgentWrId, urgent_staging_, urgent_staging_mr_->lkey,
+                                            keys_[region].addr + page * ps, rkey, ps);
     ibv_wc wc{};
     if (posted.ok() && !WaitUrgent(&wc)) {
       // Stopping with the read outstanding: flush it so the NIC writes nothing more into the
-      // landing, then hand the page back.
+      // staging page. Nothing was delivered: the page stays requested.
       qps_[0]->ToError();
       const absl::Time until = absl::Now() + absl::Seconds(2);
       while (ibv_poll_cq(qps_[0]->cq(), 1, &wc) == 0 && absl::Now() < until) usleep(100);
-      sink_->FrameAborted(Channel::kUrgent);
       return;
     }
     if (!posted.ok() || wc.status != IBV_WC_SUCCESS) {
-      // Nothing from a failed read is placed: the page goes back to absent.
-      sink_->Arrived(Channel::kUrgent, region, page, 0, Arrival::kCorrupt);
+      // Nothing from a failed read is delivered: the page stays requested, and the engine
+      // asks again after reconnecting.
       stats_.failed_completions.fetch_add(1, std::memory_order_relaxed);
       if (stopping_.load()) return;
-      sink_->Failed(
-          Channel::kUrgent,
+      sink_->Failed(SourceError{
+          SourceError::Kind::kNetwork,
           absl::UnavailableError(absl::StrCat(
               "urgent channel: RDMA READ of page ", page, " of region '", regions_[region].name,
-              "' failed: ", posted.ok() ? WcStatusText(wc) : std::string(posted.message()))));
+              "' failed: ", posted.ok() ? WcStatusText(wc) : std::string(posted.message())))});
       return;
     }
-    if (!direct) memcpy(dst, urgent_staging_, ps);
-    sink_->Arrived(Channel::kUrgent, region, page, 0, Arrival::kData);
-    sink_->FrameDone(Channel::kUrgent, region, page, 1);
+    PageRun run;
+    run.region = region;
+    run.first = page;
+    run.count = 1;
+    run.page_size = ps;
+    run.data = urgent_staging_;
+    run.urgency = Urgency::kUrgent;
+    sink_->Deliver(run);
   }
 }
 
@@ -404,8 +398,13 @@ void RdmaPageSource::BulkLoop() {
     }
   }
   if (stopping_.load() || status.ok()) return;
-  sink_->Failed(Channel::kBulk,
-                absl::Status(status.code(), absl::StrCat("bulk channel: ", status.message())));
+  const bool network = status.code() == absl::StatusCode::kUnavailable ||
+                       status.code() == absl::StatusCode::kDeadlineExceeded;
+  sink_->Failed(SourceError{
+      network ? SourceError::Kind::kNetwork
+              : (status.code() == absl::StatusCode::kInvalidArgument ? SourceError::Kind::kProtocol
+                                                                     : SourceError::Kind::kRefused),
+      absl::Status(status.code(), absl::StrCat("bulk channel: ", status.message()))});
 }
 
 absl::Status RdmaPageSource::BulkStep(std::deque<Inflight>& inflight,
@@ -500,26 +499,37 @@ void RdmaPageSource::DeliverBulk(const Inflight& f, const std::vector<uint32_t>&
   uint8_t* slot = ring_ + size_t{f.slot} * opts_.bulk_slot_bytes;
   if (f.corrupt_test) slot[0] ^= 0x01;
   stats_.bulk_bytes.fetch_add(uint64_t{r.count} * ps, std::memory_order_relaxed);
+  // The batch's good pages as runs straight from the ring slot; zero pages marked as such.
+  thread_local std::vector<uint8_t> zero;
+  zero.assign(r.count, 0);
+  PageRun run;
+  run.region = r.region;
+  run.page_size = ps;
+  run.urgency = Urgency::kBulk;
+  uint32_t start = 0;
+  auto flush = [&](uint32_t end) {
+    if (end > start) {
+      run.first = r.first + start;
+      run.count = end - start;
+      run.data = slot + size_t{start} * ps;
+      run.zero = zero.data() + start;
+      sink_->Deliver(run);
+    }
+  };
   for (uint32_t i = 0; i < r.count; ++i) {
     const uint8_t* src = slot + size_t{i} * ps;
-    const uint64_t page = r.first + i;
-    const uint32_t crc = Crc32c(src, ps);
-    if (crc != crcs[i]) {
-      // The bytes read are not the source's: hand the page back, the engine asks again.
+    if (Crc32c(src, ps) != crcs[i]) {
+      // The bytes read are not the source's: deliver what precedes, hand this one back.
       stats_.crc_mismatches.fetch_add(1, std::memory_order_relaxed);
-      (void)sink_->Land(Channel::kBulk, r.region, page, i);
-      sink_->Arrived(Channel::kBulk, r.region, page, i, Arrival::kCorrupt);
+      flush(i);
+      start = i + 1;
+      sink_->Rejected(r.region, r.first + i, Urgency::kBulk);
       continue;
     }
-    if (IsZeroPage(src, ps)) {
-      sink_->Arrived(Channel::kBulk, r.region, page, i, Arrival::kZero);
-      continue;
-    }
-    uint8_t* dst = sink_->Land(Channel::kBulk, r.region, page, i);
-    memcpy(dst, src, ps);
-    sink_->Arrived(Channel::kBulk, r.region, page, i, Arrival::kData);
+    zero[i] = IsZeroPage(src, ps) ? 1 : 0;
   }
-  sink_->FrameDone(Channel::kBulk, r.region, r.first, r.count);
+  flush(r.count);
+  sink_->BulkDone(0);
 }
 
 }  // namespace faultline

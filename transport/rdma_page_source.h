@@ -6,20 +6,19 @@
 //    region table), then RDMA_CONNECT/RDMA_ACCEPT: queue pair numbers and, per region, the
 //    remote address, length and rkey (read-only). Later VERIFY/VERIFIED for bulk pages, DONE.
 //  - urgent QP: fault requests only, one READ at a time, never behind bulk (its own QP, CQ and
-//    thread). Alias regions (memfd): the page is read straight into the alias mapping (a local
-//    memory registration of it); other kinds: into a registered staging page, then copied to
-//    where Land() said. Completions busy-polled while the read is outstanding (up to
-//    urgent_spin, then the completion channel); idle: the thread sleeps.
+//    thread), into a registered staging page that is then delivered to the engine. Completions
+//    busy-polled while the read is outstanding (up to urgent_spin, then the completion
+//    channel); idle: the thread sleeps.
 //  - bulk QP: background batches, `bulk_depth` READs in flight into a registered staging ring,
 //    each with a VERIFY sent at the same time on the control connection. A batch is delivered
 //    when its READ has completed and the source's CRC32C list has arrived: a page whose CRC
-//    differs is handed back (Arrival::kCorrupt: the engine fetches it again), zero pages are
-//    reported as zeros. Completions are event-driven (completion channel).
+//    differs is Rejected() (the engine fetches it again), the rest delivered as runs straight
+//    from the ring slot, zero pages marked. Completions are event-driven (completion channel).
 //
-// A failed work completion puts the QP in the error state: a page being read for a fault is
-// handed back (kCorrupt: absent again), the channel fails with kUnavailable, and the engine
-// reconnects (Reconnect(): new QPs, new control connection) and asks again — or, without a
-// reconnect deadline, reports the error. Nothing from a failed read is ever placed.
+// A failed work completion puts the QP in the error state: the channel fails (a kNetwork
+// SourceError), and the engine reconnects (Reconnect(): new QPs, new control connection) and
+// asks again — or, without a reconnect deadline, reports the error. Nothing from a failed read
+// is ever delivered.
 #ifndef FAULTLINE_TRANSPORT_RDMA_PAGE_SOURCE_H_
 #define FAULTLINE_TRANSPORT_RDMA_PAGE_SOURCE_H_
 
@@ -55,7 +54,7 @@ struct RdmaSourceOptions {
 };
 
 struct RdmaTransportStats {
-  std::atomic<uint64_t> urgent_reads{0}, urgent_direct{0}, bulk_reads{0}, bulk_bytes{0};
+  std::atomic<uint64_t> urgent_reads{0}, bulk_reads{0}, bulk_bytes{0};
   std::atomic<uint64_t> crc_mismatches{0}, failed_completions{0};
 };
 
@@ -65,9 +64,10 @@ class RdmaPageSource : public PageSource {
   ~RdmaPageSource() override;
 
   const std::vector<RegionInfo>& regions() const override { return regions_; }
+  SourceLimits limits() const override;
   absl::Status Start(PageSink* sink) override;
   absl::Status RequestUrgent(uint32_t region, uint64_t page) override;
-  absl::Status RequestBulk(uint32_t region, uint64_t first, uint32_t count) override;
+  absl::Status RequestBulk(uint32_t lane, uint32_t region, uint64_t first, uint32_t count) override;
   absl::Status Finish() override;
   void Stop() override;
   absl::Status Reconnect(absl::Time deadline) override;
@@ -101,9 +101,7 @@ class RdmaPageSource : public PageSource {
   std::vector<RegionInfo> regions_;
   PageSink* sink_ = nullptr;
   std::unique_ptr<RdmaDevice> dev_;
-  // Local memory registrations: per-region alias targets (null: not direct), staging.
-  std::vector<uint8_t*> direct_base_;
-  std::vector<MrPtr> direct_mr_;
+  // Local memory registrations: the staging page and ring.
   uint8_t* urgent_staging_ = nullptr;
   size_t urgent_staging_len_ = 0;
   MrPtr urgent_staging_mr_;

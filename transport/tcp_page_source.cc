@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
@@ -48,32 +49,91 @@ absl::StatusOr<Stream> OpenChannel(const TcpSourceOptions& opts, Channel ch,
   return stream;
 }
 
+namespace {
+
+// What a broken connection means for the engine (transport/page_source.h).
+SourceError Classify(const absl::Status& s, bool peer_error) {
+  using K = SourceError::Kind;
+  if (peer_error) return {K::kRefused, s};
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded: return {K::kNetwork, s};
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kDataLoss: return {K::kProtocol, s};
+    default: return {K::kRefused, s};
+  }
+}
+
+}  // namespace
+
+absl::Status TcpPageSource::OpenAll(const TcpSourceOptions& opts, std::vector<Stream>* streams,
+                                    std::vector<RegionInfo>* regions) {
+  if (opts.bulk_lanes < 1 || opts.bulk_lanes > kMaxBulkLanes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bulk lanes must be 1..", kMaxBulkLanes, ", not ", opts.bulk_lanes));
+  }
+  streams->clear();
+  for (uint32_t i = 0; i <= opts.bulk_lanes; ++i) {
+    std::vector<RegionInfo> r;
+    absl::StatusOr<Stream> s = OpenChannel(opts, i == 0 ? Channel::kUrgent : Channel::kBulk, &r);
+    if (!s.ok()) return s.status();
+    if (i == 0) {
+      *regions = std::move(r);
+    } else {
+      if (r.size() != regions->size()) {
+        return absl::FailedPreconditionError("source announced different regions on its channels");
+      }
+      int big = 4 << 20;
+      setsockopt(s->fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    }
+    streams->push_back(std::move(*s));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<TcpPageSource>> TcpPageSource::Connect(
     const TcpSourceOptions& opts) {
   std::unique_ptr<TcpPageSource> src(new TcpPageSource());
   src->opts_ = opts;
-  std::vector<RegionInfo> bulk_regions;
-  absl::StatusOr<Stream> urgent = OpenChannel(opts, Channel::kUrgent, &src->regions_);
-  if (!urgent.ok()) return urgent.status();
-  absl::StatusOr<Stream> bulk = OpenChannel(opts, Channel::kBulk, &bulk_regions);
-  if (!bulk.ok()) return bulk.status();
-  if (bulk_regions.size() != src->regions_.size()) {
-    return absl::FailedPreconditionError("source announced different regions on its channels");
+  std::vector<Stream> streams;
+  if (absl::Status s = OpenAll(opts, &streams, &src->regions_); !s.ok()) return s;
+  uint32_t max_ps = 4096;
+  for (const RegionInfo& r : src->regions_) max_ps = std::max(max_ps, r.page_size);
+  for (size_t i = 0; i < streams.size(); ++i) {
+    auto c = std::make_unique<Conn>();
+    c->stream = std::move(streams[i]);
+    c->urgency = i == 0 ? Urgency::kUrgent : Urgency::kBulk;
+    c->lane = i == 0 ? 0 : static_cast<uint32_t>(i - 1);
+    // The urgent connection carries one page per frame; a bulk one a chunk at a time.
+    c->buf.resize(i == 0 ? max_ps : std::max<size_t>(max_ps, opts.deliver_chunk_bytes));
+    c->zero.resize(c->buf.size() / 4096 + 1);
+    src->conns_.push_back(std::move(c));
   }
-  int big = 4 << 20;
-  setsockopt(bulk->fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
-  src->conns_[0].stream = std::move(*urgent);
-  src->conns_[1].stream = std::move(*bulk);
   return src;
 }
 
 TcpPageSource::~TcpPageSource() { Stop(); }
 
+SourceLimits TcpPageSource::limits() const {
+  SourceLimits l;
+  l.max_request_pages = kMaxPagesPerFrame;
+  l.max_request_bytes = kMaxPagesPayload;
+  l.bulk_lanes = static_cast<uint32_t>(conns_.size() - 1);
+  return l;
+}
+
+void TcpPageSource::StartThreads() {
+  stopping_.store(false);
+  for (auto& c : conns_) {
+    Conn* raw = c.get();
+    c->rx = std::thread([this, raw] { ReceiveLoop(raw); });
+  }
+}
+
 absl::Status TcpPageSource::Start(PageSink* sink) {
   sink_ = sink;
-  for (int ch = 0; ch < 2; ++ch) {
-    conns_[ch].rx = std::thread([this, ch] { ReceiveLoop(static_cast<Channel>(ch)); });
-  }
+  StartThreads();
   return absl::OkStatus();
 }
 
@@ -87,68 +147,65 @@ absl::Status TcpPageSource::Request(Conn& c, uint32_t region, uint64_t first, ui
 }
 
 absl::Status TcpPageSource::RequestUrgent(uint32_t region, uint64_t page) {
-  return Request(conns_[0], region, page, 1);
+  return Request(*conns_[0], region, page, 1);
 }
 
-absl::Status TcpPageSource::RequestBulk(uint32_t region, uint64_t first, uint32_t count) {
-  return Request(conns_[1], region, first, count);
+absl::Status TcpPageSource::RequestBulk(uint32_t lane, uint32_t region, uint64_t first,
+                                        uint32_t count) {
+  if (lane + 1 >= conns_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("no bulk lane ", lane));
+  }
+  return Request(*conns_[1 + lane], region, first, count);
 }
 
 absl::Status TcpPageSource::Finish() {
   std::string out;
   EncodeDone(&out);
-  std::lock_guard<std::mutex> l(conns_[0].write_mu);
-  return conns_[0].stream.WriteAll(out.data(), out.size());
+  std::lock_guard<std::mutex> l(conns_[0]->write_mu);
+  return conns_[0]->stream.WriteAll(out.data(), out.size());
 }
 
 void TcpPageSource::Stop() {
   stopping_.store(true);
-  for (Conn& c : conns_) {
-    if (c.stream.valid()) c.stream.ShutdownSocket();
+  for (auto& c : conns_) {
+    if (c->stream.valid()) c->stream.ShutdownSocket();
   }
-  for (Conn& c : conns_) {
-    if (c.rx.joinable()) c.rx.join();
+  for (auto& c : conns_) {
+    if (c->rx.joinable()) c->rx.join();
   }
 }
 
 absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
   std::lock_guard<std::mutex> g(reconnect_mu_);
-  Stop();  // receive threads joined; their cut frames were handed back
+  Stop();  // receive threads joined
   absl::Duration backoff = absl::Milliseconds(20);
   absl::Status last;
   while (true) {
-    std::vector<RegionInfo> r0, r1;
     TcpSourceOptions o = opts_;
     o.connect_timeout =
         std::min(opts_.connect_timeout, std::max(absl::Milliseconds(100), deadline - absl::Now()));
-    // A fresh TCP connection and, with TLS, a fresh handshake per channel.
-    absl::StatusOr<Stream> urgent = OpenChannel(o, Channel::kUrgent, &r0);
-    absl::StatusOr<Stream> bulk =
-        urgent.ok() ? OpenChannel(o, Channel::kBulk, &r1) : absl::StatusOr<Stream>(urgent.status());
-    if (urgent.ok() && bulk.ok()) {
-      if (r0.size() != regions_.size() || r1.size() != regions_.size()) {
+    // Fresh TCP connections and, with TLS, fresh handshakes, one per channel.
+    std::vector<Stream> streams;
+    std::vector<RegionInfo> r;
+    last = OpenAll(o, &streams, &r);
+    if (last.ok()) {
+      if (r.size() != regions_.size()) {
         return absl::FailedPreconditionError("the source came back with different regions");
       }
-      for (size_t i = 0; i < r0.size(); ++i) {
-        if (r0[i].size != regions_[i].size || r0[i].page_size != regions_[i].page_size) {
+      for (size_t i = 0; i < r.size(); ++i) {
+        if (r[i].size != regions_[i].size || r[i].page_size != regions_[i].page_size) {
           return absl::FailedPreconditionError(
               absl::StrCat("the source came back with region ", i, " changed"));
         }
       }
-      int big = 4 << 20;
-      setsockopt(bulk->fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
-      for (int ch = 0; ch < 2; ++ch) {
-        std::lock_guard<std::mutex> l(conns_[ch].write_mu);
-        conns_[ch].stream = std::move(ch == 0 ? *urgent : *bulk);
+      for (size_t i = 0; i < conns_.size(); ++i) {
+        std::lock_guard<std::mutex> l(conns_[i]->write_mu);
+        conns_[i]->stream = std::move(streams[i]);
       }
-      stopping_.store(false);
-      for (int ch = 0; ch < 2; ++ch) {
-        conns_[ch].rx = std::thread([this, ch] { ReceiveLoop(static_cast<Channel>(ch)); });
-      }
+      StartThreads();
       reconnects_.fetch_add(1);
       return absl::OkStatus();
     }
-    last = urgent.ok() ? bulk.status() : urgent.status();
     // Authentication and protocol refusals will not heal by retrying.
     if (last.code() == absl::StatusCode::kPermissionDenied ||
         last.code() == absl::StatusCode::kFailedPrecondition ||
@@ -164,12 +221,13 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
   }
 }
 
-void TcpPageSource::ReceiveLoop(Channel ch) {
-  Stream& stream = conns_[static_cast<int>(ch)].stream;
+void TcpPageSource::ReceiveLoop(Conn* c) {
+  Stream& stream = c->stream;
   absl::Status status;
+  bool peer_error = false;
   while (status.ok()) {
     uint8_t hb[kHeaderSize];
-    if (opts_.busy_poll && ch == Channel::kUrgent) {
+    if (opts_.busy_poll && c->urgency == Urgency::kUrgent) {
       // Spin until the header's first byte is there, then read normally.
       stream.SpinUntilReadable(stopping_);
     }
@@ -181,8 +239,7 @@ void TcpPageSource::ReceiveLoop(Channel ch) {
       break;
     }
     if (h->type == FrameType::kPages) {
-      status = ReceivePages(ch, stream, *h);
-      if (!status.ok()) sink_->FrameAborted(ch);
+      status = ReceivePages(*c, *h);
       continue;
     }
     std::string payload(h->length, '\0');
@@ -192,25 +249,30 @@ void TcpPageSource::ReceiveLoop(Channel ch) {
       absl::StatusOr<ErrorFrame> e = DecodeError(
           absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
       status = e.ok() ? PeerError(*e) : e.status();
+      peer_error = e.ok();
     } else {
       status = absl::InvalidArgumentError(
           absl::StrCat("unexpected ", FrameTypeName(h->type), " frame from the source"));
     }
   }
   if (stopping_.load()) return;
-  if (status.code() == absl::StatusCode::kInvalidArgument) {
+  SourceError err = Classify(status, peer_error);
+  if (err.kind == SourceError::Kind::kProtocol) {
     // Tell the source why we are hanging up (best effort).
     std::string out;
     EncodeError(status, &out);
-    std::lock_guard<std::mutex> l(conns_[static_cast<int>(ch)].write_mu);
+    std::lock_guard<std::mutex> l(c->write_mu);
     (void)stream.WriteAll(out.data(), out.size());
   }
-  sink_->Failed(ch,
-                absl::Status(status.code(), absl::StrCat(ch == Channel::kUrgent ? "urgent" : "bulk",
-                                                         " channel: ", status.message())));
+  err.status = absl::Status(
+      status.code(), absl::StrCat(c->urgency == Urgency::kUrgent ? "urgent" : "bulk", " channel",
+                                  c->urgency == Urgency::kUrgent ? "" : absl::StrCat(" ", c->lane),
+                                  ": ", status.message()));
+  sink_->Failed(err);
 }
 
-absl::Status TcpPageSource::ReceivePages(Channel ch, Stream& stream, const FrameHeader& h) {
+absl::Status TcpPageSource::ReceivePages(Conn& c, const FrameHeader& h) {
+  Stream& stream = c.stream;
   uint8_t head_buf[kPagesHeadSize];
   if (h.length < kPagesHeadSize) return absl::InvalidArgumentError("malformed PAGES frame: short");
   if (absl::Status s = stream.ReadAll(head_buf, sizeof(head_buf)); !s.ok()) return s;
@@ -220,28 +282,58 @@ absl::Status TcpPageSource::ReceivePages(Channel ch, Stream& stream, const Frame
   if (absl::Status s = CheckRange(range, regions_, kMaxPagesPerFrame); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("PAGES frame out of range: ", s.message()));
   }
-  const uint32_t page_size = regions_[head->region].page_size;
+  const uint32_t ps = regions_[head->region].page_size;
   std::vector<uint8_t> desc_buf(size_t{head->count} * kPageDescSize);
   if (absl::Status s = stream.ReadAll(desc_buf.data(), desc_buf.size()); !s.ok()) return s;
   absl::StatusOr<std::vector<PageDesc>> descs =
-      DecodePageDescs(desc_buf, head->count, page_size, h.length);
+      DecodePageDescs(desc_buf, head->count, ps, h.length);
   if (!descs.ok()) return descs.status();
-  for (uint32_t i = 0; i < head->count; ++i) {
-    const uint64_t page = head->first + i;
-    if ((*descs)[i].zero()) {
-      sink_->Arrived(ch, head->region, page, i, Arrival::kZero);
-      continue;
+  // A chunk at a time: read its data pages into the buffer (page k of the chunk at k * ps),
+  // check them there, deliver the good ones as runs.
+  const uint32_t per_chunk = static_cast<uint32_t>(std::max<size_t>(1, c.buf.size() / ps));
+  for (uint32_t i = 0; i < head->count; i += per_chunk) {
+    const uint32_t n = std::min(per_chunk, head->count - i);
+    for (uint32_t k = 0; k < n;) {
+      if ((*descs)[i + k].zero()) {
+        ++k;
+        continue;
+      }
+      uint32_t m = k;
+      while (m < n && !(*descs)[i + m].zero()) ++m;
+      // Pages [k, m) of the chunk are data: one read for all of them.
+      if (absl::Status s = stream.ReadAll(c.buf.data() + size_t{k} * ps, size_t{m - k} * ps);
+          !s.ok()) {
+        return s;  // nothing of this chunk was delivered; its pages stay requested
+      }
+      k = m;
     }
-    uint8_t* dst = sink_->Land(ch, head->region, page, i);
-    absl::Status s = stream.ReadAll(dst, page_size);  // straight into place
-    if (!s.ok()) {
-      sink_->Arrived(ch, head->region, page, i, Arrival::kCorrupt);
-      return s;
+    PageRun run;
+    run.region = head->region;
+    run.page_size = ps;
+    run.urgency = c.urgency;
+    run.lane = c.lane;
+    uint32_t start = 0;
+    auto flush = [&](uint32_t end) {  // delivers chunk pages [start, end)
+      if (end > start) {
+        run.first = head->first + i + start;
+        run.count = end - start;
+        run.data = c.buf.data() + size_t{start} * ps;
+        run.zero = c.zero.data() + start;
+        sink_->Deliver(run);
+      }
+    };
+    for (uint32_t k = 0; k < n; ++k) {
+      const PageDesc& d = (*descs)[i + k];
+      c.zero[k] = d.zero() ? 1 : 0;
+      if (d.zero() || Crc32c(c.buf.data() + size_t{k} * ps, ps) == d.crc) continue;
+      // Corrupted on the way: deliver what precedes it, hand this one back.
+      flush(k);
+      start = k + 1;
+      sink_->Rejected(head->region, head->first + i + k, c.urgency);
     }
-    bool ok = Crc32c(dst, page_size) == (*descs)[i].crc;
-    sink_->Arrived(ch, head->region, page, i, ok ? Arrival::kData : Arrival::kCorrupt);
+    flush(n);
   }
-  sink_->FrameDone(ch, head->region, head->first, head->count);
+  if (c.urgency == Urgency::kBulk) sink_->BulkDone(c.lane);
   return absl::OkStatus();
 }
 

@@ -1,8 +1,13 @@
-// TcpPageSource: the destination's TCP transport. Two connections per migration:
+// TcpPageSource: the destination's TCP transport. 1 + N connections per migration:
 //  - urgent: fault requests only, TCP_NODELAY, its own receive thread — never behind bulk;
-//  - bulk: background batches, received straight into the place the engine chose.
-// Each is plain TCP or, with TcpSourceOptions::tls, TLS 1.3 (transport/tls.h); both go through
-// the same Stream code.
+//  - N bulk lanes (TcpSourceOptions::bulk_lanes): background batches, each lane its own
+//    connection and receive thread, so receiving, checking and placing bulk pages can use more
+//    than one core.
+// A receive thread reads a PAGES frame a chunk at a time (deliver_chunk_bytes) into its own
+// reused buffer, checks each page's CRC32C there while the bytes are in cache, and delivers the
+// chunk's good pages to the sink as runs; a page that fails its check is Rejected().
+// Each connection is plain TCP or, with TcpSourceOptions::tls, TLS 1.3 (transport/tls.h); both
+// go through the same Stream code.
 #ifndef FAULTLINE_TRANSPORT_TCP_PAGE_SOURCE_H_
 #define FAULTLINE_TRANSPORT_TCP_PAGE_SOURCE_H_
 
@@ -17,6 +22,7 @@
 #include "absl/time/time.h"
 #include "base/unique_fd.h"
 #include "transport/page_source.h"
+#include "transport/protocol.h"
 #include "transport/tls.h"
 
 namespace faultline {
@@ -32,7 +38,14 @@ struct TcpSourceOptions {
   std::shared_ptr<const TlsContext> tls;
   // The name the source's certificate must carry; empty: the host (or IP) of `address`.
   std::string tls_server_name;
+  // Bulk connections (lanes), each with its own receive thread; 1..kMaxBulkLanes.
+  uint32_t bulk_lanes = 1;
+  // A receive thread checks and delivers a frame this many bytes at a time (at least one
+  // page): small enough to stay in cache between the read, the check and the placement.
+  uint32_t deliver_chunk_bytes = 256u << 10;
 };
+
+inline constexpr uint32_t kMaxBulkLanes = 16;
 
 class TcpPageSource : public PageSource {
  public:
@@ -40,9 +53,10 @@ class TcpPageSource : public PageSource {
   ~TcpPageSource() override;
 
   const std::vector<RegionInfo>& regions() const override { return regions_; }
+  SourceLimits limits() const override;
   absl::Status Start(PageSink* sink) override;
   absl::Status RequestUrgent(uint32_t region, uint64_t page) override;
-  absl::Status RequestBulk(uint32_t region, uint64_t first, uint32_t count) override;
+  absl::Status RequestBulk(uint32_t lane, uint32_t region, uint64_t first, uint32_t count) override;
   absl::Status Finish() override;
   void Stop() override;
   absl::Status Reconnect(absl::Time deadline) override;
@@ -53,15 +67,24 @@ class TcpPageSource : public PageSource {
     Stream stream;
     std::mutex write_mu;  // one writer at a time
     std::thread rx;
+    Urgency urgency = Urgency::kBulk;
+    uint32_t lane = 0;
+    std::vector<uint8_t> buf;   // receive thread only: one chunk of page bytes
+    std::vector<uint8_t> zero;  // receive thread only: the chunk's zero flags
   };
   TcpPageSource() = default;
+  // Opens the urgent connection and every bulk lane; fills conns_ (streams only).
+  static absl::Status OpenAll(const TcpSourceOptions& opts, std::vector<Stream>* streams,
+                              std::vector<RegionInfo>* regions);
+  void StartThreads();
   absl::Status Request(Conn& c, uint32_t region, uint64_t first, uint32_t count);
-  void ReceiveLoop(Channel ch);
-  absl::Status ReceivePages(Channel ch, Stream& stream, const FrameHeader& h);
+  void ReceiveLoop(Conn* c);
+  // Reads the rest of a PAGES frame, checking and delivering it chunk by chunk.
+  absl::Status ReceivePages(Conn& c, const FrameHeader& h);
 
   TcpSourceOptions opts_;
   std::vector<RegionInfo> regions_;
-  Conn conns_[2];  // indexed by Channel
+  std::vector<std::unique_ptr<Conn>> conns_;  // [0] urgent, [1 + lane] bulk
   PageSink* sink_ = nullptr;
   std::atomic<bool> stopping_{false};
   std::atomic<int> reconnects_{0};

@@ -23,6 +23,7 @@
 #include "transport/page_server.h"
 #include "transport/socket.h"
 #include "transport/tcp_page_source.h"
+#include "transport/testing/recording_sink.h"
 
 namespace faultline {
 namespace {
@@ -482,56 +483,11 @@ TEST_F(TlsServerTest, MutualTlsRefusesACertificateFromAnotherCa) {
       << server_->last_refusal();
 }
 
-// A sink that keeps every page that arrives.
-class Sink : public PageSink {
- public:
-  // One landing per channel: a page asked for on both arrives on both.
-  uint8_t* Land(Channel ch, uint32_t, uint64_t page, uint32_t) override {
-    return buf_[static_cast<int>(ch)][page];
-  }
-  void Arrived(Channel ch, uint32_t, uint64_t page, uint32_t, Arrival what) override {
-    std::lock_guard<std::mutex> l(mu_);
-    arrived_.push_back({ch, page, what});
-    cv_.notify_all();
-  }
-  void FrameDone(Channel, uint32_t, uint64_t, uint32_t) override {}
-  void FrameAborted(Channel) override {}
-  void Failed(Channel, const absl::Status& why) override {
-    std::lock_guard<std::mutex> l(mu_);
-    failed_ = why;
-    cv_.notify_all();
-  }
-  bool WaitArrivals(size_t n) {
-    std::unique_lock<std::mutex> l(mu_);
-    return cv_.wait_for(l, std::chrono::seconds(10), [&] { return arrived_.size() >= n; });
-  }
-  struct Got {
-    Channel ch;
-    uint64_t page;
-    Arrival what;
-  };
-  std::vector<Got> arrived() {
-    std::lock_guard<std::mutex> l(mu_);
-    return arrived_;
-  }
-  absl::Status failed() {
-    std::lock_guard<std::mutex> l(mu_);
-    return failed_;
-  }
-  uint8_t buf_[2][kPages][4096];
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Got> arrived_;
-  absl::Status failed_;
-};
-
-void ExpectPagesMatch(Sink& sink, const uint8_t* mem) {
-  for (auto [ch, page, what] : sink.arrived()) {
-    EXPECT_NE(what, Arrival::kCorrupt) << page;
-    if (what == Arrival::kData) {
-      EXPECT_EQ(memcmp(sink.buf_[static_cast<int>(ch)][page], mem + page * 4096, 4096), 0) << page;
+void ExpectPagesMatch(RecordingSink& sink, const uint8_t* mem) {
+  EXPECT_TRUE(sink.rejected_.empty());
+  for (const RecordingSink::Got& g : sink.got()) {
+    if (!g.zero) {
+      EXPECT_EQ(memcmp(sink.bytes(g.urgency, g.page), mem + g.page * 4096, 4096), 0) << g.page;
     }
   }
 }
@@ -544,22 +500,23 @@ TEST_F(TlsServerTest, PagesArriveOverTlsOnBothChannelsAndStopIsPrompt) {
     o.busy_poll = busy;
     auto src = TcpPageSource::Connect(o);
     ASSERT_TRUE(src.ok()) << src.status();
-    auto sink = std::make_unique<Sink>();
+    auto sink = std::make_unique<RecordingSink>(kPages);
     ASSERT_TRUE((*src)->Start(sink.get()).ok());
     ASSERT_TRUE((*src)->RequestUrgent(0, 33).ok());
     ASSERT_TRUE((*src)->RequestUrgent(0, 7).ok());
-    ASSERT_TRUE((*src)->RequestBulk(0, 0, kPages).ok());
-    ASSERT_TRUE(sink->WaitArrivals(kPages + 2));
+    ASSERT_TRUE((*src)->RequestBulk(0, 0, 0, kPages).ok());
+    ASSERT_TRUE(sink->WaitUntil([&] { return sink->got_.size() >= kPages + 2; }));
     ExpectPagesMatch(*sink, mem_);
     size_t zeros = 0;
-    for (auto [ch, page, what] : sink->arrived()) zeros += what == Arrival::kZero;
+    for (const RecordingSink::Got& g : sink->got()) zeros += g.zero;
     EXPECT_GT(zeros, 0u);  // zero pages travel as markers inside TLS too
     // Idle connections: Stop() wakes both receive threads at once.
     absl::SleepFor(absl::Milliseconds(50));
     const absl::Time t0 = absl::Now();
     (*src)->Stop();
     EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
-    EXPECT_TRUE(sink->failed().ok()) << sink->failed();  // no Failed() after Stop()
+    EXPECT_FALSE(sink->failed_.has_value())  // no Failed() after Stop()
+        << sink->failed_->status;
   }
   EXPECT_GT(server_->stats().urgent_pages.load(), 0u);
 }

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 #include <map>
+#include <set>
 #include <mutex>
 #include <thread>
 
@@ -22,6 +23,7 @@
 #include "transport/rdma_page_server.h"
 #include "transport/rdma_page_source.h"
 #include "transport/rdma_verbs.h"
+#include "transport/testing/recording_sink.h"
 #include "workload/thread_guest.h"
 
 namespace faultline {
@@ -97,12 +99,12 @@ void RunWithGuest(RegionKind kind, const RdmaSourceOptions& extra, const Source&
   const RdmaTransportStats& st = m.source->stats();
   std::printf(
       "%s over %s: urgent %llu bulk %llu zero %llu faults %llu; reads urgent %llu "
-      "(direct %llu) bulk %llu; crc mismatches %llu, failed completions %llu, "
+      "bulk %llu; crc mismatches %llu, failed completions %llu, "
       "reconnects %d; fault latency %s\n",
       RegionKindName(kind), m.source->device_name().c_str(),
       (unsigned long long)c.urgent_pages.load(), (unsigned long long)c.bulk_pages.load(),
       (unsigned long long)c.zero_pages.load(), (unsigned long long)c.faults.load(),
-      (unsigned long long)st.urgent_reads.load(), (unsigned long long)st.urgent_direct.load(),
+      (unsigned long long)st.urgent_reads.load(),
       (unsigned long long)st.bulk_reads.load(), (unsigned long long)st.crc_mismatches.load(),
       (unsigned long long)st.failed_completions.load(), m.source->reconnects(),
       m.engine->fault_stats().Overall().Summary().c_str());
@@ -125,12 +127,6 @@ TEST_P(RdmaMigration, AllPagesArriveWhileTheGuestRunsAndMatch) {
   EXPECT_GT(st.bulk_reads.load(), 0u);
   EXPECT_EQ(st.crc_mismatches.load(), 0u);
   EXPECT_GT(m->engine->counters().zero_pages.load(), 0u) << "zero pages reported as zeros";
-  if (kind == RegionKind::kMemfd) {
-    // Alias regions: urgent pages read straight into the alias mapping.
-    EXPECT_GT(st.urgent_direct.load(), 0u);
-  } else {
-    EXPECT_EQ(st.urgent_direct.load(), 0u);
-  }
   EXPECT_EQ(src->rdma->connections(), 1);
 }
 
@@ -172,49 +168,8 @@ TEST(RdmaTransport, FailedCompletionReconnectsAndCompletes) {
   EXPECT_EQ(src->rdma->connections(), 3);
 }
 
-// A sink that records what the transport delivers (no engine): the exact order of calls.
-class RecordingSink : public PageSink {
- public:
-  explicit RecordingSink(size_t bytes) : mem_(bytes) {}
-  uint8_t* Land(Channel ch, uint32_t region, uint64_t page, uint32_t index) override {
-    std::lock_guard<std::mutex> l(mu_);
-    ++landed_;
-    return mem_.data() + page * 4096;
-  }
-  void Arrived(Channel ch, uint32_t region, uint64_t page, uint32_t index, Arrival what) override {
-    std::lock_guard<std::mutex> l(mu_);
-    arrivals_[page] = what;
-  }
-  void FrameDone(Channel ch, uint32_t region, uint64_t first, uint32_t count) override {
-    std::lock_guard<std::mutex> l(mu_);
-    ++frames_[static_cast<int>(ch)];
-  }
-  void FrameAborted(Channel ch) override {}
-  void Failed(Channel ch, const absl::Status& why) override {
-    std::lock_guard<std::mutex> l(mu_);
-    failed_ = why;
-  }
-  template <typename F>
-  bool WaitUntil(F f) {
-    for (int i = 0; i < 3000; ++i) {
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        if (f()) return true;
-      }
-      usleep(10000);
-    }
-    return false;
-  }
-  std::mutex mu_;
-  std::vector<uint8_t> mem_;
-  std::map<uint64_t, Arrival> arrivals_;
-  int frames_[2] = {0, 0};
-  int landed_ = 0;
-  absl::Status failed_;
-};
-
-// Without a reconnect: a failed READ hands its page back as corrupt (nothing placed) and the
-// channel fails with a message naming the page and the completion status.
+// Without a reconnect: a failed READ delivers nothing (the page stays requested) and the
+// channel fails — a network error — with a message naming the page and the completion status.
 TEST(RdmaTransport, FailedCompletionIsReportedAndNothingIsPlaced) {
   SKIP_WITHOUT_RDMA();
   absl::StatusOr<Source> src = StartSource(4u << 20);
@@ -223,53 +178,56 @@ TEST(RdmaTransport, FailedCompletionIsReportedAndNothingIsPlaced) {
   ro.test_fail_urgent_reads = 1;
   auto source = RdmaPageSource::Connect(ro);
   ASSERT_TRUE(source.ok()) << source.status();
-  RecordingSink sink(4u << 20);
+  RecordingSink sink(1024);
   ASSERT_TRUE((*source)->Start(&sink).ok());
   const uint64_t page = 77;
   ASSERT_TRUE((*source)->RequestUrgent(0, page).ok());
-  ASSERT_TRUE(sink.WaitUntil([&] { return !sink.failed_.ok(); }));
+  ASSERT_TRUE(sink.WaitUntil([&] { return sink.failed_.has_value(); }));
   (*source)->Stop();
-  EXPECT_EQ(sink.arrivals_.at(page), Arrival::kCorrupt);
-  EXPECT_EQ(sink.frames_[0], 0);
-  EXPECT_EQ(sink.failed_.code(), absl::StatusCode::kUnavailable);
-  EXPECT_NE(sink.failed_.message().find("RDMA READ of page 77"), absl::string_view::npos)
-      << sink.failed_;
-  EXPECT_NE(sink.failed_.message().find("remote"), absl::string_view::npos)
-      << "names the completion status: " << sink.failed_;
+  EXPECT_EQ(sink.delivered(), 0u);
+  const SourceError err = *sink.failed_;
+  EXPECT_EQ(err.kind, SourceError::Kind::kNetwork);
+  EXPECT_EQ(err.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(err.status.message().find("RDMA READ of page 77"), absl::string_view::npos)
+      << err.status;
+  EXPECT_NE(err.status.message().find("remote"), absl::string_view::npos)
+      << "names the completion status: " << err.status;
 }
 
-// Urgent and bulk reads deliver the source's bytes, zero pages as zeros, one frame per request.
+// Urgent and bulk reads deliver the source's bytes, zero pages marked, every request answered.
 TEST(RdmaTransport, DeliversExactBytes) {
   SKIP_WITHOUT_RDMA();
   absl::StatusOr<Source> src = StartSource(4u << 20);
   ASSERT_TRUE(src.ok()) << src.status();
   auto source = RdmaPageSource::Connect(src->options());
   ASSERT_TRUE(source.ok()) << source.status();
-  RecordingSink sink(4u << 20);
+  RecordingSink sink(1024);
   ASSERT_TRUE((*source)->Start(&sink).ok());
   ASSERT_TRUE((*source)->RequestUrgent(0, 5).ok());
   ASSERT_TRUE((*source)->RequestUrgent(0, 900).ok());
   for (uint64_t first = 0; first < 1024; first += 256) {
-    ASSERT_TRUE((*source)->RequestBulk(0, first, 256).ok());
+    ASSERT_TRUE((*source)->RequestBulk(0, 0, first, 256).ok());
   }
-  ASSERT_TRUE(sink.WaitUntil([&] { return sink.frames_[1] == 4 && sink.frames_[0] == 2; }));
+  ASSERT_TRUE(sink.WaitUntil([&] { return sink.bulk_done_[0] == 4 && sink.got_.size() == 1026; }));
   (*source)->Stop();
-  EXPECT_TRUE(sink.failed_.ok()) << sink.failed_;
-  ASSERT_EQ(sink.arrivals_.size(), 1024u);
+  EXPECT_FALSE(sink.failed_.has_value()) << sink.failed_->status;
+  EXPECT_TRUE(sink.rejected_.empty());
+  std::set<uint64_t> bulk_pages;
   uint64_t zeros = 0;
-  for (const auto& [page, what] : sink.arrivals_) {
-    ASSERT_NE(what, Arrival::kCorrupt) << page;
-    if (what == Arrival::kZero) {
+  for (const RecordingSink::Got& g : sink.got()) {
+    if (g.urgency == Urgency::kBulk) bulk_pages.insert(g.page);
+    if (g.zero) {
       ++zeros;
-      EXPECT_TRUE(IsZeroPage(src->tcp->base() + page * 4096, 4096)) << page;
+      EXPECT_TRUE(IsZeroPage(src->tcp->base() + g.page * 4096, 4096)) << g.page;
       continue;
     }
-    ASSERT_EQ(memcmp(sink.mem_.data() + page * 4096, src->tcp->base() + page * 4096, 4096), 0)
-        << "page " << page;
+    ASSERT_EQ(memcmp(sink.bytes(g.urgency, g.page), src->tcp->base() + g.page * 4096, 4096), 0)
+        << "page " << g.page;
   }
+  EXPECT_EQ(bulk_pages.size(), 1024u);
   EXPECT_GT(zeros, 0u);
   // Too large for a staging slot, and out of range: refused at once.
-  EXPECT_FALSE((*source)->RequestBulk(0, 0, 1025).ok());
+  EXPECT_FALSE((*source)->RequestBulk(0, 0, 0, 1025).ok());
   EXPECT_FALSE((*source)->RequestUrgent(0, 1u << 20).ok());
 }
 

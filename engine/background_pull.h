@@ -1,0 +1,86 @@
+// BackgroundPull: asks for every page no fault asked for, in batches, on its own thread. It
+// keeps `window` batch requests in flight on each bulk lane of the source (the lanes are
+// independent connections, each with its own receive thread), claims the next batch from a
+// cursor that jumps next to the latest fault (spatial locality: neighbours are likely next),
+// and wraps around the regions until every page has been asked for once. Pages that become
+// absent again (a rejected page, a reconnect) are picked up after a Kick().
+//
+// Thread-safety: one thread of its own issues the requests; every public method may be called
+// from any thread (a mutex guards the window and the cursor; the hint is an atomic).
+#ifndef FAULTLINE_ENGINE_BACKGROUND_PULL_H_
+#define FAULTLINE_ENGINE_BACKGROUND_PULL_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/fault_stats.h"
+#include "engine/region_table.h"
+#include "transport/page_source.h"
+
+namespace faultline {
+
+class BackgroundPull {
+ public:
+  struct Options {
+    uint32_t batch_bytes = 1u << 20;  // bytes per request (capped by the source's limits)
+    uint32_t window = 4;              // requests in flight per lane
+    bool enabled = true;              // false: nothing is pulled until Enable()
+  };
+  BackgroundPull(RegionTable* table, EngineCounters* counters, const Options& opts)
+      : table_(table), counters_(counters), opts_(opts), enabled_(opts.enabled) {}
+  ~BackgroundPull() { Stop(); }
+
+  // Starts the pulling thread on `source` (which must outlive Stop()).
+  void Start(PageSource* source);
+  void Stop();  // joins; idempotent
+
+  void Enable();
+  // Reconnecting: no new request until Resume(), which also forgets the requests in flight
+  // (they died with the connection; their pages were made absent again by the caller).
+  void Pause();
+  void Resume();
+  // The latest urgent fault: continue from there.
+  void Hint(uint32_t region, uint64_t page) {
+    hint_.store(table_->Key(region, page) + 1, std::memory_order_relaxed);
+  }
+  // A batch on `lane` was answered completely: room for the next.
+  void BulkDone(uint32_t lane);
+  // Pages became absent again: look for them.
+  void Kick();
+
+  uint32_t BatchPages(uint32_t region) const;
+  uint32_t lanes() const { return static_cast<uint32_t>(outstanding_.size()); }
+  bool idle() const;  // every page has been asked for (or is done)
+
+ private:
+  void Loop();
+  // Claims the next batch from the cursor (under mu_). False: nothing absent is left.
+  bool ClaimNext(uint32_t* region, uint64_t* first, uint32_t* count);
+
+  RegionTable* table_;
+  EngineCounters* counters_;
+  Options opts_;
+  PageSource* source_ = nullptr;
+  SourceLimits limits_;
+  std::thread thread_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;                  // guarded by mu_
+  bool enabled_;                       // guarded by mu_
+  bool paused_ = false;                // guarded by mu_
+  bool idle_ = false;                  // guarded by mu_: nothing absent at the last scan
+  uint64_t generation_ = 0;            // guarded by mu_: bumped by Resume()
+  std::vector<uint32_t> outstanding_;  // guarded by mu_: per lane
+  uint32_t cursor_region_ = 0;         // guarded by mu_
+  uint64_t cursor_page_ = 0;           // guarded by mu_
+  std::atomic<uint64_t> hint_{0};      // key + 1 of the latest urgent fault
+};
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_ENGINE_BACKGROUND_PULL_H_
