@@ -15,6 +15,9 @@
 // Both senders live in their own process, so this process's CPU time is the receiver's alone:
 // the counters give the destination's CPU per 4 KiB page for each path.
 //
+// Arguments: region MiB, kind, batch KiB, bulk lanes (TcpSourceOptions::bulk_lanes: that many
+// bulk connections, each with its own receive thread on this side and serving thread on the
+// page server's).
 // Counters: raw_MBps, raw_fresh_MBps, engine_MBps (10^6 bytes/s, wall clock),
 // engine_pct_of_raw, engine_pct_of_raw_fresh, raw_cpu_ns_per_page, raw_fresh_cpu_ns_per_page,
 // engine_cpu_ns_per_page (user+sys of this process / pages).
@@ -54,11 +57,12 @@ bool RawTransfer(const std::string& address, uint64_t size, uint8_t* dst, uint64
   return true;
 }
 
-// args: region MiB, kind (RegionKind), batch KiB
+// args: region MiB, kind (RegionKind), batch KiB, bulk lanes
 void BM_BulkVsLoopback(benchmark::State& state) {
   const uint64_t size = static_cast<uint64_t>(state.range(0)) << 20;
   const auto kind = static_cast<RegionKind>(state.range(1));
   const uint32_t batch_kib = static_cast<uint32_t>(state.range(2));
+  const uint32_t lanes = static_cast<uint32_t>(state.range(3));
   PatternSpec pattern;
   pattern.zero_percent = 0;  // every page crosses the wire as 4 KiB, as in the raw transfer
   auto raw_peer = ForkedPeer::Start(ForkedPeer::Kind::kRawSender, size, pattern);
@@ -110,7 +114,9 @@ void BM_BulkVsLoopback(benchmark::State& state) {
     EngineOptions eo;
     eo.bulk_batch_bytes = batch_kib << 10;
     eo.finish_source = false;  // the same page server serves every iteration
-    absl::StatusOr<Dest> d = MakeDest(kind, size, (*server)->options(), eo);
+    TcpSourceOptions so = (*server)->options();
+    so.bulk_lanes = lanes;
+    absl::StatusOr<Dest> d = MakeDest(kind, size, so, eo);
     if (!d.ok()) {
       state.SkipWithError(std::string(d.status().message()).c_str());
       break;
@@ -149,13 +155,14 @@ void BM_BulkVsLoopback(benchmark::State& state) {
   state.counters["spot_mismatches"] = static_cast<double>(mismatches);
   state.SetBytesProcessed(static_cast<int64_t>(n * 3 * static_cast<double>(size)));
   state.SetLabel(std::string(RegionKindName(kind)) + "/batch " + std::to_string(batch_kib) +
-                 " KiB");
+                 " KiB/" + std::to_string(lanes) + " lane" + (lanes > 1 ? "s" : ""));
 }
 BENCHMARK(BM_BulkVsLoopback)
     ->ArgsProduct({{512},
                    {static_cast<int>(RegionKind::kMemfd), static_cast<int>(RegionKind::kAnonymous)},
-                   {1024}})
-    ->Args({512, static_cast<int>(RegionKind::kMemfd), 4096})
+                   {1024},
+                   {1, 2}})
+    ->Args({512, static_cast<int>(RegionKind::kMemfd), 4096, 1})
     ->Iterations(3)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);

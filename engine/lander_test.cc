@@ -1,0 +1,156 @@
+// Lander: delivered runs of pages are placed once each, the way their region kind needs, with
+// the wake-ups and the restart order (landed before mapped) the engine relies on. Real memory
+// (anonymous and memfd regions), a scripted userfaultfd.
+#include "engine/lander.h"
+
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "engine/testing/fake_uffd.h"
+#include "gtest/gtest.h"
+
+namespace faultline {
+namespace {
+
+class LanderTest : public ::testing::TestWithParam<RegionKind> {
+ protected:
+  void SetUp() override {
+    auto r = GuestRegion::Create("ram", GetParam(), kPages * 4096);
+    ASSERT_TRUE(r.ok()) << r.status();
+    region_ = std::move(*r);
+    auto t = RegionTable::Create({region_.get()}, &uffd_, &placer_counters_);
+    ASSERT_TRUE(t.ok());
+    table_ = std::move(*t);
+    lander_ = std::make_unique<Lander>(table_.get(), &stats_, &counters_);
+    src_.resize(kPages * 4096);
+    for (size_t i = 0; i < src_.size(); ++i) src_[i] = static_cast<uint8_t>(i / 4096 * 3 + 1);
+  }
+  PageRun Run(uint64_t first, uint32_t count, Urgency u, const uint8_t* zero = nullptr) {
+    PageRun r;
+    r.first = first;
+    r.count = count;
+    r.page_size = 4096;
+    r.data = src_.data() + first * 4096;
+    r.zero = zero;
+    r.urgency = u;
+    return r;
+  }
+  PageStateMap& state() { return (*table_)[0].state; }
+
+  static constexpr uint64_t kPages = 64;
+  std::unique_ptr<GuestRegion> region_;
+  FakeUffd uffd_;
+  PlacerCounters placer_counters_;
+  EngineCounters counters_;
+  FaultStats stats_;
+  std::unique_ptr<RegionTable> table_;
+  std::unique_ptr<Lander> lander_;
+  std::vector<uint8_t> src_;
+};
+
+TEST_P(LanderTest, BulkRunIsPlacedMappedAndWokenOnce) {
+  uint8_t zero[16] = {};
+  zero[4] = zero[5] = 1;  // two zero pages in the run
+  ASSERT_TRUE(lander_->Deliver(Run(8, 16, Urgency::kBulk, zero)).ok());
+  for (uint64_t p = 8; p < 24; ++p) {
+    EXPECT_EQ(state().Get(p), PageState::kPresent) << p;
+    EXPECT_TRUE(uffd_.mapped(region_->page(p))) << p;
+    const bool z = p == 12 || p == 13;
+    EXPECT_EQ(region_->page(p)[77], z ? 0 : src_[p * 4096 + 77]) << p;
+  }
+  EXPECT_EQ(counters_.bulk_pages.load(), 14u);
+  EXPECT_EQ(counters_.zero_pages.load(), 2u);
+  // Placed with DONTWAKE, then one wake for the whole run.
+  ASSERT_EQ(uffd_.wakes().size(), 1u);
+  EXPECT_EQ(uffd_.wakes()[0].first, reinterpret_cast<uintptr_t>(region_->page(8)));
+  EXPECT_EQ(uffd_.wakes()[0].second, 16u * 4096);
+  EXPECT_EQ(table_->remaining(), kPages - 16);
+}
+
+TEST_P(LanderTest, MemfdBytesGoThroughThePageCacheBeforeTheMapping) {
+  if (GetParam() != RegionKind::kMemfd) GTEST_SKIP() << "memfd only";
+  ASSERT_TRUE(lander_->Deliver(Run(0, 4, Urgency::kBulk)).ok());
+  // pwritev into the memfd, then UFFDIO_CONTINUE: no COPY, one CONTINUE for the stretch.
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 1);
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kCopy), 0);
+  std::vector<uint8_t> back(4096);
+  ASSERT_EQ(pread(region_->fd(), back.data(), 4096, 2 * 4096), 4096);
+  EXPECT_EQ(memcmp(back.data(), src_.data() + 2 * 4096, 4096), 0);
+}
+
+TEST_P(LanderTest, UrgentPageWakesWithItsPlacement) {
+  PageState seen;
+  ASSERT_TRUE(state().MarkUrgent(30, &seen));
+  stats_.FaultPending(table_->Key(0, 30), 7, 1);
+  ASSERT_TRUE(lander_->Deliver(Run(30, 1, Urgency::kUrgent)).ok());
+  EXPECT_EQ(state().Get(30), PageState::kPresent);
+  EXPECT_TRUE(uffd_.WokenAt(region_->page(30)));
+  EXPECT_EQ(counters_.urgent_pages.load(), 1u);
+  EXPECT_FALSE(stats_.IsPending(table_->Key(0, 30)));
+  EXPECT_EQ(stats_.Overall().count(), 1u);
+}
+
+// The same page on both channels (a fault upgraded a bulk page): placed once.
+TEST_P(LanderTest, PageArrivingTwiceIsPlacedOnce) {
+  ASSERT_TRUE(lander_->Deliver(Run(40, 1, Urgency::kUrgent)).ok());
+  ASSERT_TRUE(lander_->Deliver(Run(36, 8, Urgency::kBulk)).ok());
+  EXPECT_EQ(counters_.duplicate_arrivals.load(), 1u);
+  EXPECT_EQ(counters_.urgent_pages.load() + counters_.bulk_pages.load(), 8u);
+  EXPECT_EQ(placer_counters_.eexist.load(), 0u) << "the duplicate never reached the kernel";
+}
+
+// Two receive threads delivering overlapping runs at once: every page placed exactly once.
+TEST_P(LanderTest, ConcurrentDeliveriesPlaceEachPageOnce) {
+  std::thread a([&] {
+    for (uint64_t f = 0; f < kPages; f += 8)
+      ASSERT_TRUE(lander_->Deliver(Run(f, 8, Urgency::kBulk)).ok());
+  });
+  std::thread b([&] {
+    for (uint64_t p = 0; p < kPages; ++p)
+      ASSERT_TRUE(lander_->Deliver(Run(p, 1, Urgency::kUrgent)).ok());
+  });
+  a.join();
+  b.join();
+  EXPECT_EQ(table_->remaining(), 0u);
+  EXPECT_EQ(counters_.urgent_pages.load() + counters_.bulk_pages.load(), kPages);
+  EXPECT_EQ(counters_.duplicate_arrivals.load(), kPages);
+  EXPECT_EQ(placer_counters_.eexist.load(), 0u);
+}
+
+// A page the guest dropped (REMOVE) before its bytes came: not placed, stays discarded.
+TEST_P(LanderTest, DiscardedPageIsNotPlaced) {
+  state().Discard(50);
+  ASSERT_TRUE(lander_->Deliver(Run(48, 4, Urgency::kBulk)).ok());
+  EXPECT_EQ(state().Get(50), PageState::kDiscarded);
+  EXPECT_FALSE(uffd_.mapped(region_->page(50)));
+  EXPECT_TRUE(uffd_.mapped(region_->page(49)));
+  EXPECT_TRUE(uffd_.mapped(region_->page(51)));
+}
+
+// ENOENT: the VMM unmapped the range meanwhile; the pages are gone (discarded), not missing.
+TEST_P(LanderTest, UnmappedRangeDiscardsThePages) {
+  const auto op = GetParam() == RegionKind::kMemfd ? FakeUffd::Op::kContinue : FakeUffd::Op::kCopy;
+  uffd_.FailNext(op, absl::NotFoundError("ENOENT"));
+  ASSERT_TRUE(lander_->Deliver(Run(0, 4, Urgency::kBulk)).ok());
+  for (uint64_t p = 0; p < 4; ++p) EXPECT_EQ(state().Get(p), PageState::kDiscarded);
+  EXPECT_EQ(table_->remaining(), kPages - 4);
+}
+
+// A real placement error: the pages go back to absent (asked for again) and the error says
+// which pages of which region.
+TEST_P(LanderTest, PlacementErrorHandsThePagesBack) {
+  const auto op = GetParam() == RegionKind::kMemfd ? FakeUffd::Op::kContinue : FakeUffd::Op::kCopy;
+  uffd_.FailNext(op, absl::ResourceExhaustedError("ENOMEM"));
+  absl::Status s = lander_->Deliver(Run(20, 4, Urgency::kBulk));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("pages [20, 24) of region 'ram'"), absl::string_view::npos) << s;
+  for (uint64_t p = 20; p < 24; ++p) EXPECT_EQ(state().Get(p), PageState::kAbsent);
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, LanderTest,
+                         ::testing::Values(RegionKind::kAnonymous, RegionKind::kMemfd),
+                         [](const auto& i) { return std::string(RegionKindName(i.param)); });
+
+}  // namespace
+}  // namespace faultline
