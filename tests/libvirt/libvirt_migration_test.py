@@ -86,10 +86,11 @@ def domain_xml(a, emulator, serial, ram='memfd'):
         'memfd': "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>",
         'anon': '',
     }[ram]
-    # KVM where the host has it; TCG (domain type 'qemu', QEMU's default CPU model, which both
-    # hosts share) where it has not: the same guest, the same checks.
-    dtype, cpu = (('kvm', "<cpu mode='host-passthrough'/>") if a.accel == 'kvm' else
-                  ('qemu', ''))
+    # KVM where the host has it; TCG (domain type 'qemu') where it has not: the same guest, the
+    # same checks. QEMU's default CPU model either way, which both "hosts" share: passing the
+    # host CPU through fails on some software KVMs of this kind (QEMU 7.2 asserts on
+    # IA32_ARCH_CAPABILITIES, MSR 0x10a, which kvm_pvm refuses to set).
+    dtype, cpu = ('kvm', '') if a.accel == 'kvm' else ('qemu', '')
     return """<domain type='%s' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>%s</name>
   <memory unit='MiB'>%d</memory>
