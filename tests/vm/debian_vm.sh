@@ -23,10 +23,22 @@ VM_SELF="${BASH_SOURCE[0]}"
 VM_WHY=""
 vm_log() { echo "[vm] $*" >&2; }
 
+# Two kernels, chosen by VM_FLAVOUR before vm_image:
+#   6.1   Debian 12's own linux-image-6.1 (apt-get download): soft-RoCE for the RDMA suite.
+#   6.18  Debian's 6.18.15 from trixie-backports (pinned file and hash, from any Debian mirror):
+#         a kernel with guest_memfd (MMAP) and a nested SVM that runs 2-vCPU guests, for the KVM
+#         suite. Its vmlinuz is zstd-compressed: booted as it is.
+VM_FLAVOUR=${VM_FLAVOUR:-6.1}
+VM_618_DEB=linux-image-6.18.15+deb13-amd64_6.18.15-1~bpo13+1_amd64.deb
+VM_618_SHA256=d38a7af6260782a47cd615ad717347a528b45f076245b4deabb3f1ecf8459186
 # Modules loaded in the VM, in this order (with their dependencies): crc32_generic first (rxe
 # asks for it at run time), virtio networking and 9p, soft-RoCE, KVM for AMD (SVM: what TCG's
 # `-cpu max` offers).
-VM_MODULES="crc32_generic virtio_pci virtio_net 9p 9pnet_virtio rdma_rxe rdma_ucm ib_uverbs overlay kvm_amd"
+if [[ $VM_FLAVOUR == 6.18 ]]; then
+  VM_MODULES="virtio_pci virtio_net 9p 9pnet_virtio overlay kvm_amd"
+else
+  VM_MODULES="crc32_generic virtio_pci virtio_net 9p 9pnet_virtio rdma_rxe rdma_ucm ib_uverbs overlay kvm_amd"
+fi
 
 vm_image() {
   command -v qemu-system-x86_64 >/dev/null ||
@@ -42,8 +54,18 @@ vm_image() {
   fi
   export PATH="$PATH:/usr/sbin:/sbin"
   mkdir -p "$VM_CACHE/debs"
-  local deb
-  deb="$(ls -1 "$VM_CACHE"/debs/linux-image-6.1.0-*-amd64_*.deb 2>/dev/null | grep -v -- '-dbg\|unsigned' | sort -V | tail -1 || true)"
+  local deb=""
+  if [[ $VM_FLAVOUR == 6.18 ]]; then
+    deb="$VM_CACHE/debs/$VM_618_DEB"
+    if ! [ -f "$deb" ]; then
+      vm_log "downloading Debian's 6.18 kernel package (trixie-backports)"
+      curl -fsS -o "$deb.tmp" "http://deb.debian.org/debian/pool/main/l/linux-signed-amd64/$VM_618_DEB" &&
+        echo "$VM_618_SHA256  $deb.tmp" | sha256sum -c --quiet && mv "$deb.tmp" "$deb" ||
+        { rm -f "$deb.tmp"; VM_WHY="cannot download Debian's $VM_618_DEB (no Debian mirror?)"; return 1; }
+    fi
+  else
+    deb="$(ls -1 "$VM_CACHE"/debs/linux-image-6.1.0-*-amd64_*.deb 2>/dev/null | grep -v -- '-dbg\|unsigned' | sort -V | tail -1 || true)"
+  fi
   if [ -z "$deb" ]; then
     vm_log "downloading Debian's 6.1 kernel package"
     local pkg
@@ -53,8 +75,8 @@ vm_image() {
     deb="$(ls -1 "$VM_CACHE"/debs/linux-image-6.1.0-*-amd64_*.deb | grep -v -- '-dbg\|unsigned' | sort -V | tail -1)"
   fi
   local key art
-  key="$( (basename "$deb"; echo "$VM_MODULES"; sha256sum /bin/busybox "$VM_SELF" | cut -c1-64) | sha256sum | cut -c1-16)"
-  art="$VM_CACHE/$key"
+  key="$( (basename "$deb"; echo "$VM_FLAVOUR $VM_MODULES"; sha256sum /bin/busybox "$VM_SELF" | cut -c1-64) | sha256sum | cut -c1-16)"
+  art="$VM_CACHE/img-$VM_FLAVOUR-$key"
   VM_KERNEL="$art/vmlinux"
   VM_INITRD="$art/initrd.gz"
   if [ -f "$VM_INITRD" ] && [ -f "$VM_KERNEL" ]; then return 0; fi
@@ -66,15 +88,21 @@ vm_image() {
     vm_log "building the VM image in $art"
     rm -rf "$art.tmp" && mkdir -p "$art.tmp/x" "$art.tmp/root"
     dpkg-deb -x "$deb" "$art.tmp/x"
+    # Newer packages install into /usr/lib/modules (merged /usr).
+    [ -d "$art.tmp/x/lib/modules" ] || ln -s usr/lib "$art.tmp/x/lib"
     local kver
     kver="$(ls "$art.tmp/x/lib/modules")"
     depmod -b "$art.tmp/x" "$kver"
-    # The uncompressed vmlinux boots via PVH, much faster under TCG than vmlinuz.
+    # The uncompressed vmlinux boots via PVH, much faster under TCG than vmlinuz; a kernel
+    # compressed otherwise than with xz is booted as it is.
     python3 - "$art.tmp/x/boot/vmlinuz-$kver" "$art.tmp/vmlinux" <<'PY'
-import lzma, sys
+import lzma, shutil, sys
 data = open(sys.argv[1], 'rb').read()
 i = data.find(b'\xfd7zXZ\x00')
-open(sys.argv[2], 'wb').write(lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[i:]))
+if i < 0:
+    shutil.copy(sys.argv[1], sys.argv[2])
+else:
+    open(sys.argv[2], 'wb').write(lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[i:]))
 PY
     local r="$art.tmp/root" order="" m f b
     mkdir -p "$r"/{bin,dev,proc,sys,host,mods}
@@ -82,8 +110,12 @@ PY
     for t in sh mount umount insmod mkdir ln cat echo sleep poweroff chroot mknod sed; do ln -s busybox "$r/bin/$t"; done
     for m in $VM_MODULES; do
       for f in $(modprobe -d "$art.tmp/x" -S "$kver" --show-depends "$m" | awk '/^insmod/{print $2}'); do
-        b="$(basename "$f")"
-        case " $order " in *" $b "*) ;; *) order="$order $b"; cp "$f" "$r/mods/$b" ;; esac
+        b="$(basename "$f" .xz)"
+        case " $order " in
+          *" $b "*) ;;
+          *) order="$order $b"
+             case $f in *.xz) xz -dc "$f" > "$r/mods/$b" ;; *) cp "$f" "$r/mods/$b" ;; esac ;;
+        esac
       done
     done
     echo "$order" > "$r/mods/order"
@@ -93,7 +125,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /mods/order); do
-  case $m in kvm_amd.ko) insmod /mods/$m nested=1 ;; *) insmod /mods/$m ;; esac 2>/dev/null ||
+  case $m in kvm?amd.ko) insmod /mods/$m nested=1 ;; *) insmod /mods/$m ;; esac 2>/dev/null ||
     echo "insmod $m failed"
 done
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
@@ -120,9 +152,9 @@ INIT
     (cd "$r" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$art.tmp/initrd.gz"
     mkdir -p "$art" && mv "$art.tmp/vmlinux" "$art.tmp/initrd.gz" "$art/" && rm -rf "$art.tmp"
   ) || { VM_WHY="building the VM image failed"; return 1; }
-  # Images of older inputs are not needed any more.
-  find "$VM_CACHE" -maxdepth 1 -mindepth 1 -type d -regextype posix-extended \
-    -regex ".*/[0-9a-f]{16}(\.tmp)?" ! -name "$key" -exec rm -rf {} + 2>/dev/null
+  # Images of this flavour built from older inputs are not needed any more.
+  find "$VM_CACHE" -maxdepth 1 -mindepth 1 -type d -name "img-$VM_FLAVOUR-*" \
+    ! -name "img-$VM_FLAVOUR-$key" -exec rm -rf {} + 2>/dev/null
   return 0
 }
 
@@ -137,7 +169,7 @@ vm_run() {
   mkdir -p "$results"
   timeout "$timeout" qemu-system-x86_64 -accel tcg -cpu max -m "${VM_MEM:-3072}" -smp 2 \
     -nographic -no-reboot -kernel "$VM_KERNEL" -initrd "$VM_INITRD" \
-    -append "console=ttyS0 quiet panic=-1 tsc_early_khz=2000000 tsc=reliable hugepages=${VM_HUGEPAGES:-0} fl_script=$script fl_repo=$repo" \
+    -append "console=ttyS0 ${VM_QUIET-quiet} panic=-1 tsc_early_khz=2000000 tsc=reliable hugepages=${VM_HUGEPAGES:-0} fl_script=$script fl_repo=$repo" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs local,path="$repo",mount_tag=repo,security_model=none,readonly=on,multidevs=remap \
     -virtfs local,path="$results",mount_tag=results,security_model=none \

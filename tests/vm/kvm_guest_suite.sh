@@ -15,6 +15,8 @@ else
   exit 1
 fi
 echo "huge pages: $(cat /proc/sys/vm/nr_hugepages)"
+# The tests talk over loopback (page servers, hand-off sockets).
+ip link set lo up
 
 for entry in $PARTS; do
   part=${entry%%:*}
