@@ -59,7 +59,10 @@ class KvmMigration : public ::testing::Test {
     EXPECT_EQ(r->engine.value("urgent_pages", 0ull) + r->engine.value("bulk_pages", 0ull) +
                   r->engine.value("zero_pages", 0ull) + kept,
               r->engine.value("pages", 0ull));
-    EXPECT_GE(r->phases.size(), 3u * vcpus);
+    // Every vCPU ran touch phases on the destination while its memory arrived. (Not all
+    // three: where the guest runs fast next to its VMM — nested under TCG, a sanitizer build —
+    // the first phase may finish on the source before the pause.)
+    EXPECT_GE(r->phases.size(), 1u * vcpus);
     return *r;
   }
 };

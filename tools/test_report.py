@@ -11,8 +11,10 @@ Subcommands:
       Every target `bazel test` reported (PASSED, FAILED, TIMEOUT, NO STATUS, FAILED TO BUILD),
       expanded into its gtest cases from the test.xml Bazel keeps: a case skipped inside a
       passing target is counted as skipped, with the message its GTEST_SKIP gave.
-  gtest PART XML RESULTS [--target=//pkg:name] [--where=TEXT]
+  gtest PART XML RESULTS [--target=//pkg:name] [--where=TEXT] [--retry=XML]
       The cases of one gtest XML file (a test binary run outside Bazel, e.g. inside a VM).
+      With --retry, the XML of a second run of the cases that failed: a case that passes there
+      counts as passed, its reason saying it needed a second run and why the first failed.
   add STATUS PART NAME REASON RESULTS
       One record (a suite, or a case of a suite, that is not a gtest).
   lines PART RESULTS < OUTPUT
@@ -108,7 +110,7 @@ def cmd_bazel(part, log, testlogs, results):
             write(results, "fail", part, target, reason)
 
 
-def cmd_gtest(part, xml, results, target="", where=""):
+def cmd_gtest(part, xml, results, target="", where="", retry=""):
     if not os.path.exists(xml):
         write(results, "fail", part, target or xml, f"no gtest XML at {xml} (the binary did not run?)")
         return
@@ -117,8 +119,17 @@ def cmd_gtest(part, xml, results, target="", where=""):
     except ET.ParseError as e:
         write(results, "fail", part, target or xml, f"unreadable gtest XML: {e}")
         return
+    second = {}
+    if retry and os.path.exists(retry):
+        try:
+            second = {n: (st, r) for n, st, r in gtest_cases(retry)}
+        except ET.ParseError:
+            second = {}
+    for i, (name, st, reason) in enumerate(cases):
+        if st == "fail" and second.get(name, ("", ""))[0] == "pass":
+            cases[i] = (name, "pass", f"passed on a second run; the first failed: {reason}")
     for name, st, reason in cases:
-        if st == "pass" and where:
+        if st == "pass" and where and not reason:
             reason = where
         write(results, st, part, f"{target} {name}".strip(), reason)
 
@@ -181,7 +192,8 @@ def main(argv):
         cmd_bazel(*args)
     elif cmd == "gtest" and len(args) >= 3:
         opts = dict(a[2:].split("=", 1) for a in args[3:] if a.startswith("--") and "=" in a)
-        cmd_gtest(args[0], args[1], args[2], opts.get("target", ""), opts.get("where", ""))
+        cmd_gtest(args[0], args[1], args[2], opts.get("target", ""), opts.get("where", ""),
+                  opts.get("retry", ""))
     elif cmd == "add" and len(args) == 5:
         write(args[4], args[0], args[1], args[2], args[3])
     elif cmd == "lines" and len(args) == 2:

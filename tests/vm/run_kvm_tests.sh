@@ -79,7 +79,7 @@ for part in ${PARTS//,/ }; do
     rel=$(echo "$t" | sed 's#//##; s#:#/#')
     xml="$RESULTS/$part/$(echo "$rel" | tr / _).xml"
     python3 "$REPORT" gtest "$part" "$xml" "$TMP_RESULTS" --target="$t" \
-      --where="in the KVM VM (TCG, nested SVM)"
+      --where="in the KVM VM (TCG, nested SVM)" --retry="${xml%.xml}.retry.xml"
   done
 done
 grep -q "^kvm ok" "$RESULTS/guest.log" 2>/dev/null ||
@@ -87,6 +87,6 @@ grep -q "^kvm ok" "$RESULTS/guest.log" 2>/dev/null ||
     "no usable /dev/kvm in the VM (qemu exit $QRC; see $RESULTS/console.log)" "$TMP_RESULTS"
 [[ -n ${FAULTLINE_RESULTS:-} ]] && cat "$TMP_RESULTS" >> "$FAULTLINE_RESULTS"
 p=$(grep -c "^pass" "$TMP_RESULTS"); f=$(grep -c "^fail" "$TMP_RESULTS"); s=$(grep -c "^skip" "$TMP_RESULTS")
-grep -E "^(fail|skip)" "$TMP_RESULTS" | cut -f1,3,4 | sed 's/^/  /' | head -40
+grep -E "^(fail|skip)|second run" "$TMP_RESULTS" | cut -f1,3,4 | sed 's/^/  /' | head -40
 echo "kvm-vm tests: $p passed, $f failed, $s skipped [VM ${ELAPSED}s]"
 [[ $f -eq 0 ]]
