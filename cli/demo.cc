@@ -97,15 +97,24 @@ bool ParsePhase(const std::string& side, const std::string& line, GuestPhase* p)
     std::pair<std::string, std::string> f = absl::StrSplit(kv, absl::MaxSplits('=', 1));
     uint64_t v = 0;
     (void)absl::SimpleAtoi(f.second, &v);
-    if (f.first == "cpu") p->cpu = static_cast<int>(v);
-    else if (f.first == "phase") p->phase = f.second;
-    else if (f.first == "touches") p->touches = v;
-    else if (f.first == "cycles_p50") p->cycles_p50 = v;
-    else if (f.first == "cycles_p99") p->cycles_p99 = v;
-    else if (f.first == "cycles_max") p->cycles_max = v;
-    else if (f.first == "slow") p->slow = v;
-    else if (f.first == "bad") p->bad = v;
-    else if (f.first == "cycles_total") p->cycles_total = v;
+    if (f.first == "cpu")
+      p->cpu = static_cast<int>(v);
+    else if (f.first == "phase")
+      p->phase = f.second;
+    else if (f.first == "touches")
+      p->touches = v;
+    else if (f.first == "cycles_p50")
+      p->cycles_p50 = v;
+    else if (f.first == "cycles_p99")
+      p->cycles_p99 = v;
+    else if (f.first == "cycles_max")
+      p->cycles_max = v;
+    else if (f.first == "slow")
+      p->slow = v;
+    else if (f.first == "bad")
+      p->bad = v;
+    else if (f.first == "cycles_total")
+      p->cycles_total = v;
   }
   return p->phase != "dirty";
 }
@@ -208,8 +217,9 @@ std::string Micros(uint64_t cycles, uint64_t khz) {
 bool DemoAvailable(std::string* why) {
   if (!KvmVm::Available(why)) return false;
   if (FindGuestElf().empty()) {
-    *why = "the guest ELF (//qemu-integration/guest:faultline-guest) was not found; build it "
-           "or set FAULTLINE_GUEST_ELF";
+    *why =
+        "the guest ELF (//qemu-integration/guest:faultline-guest) was not found; build it "
+        "or set FAULTLINE_GUEST_ELF";
     return false;
   }
   return true;
@@ -233,8 +243,8 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     if (absl::Status s = (*kvm)->SetGuestMemfdExitOnMissing(false); !s.ok()) return s;
   }
   if (o.dest_backing != "memfd" && o.dest_backing != "anon" && !gmem) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "demo destination RAM '", o.dest_backing, "': memfd, anon or guest_memfd"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("demo destination RAM '", o.dest_backing, "': memfd, anon or guest_memfd"));
   }
   // The reference VMM's RAM ends below the I/O APIC page (kMaxVmRam, 4076 MiB).
   constexpr uint64_t kMaxDemoRam = kMaxVmRam & ~((2ull << 20) - 1);  // 4076 MiB
@@ -280,7 +290,8 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
   std::string msg;
   UniqueFd source_ram;
   absl::Status rs = RecvMsg(ctl.get(), &msg, &source_ram, absl::Minutes(15));
-  absl::StatusOr<SourceHello> hello = rs.ok() ? DecodeSourceHello(msg) : absl::StatusOr<SourceHello>(rs);
+  absl::StatusOr<SourceHello> hello =
+      rs.ok() ? DecodeSourceHello(msg) : absl::StatusOr<SourceHello>(rs);
   if (!hello.ok()) {
     reap(source_pid, true);
     return hello.status();
@@ -375,8 +386,8 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     cleanup();
     return s;
   }
-  HandoffClientRegion region{"ram", reinterpret_cast<uint64_t>(base), o.ram_size, 4096,
-                             o.dest_backing, memfd || gmem ? ram_fd : -1, 0};
+  HandoffClientRegion region{"ram",          reinterpret_cast<uint64_t>(base), o.ram_size, 4096,
+                             o.dest_backing, memfd || gmem ? ram_fd : -1,      0};
   absl::StatusOr<std::unique_ptr<HandoffClient>> client = HandoffClient::Connect(
       path, uffd->fd(), uffd->features(), {region}, absl::Seconds(60), "faultline-demo-vmm");
   if (!client.ok()) {
@@ -566,8 +577,8 @@ std::string DemoReportTable(const DemoReport& r) {
                            rs.value("landed", uint64_t{0}),
                            rs.value("refetch", uint64_t{0}) + rs.value("requeued", uint64_t{0})));
   }
-  Report(&s, "guest run after resume", absl::StrFormat("%.2f s, %d bad reads", r.guest_seconds,
-                                                       r.guest_bad));
+  Report(&s, "guest run after resume",
+         absl::StrFormat("%.2f s, %d bad reads", r.guest_seconds, r.guest_bad));
   Report(&s, "guest memory verified",
          absl::StrFormat("%d pages, %d mismatches (%d hold the guest's dirty pattern)",
                          r.verified_pages, r.mismatches, r.dirty_pattern_pages));

@@ -31,8 +31,8 @@ struct DemoOptions {
   uint32_t vcpus = 1;
   uint64_t touches = 4096;  // per touch phase, per vCPU
   uint64_t seed = 42;
-  std::string guest_elf;    // empty: find the one Bazel built
-  std::string handoff_path; // empty: a fresh path under /tmp
+  std::string guest_elf;     // empty: find the one Bazel built
+  std::string handoff_path;  // empty: a fresh path under /tmp
   EngineOptions engine;
   std::function<void(uint64_t done_pages, uint64_t total_pages)> progress;
   std::function<void(const std::string& line)> guest_line;  // serial lines, both sides
@@ -56,14 +56,14 @@ struct GuestPhase {
 };
 
 struct DemoReport {
-  uint64_t missing_exits = 0;   // guest_memfd: vCPU exits for pages not yet arrived
-  double downtime_ms = 0;       // source pause → destination resume
-  double total_seconds = 0;     // source pause → every page present
-  double guest_seconds = 0;     // destination resume → guest done
+  uint64_t missing_exits = 0;  // guest_memfd: vCPU exits for pages not yet arrived
+  double downtime_ms = 0;      // source pause → destination resume
+  double total_seconds = 0;    // source pause → every page present
+  double guest_seconds = 0;    // destination resume → guest done
   uint64_t tsc_khz = 0;
-  nlohmann::json engine;        // faultline's own report (EngineStatsJson)
+  nlohmann::json engine;  // faultline's own report (EngineStatsJson)
   std::vector<GuestPhase> phases;
-  uint64_t guest_bad = 0;       // words the guest read that were not what it wrote
+  uint64_t guest_bad = 0;  // words the guest read that were not what it wrote
   uint64_t verified_pages = 0, mismatches = 0;
   uint64_t boot_area_pages = 0, boot_area_changed = 0;  // below the guest's data range
   uint64_t dirty_pattern_pages = 0;  // data pages whose content the guest's pattern predicts

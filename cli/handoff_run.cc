@@ -64,8 +64,10 @@ absl::StatusOr<std::unique_ptr<StateFile>> MakeStateDir(const std::string& dir) 
 }
 
 nlohmann::json Hist(const LatencyHistogram& h) {
-  return {{"count", h.count()},          {"p50_ns", h.Percentile(0.5)},
-          {"p90_ns", h.Percentile(0.9)}, {"p99_ns", h.Percentile(0.99)},
+  return {{"count", h.count()},
+          {"p50_ns", h.Percentile(0.5)},
+          {"p90_ns", h.Percentile(0.9)},
+          {"p99_ns", h.Percentile(0.99)},
           {"max_ns", h.max()}};
 }
 
@@ -77,8 +79,7 @@ absl::StatusOr<std::vector<std::unique_ptr<GuestRegion>>> AdoptRegions(HandoffRe
     if (!kind.ok()) return kind.status();
     absl::StatusOr<std::unique_ptr<GuestRegion>> r = GuestRegion::Adopt(
         hr.name, *kind, reinterpret_cast<uint8_t*>(hr.host_addr), hr.length, hr.page_size,
-        std::move(hr.fd), hr.offset,
-        minor && req.format == HandoffFormat::kFaultline);
+        std::move(hr.fd), hr.offset, minor && req.format == HandoffFormat::kFaultline);
     if (!r.ok()) return r.status();
     out.push_back(std::move(*r));
   }
@@ -102,7 +103,8 @@ std::string StateFilePath(const std::string& dir, const Token& token) {
 nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
   const EngineCounters& c = e.counters();
   nlohmann::json per_thread = nlohmann::json::object();
-  for (const auto& [tid, h] : e.fault_stats().PerThread()) per_thread[std::to_string(tid)] = Hist(h);
+  for (const auto& [tid, h] : e.fault_stats().PerThread())
+    per_thread[std::to_string(tid)] = Hist(h);
   nlohmann::json resumed = nullptr;
   if (e.adopted()) {
     const AdoptedStates& a = e.adopted_states();

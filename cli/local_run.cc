@@ -2,8 +2,8 @@
 
 #include <linux/memfd.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -45,10 +45,13 @@ absl::StatusOr<std::unique_ptr<SourceMemory>> MakeSource(RegionKind kind, uint64
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, m->fd.get(), 0);
   if (p == MAP_FAILED) {
     if (kind == RegionKind::kHugetlb) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "source hugetlb memory of ", size >> 20, " MiB: not enough free 2 MiB huge pages "
-          "(need ", 2 * size / (2 << 20), " for source + destination); reserve them with "
-          "`echo N > /proc/sys/vm/nr_hugepages`"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("source hugetlb memory of ", size >> 20,
+                       " MiB: not enough free 2 MiB huge pages "
+                       "(need ",
+                       2 * size / (2 << 20),
+                       " for source + destination); reserve them with "
+                       "`echo N > /proc/sys/vm/nr_hugepages`"));
     }
     return ErrnoStatus("mmap source");
   }
@@ -78,8 +81,8 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
         absl::StrCat("size ", opts.size, " is not a multiple of the page size ", ps));
   }
   // Source memory and its page server.
-  absl::StatusOr<std::unique_ptr<SourceMemory>> src = MakeSource(opts.kind, opts.size,
-                                                                 opts.pattern);
+  absl::StatusOr<std::unique_ptr<SourceMemory>> src =
+      MakeSource(opts.kind, opts.size, opts.pattern);
   if (!src.ok()) return src.status();
   absl::StatusOr<UniqueFd> listen = ListenTcp("127.0.0.1:0");
   if (!listen.ok()) return listen.status();
@@ -129,8 +132,8 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   };
 
   // Destination memory, registered before the guest starts.
-  absl::StatusOr<std::unique_ptr<GuestRegion>> dst = GuestRegion::Create("ram", opts.kind,
-                                                                         opts.size);
+  absl::StatusOr<std::unique_ptr<GuestRegion>> dst =
+      GuestRegion::Create("ram", opts.kind, opts.size);
   if (!dst.ok()) {
     stop_source(true);
     return dst.status();
@@ -151,6 +154,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   topts.address = absl::StrCat("127.0.0.1:", *port);
   topts.token = token;
   topts.busy_poll = opts.transport_busy_poll;
+  topts.bulk_lanes = opts.bulk_lanes;
   absl::StatusOr<std::unique_ptr<TcpPageSource>> source = TcpPageSource::Connect(topts);
   if (!source.ok()) {
     stop_source(true);
@@ -235,8 +239,8 @@ std::string ReportTable(const LocalRunReport& r) {
   auto row = [&](const std::string& k, const std::string& v) {
     absl::StrAppendFormat(&s, "  %-28s %s\n", k, v);
   };
-  row("region kind", absl::StrFormat("%s, %d MiB in %d KiB pages", r.kind, r.size >> 20,
-                                     r.page_size >> 10));
+  row("region kind",
+      absl::StrFormat("%s, %d MiB in %d KiB pages", r.kind, r.size >> 20, r.page_size >> 10));
   row("pages urgent / bulk / zero",
       absl::StrFormat("%d / %d / %d", r.urgent_pages, r.bulk_pages, r.zero_pages));
   row("bytes received", absl::StrFormat("%.1f MiB", r.bytes_received / 1048576.0));
@@ -244,31 +248,31 @@ std::string ReportTable(const LocalRunReport& r) {
                                     r.size / 1048576.0 / std::max(r.seconds, 1e-9)));
   row("faults (minor) / duplicate",
       absl::StrFormat("%d (%d) / %d", r.faults, r.minor_faults, r.duplicate_faults));
-  row("fault latency (engine)", r.fault_latency.count()
-                                    ? absl::StrFormat("p50 %s  p99 %s  max %s",
-                                                      FormatNanos(r.fault_latency.Percentile(0.5)),
-                                                      FormatNanos(r.fault_latency.Percentile(0.99)),
-                                                      FormatNanos(r.fault_latency.max()))
-                                    : "no faults");
-  row("fault latency (guest)", r.guest_latency.count()
-                                   ? absl::StrFormat("p50 %s  p99 %s  max %s (%d slow touches)",
-                                                     FormatNanos(r.guest_latency.Percentile(0.5)),
-                                                     FormatNanos(r.guest_latency.Percentile(0.99)),
-                                                     FormatNanos(r.guest_latency.max()),
-                                                     r.guest_latency.count())
-                                   : "no slow touches");
+  row("fault latency (engine)",
+      r.fault_latency.count()
+          ? absl::StrFormat("p50 %s  p99 %s  max %s", FormatNanos(r.fault_latency.Percentile(0.5)),
+                            FormatNanos(r.fault_latency.Percentile(0.99)),
+                            FormatNanos(r.fault_latency.max()))
+          : "no faults");
+  row("fault latency (guest)",
+      r.guest_latency.count()
+          ? absl::StrFormat("p50 %s  p99 %s  max %s (%d slow touches)",
+                            FormatNanos(r.guest_latency.Percentile(0.5)),
+                            FormatNanos(r.guest_latency.Percentile(0.99)),
+                            FormatNanos(r.guest_latency.max()), r.guest_latency.count())
+          : "no slow touches");
   row("engine memory", absl::StrFormat("%.2f MiB state+buffers, peak RSS %.1f MiB",
                                        r.engine_footprint / 1048576.0, r.peak_rss_kib / 1024.0));
   if (!r.missing_features.empty()) {
     row("kernel lacks (uffd)", r.missing_features + " — the engine works without them");
   }
-  row("verification", absl::StrFormat("verified %d pages, %d mismatches", r.verified_pages,
-                                      r.mismatches));
+  row("verification",
+      absl::StrFormat("verified %d pages, %d mismatches", r.verified_pages, r.mismatches));
   return s;
 }
 
 static nlohmann::json HistJson(const LatencyHistogram& h) {
-  return {{"count", h.count()},         {"p50_ns", h.Percentile(0.5)},
+  return {{"count", h.count()},          {"p50_ns", h.Percentile(0.5)},
           {"p90_ns", h.Percentile(0.9)}, {"p99_ns", h.Percentile(0.99)},
           {"max_ns", h.max()},           {"mean_ns", h.mean()}};
 }

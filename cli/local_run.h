@@ -26,6 +26,7 @@ struct LocalRunOptions {
   GuestOptions guest;
   EngineOptions engine;
   bool transport_busy_poll = false;
+  uint32_t bulk_lanes = 1;  // bulk connections to the page server
   PatternSpec pattern;
   bool source_in_child = true;  // false: the page server runs on a thread of this process
   // Called about every 100 ms from a helper thread while pages arrive.

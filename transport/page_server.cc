@@ -133,8 +133,7 @@ absl::Status PageServer::Handshake(Stream& stream, Channel* ch) {
     uint8_t first = 0;
     if (::recv(fd, &first, 1, MSG_PEEK) == 1 && first == 22) {
       return absl::FailedPreconditionError(
-          "the destination speaks TLS, and this source serves plain TCP: start the source with "
-          "--tls_cert and --tls_key");
+          "the destination speaks TLS, and this source serves plain TCP");
     }
   }
   FrameHeader h;
@@ -221,8 +220,7 @@ void PageServer::ServeConnection(UniqueFd fd) {
       s = ext_->Handle(stream, h.type, span);
     } else if (h.type == FrameType::kRdmaConnect) {
       s = absl::FailedPreconditionError(
-          "the destination asks for RDMA, and this source serves TCP only: start the source "
-          "with --transport=rdma");
+          "the destination asks for RDMA, and this source serves TCP only");
     } else {
       s = absl::InvalidArgumentError(
           absl::StrCat("unexpected ", FrameTypeName(h.type), " frame from the destination"));

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/crc32c.h"
+#include "base/fix.h"
 #include "transport/socket.h"
 
 namespace faultline {
@@ -98,7 +99,12 @@ absl::Status RdmaPageSource::Setup(const TcpSourceOptions& control) {
   }
   if (h.type == FrameType::kError) {
     absl::StatusOr<ErrorFrame> e = DecodeError(AsSpan(payload));
-    return e.ok() ? PeerError(*e) : e.status();
+    if (!e.ok()) return e.status();
+    absl::Status refused = PeerError(*e);
+    // At this step the only precondition a source refuses is RDMA itself (it serves TCP).
+    return refused.code() == absl::StatusCode::kFailedPrecondition
+               ? WithFix(refused, Fix::kSourceServesRdma)
+               : refused;
   }
   if (h.type != FrameType::kRdmaAccept) {
     return absl::InvalidArgumentError(

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/fix.h"
 
 namespace faultline {
 namespace {
@@ -43,9 +44,9 @@ std::vector<std::string> ListRdmaDevices() {
 
 std::string NoRdmaDeviceMessage() {
   if (!ListRdmaDevices().empty()) return "";
-  return "--transport=rdma needs an RDMA device, and this machine has none (RDMA devices found: "
-         "none). Use --transport=tcp, or create a soft-RoCE device: modprobe rdma_rxe && rdma "
-         "link add rxe0 type rxe netdev eth0";
+  return "the RDMA transport needs an RDMA device, and this machine has none (RDMA devices "
+         "found: none); for soft-RoCE: modprobe rdma_rxe && rdma link add rxe0 type rxe netdev "
+         "eth0";
 }
 
 void MrDeleter::operator()(ibv_mr* mr) const {
@@ -57,9 +58,10 @@ absl::StatusOr<std::unique_ptr<RdmaDevice>> RdmaDevice::Open(const RdmaDeviceOpt
   ibv_device** list = ibv_get_device_list(&n);
   if (list == nullptr || n == 0) {
     if (list) ibv_free_device_list(list);
-    return absl::FailedPreconditionError(NoRdmaDeviceMessage().empty()
-                                             ? std::string("no RDMA device could be opened")
-                                             : NoRdmaDeviceMessage());
+    return WithFix(absl::FailedPreconditionError(NoRdmaDeviceMessage().empty()
+                                                     ? std::string("no RDMA device could be opened")
+                                                     : NoRdmaDeviceMessage()),
+                   Fix::kUseTcp);
   }
   std::unique_ptr<RdmaDevice> d(new RdmaDevice());
   std::vector<std::string> names;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/crc32c.h"
+#include "base/fix.h"
 #include "transport/socket.h"
 
 namespace faultline {
@@ -35,7 +36,12 @@ absl::StatusOr<Stream> OpenChannel(const TcpSourceOptions& opts, Channel ch,
   FrameHeader h;
   std::string payload;
   if (absl::Status s = ReadSmallFrame(stream, &h, &payload); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("handshake with ", opts.address, ": ", s.message()));
+    absl::Status e = Reworded(s, absl::StrCat("handshake with ", opts.address, ": ", s.message()));
+    // A plain destination refused for a precondition at HELLO: the source requires TLS.
+    if (!opts.tls && s.code() == absl::StatusCode::kFailedPrecondition) {
+      return WithFix(e, Fix::kDestUsesTls);
+    }
+    return e;
   }
   if (h.type != FrameType::kWelcome) {
     return absl::InvalidArgumentError(

@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/errno_status.h"
+#include "base/fix.h"
 #include "transport/protocol.h"
 #include "transport/socket.h"
 
@@ -81,12 +82,9 @@ int BioPuts(BIO* b, const char* str) { return BioWrite(b, str, static_cast<int>(
 long BioCtrl(BIO* b, int cmd, long num, void* ptr) {
   auto* s = static_cast<SockBio*>(BIO_get_data(b));
   switch (cmd) {
-    case BIO_CTRL_FLUSH:
-      return 1;
-    case BIO_CTRL_EOF:
-      return s && s->eof ? 1 : 0;
-    default:
-      return 0;
+    case BIO_CTRL_FLUSH: return 1;
+    case BIO_CTRL_EOF: return s && s->eof ? 1 : 0;
+    default: return 0;
   }
 }
 
@@ -168,10 +166,8 @@ bool NotTls(int reason) {
     case SSL_R_UNSUPPORTED_PROTOCOL:
     case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
     case SSL_R_RECORD_LENGTH_MISMATCH:
-    case SSL_R_UNKNOWN_PROTOCOL:
-      return true;
-    default:
-      return false;
+    case SSL_R_UNKNOWN_PROTOCOL: return true;
+    default: return false;
   }
 }
 
@@ -186,10 +182,8 @@ bool CertAlert(int reason) {
     case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
     case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
     case SSL_R_TLSV1_ALERT_DECRYPT_ERROR:
-    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
-      return true;
-    default:
-      return false;
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED: return true;
+    default: return false;
   }
 }
 
@@ -210,15 +204,18 @@ std::string Explain(const SslFailure& f) {
 }
 
 constexpr char kClientCertHint[] =
-    "; the source requires a client certificate signed by its CA: give the destination "
-    "--tls_cert and --tls_key";
+    "; the source requires a client certificate signed by its CA, and the destination "
+    "presented none";
 constexpr char kWrongClientCertHint[] =
-    "; the source accepts only client certificates signed by the CA it was given (--tls_ca "
-    "on the source)";
+    "; the source accepts only client certificates signed by the CA it was given";
 
 // What a destination should do about the source refusing its certificate.
 const char* ClientCertHint(int reason) {
   return reason == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED ? kClientCertHint : kWrongClientCertHint;
+}
+Fix ClientCertFix(int reason) {
+  return reason == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED ? Fix::kDestClientCertificate
+                                                           : Fix::kSourceClientCa;
 }
 
 // A failure after the handshake, on a read or a write.
@@ -235,9 +232,10 @@ absl::Status DataError(const SslFailure& f, bool client, bool reading) {
   if (CertAlert(reason)) {
     // TLS 1.3 finishes the client's handshake before the server has checked the client's
     // certificate: a refusal arrives as an alert on the first read.
-    return absl::PermissionDeniedError(
+    absl::Status s = absl::PermissionDeniedError(
         absl::StrCat("TLS: the peer refused the connection: ", Explain(f),
                      client ? ClientCertHint(reason) : ""));
+    return client ? WithFix(s, ClientCertFix(reason)) : s;
   }
   return absl::UnavailableError(absl::StrCat("TLS: ", Explain(f)));
 }
@@ -247,9 +245,10 @@ absl::Status HandshakeError(const SslFailure& f, bool client, const std::string&
   const std::string what = client ? absl::StrCat("TLS handshake with ", peer)
                                   : std::string("TLS handshake with the destination");
   if (f.timed_out) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        what, " timed out after ", absl::FormatDuration(timeout),
-        client ? " (is the source serving TLS? it needs --tls_cert and --tls_key)" : ""));
+    absl::Status s = absl::DeadlineExceededError(
+        absl::StrCat(what, " timed out after ", absl::FormatDuration(timeout),
+                     client ? " (is the source serving TLS?)" : ""));
+    return client ? WithFix(s, Fix::kSourceServesTls) : s;
   }
   if (PeerClosed(f)) {
     return absl::UnavailableError(absl::StrCat(what, ": the peer closed the connection"));
@@ -260,20 +259,19 @@ absl::Status HandshakeError(const SslFailure& f, bool client, const std::string&
   }
   const int reason = Reason(f);
   if (NotTls(reason)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, " failed: the peer does not speak TLS 1.3",
-        client ? " (is the source serving plain TCP? start it with --tls_cert and --tls_key)" : "",
-        ": ", Explain(f)));
+    absl::Status s = absl::FailedPreconditionError(
+        absl::StrCat(what, " failed: the peer does not speak TLS 1.3",
+                     client ? " (is the source serving plain TCP?)" : "", ": ", Explain(f)));
+    return client ? WithFix(s, Fix::kSourceServesTls) : s;
   }
   if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED || f.verify != X509_V_OK) {
-    std::string hint;
-    if (f.verify == X509_V_ERR_HOSTNAME_MISMATCH || f.verify == X509_V_ERR_IP_ADDRESS_MISMATCH) {
-      hint = absl::StrCat("; the certificate does not name '", server_name,
-                          "' (set the expected name with --tls_server_name)");
-    }
-    return absl::PermissionDeniedError(
-        absl::StrCat(what, " failed: the ", client ? "source's" : "destination's client",
-                     " certificate was rejected: ", Explain(f), hint));
+    const bool name =
+        f.verify == X509_V_ERR_HOSTNAME_MISMATCH || f.verify == X509_V_ERR_IP_ADDRESS_MISMATCH;
+    absl::Status s = absl::PermissionDeniedError(absl::StrCat(
+        what, " failed: the ", client ? "source's" : "destination's client",
+        " certificate was rejected: ", Explain(f),
+        name ? absl::StrCat("; the certificate does not name '", server_name, "'") : ""));
+    return name ? WithFix(s, Fix::kTlsServerName) : s;
   }
   if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
     return absl::PermissionDeniedError(
@@ -283,9 +281,10 @@ absl::Status HandshakeError(const SslFailure& f, bool client, const std::string&
                      Explain(f)));
   }
   if (CertAlert(reason)) {
-    return absl::PermissionDeniedError(absl::StrCat(
+    absl::Status s = absl::PermissionDeniedError(absl::StrCat(
         what, " failed: the ", client ? "source refused our client" : "destination refused our",
         " certificate: ", Explain(f), client ? ClientCertHint(reason) : ""));
+    return client ? WithFix(s, ClientCertFix(reason)) : s;
   }
   return absl::UnavailableError(absl::StrCat(what, " failed: ", Explain(f)));
 }
@@ -547,16 +546,19 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(Role role,
                                                                      const TlsFiles& files) {
   const bool server = role == Role::kServer;
   if (files.cert.empty() != files.key.empty()) {
-    return absl::InvalidArgumentError(
-        "TLS: a certificate (--tls_cert) and its key (--tls_key) go together; give both");
+    return WithFix(
+        absl::InvalidArgumentError("TLS: a certificate and its private key go together; give both"),
+        Fix::kTlsCertKeyPair);
   }
   if (server && files.cert.empty()) {
-    return absl::InvalidArgumentError(
-        "TLS: the page server needs a certificate and key (--tls_cert, --tls_key)");
+    return WithFix(
+        absl::InvalidArgumentError("TLS: the page server needs a certificate and its key"),
+        Fix::kSourceServesTls);
   }
   if (!server && files.ca.empty()) {
-    return absl::InvalidArgumentError(
-        "TLS: the destination needs the CA that signed the source's certificate (--tls_ca)");
+    return WithFix(absl::InvalidArgumentError(
+                       "TLS: the destination needs the CA that signed the source's certificate"),
+                   Fix::kDestUsesTls);
   }
   const std::pair<const char*, const std::string*> named[] = {
       {"certificate", &files.cert}, {"key", &files.key}, {"CA file", &files.ca}};
@@ -699,9 +701,9 @@ absl::Status TlsContext::Accept(Stream* stream, absl::Time deadline) const {
   if (r < 0) return ErrnoStatus("recv");
   if (first != 22) {
     absl::Status s = absl::FailedPreconditionError(
-        "this source requires TLS, and the destination connected without it: give the "
-        "destination --tls_ca (and --tls_cert/--tls_key if the source requires client "
-        "certificates)");
+        "this source requires TLS, and the destination connected without it: the destination "
+        "needs the CA that signed the source's certificate (and a client certificate if the "
+        "source requires one)");
     if (first == (kFrameMagic & 0xff)) {  // a faultline destination: tell it why, in the clear
       std::string out;
       EncodeError(s, &out);

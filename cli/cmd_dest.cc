@@ -1,0 +1,85 @@
+// faultline dest: the destination of a two-host migration with a thread guest: creates memory
+// matching the source's regions, runs the guest on it while post-copy fills it, then verifies
+// every page by CRC32C against the source.
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/time/clock.h"
+#include "cli/common.h"
+#include "engine/engine.h"
+#include "engine/region.h"
+#include "engine/uffd.h"
+#include "workload/thread_guest.h"
+
+namespace faultline {
+
+int RunDest() {
+  absl::StatusOr<RegionKind> kind = ParseRegionKind(absl::GetFlag(FLAGS_kind));
+  if (!kind.ok()) return Fail(kind.status());
+  absl::StatusOr<GuestOptions> guest = GuestOptionsFromFlags();
+  if (!guest.ok()) return Fail(guest.status());
+  absl::StatusOr<TcpSourceOptions> opts = SourceOptionsFromFlags();
+  if (!opts.ok()) return Fail(opts.status());
+  const TcpSourceOptions& topts = *opts;
+  absl::StatusOr<std::unique_ptr<PageSource>> source = ConnectSource(topts);
+  if (!source.ok()) return Fail(source.status());
+  std::vector<std::unique_ptr<GuestRegion>> owned;
+  std::vector<GuestRegion*> regions;
+  uint64_t total = 0;
+  for (const RegionInfo& ri : (*source)->regions()) {
+    RegionKind k = *kind;
+    if (ri.page_size == (2u << 20)) k = RegionKind::kHugetlb;
+    absl::StatusOr<std::unique_ptr<GuestRegion>> r = GuestRegion::Create(ri.name, k, ri.size);
+    if (!r.ok()) return Fail(r.status());
+    regions.push_back(r->get());
+    owned.push_back(std::move(*r));
+    total += ri.size;
+  }
+  absl::StatusOr<Userfaultfd> uffd = Userfaultfd::Open();
+  if (!uffd.ok()) return Fail(uffd.status());
+  EngineOptions eo = EngineOptionsFromFlags();
+  eo.finish_source = false;
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(regions, std::move(*uffd), eo);
+  if (!engine.ok()) return Fail(engine.status());
+  std::vector<std::unique_ptr<ThreadGuest>> guests;
+  if (!guest->threads.empty()) {
+    for (GuestRegion* r : regions) {
+      guests.push_back(std::make_unique<ThreadGuest>(r->base(), r->size(), r->page_size(), *guest));
+    }
+  }
+  std::atomic<bool> running{true};
+  std::thread progress([&] {
+    while (running.load() && absl::GetFlag(FLAGS_progress)) {
+      ProgressBar(total - (*engine)->remaining_pages() * 4096, total);
+      usleep(100000);
+    }
+  });
+  const absl::Time t0 = absl::Now();
+  absl::Status s = (*engine)->Run(source->get());
+  running.store(false);
+  progress.join();
+  if (!s.ok()) return Fail(s);
+  for (auto& g : guests) g->Join();
+  const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
+  std::vector<const uint8_t*> bases;
+  for (GuestRegion* r : regions) bases.push_back(r->base());
+  uint64_t verified = 0;
+  absl::StatusOr<uint64_t> bad = VerifyAgainstSource(topts, bases, &verified, true);
+  if (!bad.ok()) return Fail(bad.status());
+  const EngineCounters& c = (*engine)->counters();
+  LatencyHistogram h = (*engine)->fault_stats().Overall();
+  std::printf(
+      "pages urgent/bulk/zero %llu/%llu/%llu, %.3f s, fault latency %s\n"
+      "verified %llu pages, %llu mismatches\n",
+      (unsigned long long)c.urgent_pages.load(), (unsigned long long)c.bulk_pages.load(),
+      (unsigned long long)c.zero_pages.load(), secs, h.Summary().c_str(),
+      (unsigned long long)verified, (unsigned long long)*bad);
+  return *bad == 0 ? 0 : 1;
+}
+
+}  // namespace faultline

@@ -1,0 +1,58 @@
+// faultline local: a self-contained migration on this machine (cli/local_run.h).
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "cli/common.h"
+#include "cli/local_run.h"
+
+namespace faultline {
+
+int RunLocal() {
+  absl::StatusOr<uint64_t> size = ParseSize(absl::GetFlag(FLAGS_size));
+  if (!size.ok()) return Fail(size.status());
+  absl::StatusOr<GuestOptions> guest = GuestOptionsFromFlags();
+  if (!guest.ok()) return Fail(guest.status());
+  std::vector<RegionKind> kinds;
+  if (absl::GetFlag(FLAGS_kind) == "all") {
+    kinds = {RegionKind::kAnonymous, RegionKind::kMemfd, RegionKind::kHugetlb};
+  } else {
+    absl::StatusOr<RegionKind> k = ParseRegionKind(absl::GetFlag(FLAGS_kind));
+    if (!k.ok()) return Fail(k.status());
+    kinds = {*k};
+  }
+  std::vector<LocalRunReport> reports;
+  bool bad = false;
+  for (RegionKind k : kinds) {
+    std::printf("faultline local: %s, %llu MiB, guest threads: %s\n", RegionKindName(k),
+                static_cast<unsigned long long>(*size >> 20),
+                absl::GetFlag(FLAGS_guest).empty() ? "none" : absl::GetFlag(FLAGS_guest).c_str());
+    std::fflush(stdout);
+    LocalRunOptions o;
+    o.kind = k;
+    o.size = *size;
+    o.guest = *guest;
+    o.run_guest = !guest->threads.empty();
+    o.engine = EngineOptionsFromFlags();
+    o.transport_busy_poll = absl::GetFlag(FLAGS_busy_poll);
+    o.bulk_lanes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_channels));
+    if (absl::GetFlag(FLAGS_progress)) o.progress = ProgressBar;
+    absl::StatusOr<LocalRunReport> r = RunLocalMigration(o);
+    if (!r.ok()) {
+      std::fprintf(stderr, "faultline local (%s): error: %s\n", RegionKindName(k),
+                   std::string(r.status().message()).c_str());
+      bad = true;
+      continue;
+    }
+    std::printf("%s\n", ReportTable(*r).c_str());
+    if (r->mismatches) bad = true;
+    reports.push_back(std::move(*r));
+  }
+  if (!absl::GetFlag(FLAGS_stats_json).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_stats_json)) << ReportJson(reports) << "\n";
+  }
+  return bad ? 1 : 0;
+}
+
+}  // namespace faultline

@@ -1,0 +1,211 @@
+#include "cli/common.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "base/fix.h"
+#include "transport/rdma_page_source.h"
+
+ABSL_FLAG(std::string, kind, "memfd",
+          "Destination region kind: anon, memfd, hugetlb, guest_memfd, or 'all' (local).");
+ABSL_FLAG(std::string, size, "1G", "Guest memory size (local, demo), e.g. 256M, 1G, 4G.");
+ABSL_FLAG(std::string, connect, "127.0.0.1:7470", "dest, serve: the source page server's address.");
+ABSL_FLAG(std::string, token, "",
+          "Per-migration secret, 64 hex digits, the same on both sides (source: generated and "
+          "printed when empty).");
+ABSL_FLAG(std::string, guest, "seq,random,hot",
+          "local, dest: thread-guest access patterns, one thread each (seq, random, hot); "
+          "empty: no guest.");
+ABSL_FLAG(int64_t, touches, 20000, "local, dest: touches per guest thread.");
+ABSL_FLAG(std::string, stats_json, "", "Write the final report as JSON to this file.");
+ABSL_FLAG(bool, progress, true, "Show a progress bar while pages arrive.");
+ABSL_FLAG(bool, busy_poll, false,
+          "Spin on the urgent socket and the userfaultfd instead of sleeping: lower fault "
+          "latency, two busy cores.");
+ABSL_FLAG(int32_t, bulk_batch_kib, 1024, "Bytes per background request, KiB.");
+ABSL_FLAG(int32_t, bulk_window, 4, "Background requests in flight per bulk channel.");
+ABSL_FLAG(int32_t, bulk_channels, 1,
+          "Bulk connections to the source (1..16), each with its own receiving thread here and "
+          "serving thread there: more cores for the background stream. Urgent faults always "
+          "have a connection of their own.");
+ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
+          "When the connection to the source breaks, keep the guest waiting and reconnect "
+          "for up to this long (0: fail at once).");
+ABSL_FLAG(std::string, handoff, "/run/faultline.sock",
+          "serve, migrate: the Unix socket a VMM hands its userfaultfd and memory over on.");
+ABSL_FLAG(std::string, transport, "tcp",
+          "source, dest, serve: tcp, or rdma (one-sided RDMA READ over RC queue pairs; the "
+          "control connection stays TCP/TLS).");
+ABSL_FLAG(std::string, rdma_device, "",
+          "--transport=rdma: the RDMA device (default: the first with an active port).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "TLS certificate (PEM). source, demo: serve TLS 1.3 with it (with --tls_key). dest, "
+          "serve: present it to a source that requires client certificates.");
+ABSL_FLAG(std::string, tls_key, "", "The private key of --tls_cert (PEM, not encrypted).");
+ABSL_FLAG(std::string, tls_ca, "",
+          "CA certificate(s) (PEM). dest, serve: connect with TLS and verify the source's "
+          "certificate against it. source: require destinations to present a certificate "
+          "signed by it (mutual TLS).");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "dest, serve: the name the source's certificate must carry (default: the host or IP "
+          "of --connect).");
+
+namespace faultline {
+
+absl::StatusOr<uint64_t> ParseSize(const std::string& s) {
+  if (s.empty()) return absl::InvalidArgumentError("empty size");
+  uint64_t mult = 1;
+  std::string num = s;
+  switch (s.back()) {
+    case 'K':
+    case 'k':
+      mult = 1ull << 10;
+      num.pop_back();
+      break;
+    case 'M':
+    case 'm':
+      mult = 1ull << 20;
+      num.pop_back();
+      break;
+    case 'G':
+    case 'g':
+      mult = 1ull << 30;
+      num.pop_back();
+      break;
+    default: break;
+  }
+  uint64_t v;
+  if (!absl::SimpleAtoi(num, &v) || v == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("bad size '", s, "' (e.g. 512M, 1G)"));
+  }
+  return v * mult;
+}
+
+void ProgressBar(uint64_t done, uint64_t total) {
+  static const bool tty = isatty(STDERR_FILENO);
+  static int last_quarter = -1;
+  const double f = total ? static_cast<double>(done) / total : 1.0;
+  if (tty) {
+    const int width = 40, filled = static_cast<int>(f * width);
+    std::fprintf(stderr, "\r  [%s%s] %3.0f%%  %llu/%llu MiB", std::string(filled, '#').c_str(),
+                 std::string(width - filled, ' ').c_str(), f * 100,
+                 static_cast<unsigned long long>(done >> 20),
+                 static_cast<unsigned long long>(total >> 20));
+    if (done >= total) std::fprintf(stderr, "\n");
+  } else if (static_cast<int>(f * 4) > last_quarter) {
+    last_quarter = static_cast<int>(f * 4);
+    std::fprintf(stderr, "  progress: %3.0f%% (%llu/%llu MiB)\n", f * 100,
+                 static_cast<unsigned long long>(done >> 20),
+                 static_cast<unsigned long long>(total >> 20));
+  }
+}
+
+namespace {
+
+// Which flag cures an error a library marked with a Fix (base/fix.h).
+const char* FlagHint(Fix f) {
+  switch (f) {
+    case Fix::kSourceServesTls:
+      return "the source must serve TLS: start it with --tls_cert and --tls_key";
+    case Fix::kDestUsesTls:
+      return "give the destination --tls_ca (the CA that signed the source's certificate)";
+    case Fix::kDestClientCertificate:
+      return "give the destination --tls_cert and --tls_key (signed by the CA the source got "
+             "as --tls_ca)";
+    case Fix::kSourceClientCa:
+      return "the source's --tls_ca must be the CA that signed the destination's --tls_cert";
+    case Fix::kTlsServerName: return "set the name the certificate carries with --tls_server_name";
+    case Fix::kTlsCertKeyPair: return "give --tls_cert and --tls_key together";
+    case Fix::kSourceServesRdma: return "start the source with --transport=rdma too";
+    case Fix::kUseTcp: return "--transport=rdma needs an RDMA device; use --transport=tcp";
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "faultline: error: %s\n", std::string(s.message()).c_str());
+  if (absl::optional<Fix> f = FixOf(s); f && FlagHint(*f) != nullptr) {
+    std::fprintf(stderr, "faultline: %s\n", FlagHint(*f));
+  }
+  return 1;
+}
+
+EngineOptions EngineOptionsFromFlags() {
+  EngineOptions o;
+  o.bulk_batch_bytes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_batch_kib)) << 10;
+  o.bulk_window = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_window));
+  o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
+  o.reconnect_deadline = absl::GetFlag(FLAGS_reconnect_deadline);
+  return o;
+}
+
+absl::StatusOr<std::shared_ptr<const TlsContext>> TlsFromFlags(TlsContext::Role role) {
+  TlsFiles f;
+  f.cert = absl::GetFlag(FLAGS_tls_cert);
+  f.key = absl::GetFlag(FLAGS_tls_key);
+  f.ca = absl::GetFlag(FLAGS_tls_ca);
+  return TlsContext::FromFiles(role, f);
+}
+
+std::string TlsMode(const std::shared_ptr<const TlsContext>& tls) {
+  if (!tls) return "plain TCP";
+  return tls->mutual() ? "TLS 1.3, client certificates required" : "TLS 1.3";
+}
+
+absl::StatusOr<GuestOptions> GuestOptionsFromFlags() {
+  GuestOptions g;
+  absl::StatusOr<std::vector<AccessPattern>> p = ParsePatterns(absl::GetFlag(FLAGS_guest));
+  if (!p.ok()) return absl::InvalidArgumentError(absl::StrCat("--guest: ", p.status().message()));
+  g.threads = *p;
+  g.touches_per_thread = static_cast<uint64_t>(absl::GetFlag(FLAGS_touches));
+  return g;
+}
+
+absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags() {
+  TcpSourceOptions o;
+  absl::StatusOr<Token> token = ParseToken(absl::GetFlag(FLAGS_token));
+  if (!token.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--token: ", token.status().message(), " (the 64 hex digits `faultline source` printed)"));
+  }
+  o.address = absl::GetFlag(FLAGS_connect);
+  o.token = *token;
+  o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
+  const int32_t lanes = absl::GetFlag(FLAGS_bulk_channels);
+  if (lanes < 1 || lanes > static_cast<int32_t>(kMaxBulkLanes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--bulk_channels=", lanes, ": expected 1..", kMaxBulkLanes));
+  }
+  o.bulk_lanes = static_cast<uint32_t>(lanes);
+  absl::StatusOr<std::shared_ptr<const TlsContext>> tls = TlsFromFlags(TlsContext::Role::kClient);
+  if (!tls.ok()) return tls.status();
+  o.tls = *tls;
+  o.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<PageSource>> ConnectSource(const TcpSourceOptions& topts) {
+  const std::string t = absl::GetFlag(FLAGS_transport);
+  if (t == "tcp") {
+    absl::StatusOr<std::unique_ptr<TcpPageSource>> s = TcpPageSource::Connect(topts);
+    if (!s.ok()) return s.status();
+    return std::unique_ptr<PageSource>(std::move(*s));
+  }
+  if (t != "rdma") {
+    return absl::InvalidArgumentError(absl::StrCat("--transport=", t, ": expected tcp or rdma"));
+  }
+  RdmaSourceOptions o;
+  o.control = topts;
+  o.device.device = absl::GetFlag(FLAGS_rdma_device);
+  absl::StatusOr<std::unique_ptr<RdmaPageSource>> s = RdmaPageSource::Connect(o);
+  if (!s.ok()) return s.status();
+  return std::unique_ptr<PageSource>(std::move(*s));
+}
+
+}  // namespace faultline
