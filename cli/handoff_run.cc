@@ -65,10 +65,13 @@ absl::StatusOr<std::unique_ptr<StateFile>> MakeStateDir(const std::string& dir) 
 
 nlohmann::json Hist(const LatencyHistogram& h) {
   return {{"count", h.count()},
+          {"mean_ns", static_cast<uint64_t>(h.mean())},
           {"p50_ns", h.Percentile(0.5)},
           {"p90_ns", h.Percentile(0.9)},
           {"p99_ns", h.Percentile(0.99)},
-          {"max_ns", h.max()}};
+          {"max_ns", h.max()},
+          // QEMU's postcopy-latency-dist buckets: [2^N µs, 2^(N+1) µs).
+          {"log2_us_dist", h.log2_us()}};
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<GuestRegion>>> AdoptRegions(HandoffRequest& req) {

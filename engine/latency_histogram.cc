@@ -21,8 +21,16 @@ uint64_t LatencyHistogram::BucketUpper(int b) {
   return lower + (uint64_t{1} << (e - kSubBits)) - 1;
 }
 
+int LatencyHistogram::Log2UsBucketOf(uint64_t ns) {
+  const uint64_t us = ns / 1000;
+  if (us == 0) return 0;
+  const int b = 63 - __builtin_clzll(us);
+  return b < kLog2UsBuckets ? b : kLog2UsBuckets - 1;
+}
+
 void LatencyHistogram::Record(uint64_t ns) {
   ++buckets_[BucketOf(ns)];
+  ++log2_us_[Log2UsBucketOf(ns)];
   ++count_;
   sum_ += ns;
   min_ = std::min(min_, ns);
@@ -31,6 +39,7 @@ void LatencyHistogram::Record(uint64_t ns) {
 
 void LatencyHistogram::Merge(const LatencyHistogram& o) {
   for (int i = 0; i < kBuckets; ++i) buckets_[i] += o.buckets_[i];
+  for (int i = 0; i < kLog2UsBuckets; ++i) log2_us_[i] += o.log2_us_[i];
   count_ += o.count_;
   sum_ += o.sum_;
   min_ = std::min(min_, o.min_);

@@ -1,5 +1,8 @@
 // LatencyHistogram: log-linear buckets (8 per power of two, ≤12.5% error) over nanoseconds,
-// plus exact count, min, max and sum. Not thread-safe: callers serialise (see FaultStats).
+// plus exact count, min, max and sum — and the same latencies in QEMU's own post-copy buckets
+// (query-migrate's postcopy-latency-dist, QEMU ≥ 10.1: bucket N counts latencies in
+// [2^N µs, 2^(N+1) µs), below 1 µs in bucket 0, the last bucket open-ended), so the two
+// distributions compare bucket by bucket. Not thread-safe: callers serialise (see FaultStats).
 #ifndef FAULTLINE_ENGINE_LATENCY_HISTOGRAM_H_
 #define FAULTLINE_ENGINE_LATENCY_HISTOGRAM_H_
 
@@ -28,8 +31,14 @@ class LatencyHistogram {
   static int BucketOf(uint64_t ns);
   static uint64_t BucketUpper(int b);
 
+  // QEMU's buckets: [2^N µs, 2^(N+1) µs) for N in [0, kLog2UsBuckets).
+  static constexpr int kLog2UsBuckets = 24;
+  static int Log2UsBucketOf(uint64_t ns);
+  const std::array<uint64_t, kLog2UsBuckets>& log2_us() const { return log2_us_; }
+
  private:
   std::array<uint64_t, kBuckets> buckets_{};
+  std::array<uint64_t, kLog2UsBuckets> log2_us_{};
   uint64_t count_ = 0, min_ = UINT64_MAX, max_ = 0, sum_ = 0;
 };
 

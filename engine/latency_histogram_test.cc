@@ -36,5 +36,24 @@ TEST(LatencyHistogram, EmptyIsZero) {
   EXPECT_EQ(h.Summary(), "no samples");
 }
 
+// QEMU's postcopy-latency-dist buckets: [2^N µs, 2^(N+1) µs).
+TEST(LatencyHistogram, QemuLog2MicrosecondBuckets) {
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(0), 0);
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(999), 0);        // < 1 µs
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(1999), 0);       // 1.999 µs
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(2000), 1);
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(256000), 8);     // [256 µs, 512 µs)
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(511999), 8);
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(512000), 9);
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(uint64_t{1} << 50), 23);  // open-ended
+  LatencyHistogram h, g;
+  h.Record(300000);
+  h.Record(40000);
+  g.Record(300000);
+  h.Merge(g);
+  EXPECT_EQ(h.log2_us()[8], 2u);
+  EXPECT_EQ(h.log2_us()[5], 1u);
+}
+
 }  // namespace
 }  // namespace faultline
