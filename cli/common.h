@@ -70,6 +70,9 @@ int RunDest();
 int RunServe();
 int RunDemo();
 int RunMigrate();
+int RunExpect();
+int RunStatus();
+int RunCancelOrForget(const std::string& op);
 
 }  // namespace faultline
 

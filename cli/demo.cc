@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "base/errno_status.h"
+#include "base/scm_rights.h"
 #include "cli/handoff_run.h"
 #include "engine/fault_stats.h"
 #include "engine/latency_histogram.h"
@@ -41,21 +43,8 @@ namespace {
 // One SOCK_SEQPACKET message: bytes, optionally one fd.
 
 absl::Status SendMsg(int sock, const std::string& data, int fd = -1) {
-  struct iovec iov = {const_cast<char*>(data.data()), data.size()};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  char ctl[CMSG_SPACE(sizeof(int))] = {};
-  if (fd >= 0) {
-    msg.msg_control = ctl;
-    msg.msg_controllen = sizeof(ctl);
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  }
-  if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) return ErrnoStatus("sendmsg (control)");
+  absl::Status s = SendWithFds(sock, data, absl::Span<const int>(&fd, fd >= 0 ? 1 : 0));
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("control channel: ", s.message()));
   return absl::OkStatus();
 }
 
@@ -63,27 +52,17 @@ absl::Status RecvMsg(int sock, std::string* data, UniqueFd* fd, absl::Duration t
   struct timeval tv = {static_cast<time_t>(absl::ToInt64Seconds(timeout)), 0};
   setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   data->resize(1 << 20);
-  struct iovec iov = {data->data(), data->size()};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  char ctl[CMSG_SPACE(sizeof(int))] = {};
-  msg.msg_control = ctl;
-  msg.msg_controllen = sizeof(ctl);
-  ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  if (n < 0) {
-    if (errno == EAGAIN) return absl::DeadlineExceededError("the source process did not answer");
-    return ErrnoStatus("recvmsg (control)");
-  }
-  if (n == 0) return absl::UnavailableError("the source process went away");
-  data->resize(n);
-  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && fd) {
-      int f;
-      memcpy(&f, CMSG_DATA(c), sizeof(int));
-      fd->reset(f);
+  std::vector<UniqueFd> fds;
+  absl::StatusOr<size_t> n = RecvWithFds(sock, data->data(), data->size(), &fds);
+  if (!n.ok()) {
+    if (absl::IsDeadlineExceeded(n.status())) {
+      return absl::DeadlineExceededError("the source process did not answer");
     }
+    return absl::Status(n.status().code(), absl::StrCat("control channel: ", n.status().message()));
   }
+  if (*n == 0) return absl::UnavailableError("the source process went away");
+  data->resize(*n);
+  if (fd != nullptr && !fds.empty()) *fd = std::move(fds.front());  // any others are closed
   return absl::OkStatus();
 }
 

@@ -236,6 +236,7 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   }
   if (absl::Status s = session.Ack(absl::OkStatus()); !s.ok()) return s;
 
+  if (opts.on_engine) opts.on_engine(engine->get());
   std::atomic<bool> running{true};
   std::thread progress([&] {
     while (running.load()) {
@@ -248,6 +249,7 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   running.store(false);
   progress.join();
   nlohmann::json st = EngineStatsJson(**engine, absl::ToDoubleSeconds(absl::Now() - t0));
+  if (opts.on_engine) opts.on_engine(nullptr);
   (void)session.SendComplete(run, st);
   // Only after "complete" went out: an engine that dies in between leaves a file whose pages
   // are all present, which a new engine adopts and completes at once. Removed before, a VMM

@@ -27,6 +27,10 @@ struct HandoffRunOptions {
   std::string state_dir;
   // Progress notes for an operator (adopting a dead engine's state, ...). May be null.
   std::function<void(const std::string&)> log;
+  // Called with the engine once the VMM is acknowledged and the engine runs, and with null
+  // before the engine goes away; meanwhile another thread may read its counters or Cancel()
+  // it. May be null.
+  std::function<void(Engine*)> on_engine;
   // Connects the transport (e.g. RDMA, transport/rdma_page_source.h); null: TCP to `source`.
   std::function<absl::StatusOr<std::unique_ptr<PageSource>>(const TcpSourceOptions&)> connect;
 };

@@ -29,6 +29,14 @@ constexpr char kUsage[] =
     "                   [--state_dir=/run/faultline]\n"
     "      Wait for one VMM to hand over its userfaultfd and guest memory (faultline's\n"
     "      hand-off or Firecracker's), then serve its faults from the source page server.\n"
+    "  faultline serve  --daemon [--control=/run/faultline/control.sock]\n"
+    "                   [--metrics_listen=HOST:PORT] [--allow_uids=...] [--allow_gids=...]\n"
+    "      The host daemon: any number of migrations at once, each registered with\n"
+    "      `faultline expect`; Prometheus metrics; one JSON line per event on stdout.\n"
+    "  faultline expect --id=ID --connect=HOST:PORT --token=HEX [--tls_*] [--bulk_channels=N]\n"
+    "      Register a migration with the daemon; prints the hand-off socket of its own.\n"
+    "  faultline status [--id=ID] [--json]     how each migration is doing\n"
+    "  faultline cancel --id=ID | forget --id=ID\n"
     "      Restart: the page-state map is kept in STATE_DIR/<hash of token>.state; if this\n"
     "      process dies mid-migration, start `serve` again with the same flags and let the\n"
     "      VMM hand over the same uffd again: the new engine adopts the file automatically\n"
@@ -95,6 +103,9 @@ int main(int argc, char** argv) {
   if (cmd == "serve") return faultline::RunServe();
   if (cmd == "demo") return faultline::RunDemo();
   if (cmd == "migrate") return faultline::RunMigrate();
+  if (cmd == "expect") return faultline::RunExpect();
+  if (cmd == "status") return faultline::RunStatus();
+  if (cmd == "cancel" || cmd == "forget") return faultline::RunCancelOrForget(cmd);
   std::fprintf(stderr, "faultline: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

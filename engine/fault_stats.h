@@ -27,7 +27,8 @@ struct EngineCounters {
   std::atomic<uint64_t> zero_pages{0};          // placed from a zero marker
   std::atomic<uint64_t> duplicate_arrivals{0};  // arrived for a page already placed: dropped
   std::atomic<uint64_t> corrupt_pages{0};       // CRC mismatch: dropped, fetched again
-  std::atomic<uint64_t> bytes_received{0};
+  std::atomic<uint64_t> bytes_received{0};    // page bytes placed (urgent + bulk)
+  std::atomic<uint64_t> urgent_bytes{0}, bulk_bytes{0};
   std::atomic<uint64_t> remove_events{0}, unmap_events{0}, discarded_pages{0};
   std::atomic<uint64_t> reconnects{0}, resent_requests{0};
 };

@@ -98,6 +98,8 @@ absl::Status Lander::PlaceStretch(RegionTable::Entry& e, const PageRun& run, uin
   (run.urgency == Urgency::kUrgent ? counters_->urgent_pages : counters_->bulk_pages)
       .fetch_add(n - zeros, std::memory_order_relaxed);
   counters_->bytes_received.fetch_add(uint64_t{n - zeros} * ps, std::memory_order_relaxed);
+  (run.urgency == Urgency::kUrgent ? counters_->urgent_bytes : counters_->bulk_bytes)
+      .fetch_add(uint64_t{n - zeros} * ps, std::memory_order_relaxed);
   return absl::OkStatus();
 }
 

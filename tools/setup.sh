@@ -4,6 +4,7 @@ set -euo pipefail
 PKGS=(bazel-bootstrap g++ pkg-config libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
       libibverbs-dev librdmacm-dev libvirt-dev nlohmann-json3-dev libxxhash-dev libssl-dev openssl
       clang-14 libclang-rt-14-dev gnuplot-nox qemu-system-x86 libxml2-dev
+      libmicrohttpd-dev prometheus  # the host daemon's /metrics, and the scrape test
       libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu  # the libvirt suite
       flex bison bc libelf-dev dwarves cpio git curl xz-utils)  # the last line: kernel/ suite
 missing=()

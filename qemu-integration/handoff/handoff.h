@@ -22,19 +22,23 @@
 // and refuses (ack{ok:false}) if it has none, rather than guess which pages are placed. A VMM
 // must keep its own uffd fd open until "complete" for this to work: the uffd's registration
 // and its sleeping faults live only as long as some process holds the fd.
+// "migration": "<id>" (optional) in hello: the migration this VMM's memory belongs to, as
+// registered with the host daemon; optional. 1..64 bytes of ASCII letters, digits, '-', '_',
+// '.' and ':' (anything else is refused, naming "migration"). Older faultlines ignore it.
 // "code" (an absl::StatusCode name) is an optional extension; readers that lack it see a plain
 // error. Unknown keys are ignored (additive extensions); unknown message types are skipped.
 //
 // Hello rules (anything else is refused with ack{ok:false}): version 1 first ("version
-// mismatch" otherwise); 1..64 regions; name 1..64 printable bytes, unique; page_size a power of
-// two in [4096, 1 GiB]; host_addr, length (> 0) and offset multiples of page_size; no two regions
-// overlap in the VMM's address space; kind one of anon (fd must be -1), memfd, hugetlb,
-// guest_memfd (fd must index an attached fd; regions may share one); uffd_fd indexes an attached
-// fd no region uses; every attached fd is claimed. Server-side, the uffd must be a userfaultfd, a
-// region's fd must cover offset + length, memfd/hugetlb fds must be files, and a hugetlb fd must
-// be on hugetlbfs with that page size. Numbers must be JSON integers (a string or a fraction is
-// refused, naming the field). Every fd received is owned and closed on every error path. The
-// whole hello must arrive within 5 s of connecting (HandoffServer::set_hello_timeout).
+// mismatch" otherwise); "migration", when present, as above; 1..64 regions; name 1..64
+// printable bytes, unique; page_size a power of two in [4096, 1 GiB]; host_addr, length (> 0)
+// and offset multiples of page_size; no two regions overlap in the VMM's address space; kind one
+// of anon (fd must be -1), memfd, hugetlb, guest_memfd (fd must index an attached fd; regions
+// may share one); uffd_fd indexes an attached fd no region uses; every attached fd is claimed.
+// Server-side, the uffd must be a userfaultfd, a region's fd must cover offset + length,
+// memfd/hugetlb fds must be files, and a hugetlb fd must be on hugetlbfs with that page size.
+// Numbers must be JSON integers (a string or a fraction is refused, naming the field). Every fd
+// received is owned and closed on every error path. The whole hello must arrive within 5 s of
+// connecting (HandoffServer::set_hello_timeout; HandoffSession::Open takes a deadline).
 //
 // Firecracker's UFFD hand-off, unchanged: one sendmsg of a JSON array, no length prefix,
 //   [{"base_host_virt_addr":u64,"size":u64,"offset":u64,"page_size":u64,"page_size_kib":u64}]
@@ -80,6 +84,7 @@ inline constexpr uint32_t kHandoffVersion = 1;
 inline constexpr size_t kMaxHandoffMessage = 64 * 1024;  // JSON bytes in one message
 inline constexpr size_t kMaxHandoffRegions = 64;
 inline constexpr size_t kMaxHandoffRegionName = 64;
+inline constexpr size_t kMaxHandoffMigrationId = 64;
 inline constexpr uint64_t kMaxHandoffPageSize = 1ull << 30;
 
 enum class HandoffFormat { kFaultline, kFirecracker };
@@ -90,8 +95,8 @@ struct HandoffRegion {
   uint64_t host_addr = 0;  // in the VMM's address space
   uint64_t length = 0;
   uint32_t page_size = 4096;
-  std::string kind;  // "anon", "memfd", "hugetlb", "guest_memfd"
-  UniqueFd fd;       // invalid for anon
+  std::string kind;     // "anon", "memfd", "hugetlb", "guest_memfd"
+  UniqueFd fd;          // invalid for anon
   uint64_t offset = 0;  // of host_addr's first byte within fd (Firecracker: its snapshot file)
   int fd_index = -1;    // index into the attached fds (as parsed; -1 for anon)
 };
@@ -103,6 +108,7 @@ struct HandoffRequest {
   uint64_t uffd_features = 0;          // 0 for Firecracker (it does not say)
   bool registered = true;              // the VMM registered the regions with the uffd
   bool resume = false;                 // the same uffd again, after a faultline went away
+  std::string migration;               // the hello's "migration" ("" when absent)
   UniqueFd uffd;
   std::vector<HandoffRegion> regions;
   pid_t peer_pid = 0;
@@ -111,6 +117,19 @@ struct HandoffRequest {
 };
 
 class HandoffSession;
+
+// The connected peer, from SO_PEERCRED.
+struct PeerCredentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// A connection taken off the listening socket, not yet read from.
+struct AcceptedConnection {
+  UniqueFd fd;
+  PeerCredentials peer;
+};
 
 // Server side (faultline).
 class HandoffServer {
@@ -135,12 +154,16 @@ class HandoffServer {
   // returned; a caller that wants the next VMM calls Accept again. A connection that closes
   // without sending a byte (e.g. another faultline's stale-socket probe) is skipped. On success
   // nothing has been sent yet: the caller answers with session->Ack().
-  absl::StatusOr<std::unique_ptr<HandoffSession>> Accept(absl::Duration timeout,
-                                                         uid_t allowed_uid);
+  // Built on AcceptConnection, HandoffSession::Refuse and HandoffSession::Open.
+  absl::StatusOr<std::unique_ptr<HandoffSession>> Accept(absl::Duration timeout, uid_t allowed_uid);
+
+  // For a daemon serving many VMMs at once: accepts one pending connection without reading from
+  // it, with its peer's credentials. Unavailable (not an error worth logging) when none is
+  // pending: fd() is non-blocking, so poll it for POLLIN first. The caller checks the peer and
+  // then calls HandoffSession::Open or HandoffSession::Refuse.
+  absl::StatusOr<AcceptedConnection> AcceptConnection();
 
  private:
-  absl::StatusOr<std::unique_ptr<HandoffSession>> AcceptOne(absl::Time deadline,
-                                                            uid_t allowed_uid, bool* silent);
   HandoffServer(std::string path, UniqueFd fd, dev_t dev, ino_t ino)
       : path_(std::move(path)), fd_(std::move(fd)), dev_(dev), ino_(ino) {}
   std::string path_;
@@ -152,12 +175,23 @@ class HandoffServer {
 
 class HandoffSession {  // one connected VMM
  public:
+  // Reads the hello of an accepted connection until `deadline` (blocking this thread). *silent
+  // (may be null) is set when the peer closed without sending a byte (a probe, not a VMM). On a
+  // validation error a faultline-format peer gets ack{ok:false,error} and the error is returned.
+  // On success nothing has been sent yet: the caller answers with Ack().
+  static absl::StatusOr<std::unique_ptr<HandoffSession>> Open(AcceptedConnection c,
+                                                              absl::Time deadline, bool* silent);
+  // Refuses a connection without reading a byte of it: ack{ok:false,error} (harmless for a
+  // Firecracker peer, which never reads), then closes it.
+  static void Refuse(AcceptedConnection c, const absl::Status& why);
+
   ~HandoffSession();
   HandoffSession(const HandoffSession&) = delete;
   HandoffSession& operator=(const HandoffSession&) = delete;
 
   HandoffRequest& request() { return request_; }  // fds owned by it; std::move them out
   HandoffFormat format() const { return format_; }
+  const PeerCredentials& peer() const { return peer_; }  // also in request().peer_pid/peer_uid
 
   // ack{ok} or ack{ok:false,error}; once. No-op for Firecracker.
   absl::Status Ack(const absl::Status& result);
@@ -171,19 +205,19 @@ class HandoffSession {  // one connected VMM
   int fd() const { return fd_.get(); }
 
  private:
-  friend class HandoffServer;
-  explicit HandoffSession(UniqueFd fd);
+  HandoffSession(UniqueFd fd, const PeerCredentials& peer);
   // *silent: the peer closed without sending a byte (a probe, not a VMM).
   absl::Status ReadHello(absl::Time deadline, bool* silent);
   absl::Status Send(const nlohmann::json& message);
 
   UniqueFd fd_;
-  HandoffFormat format_ = HandoffFormat::kFaultline;  // set once, before Accept returns
+  PeerCredentials peer_;
+  HandoffFormat format_ = HandoffFormat::kFaultline;  // set once, before Open returns
   HandoffRequest request_;
-  std::unique_ptr<handoff_internal::StreamReader> reader_;  // guarded by read_mu_ after Accept
+  std::unique_ptr<handoff_internal::StreamReader> reader_;  // guarded by read_mu_ after Open
   std::mutex send_mu_;
-  bool acked_ = false;     // guarded by send_mu_
-  bool ack_ok_ = false;    // guarded by send_mu_
+  bool acked_ = false;        // guarded by send_mu_
+  bool ack_ok_ = false;       // guarded by send_mu_
   bool send_broken_ = false;  // guarded by send_mu_: a send failed part-way
   std::mutex read_mu_;
   bool closed_ = false;  // guarded by read_mu_
@@ -207,10 +241,12 @@ class HandoffClient {
   // with the uffd and the region fds (SCM_RIGHTS; a region fd used twice is sent once) and waits
   // for the ack; an ack{ok:false} becomes the returned status (its code when it names one).
   // `resume`: the same uffd again after the previous faultline went away (see "resume").
+  // `migration`: sent as the hello's "migration" when not empty (see "migration").
   static absl::StatusOr<std::unique_ptr<HandoffClient>> Connect(
       const std::string& path, int uffd, uint64_t uffd_features,
       const std::vector<HandoffClientRegion>& regions, absl::Duration timeout,
-      const std::string& vmm_name = "faultline-vmm", bool resume = false);
+      const std::string& vmm_name = "faultline-vmm", bool resume = false,
+      const std::string& migration = "");
   // As Connect, but sends `hello_json` verbatim (framed) with `fds`: for VMMs that build their
   // own hello, and for tests.
   static absl::StatusOr<std::unique_ptr<HandoffClient>> ConnectWithHello(
@@ -226,16 +262,17 @@ class HandoffClient {
   // Waits for "complete", calling on_progress for each "progress"; returns the complete
   // message's stats (an empty object if it had none), or its error.
   absl::StatusOr<nlohmann::json> WaitComplete(
-      absl::Duration timeout, std::function<void(uint64_t done, uint64_t total)> on_progress =
-                                  nullptr);
+      absl::Duration timeout,
+      std::function<void(uint64_t done, uint64_t total)> on_progress = nullptr);
   absl::Status Bye();
   int fd() const { return fd_.get(); }
 
  private:
   explicit HandoffClient(UniqueFd fd);
-  static absl::StatusOr<std::unique_ptr<HandoffClient>> ConnectAndSend(
-      const std::string& path, absl::string_view frame, absl::Span<const int> fds,
-      absl::Duration timeout);
+  static absl::StatusOr<std::unique_ptr<HandoffClient>> ConnectAndSend(const std::string& path,
+                                                                       absl::string_view frame,
+                                                                       absl::Span<const int> fds,
+                                                                       absl::Duration timeout);
   absl::Status WaitAck(absl::Time deadline);
   UniqueFd fd_;
   std::unique_ptr<handoff_internal::StreamReader> reader_;

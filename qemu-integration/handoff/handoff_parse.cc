@@ -101,12 +101,35 @@ bool PrintableName(const std::string& s) {
   return true;
 }
 
+// A migration id: 1..kMaxHandoffMigrationId bytes of ASCII letters, digits and -_.: (safe in
+// file names, log lines and error messages).
+bool MigrationIdByte(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '_' || c == '.' || c == ':';
+}
+
+absl::Status CheckMigrationId(absl::string_view where, const std::string& id) {
+  if (id.empty()) return Invalid(where, "\"migration\" is empty (omit it or give an id)");
+  if (id.size() > kMaxHandoffMigrationId) {
+    return Invalid(where, absl::StrCat("\"migration\" is ", id.size(), " bytes, more than ",
+                                       kMaxHandoffMigrationId));
+  }
+  for (unsigned char c : id) {
+    if (!MigrationIdByte(c)) {
+      return Invalid(where,
+                     absl::StrCat("\"migration\" contains byte 0x", absl::Hex(c, absl::kZeroPad2),
+                                  "; only letters, digits, '-', '_', '.' and ':' are allowed"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 absl::Status CheckPageSize(absl::string_view where, uint64_t page_size) {
   if (!IsPowerOfTwo(page_size) || page_size < 4096 || page_size > kMaxHandoffPageSize) {
-    return Invalid(where, absl::StrCat("page_size ", page_size,
-                                       " is not a power of two in [4096, 1 GiB]"));
+    return Invalid(
+        where, absl::StrCat("page_size ", page_size, " is not a power of two in [4096, 1 GiB]"));
   }
   return absl::OkStatus();
 }
@@ -116,8 +139,8 @@ absl::Status CheckGeometry(absl::string_view where, uint64_t host_addr, uint64_t
                            uint64_t page_size, uint64_t offset, bool offset_aligned) {
   if (length == 0) return Invalid(where, "length is 0");
   if (length % page_size != 0) {
-    return Invalid(where, absl::StrCat("length ", length, " is not a multiple of page_size ",
-                                       page_size));
+    return Invalid(where,
+                   absl::StrCat("length ", length, " is not a multiple of page_size ", page_size));
   }
   if (host_addr % page_size != 0) {
     return Invalid(where, absl::StrCat("host_addr 0x", absl::Hex(host_addr),
@@ -127,8 +150,8 @@ absl::Status CheckGeometry(absl::string_view where, uint64_t host_addr, uint64_t
     return Invalid(where, "host_addr + length overflows 64 bits");
   }
   if (offset_aligned && offset % page_size != 0) {
-    return Invalid(where, absl::StrCat("offset ", offset, " is not a multiple of page_size ",
-                                       page_size));
+    return Invalid(where,
+                   absl::StrCat("offset ", offset, " is not a multiple of page_size ", page_size));
   }
   if (offset > UINT64_MAX - length) return Invalid(where, "offset + length overflows 64 bits");
   return absl::OkStatus();
@@ -188,16 +211,16 @@ absl::Status ParseRegion(const json& r, size_t i, size_t fd_count, HandoffRegion
   }
   if (out->kind == "anon") {
     if (out->fd_index != -1) {
-      return Invalid(where, absl::StrCat("kind anon has no fd: \"fd\" must be -1, got ",
-                                         out->fd_index));
+      return Invalid(where,
+                     absl::StrCat("kind anon has no fd: \"fd\" must be -1, got ", out->fd_index));
     }
   } else if (KindNeedsFd(out->kind)) {
     if (out->fd_index == -1) {
       return Invalid(where, absl::StrCat("kind ", out->kind, " needs an fd, got -1"));
     }
     if (out->fd_index < 0 || static_cast<size_t>(out->fd_index) >= fd_count) {
-      return Invalid(where, absl::StrCat("fd index ", out->fd_index, " is out of range (",
-                                         fd_count, " fds attached)"));
+      return Invalid(where, absl::StrCat("fd index ", out->fd_index, " is out of range (", fd_count,
+                                         " fds attached)"));
     }
   } else {
     std::string shown = out->kind.substr(0, 32);
@@ -247,6 +270,10 @@ absl::StatusOr<HandoffRequest> ParseHello(absl::string_view text, size_t fd_coun
   if (Find(j, "resume") != nullptr) {
     if (absl::Status s = GetBool(j, kWhere, "resume", &req.resume); !s.ok()) return s;
   }
+  if (Find(j, "migration") != nullptr) {
+    if (absl::Status s = GetString(j, kWhere, "migration", &req.migration); !s.ok()) return s;
+    if (absl::Status s = CheckMigrationId(kWhere, req.migration); !s.ok()) return s;
+  }
   if (absl::Status s = GetInt(j, kWhere, "uffd_fd", &req.uffd_index); !s.ok()) return s;
   if (req.uffd_index < 0 || static_cast<size_t>(req.uffd_index) >= fd_count) {
     return Invalid(kWhere, absl::StrCat("uffd_fd index ", req.uffd_index, " is out of range (",
@@ -261,8 +288,8 @@ absl::StatusOr<HandoffRequest> ParseHello(absl::string_view text, size_t fd_coun
   if (regions == nullptr) return Missing(kWhere, "regions");
   if (!regions->is_array()) return WrongType(kWhere, "regions", "an array", *regions);
   if (regions->empty() || regions->size() > kMaxHandoffRegions) {
-    return Invalid(kWhere, absl::StrCat("has ", regions->size(), " regions, want 1..",
-                                        kMaxHandoffRegions));
+    return Invalid(kWhere,
+                   absl::StrCat("has ", regions->size(), " regions, want 1..", kMaxHandoffRegions));
   }
   std::vector<bool> claimed(fd_count, false);
   claimed[req.uffd_index] = true;
@@ -304,8 +331,7 @@ absl::StatusOr<HandoffRequest> ParseFirecracker(absl::string_view text) {
         absl::StrCat(kWhat, " must be a JSON array, got ", Describe(j)));
   }
   if (j.empty() || j.size() > kMaxHandoffRegions) {
-    return Invalid(kWhat, absl::StrCat("has ", j.size(), " regions, want 1..",
-                                       kMaxHandoffRegions));
+    return Invalid(kWhat, absl::StrCat("has ", j.size(), " regions, want 1..", kMaxHandoffRegions));
   }
   HandoffRequest req;
   req.format = HandoffFormat::kFirecracker;
@@ -340,8 +366,8 @@ absl::StatusOr<HandoffRequest> ParseFirecracker(absl::string_view text) {
       if (!has_bytes) {
         page_size = normalized;
       } else if (raw != 0 && normalized != page_size) {
-        return Invalid(where, absl::StrCat("page_size ", page_size, " and page_size_kib ", raw,
-                                           " disagree"));
+        return Invalid(
+            where, absl::StrCat("page_size ", page_size, " and page_size_kib ", raw, " disagree"));
       }
     }
     if (absl::Status s = CheckPageSize(where, page_size); !s.ok()) return s;
@@ -365,10 +391,8 @@ absl::StatusOr<HandoffRequest> ParseFirecracker(absl::string_view text) {
 
 const char* HandoffFormatName(HandoffFormat f) {
   switch (f) {
-    case HandoffFormat::kFaultline:
-      return "faultline";
-    case HandoffFormat::kFirecracker:
-      return "firecracker";
+    case HandoffFormat::kFaultline: return "faultline";
+    case HandoffFormat::kFirecracker: return "firecracker";
   }
   return "unknown";
 }

@@ -29,6 +29,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/scm_rights.h"
 #include "gtest/gtest.h"
 
 namespace faultline {
@@ -180,8 +181,8 @@ TEST_F(HandoffTest, RoundTripFaultlineFormat) {
     absl::StatusOr<json> client_stats = absl::UnknownError("not run");
     std::vector<std::pair<uint64_t, uint64_t>> progress;
     JoiningThread vmm([&] {
-      absl::StatusOr<std::unique_ptr<HandoffClient>> c = HandoffClient::Connect(
-          path_, uffd_.get(), features_, Regions(), absl::Seconds(10));
+      absl::StatusOr<std::unique_ptr<HandoffClient>> c =
+          HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Seconds(10));
       client_status = c.status();
       if (!c.ok()) return;
       client_stats = (*c)->WaitComplete(absl::Seconds(10), [&](uint64_t done, uint64_t total) {
@@ -297,9 +298,8 @@ TEST_F(HandoffTest, RegionsMayShareOneMemfd) {
       {"high", mem_addr() + half, half, 4096, "memfd", memfd_.get(), half}};
   absl::Status client_status;
   JoiningThread vmm([&] {
-    client_status = HandoffClient::Connect(path_, uffd_.get(), features_, regions,
-                                           absl::Seconds(10))
-                        .status();
+    client_status =
+        HandoffClient::Connect(path_, uffd_.get(), features_, regions, absl::Seconds(10)).status();
   });
   auto session = (*server)->Accept(absl::Seconds(10), getuid());
   ASSERT_TRUE(session.ok()) << session.status();
@@ -337,8 +337,8 @@ TEST_F(HandoffTest, ValidationErrorsAreAckedAndLeakNoFd) {
       {"wrong version", with([](json& h) { h["version"] = 2; }), fds, "version mismatch"},
       {"overlap", with([&](json& h) { h["regions"][1]["host_addr"] = mem_addr() + 4096; }), fds,
        "overlap"},
-      {"length not a page multiple", with([](json& h) { h["regions"][0]["length"] = 12388; }),
-       fds, "is not a multiple of page_size"},
+      {"length not a page multiple", with([](json& h) { h["regions"][0]["length"] = 12388; }), fds,
+       "is not a multiple of page_size"},
       {"memfd without fd", with([](json& h) { h["regions"][0]["fd"] = -1; }), fds,
        "kind memfd needs an fd"},
       {"bad fd index", with([](json& h) { h["regions"][0]["fd"] = 7; }), fds,
@@ -355,11 +355,12 @@ TEST_F(HandoffTest, ValidationErrorsAreAckedAndLeakNoFd) {
       {"oversized", ValidHello().dump() + std::string(70000, ' '), fds,
        "bytes exceeds the 65536-byte limit"},
       {"empty", "", fds, "empty hello"},
-      {"unclaimed fd", ValidHello().dump(), {uffd_.get(), memfd_.get(), extra.get()},
+      {"unclaimed fd",
+       ValidHello().dump(),
+       {uffd_.get(), memfd_.get(), extra.get()},
        "attached fd #2 of 3 is claimed by neither"},
       {"no fds", ValidHello().dump(), {}, "uffd_fd index 0 is out of range (0 fds attached)"},
-      {"uffd is not a userfaultfd",
-       with([](json& h) {
+      {"uffd is not a userfaultfd", with([](json& h) {
          h["uffd_fd"] = 1;
          h["regions"][0]["fd"] = 0;
        }),
@@ -370,13 +371,17 @@ TEST_F(HandoffTest, ValidationErrorsAreAckedAndLeakNoFd) {
        "kind anon has no fd"},
       {"page size not a power of two", with([](json& h) { h["regions"][0]["page_size"] = 6144; }),
        fds, "is not a power of two"},
-      {"no regions", with([](json& h) { h["regions"] = json::array(); }), {uffd_.get()},
+      {"no regions",
+       with([](json& h) { h["regions"] = json::array(); }),
+       {uffd_.get()},
        "has 0 regions"},
       {"duplicate names", with([](json& h) { h["regions"][1]["name"] = "pc.ram"; }), fds,
        "two regions are named \"pc.ram\""},
       {"not a hello", json{{"type", "bye"}}.dump(), fds, "expected a hello message first"},
       {"array hello", with([](json& h) { h = json::array({h}); }), fds,
        "hello must be a JSON object"},
+      {"migration with a space", with([](json& h) { h["migration"] = "mig 1"; }), fds,
+       "\"migration\" contains byte 0x20"},
   };
 
   absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
@@ -506,20 +511,8 @@ TEST_F(HandoffTest, FirecrackerWithTwoFdsIsRefused) {
     ASSERT_EQ(connect(s.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)), 0);
     std::string text = absl::StrCat("[{\"base_host_virt_addr\":", anon_addr(),
                                     ",\"size\":4096,\"offset\":0,\"page_size\":4096}]");
-    int fds[] = {uffd_.get(), memfd_.get()};
-    char control[CMSG_SPACE(sizeof(fds))] = {};
-    struct iovec iov = {&text[0], text.size()};
-    struct msghdr msg = {};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(fds));
-    memcpy(CMSG_DATA(c), fds, sizeof(fds));
-    ASSERT_EQ(sendmsg(s.get(), &msg, MSG_NOSIGNAL), static_cast<ssize_t>(text.size()));
+    const int fds[] = {uffd_.get(), memfd_.get()};
+    ASSERT_TRUE(SendWithFds(s.get(), text, fds).ok());
     auto session = (*server)->Accept(absl::Seconds(10), getuid());
     ASSERT_FALSE(session.ok());
     EXPECT_TRUE(absl::StrContains(session.status().message(), "carries 2 fds; expected exactly 1"))
@@ -641,8 +634,8 @@ TEST_F(HandoffTest, ClientSeesFaultlineGoAway) {
   }  // faultline's session ends without "complete"
   ASSERT_TRUE(client.ok()) << client.status();
   uint64_t last_done = 0;
-  absl::StatusOr<json> r = (*client)->WaitComplete(
-      absl::Seconds(5), [&](uint64_t done, uint64_t) { last_done = done; });
+  absl::StatusOr<json> r =
+      (*client)->WaitComplete(absl::Seconds(5), [&](uint64_t done, uint64_t) { last_done = done; });
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
   EXPECT_EQ(last_done, 5u);
   EXPECT_EQ((*client)->Next(absl::Seconds(1)).status().code(), absl::StatusCode::kUnavailable);
@@ -727,8 +720,7 @@ TEST_F(HandoffTest, ListenReplacesStaleSocketButNotLiveOnesOrFiles) {
   EXPECT_EQ(access(path_.c_str(), F_OK), 0) << "a regular file must be left alone";
 
   std::string long_path = dir_ + "/" + std::string(120, 'x');
-  EXPECT_EQ(HandoffServer::Listen(long_path).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(HandoffServer::Listen(long_path).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(HandoffTest, HugetlbRegionIsCheckedAgainstItsFd) {
@@ -779,11 +771,129 @@ TEST_F(HandoffTest, HugetlbRegionIsCheckedAgainstItsFd) {
 
 TEST_F(HandoffTest, ConnectWithoutServerFailsAfterTimeout) {
   absl::Time start = absl::Now();
-  auto c = HandoffClient::Connect(path_, uffd_.get(), features_, Regions(),
-                                  absl::Milliseconds(100));
+  auto c =
+      HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Milliseconds(100));
   EXPECT_FALSE(c.ok());
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(90));
   EXPECT_TRUE(absl::StrContains(c.status().message(), "connect to")) << c.status();
+}
+
+TEST_F(HandoffTest, MigrationIdRoundTrips) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (const std::string id : {"mig-2024.06_07:a", ""}) {
+    SCOPED_TRACE(id);
+    absl::Status client_status;
+    JoiningThread vmm([&] {
+      client_status = HandoffClient::Connect(path_, uffd_.get(), features_, Regions(),
+                                             absl::Seconds(10), "faultline-vmm", false, id)
+                          .status();
+    });
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_TRUE(session.ok()) << session.status();
+    EXPECT_EQ((*session)->request().migration, id);
+    ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+    vmm.Join();
+    EXPECT_TRUE(client_status.ok()) << client_status;
+  }
+}
+
+// The calls a daemon serving many VMMs uses: AcceptConnection (non-blocking), then Open or
+// Refuse.
+TEST_F(HandoffTest, NonBlockingAcceptOpenAndRefuse) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int before = CountFds();
+  absl::StatusOr<AcceptedConnection> none = (*server)->AcceptConnection();
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable) << none.status();
+  auto next = [&]() -> absl::StatusOr<AcceptedConnection> {
+    struct pollfd p = {(*server)->fd(), POLLIN, 0};
+    if (poll(&p, 1, 10000) != 1) return absl::DeadlineExceededError("nobody connected");
+    return (*server)->AcceptConnection();
+  };
+
+  {  // Open: a VMM's hello, with its credentials.
+    absl::Status client_status;
+    JoiningThread vmm([&] {
+      client_status =
+          HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Seconds(10))
+              .status();
+    });
+    absl::StatusOr<AcceptedConnection> c = next();
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->peer.pid, getpid());
+    EXPECT_EQ(c->peer.uid, getuid());
+    EXPECT_EQ(c->peer.gid, getgid());
+    bool silent = true;
+    absl::StatusOr<std::unique_ptr<HandoffSession>> session =
+        HandoffSession::Open(std::move(*c), absl::Now() + absl::Seconds(10), &silent);
+    ASSERT_TRUE(session.ok()) << session.status();
+    EXPECT_FALSE(silent);
+    EXPECT_EQ((*session)->peer().pid, getpid());
+    EXPECT_EQ((*session)->peer().uid, getuid());
+    EXPECT_EQ((*session)->peer().gid, getgid());
+    EXPECT_EQ((*session)->request().peer_pid, getpid());
+    EXPECT_EQ((*session)->request().peer_uid, getuid());
+    EXPECT_EQ((*session)->request().regions.size(), 2u);
+    ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+    vmm.Join();
+    EXPECT_TRUE(client_status.ok()) << client_status;
+  }
+  {  // Refuse: the VMM hears why, nothing of its is read.
+    absl::Status client_status;
+    JoiningThread vmm([&] {
+      client_status =
+          HandoffClient::Connect(path_, uffd_.get(), features_, Regions(), absl::Seconds(10))
+              .status();
+    });
+    absl::StatusOr<AcceptedConnection> c = next();
+    ASSERT_TRUE(c.ok()) << c.status();
+    HandoffSession::Refuse(std::move(*c),
+                           absl::PermissionDeniedError("migration \"m1\" is not registered"));
+    vmm.Join();
+    EXPECT_EQ(client_status.code(), absl::StatusCode::kPermissionDenied) << client_status;
+    EXPECT_TRUE(absl::StrContains(client_status.message(), "migration \"m1\" is not registered"))
+        << client_status;
+  }
+  {  // A validation error: acked as Accept does, and returned.
+    absl::Status client_status;
+    JoiningThread vmm([&] {
+      json h = ValidHello();
+      h["migration"] = std::string(65, 'm');
+      const int fds[] = {uffd_.get(), memfd_.get()};
+      client_status =
+          HandoffClient::ConnectWithHello(path_, h.dump(), fds, absl::Seconds(10)).status();
+    });
+    absl::StatusOr<AcceptedConnection> c = next();
+    ASSERT_TRUE(c.ok()) << c.status();
+    bool silent = true;
+    absl::StatusOr<std::unique_ptr<HandoffSession>> session =
+        HandoffSession::Open(std::move(*c), absl::Now() + absl::Seconds(10), &silent);
+    EXPECT_FALSE(silent);
+    ASSERT_FALSE(session.ok());
+    EXPECT_TRUE(absl::StrContains(session.status().message(), "\"migration\" is 65 bytes"))
+        << session.status();
+    vmm.Join();
+    EXPECT_TRUE(absl::StrContains(client_status.message(), "\"migration\" is 65 bytes"))
+        << client_status;
+  }
+  {  // A probe that closes without a byte is silent.
+    UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    struct sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, path_.data(), path_.size());
+    ASSERT_EQ(connect(s.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)), 0);
+    s.reset();
+    absl::StatusOr<AcceptedConnection> c = next();
+    ASSERT_TRUE(c.ok()) << c.status();
+    bool silent = false;
+    absl::StatusOr<std::unique_ptr<HandoffSession>> session =
+        HandoffSession::Open(std::move(*c), absl::Now() + absl::Seconds(10), &silent);
+    EXPECT_FALSE(session.ok());
+    EXPECT_TRUE(silent);
+  }
+  EXPECT_EQ((*server)->AcceptConnection().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(CountFds(), before);
 }
 
 // ---- The pure parsers ----
@@ -843,12 +953,49 @@ TEST(HandoffParse, FaultlineHelloFields) {
   EXPECT_TRUE(
       absl::StrContains(ParseFaultlineHello(bad, 3).status().message(), "control characters"));
   // Too many fds to ever be claimed.
-  EXPECT_TRUE(absl::StrContains(ParseFaultlineHello(text, 1000).status().message(),
-                                "1000 fds attached"));
+  EXPECT_TRUE(
+      absl::StrContains(ParseFaultlineHello(text, 1000).status().message(), "1000 fds attached"));
+}
+
+TEST(HandoffParse, MigrationId) {
+  const std::string base =
+      R"({"type":"hello","version":1,"vmm":"v","uffd_features":0,"registered":true,)"
+      R"("uffd_fd":0,"regions":[{"name":"r","host_addr":4096,"length":8192,"page_size":4096,)"
+      R"("kind":"anon","fd":-1,"offset":0}])";
+  auto with = [&](const std::string& value) { return base + R"(,"migration":)" + value + "}"; };
+  absl::StatusOr<HandoffRequest> r = ParseFaultlineHello(base + "}", 1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->migration, "");  // optional
+  r = ParseFaultlineHello(with(R"("vm-42.host_b:7")"), 1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->migration, "vm-42.host_b:7");
+  const std::string longest(kMaxHandoffMigrationId, 'a');
+  r = ParseFaultlineHello(with("\"" + longest + "\""), 1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->migration, longest);
+
+  const std::pair<std::string, const char*> bad[] = {
+      {R"("")", "\"migration\" is empty"},
+      {"\"" + std::string(kMaxHandoffMigrationId + 1, 'a') + "\"", "\"migration\" is 65 bytes"},
+      {R"("a\nb")", "\"migration\" contains byte 0x0a"},
+      {R"("a\u007fb")", "\"migration\" contains byte 0x7f"},
+      {R"("caf\u00e9")", "\"migration\" contains byte 0xc3"},
+      {R"("a b")", "\"migration\" contains byte 0x20"},
+      {R"("a/b")", "\"migration\" contains byte 0x2f"},
+      {"7", "\"migration\" must be a string, got an unsigned integer"},
+      {"null", "\"migration\" must be a string, got null"},
+  };
+  for (const auto& [value, want] : bad) {
+    SCOPED_TRACE(value);
+    absl::StatusOr<HandoffRequest> b = ParseFaultlineHello(with(value), 1);
+    ASSERT_FALSE(b.ok());
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(b.status().message(), want)) << b.status();
+  }
 }
 
 TEST(HandoffParse, TooManyRegions) {
-  json h = {{"type", "hello"}, {"version", 1},   {"vmm", "v"},
+  json h = {{"type", "hello"},    {"version", 1},       {"vmm", "v"},
             {"uffd_features", 0}, {"registered", true}, {"uffd_fd", 0}};
   json regions = json::array();
   for (int i = 0; i < 65; ++i) {
@@ -890,17 +1037,16 @@ TEST(HandoffParse, FirecrackerMessage) {
     if (!r.ok()) return r.status();
     return r->regions[0].page_size;
   };
-  EXPECT_EQ(*page_size_of(R"("page_size_kib":4096)"), 4096u);       // older Firecracker: bytes
+  EXPECT_EQ(*page_size_of(R"("page_size_kib":4096)"), 4096u);        // older Firecracker: bytes
   EXPECT_EQ(*page_size_of(R"("page_size_kib":2097152)"), 2097152u);  // 2 MiB hugetlbfs, bytes
   EXPECT_EQ(*page_size_of(R"("page_size_kib":4)"), 4096u);           // really KiB
   EXPECT_EQ(*page_size_of(R"("page_size_kib":2048)"), 2097152u);
   EXPECT_EQ(*page_size_of(R"("page_size":2097152,"page_size_kib":0)"), 2097152u);
   EXPECT_EQ(*page_size_of(R"("page_size":4096,"extra":[1,2],"page_size_kib":4096)"), 4096u);
   EXPECT_TRUE(absl::StrContains(
-      page_size_of(R"("page_size":4096,"page_size_kib":2097152)").status().message(),
-      "disagree"));
-  EXPECT_TRUE(absl::StrContains(page_size_of(R"("x":1)").status().message(),
-                                "missing \"page_size\""));
+      page_size_of(R"("page_size":4096,"page_size_kib":2097152)").status().message(), "disagree"));
+  EXPECT_TRUE(
+      absl::StrContains(page_size_of(R"("x":1)").status().message(), "missing \"page_size\""));
   EXPECT_TRUE(absl::StrContains(page_size_of(R"("page_size":"4096")").status().message(),
                                 "\"page_size\" must be an unsigned integer, got a string"));
 
@@ -932,9 +1078,8 @@ TEST(HandoffParse, FuzzStyle) {
       R"({"type":"hello","version":1,"vmm":"v","uffd_features":0,"registered":true,)"
       R"("uffd_fd":0,"regions":[{"name":"r","host_addr":4096,"length":8192,"page_size":4096,)"
       R"("kind":"memfd","fd":1,"offset":0}]})";
-  const std::string fc =
-      R"([{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096,)"
-      R"("page_size_kib":4096}])";
+  const std::string fc = R"([{"base_host_virt_addr":4096,"size":8192,"offset":0,"page_size":4096,)"
+                         R"("page_size_kib":4096}])";
   ASSERT_TRUE(ParseFaultlineHello(hello, 2).ok());
   ASSERT_TRUE(ParseFirecrackerMessage(fc).ok());
   for (size_t n = 0; n < hello.size(); ++n) {

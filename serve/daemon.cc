@@ -1,0 +1,579 @@
+#include "serve/daemon.h"
+
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "base/errno_status.h"
+#include "base/fix.h"
+#include "serve/control.h"
+#include "transport/tls.h"
+
+namespace faultline {
+namespace {
+
+bool ValidId(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string Dirname(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+}
+
+double Unix(absl::Time t) {
+  return t == absl::InfinitePast() ? 0 : absl::ToDoubleSeconds(t - absl::UnixEpoch());
+}
+
+}  // namespace
+
+nlohmann::json StatusJson(const MigrationStatus& m) {
+  const LatencyHistogram& h = m.fault_latency;
+  return {{"id", m.id},
+          {"phase", MigrationPhaseName(m.phase)},
+          {"error", m.error},
+          {"source", m.source},
+          {"handoff_socket", m.handoff_socket},
+          {"vmm", m.vmm},
+          {"vmm_pid", m.vmm_pid},
+          {"registered", Unix(m.registered)},
+          {"started", Unix(m.started)},
+          {"ended", Unix(m.ended)},
+          {"pages_total", m.pages_total},
+          {"pages_present", m.pages_present},
+          {"urgent_pages", m.urgent_pages},
+          {"bulk_pages", m.bulk_pages},
+          {"zero_pages", m.zero_pages},
+          {"urgent_bytes", m.urgent_bytes},
+          {"bulk_bytes", m.bulk_bytes},
+          {"bytes_per_second", m.bytes_per_second},
+          {"faults", m.faults},
+          {"fault_latency_p50_us", h.Percentile(0.5) / 1000.0},
+          {"fault_latency_p99_us", h.Percentile(0.99) / 1000.0},
+          {"fault_latency_max_us", h.max() / 1000.0},
+          {"reconnects", m.reconnects},
+          {"engine_restarts", m.engine_restarts}};
+}
+
+Daemon::Daemon(const DaemonOptions& opts) : opts_(opts) {}
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& opts) {
+  std::unique_ptr<Daemon> d(new Daemon(opts));
+  if (d->opts_.socket_dir.empty()) d->opts_.socket_dir = Dirname(opts.handoff_socket);
+  d->stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!d->stop_fd_.valid()) return ErrnoStatus("eventfd");
+  absl::StatusOr<std::unique_ptr<HandoffServer>> shared =
+      HandoffServer::Listen(opts.handoff_socket);
+  if (!shared.ok()) return shared.status();
+  d->listeners_.push_back({std::move(*shared), ""});
+  if (!opts.control_socket.empty()) {
+    absl::StatusOr<UniqueFd> control = ListenControl(opts.control_socket);
+    if (!control.ok()) return control.status();
+    d->control_fd_ = std::move(*control);
+  }
+  if (!opts.metrics_listen.empty()) {
+    Daemon* raw = d.get();
+    absl::StatusOr<std::unique_ptr<MetricsServer>> m =
+        MetricsServer::Start(opts.metrics_listen, [raw] {
+          DaemonCounters c;
+          {
+            std::lock_guard<std::mutex> l(raw->mu_);
+            c = raw->counters_;
+          }
+          return RenderMetrics(raw->Statuses(), c);
+        });
+    if (!m.ok()) return m.status();
+    d->metrics_ = std::move(*m);
+  }
+  d->counters_.start_time_seconds = Unix(absl::Now());
+  d->Event("daemon_started", "",
+           {{"handoff_socket", opts.handoff_socket},
+            {"control_socket", opts.control_socket},
+            {"metrics_port", d->metrics_port()}});
+  return d;
+}
+
+Daemon::~Daemon() {
+  Stop();
+  std::vector<std::shared_ptr<Migration>> ms;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [id, m] : migrations_) ms.push_back(m);
+  }
+  for (auto& m : ms) m->Cancel();
+  std::vector<std::thread> ws;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [t, done] : workers_) ws.push_back(std::move(t));
+    workers_.clear();
+  }
+  for (std::thread& t : ws) {
+    if (t.joinable()) t.join();
+  }
+  metrics_.reset();
+  std::lock_guard<std::mutex> l(mu_);
+  migrations_.clear();  // joins each run (cancelled above)
+  listeners_.clear();
+  if (control_fd_.valid()) unlink(opts_.control_socket.c_str());
+}
+
+void Daemon::Stop() {
+  stop_.store(true);
+  uint64_t one = 1;
+  (void)!write(stop_fd_.get(), &one, sizeof(one));
+}
+
+void Daemon::Event(const std::string& type, const std::string& migration, nlohmann::json fields) {
+  if (opts_.event_log == nullptr) return;
+  nlohmann::json j = {
+      {"time", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone())},
+      {"event", type}};
+  if (!migration.empty()) j["migration"] = migration;
+  if (fields.is_object()) {
+    for (auto& [k, v] : fields.items()) j[k] = v;
+  }
+  std::lock_guard<std::mutex> l(log_mu_);
+  std::fprintf(opts_.event_log, "%s\n", j.dump().c_str());
+  std::fflush(opts_.event_log);
+}
+
+bool Daemon::PeerAllowed(const PeerCredentials& p) const {
+  if (p.uid == 0 || p.uid == geteuid() || opts_.allow_uids.count(p.uid)) return true;
+  if (opts_.allow_gids.empty()) return false;
+  if (opts_.allow_gids.count(p.gid)) return true;
+  // The supplementary groups of the peer's user (as the group database has them).
+  struct passwd pw, *found = nullptr;
+  std::vector<char> buf(16384);
+  if (getpwuid_r(p.uid, &pw, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
+    return false;
+  }
+  std::vector<gid_t> groups(256);
+  int n = static_cast<int>(groups.size());
+  if (getgrouplist(pw.pw_name, p.gid, groups.data(), &n) < 0) return false;
+  for (int i = 0; i < n; ++i) {
+    if (opts_.allow_gids.count(groups[i])) return true;
+  }
+  return false;
+}
+
+void Daemon::Spawn(std::function<void()> f) {
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread t([f = std::move(f), done] {
+    f();
+    done->store(true);
+  });
+  std::lock_guard<std::mutex> l(mu_);
+  workers_.emplace_back(std::move(t), done);
+}
+
+void Daemon::ReapWorkers() {
+  std::vector<std::thread> finished;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->second->load()) {
+        finished.push_back(std::move(it->first));
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (std::thread& t : finished) t.join();
+}
+
+void Daemon::Refuse(AcceptedConnection c, const std::string& reason, const absl::Status& why,
+                    const std::string& migration) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ++counters_.handoffs_refused[reason];
+  }
+  Event("refused", migration,
+        {{"reason", reason},
+         {"error", std::string(why.message())},
+         {"peer_pid", c.peer.pid},
+         {"peer_uid", c.peer.uid}});
+  HandoffSession::Refuse(std::move(c), why);
+}
+
+void Daemon::OnHandoff(AcceptedConnection c, std::string migration) {
+  bool silent = false;
+  const PeerCredentials peer = c.peer;
+  absl::StatusOr<std::unique_ptr<HandoffSession>> session =
+      HandoffSession::Open(std::move(c), absl::Now() + opts_.hello_timeout, &silent);
+  if (!session.ok()) {
+    if (!silent) {
+      std::lock_guard<std::mutex> l(mu_);
+      ++counters_.handoffs_refused["bad_hello"];
+    }
+    if (!silent) {
+      Event("refused", migration,
+            {{"reason", "bad_hello"},
+             {"error", std::string(session.status().message())},
+             {"peer_pid", peer.pid},
+             {"peer_uid", peer.uid}});
+    }
+    return;  // Open() answered the peer (ack{ok:false}) already
+  }
+  HandoffRequest& req = (*session)->request();
+  std::shared_ptr<Migration> m;
+  absl::Status why;
+  std::string reason;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!migration.empty() && !req.migration.empty() && req.migration != migration) {
+      reason = "wrong_socket";
+      why = absl::InvalidArgumentError(absl::StrCat("the hello names migration '", req.migration,
+                                                    "' on the socket of migration '", migration,
+                                                    "'"));
+    } else {
+      if (migration.empty()) migration = req.migration;
+      if (migration.empty()) {
+        // No id (e.g. Firecracker's hand-off): the one migration waiting, if there is one.
+        std::vector<std::string> waiting;
+        for (auto& [id, mig] : migrations_) {
+          if (mig->Snapshot().phase == MigrationPhase::kWaiting) waiting.push_back(id);
+        }
+        if (waiting.size() == 1) {
+          migration = waiting[0];
+        } else {
+          reason = "no_migration_named";
+          why = absl::InvalidArgumentError(absl::StrCat(
+              "the hello names no migration and ", waiting.size(),
+              " are waiting; name it (\"migration\" in the hello) or use its own socket"));
+        }
+      }
+      if (why.ok()) {
+        auto it = migrations_.find(migration);
+        if (it == migrations_.end()) {
+          reason = "unknown_migration";
+          why = absl::NotFoundError(absl::StrCat(
+              "no migration '", migration, "' is registered here (register it first: expect)"));
+        } else {
+          m = it->second;
+        }
+      }
+    }
+  }
+  if (!why.ok()) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++counters_.handoffs_refused[reason];
+    }
+    Event("refused", migration,
+          {{"reason", reason}, {"error", std::string(why.message())}, {"peer_pid", peer.pid}});
+    (void)(*session)->Ack(why);
+    return;
+  }
+  const std::string vmm = req.vmm;
+  absl::Status started = m->Start(std::move(*session), [this](const Migration& done) {
+    MigrationStatus st = done.Snapshot();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++(st.phase == MigrationPhase::kComplete ? counters_.migrations_succeeded
+                                               : counters_.migrations_failed);
+    }
+    nlohmann::json f = {{"pages", st.pages_total},
+                        {"seconds", absl::ToDoubleSeconds(st.ended - st.started)},
+                        {"faults", st.faults},
+                        {"reconnects", st.reconnects}};
+    if (st.phase == MigrationPhase::kFailed) f["error"] = st.error;
+    Event(st.phase == MigrationPhase::kComplete ? "complete" : "failed", st.id, f);
+    if (opts_.exit_when_done) Stop();
+  });
+  if (!started.ok()) {
+    // Start() left the session with us only on refusal: it was moved otherwise.
+    std::lock_guard<std::mutex> l(mu_);
+    ++counters_.handoffs_refused["duplicate_handoff"];
+    Event("refused", migration,
+          {{"reason", "duplicate_handoff"}, {"error", std::string(started.message())}});
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ++counters_.handoffs_accepted;
+  }
+  Event("handed_over", migration, {{"vmm", vmm}, {"vmm_pid", peer.pid}, {"vmm_uid", peer.uid}});
+}
+
+nlohmann::json Daemon::Expect(const nlohmann::json& r) {
+  auto str = [&](const char* k) {
+    return r.contains(k) && r[k].is_string() ? r[k].get<std::string>() : std::string();
+  };
+  const std::string id = str("id");
+  if (!ValidId(id)) {
+    return ControlError(
+        absl::InvalidArgumentError("\"id\": 1..64 characters of letters, digits and -_.:"));
+  }
+  MigrationSpec spec;
+  spec.id = id;
+  spec.run.engine = opts_.engine;
+  spec.run.state_dir = r.contains("state_dir") && r["state_dir"].is_string()
+                           ? r["state_dir"].get<std::string>()
+                           : opts_.state_dir;
+  spec.run.source.address = str("connect");
+  if (spec.run.source.address.empty()) {
+    return ControlError(absl::InvalidArgumentError("\"connect\": the source's HOST:PORT"));
+  }
+  absl::StatusOr<Token> token = ParseToken(str("token"));
+  if (!token.ok()) {
+    return ControlError(
+        absl::InvalidArgumentError(absl::StrCat("\"token\": ", token.status().message())));
+  }
+  spec.run.source.token = *token;
+  if (r.contains("bulk_channels")) {
+    if (!r["bulk_channels"].is_number_integer() || r["bulk_channels"].get<int>() < 1 ||
+        r["bulk_channels"].get<int>() > static_cast<int>(kMaxBulkLanes)) {
+      return ControlError(absl::InvalidArgumentError(
+          absl::StrCat("\"bulk_channels\": an integer 1..", kMaxBulkLanes)));
+    }
+    spec.run.source.bulk_lanes = r["bulk_channels"].get<uint32_t>();
+  }
+  spec.transport = r.contains("transport") ? str("transport") : "tcp";
+  if (spec.transport != "tcp" && spec.transport != "rdma") {
+    return ControlError(absl::InvalidArgumentError("\"transport\": tcp or rdma"));
+  }
+  TlsFiles tls{str("tls_cert"), str("tls_key"), str("tls_ca")};
+  absl::StatusOr<std::shared_ptr<const TlsContext>> ctx =
+      TlsContext::FromFiles(TlsContext::Role::kClient, tls);
+  if (!ctx.ok()) return ControlError(ctx.status());
+  spec.run.source.tls = *ctx;
+  spec.run.source.tls_server_name = str("tls_server_name");
+  const bool own_socket = !r.contains("own_socket") || r["own_socket"] == true;
+  std::string socket;
+  if (absl::Status st = Register(std::move(spec), own_socket, &socket); !st.ok()) {
+    return ControlError(st);
+  }
+  return {{"ok", true}, {"id", id}, {"handoff_socket", socket}};
+}
+
+absl::Status Daemon::Register(MigrationSpec spec, bool own_socket, std::string* socket) {
+  const std::string id = spec.id;
+  if (!ValidId(id)) {
+    return absl::InvalidArgumentError("a migration id is 1..64 of letters, digits and -_.:");
+  }
+  if (own_socket) {
+    spec.handoff_socket = absl::StrCat(opts_.socket_dir, "/faultline-", id, ".sock");
+    if (spec.handoff_socket.size() >= sizeof(sockaddr_un::sun_path)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the migration's socket path ", spec.handoff_socket, " is too long"));
+    }
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  if (migrations_.count(id)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("migration '", id, "' is already registered (",
+                     MigrationPhaseName(migrations_[id]->Snapshot().phase), "); forget it first"));
+  }
+  if (own_socket) {
+    absl::StatusOr<std::unique_ptr<HandoffServer>> s = HandoffServer::Listen(spec.handoff_socket);
+    if (!s.ok()) return s.status();
+    listeners_.push_back({std::move(*s), id});
+  }
+  const std::string path = spec.handoff_socket, source = spec.run.source.address;
+  migrations_[id] = std::make_shared<Migration>(std::move(spec));
+  Event("registered", id, {{"source", source}, {"handoff_socket", path}});
+  uint64_t one = 1;
+  (void)!write(stop_fd_.get(), &one, sizeof(one));  // the loop polls the new socket too
+  if (socket != nullptr) *socket = path;
+  return absl::OkStatus();
+}
+
+std::shared_ptr<Migration> Daemon::Find(const std::string& id) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = migrations_.find(id);
+  return it == migrations_.end() ? nullptr : it->second;
+}
+
+nlohmann::json Daemon::Control(const nlohmann::json& r, uid_t peer_uid) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ++counters_.control_requests;
+  }
+  auto fail = [&](const nlohmann::json& reply) {
+    if (reply.value("ok", false) == false) {
+      std::lock_guard<std::mutex> l(mu_);
+      ++counters_.control_errors;
+    }
+    return reply;
+  };
+  if (!r.is_object() || !r.contains("op") || !r["op"].is_string()) {
+    return fail(ControlError(absl::InvalidArgumentError("a request is {\"op\": ...}")));
+  }
+  const std::string op = r["op"];
+  const std::string id = r.contains("id") && r["id"].is_string() ? r["id"].get<std::string>() : "";
+  if (op == "expect") return fail(Expect(r));
+  if (op == "status") {
+    nlohmann::json list = nlohmann::json::array();
+    for (const MigrationStatus& m : Statuses()) {
+      if (id.empty() || m.id == id) list.push_back(StatusJson(m));
+    }
+    if (!id.empty() && list.empty()) {
+      return fail(ControlError(absl::NotFoundError(absl::StrCat("no migration '", id, "'"))));
+    }
+    return {{"ok", true}, {"migrations", list}};
+  }
+  if (op == "cancel" || op == "forget") {
+    std::shared_ptr<Migration> m;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = migrations_.find(id);
+      if (it == migrations_.end()) {
+        return fail(ControlError(absl::NotFoundError(absl::StrCat("no migration '", id, "'"))));
+      }
+      m = it->second;
+      if (op == "forget") {
+        if (m->Snapshot().phase == MigrationPhase::kRunning) {
+          return fail(ControlError(absl::FailedPreconditionError(
+              absl::StrCat("migration '", id, "' is running: cancel it first"))));
+        }
+        migrations_.erase(it);
+        listeners_.erase(std::remove_if(listeners_.begin(), listeners_.end(),
+                                        [&](const Listener& x) { return x.migration == id; }),
+                         listeners_.end());
+      }
+    }
+    if (op == "cancel") {
+      m->Cancel();
+      Event("cancel_requested", id, {{"by_uid", peer_uid}});
+    } else {
+      Event("forgotten", id, {{"by_uid", peer_uid}});
+    }
+    return {{"ok", true}, {"id", id}};
+  }
+  return fail(ControlError(absl::InvalidArgumentError(
+      absl::StrCat("unknown op '", op, "' (expect, status, cancel, forget)"))));
+}
+
+void Daemon::OnControl(UniqueFd fd, uid_t uid) {
+  absl::StatusOr<nlohmann::json> req = ReadControlRequest(fd.get(), absl::Seconds(5));
+  nlohmann::json reply;
+  if (!req.ok()) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++counters_.control_errors;
+    }
+    reply = ControlError(req.status());
+  } else {
+    reply = Control(*req, uid);
+  }
+  (void)WriteControlReply(fd.get(), reply);
+}
+
+std::vector<MigrationStatus> Daemon::Statuses() const {
+  std::vector<std::shared_ptr<Migration>> ms;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (const auto& [id, m] : migrations_) ms.push_back(m);
+  }
+  std::vector<MigrationStatus> out;
+  for (const auto& m : ms) out.push_back(m->Snapshot());
+  return out;
+}
+
+void Daemon::Watch() {
+  for (const MigrationStatus& m : Statuses()) {
+    uint64_t prev;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      prev = last_reconnects_[m.id];
+      last_reconnects_[m.id] = m.reconnects;
+    }
+    if (m.reconnects > prev) Event("reconnected", m.id, {{"reconnects", m.reconnects}});
+  }
+}
+
+void Daemon::Run() {
+  absl::Time last_watch = absl::Now();
+  while (!stop_.load()) {
+    ReapWorkers();
+    std::vector<struct pollfd> p;
+    std::vector<std::pair<HandoffServer*, std::string>> servers;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (Listener& x : listeners_) {
+        p.push_back({x.server->fd(), POLLIN, 0});
+        servers.emplace_back(x.server.get(), x.migration);
+      }
+    }
+    p.push_back({control_fd_.valid() ? control_fd_.get() : -1, POLLIN, 0});
+    p.push_back({stop_fd_.get(), POLLIN, 0});
+    if (poll(p.data(), p.size(), 200) < 0 && errno != EINTR) break;
+    if (p.back().revents) {
+      uint64_t v;
+      (void)!read(stop_fd_.get(), &v, sizeof(v));
+    }
+    for (size_t i = 0; i < servers.size(); ++i) {
+      if (!(p[i].revents & POLLIN)) continue;
+      // The server stays valid: listeners are only dropped by "forget" on this same loop's
+      // worker threads after a lock — so accept under the lock.
+      absl::StatusOr<AcceptedConnection> c;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        bool still = false;
+        for (Listener& x : listeners_) still |= x.server.get() == servers[i].first;
+        if (!still) continue;
+        c = servers[i].first->AcceptConnection();
+      }
+      if (!c.ok()) continue;
+      const std::string migration = servers[i].second;
+      if (!PeerAllowed(c->peer)) {
+        Refuse(std::move(*c), "peer_not_allowed",
+               absl::PermissionDeniedError(
+                   absl::StrCat("VMM pid ", c->peer.pid, " runs as uid ", c->peer.uid, " gid ",
+                                c->peer.gid, ", which may not hand over memory to this faultline")),
+               migration);
+        continue;
+      }
+      bool busy;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        busy = pending_ >= opts_.max_pending_connections;
+        if (!busy) ++pending_;
+      }
+      if (busy) {
+        Refuse(std::move(*c), "too_many_pending",
+               absl::ResourceExhaustedError("too many hand-offs being read at once; retry"),
+               migration);
+        continue;
+      }
+      auto conn = std::make_shared<AcceptedConnection>(std::move(*c));
+      Spawn([this, conn, migration] {
+        OnHandoff(std::move(*conn), migration);
+        std::lock_guard<std::mutex> l(mu_);
+        --pending_;
+      });
+    }
+    if (p[servers.size()].revents & POLLIN) {
+      uid_t uid = 0;
+      absl::StatusOr<UniqueFd> fd = AcceptControl(control_fd_.get(), &uid);
+      if (fd.ok()) {
+        auto f = std::make_shared<UniqueFd>(std::move(*fd));
+        Spawn([this, f, uid] { OnControl(std::move(*f), uid); });
+      }
+    }
+    if (absl::Now() - last_watch > absl::Milliseconds(200)) {
+      last_watch = absl::Now();
+      Watch();
+    }
+  }
+}
+
+}  // namespace faultline

@@ -1,0 +1,139 @@
+#include "serve/migration.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "transport/rdma_page_source.h"
+
+namespace faultline {
+
+const char* MigrationPhaseName(MigrationPhase p) {
+  switch (p) {
+    case MigrationPhase::kWaiting: return "waiting";
+    case MigrationPhase::kRunning: return "running";
+    case MigrationPhase::kComplete: return "complete";
+    case MigrationPhase::kFailed: return "failed";
+  }
+  return "?";
+}
+
+namespace {
+
+// The engine's counters into a status (the caller holds the migration's lock).
+void Refresh(const Engine& e, MigrationStatus* s) {
+  const EngineCounters& c = e.counters();
+  s->pages_total = e.total_pages();
+  s->pages_present = e.total_pages() - e.remaining_pages();
+  s->page_bytes = e.total_bytes();
+  s->urgent_pages = c.urgent_pages.load();
+  s->bulk_pages = c.bulk_pages.load();
+  s->zero_pages = c.zero_pages.load();
+  s->urgent_bytes = c.urgent_bytes.load();
+  s->bulk_bytes = c.bulk_bytes.load();
+  s->faults = c.faults.load();
+  s->reconnects = c.reconnects.load();
+  s->engine_restarts = e.adopted() ? 1 : 0;
+  s->fault_latency = e.fault_stats().Overall();
+  s->fault_latency_per_thread = e.fault_stats().PerThread();
+  const double secs = absl::ToDoubleSeconds(absl::Now() - s->started);
+  if (secs > 0) s->bytes_per_second = (s->urgent_bytes + s->bulk_bytes) / secs;
+}
+
+}  // namespace
+
+Migration::Migration(MigrationSpec spec) : spec_(std::move(spec)) {
+  status_.id = spec_.id;
+  status_.source = spec_.run.source.address;
+  status_.handoff_socket = spec_.handoff_socket;
+  status_.registered = absl::Now();
+  status_.started = status_.ended = absl::InfinitePast();
+}
+
+Migration::~Migration() {
+  Cancel();
+  std::thread t;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    t.swap(thread_);
+  }
+  if (t.joinable()) t.join();
+}
+
+absl::Status Migration::Start(std::unique_ptr<HandoffSession> session,
+                              std::function<void(const Migration&)> on_end) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (status_.phase == MigrationPhase::kRunning) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "migration '", spec_.id, "' is already served (VMM pid ", status_.vmm_pid, ")"));
+  }
+  if (status_.phase == MigrationPhase::kComplete) {
+    return absl::FailedPreconditionError(absl::StrCat("migration '", spec_.id, "' is complete"));
+  }
+  // Waiting, or failed and handed over again (a resume after a broken run).
+  if (thread_.joinable()) thread_.join();  // the previous run has ended (its phase says so)
+  cancelled_.store(false);
+  status_.phase = MigrationPhase::kRunning;
+  status_.error.clear();
+  status_.vmm = session->request().vmm;
+  status_.vmm_pid = session->request().peer_pid;
+  status_.started = absl::Now();
+  status_.ended = absl::InfinitePast();
+  thread_ = std::thread([this, s = std::move(session), on_end = std::move(on_end)]() mutable {
+    Run(std::move(s), std::move(on_end));
+  });
+  return absl::OkStatus();
+}
+
+void Migration::Run(std::unique_ptr<HandoffSession> session,
+                    std::function<void(const Migration&)> on_end) {
+  HandoffRunOptions o = spec_.run;
+  o.on_engine = [this](Engine* e) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (e == nullptr && engine_ != nullptr) Refresh(*engine_, &status_);  // the final figures
+    engine_ = e;
+    if (e != nullptr && cancelled_.load()) e->Cancel();
+  };
+  if (spec_.transport == "rdma") {
+    o.connect = [](const TcpSourceOptions& t) -> absl::StatusOr<std::unique_ptr<PageSource>> {
+      RdmaSourceOptions r;
+      r.control = t;
+      absl::StatusOr<std::unique_ptr<RdmaPageSource>> s = RdmaPageSource::Connect(r);
+      if (!s.ok()) return s.status();
+      return std::unique_ptr<PageSource>(std::move(*s));
+    };
+  }
+  nlohmann::json stats;
+  absl::Status s = RunHandoff(*session, o, &stats);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    status_.phase = s.ok() ? MigrationPhase::kComplete : MigrationPhase::kFailed;
+    status_.error = s.ok() ? "" : std::string(s.message());
+    status_.ended = absl::Now();
+    report_ = stats;
+  }
+  if (on_end) on_end(*this);
+}
+
+MigrationStatus Migration::Snapshot() const {
+  std::lock_guard<std::mutex> l(mu_);
+  MigrationStatus s = status_;
+  if (engine_ != nullptr) Refresh(*engine_, &s);
+  return s;
+}
+
+nlohmann::json Migration::Report() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return report_;
+}
+
+bool Migration::finished() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return status_.phase == MigrationPhase::kComplete || status_.phase == MigrationPhase::kFailed;
+}
+
+void Migration::Cancel() {
+  cancelled_.store(true);
+  std::lock_guard<std::mutex> l(mu_);
+  if (engine_ != nullptr) engine_->Cancel();
+}
+
+}  // namespace faultline
