@@ -6,8 +6,10 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -69,11 +71,59 @@ SourceRegion::~SourceRegion() {
 
 PageServer::PageServer(std::vector<SourceRegion> regions, Token token,
                        std::shared_ptr<const TlsContext> tls)
-    : regions_(std::move(regions)),
-      token_(token),
-      tls_(std::move(tls)),
-      stop_fd_(eventfd(0, EFD_CLOEXEC)) {
-  for (const SourceRegion& r : regions_) table_.push_back(r.info());
+    : multi_(false), tls_(std::move(tls)), stop_fd_(eventfd(0, EFD_CLOEXEC)) {
+  auto t = std::make_shared<Tenant>();
+  t->regions = std::move(regions);
+  t->token = token;
+  for (const SourceRegion& r : t->regions) t->table.push_back(r.info());
+  tenants_.push_back(std::move(t));
+}
+
+PageServer::PageServer(std::shared_ptr<const TlsContext> tls)
+    : multi_(true), tls_(std::move(tls)), stop_fd_(eventfd(0, EFD_CLOEXEC)) {}
+
+absl::Status PageServer::AddMigration(const std::string& id, std::vector<SourceRegion> regions,
+                                      Token token) {
+  if (!multi_) return absl::FailedPreconditionError("a one-migration page server");
+  if (regions.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("migration '", id, "' has no region"));
+  }
+  auto t = std::make_shared<Tenant>();
+  t->id = id;
+  t->regions = std::move(regions);
+  t->token = token;
+  for (const SourceRegion& r : t->regions) t->table.push_back(r.info());
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& o : tenants_) {
+    if (o->id == id) {
+      return absl::AlreadyExistsError(absl::StrCat("migration '", id, "' is already served"));
+    }
+    if (TokensEqual(o->token, token)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("migration '", o->id, "' is served with the same token"));
+    }
+  }
+  tenants_.push_back(std::move(t));
+  return absl::OkStatus();
+}
+
+absl::Status PageServer::RemoveMigration(const std::string& id) {
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto it = tenants_.begin(); it != tenants_.end(); ++it) {
+    if ((*it)->id == id) {
+      tenants_.erase(it);
+      return absl::OkStatus();
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("no migration '", id, "' is served"));
+}
+
+bool PageServer::MigrationDone(const std::string& id) const {
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& t : tenants_) {
+    if (t->id == id) return t->done.load();
+  }
+  return false;
 }
 
 PageServer::~PageServer() {
@@ -84,7 +134,10 @@ PageServer::~PageServer() {
   }
 }
 
-std::vector<RegionInfo> PageServer::region_table() const { return table_; }
+std::vector<RegionInfo> PageServer::region_table() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return tenants_.empty() ? std::vector<RegionInfo>() : tenants_.front()->table;
+}
 
 std::string PageServer::last_refusal() const {
   std::lock_guard<std::mutex> l(mu_);
@@ -125,7 +178,7 @@ absl::Status PageServer::Serve(int listen_fd) {
   return result;
 }
 
-absl::Status PageServer::Handshake(Stream& stream, Channel* ch) {
+absl::Status PageServer::Handshake(Stream& stream, Channel* ch, std::shared_ptr<Tenant>* tenant) {
   const int fd = stream.fd();
   stream.SetReadTimeout(kHandshakeTimeout);  // a silent peer must not hold a thread forever
   if (!stream.tls()) {
@@ -145,7 +198,14 @@ absl::Status PageServer::Handshake(Stream& stream, Channel* ch) {
   absl::StatusOr<Hello> hello = DecodeHello(
       absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
   if (!hello.ok()) return hello.status();
-  if (!TokensEqual(hello->token, token_)) {
+  {
+    // Every migration's token is compared (in constant time each): the match is the one.
+    std::lock_guard<std::mutex> l(mu_);
+    for (const auto& t : tenants_) {
+      if (TokensEqual(hello->token, t->token)) *tenant = t;
+    }
+  }
+  if (*tenant == nullptr) {
     return absl::PermissionDeniedError("authentication failed: wrong migration token");
   }
   *ch = hello->channel;
@@ -158,8 +218,12 @@ absl::Status PageServer::Handshake(Stream& stream, Channel* ch) {
     int big = 4 << 20;
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
   }
+  if (multi_ && *ch == Channel::kBulk) {
+    // Many VMs share this process: background streams yield the CPU to fault answers.
+    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
+  }
   Welcome w;
-  w.regions = table_;
+  w.regions = (*tenant)->table;
   std::string out;
   EncodeWelcome(w, &out);
   return stream.WriteAll(out.data(), out.size());
@@ -175,9 +239,10 @@ void PageServer::ServeConnection(UniqueFd fd) {
     s = tls_->Accept(&stream, absl::Now() + kHandshakeTimeout);
     can_answer = false;  // a failed TLS handshake has answered with an alert (or ERROR) itself
   }
+  std::shared_ptr<Tenant> tenant;
   if (s.ok()) {
     can_answer = true;
-    s = Handshake(stream, &ch);
+    s = Handshake(stream, &ch, &tenant);
   }
   if (!s.ok()) {
     {
@@ -199,22 +264,26 @@ void PageServer::ServeConnection(UniqueFd fd) {
         s = r.status();
         break;
       }
-      s = CheckRange(*r, table_, kMaxPagesPerFrame);
+      s = CheckRange(*r, tenant->table, kMaxPagesPerFrame);
       if (s.ok() && h.type == FrameType::kRequest &&
-          uint64_t{r->count} * table_[r->region].page_size > kMaxPagesPayload) {
+          uint64_t{r->count} * tenant->table[r->region].page_size > kMaxPagesPayload) {
         s = absl::OutOfRangeError(absl::StrCat("request for ", r->count, " pages of ",
-                                               table_[r->region].page_size,
+                                               tenant->table[r->region].page_size,
                                                " bytes exceeds one frame"));
       }
       if (!s.ok()) {
         stats_.refused_requests.fetch_add(1);
         break;
       }
-      s = h.type == FrameType::kRequest ? SendPages(stream, *r, ch) : SendVerified(stream, *r);
+      s = h.type == FrameType::kRequest ? SendPages(*tenant, stream, *r, ch)
+                                        : SendVerified(*tenant, stream, *r);
     } else if (h.type == FrameType::kDone) {
-      done_.store(true);
-      uint64_t one = 1;
-      (void)!write(stop_fd_.get(), &one, sizeof(one));
+      tenant->done.store(true);
+      if (!multi_) {  // one migration: its end is the server's
+        done_.store(true);
+        uint64_t one = 1;
+        (void)!write(stop_fd_.get(), &one, sizeof(one));
+      }
       break;
     } else if (ext_ != nullptr && ext_->Handles(h.type)) {
       s = ext_->Handle(stream, h.type, span);
@@ -236,8 +305,9 @@ void PageServer::ServeConnection(UniqueFd fd) {
   // `stream` closes the socket after it left live_fds_ (Shutdown never touches a reused fd).
 }
 
-absl::Status PageServer::SendPages(Stream& stream, const PageRange& r, Channel ch) {
-  const SourceRegion& reg = regions_[r.region];
+absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRange& r,
+                                   Channel ch) {
+  const SourceRegion& reg = t.regions[r.region];
   const uint32_t ps = reg.info().page_size;
   std::vector<PageDesc> descs(r.count);
   std::vector<struct iovec> iov;
@@ -272,8 +342,8 @@ absl::Status PageServer::SendPages(Stream& stream, const PageRange& r, Channel c
   return s;
 }
 
-absl::Status PageServer::SendVerified(Stream& stream, const PageRange& r) {
-  const SourceRegion& reg = regions_[r.region];
+absl::Status PageServer::SendVerified(const Tenant& t, Stream& stream, const PageRange& r) {
+  const SourceRegion& reg = t.regions[r.region];
   const uint32_t ps = reg.info().page_size;
   std::vector<uint32_t> crcs(r.count);
   for (uint32_t i = 0; i < r.count; ++i) crcs[i] = Crc32c(reg.base() + (r.first + i) * ps, ps);

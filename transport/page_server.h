@@ -1,11 +1,15 @@
 // PageServer: the source side. Serves the frozen source VM's memory, mapped read-only, to one
-// migration's destination over TCP. Each connection says in its HELLO whether it is the urgent
-// or the bulk channel; each gets its own thread, so an urgent request is answered at once,
-// never behind a bulk batch being written. The destination drives the background order (it
-// knows what it still lacks); the server answers requests, refuses anything outside the
-// regions, and stops when the destination sends DONE. With a TLS server context every
-// connection is TLS 1.3 (and, if the context has a CA, the destination must present a client
-// certificate signed by it); the token handshake runs inside TLS unchanged.
+// migration's destination over TCP — or, built with no migration and given several with
+// AddMigration(), the memory of several VMs (a host being drained), each to the destination
+// that presents its token; every connection serves exactly the migration its HELLO's token
+// names. In that mode bulk connections run at a lower CPU priority than urgent ones, so one
+// VM's background stream cannot starve another VM's faults, and DONE ends only its migration. Each
+// connection says in its HELLO whether it is the urgent or the bulk channel; each gets its own
+// thread, so an urgent request is answered at once, never behind a bulk batch being written. The
+// destination drives the background order (it knows what it still lacks); the server answers
+// requests, refuses anything outside the regions, and stops when the destination sends DONE. With a
+// TLS server context every connection is TLS 1.3 (and, if the context has a CA, the destination
+// must present a client certificate signed by it); the token handshake runs inside TLS unchanged.
 #ifndef FAULTLINE_TRANSPORT_PAGE_SERVER_H_
 #define FAULTLINE_TRANSPORT_PAGE_SERVER_H_
 
@@ -65,13 +69,23 @@ class ServerExtension {
 
 class PageServer {
  public:
-  // `tls`: a server context (transport/tls.h), or null for plain TCP.
+  // One migration. `tls`: a server context (transport/tls.h), or null for plain TCP.
   PageServer(std::vector<SourceRegion> regions, Token token,
              std::shared_ptr<const TlsContext> tls = nullptr);
+  // Several migrations, added with AddMigration() (before or while serving).
+  explicit PageServer(std::shared_ptr<const TlsContext> tls);
   ~PageServer();
 
-  // Accepts and serves connections on `listen_fd` until a destination sends DONE (returns
-  // OK) or Shutdown() is called (returns Cancelled).
+  // Serves `regions` to the destination that presents `token`. AlreadyExists for an id or a
+  // token already served. Thread-safe.
+  absl::Status AddMigration(const std::string& id, std::vector<SourceRegion> regions, Token token);
+  // Stops serving a migration (connections already open keep theirs). Thread-safe.
+  absl::Status RemoveMigration(const std::string& id);
+  // Whether that migration's destination has sent DONE.
+  bool MigrationDone(const std::string& id) const;
+
+  // Accepts and serves connections on `listen_fd` until a destination sends DONE (one
+  // migration: returns OK) or Shutdown() is called (returns Cancelled).
   absl::Status Serve(int listen_fd);
   // Thread-safe: makes Serve() return soon.
   void Shutdown();
@@ -81,7 +95,8 @@ class PageServer {
     std::lock_guard<std::mutex> l(mu_);
     ext_ = ext;
   }
-  const std::vector<SourceRegion>& regions() const { return regions_; }
+  // The regions of the first migration (one-migration servers).
+  const std::vector<SourceRegion>& regions() const { return tenants_.front()->regions; }
 
   const ServerStats& stats() const { return stats_; }
   std::vector<RegionInfo> region_table() const;
@@ -89,14 +104,20 @@ class PageServer {
   std::string last_refusal() const;
 
  private:
+  struct Tenant {  // one migration's memory
+    std::string id;
+    std::vector<SourceRegion> regions;
+    std::vector<RegionInfo> table;
+    Token token;
+    std::atomic<bool> done{false};
+  };
   void ServeConnection(UniqueFd fd);
-  absl::Status Handshake(Stream& stream, Channel* ch);
-  absl::Status SendPages(Stream& stream, const PageRange& r, Channel ch);
-  absl::Status SendVerified(Stream& stream, const PageRange& r);
+  absl::Status Handshake(Stream& stream, Channel* ch, std::shared_ptr<Tenant>* tenant);
+  absl::Status SendPages(const Tenant& t, Stream& stream, const PageRange& r, Channel ch);
+  absl::Status SendVerified(const Tenant& t, Stream& stream, const PageRange& r);
 
-  std::vector<SourceRegion> regions_;
-  std::vector<RegionInfo> table_;
-  Token token_;
+  const bool multi_;
+  std::vector<std::shared_ptr<Tenant>> tenants_;  // guarded by mu_ (multi_), fixed otherwise
   std::shared_ptr<const TlsContext> tls_;
   ServerExtension* ext_ = nullptr;
   UniqueFd stop_fd_;  // eventfd

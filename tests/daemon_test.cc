@@ -1,0 +1,345 @@
+// The host daemon (serve/daemon.h) end to end, in-process, with real page servers, real
+// userfaultfd VMMs (tests/testing/thread_vmm.h) and real sockets: several migrations at once;
+// every refusal leaves it serving (checked by a migration that completes afterwards); hostile
+// clients on the hand-off socket and the metrics port while migrations run; `faultline status`
+// (the real binary) against it. Every migration verifies every page.
+#include "serve/daemon.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "serve/control.h"
+#include "tests/testing/test_source.h"
+#include "tests/testing/thread_vmm.h"
+#include "transport/socket.h"
+
+namespace faultline {
+namespace {
+
+constexpr uint64_t kSize = 8u << 20;
+
+std::string Tmp(const std::string& name) {
+  return absl::StrCat("/tmp/fl-dt-", getpid(), "-", name);
+}
+
+// An HTTP GET on loopback; the whole response (headers and body).
+std::string HttpGet(int port, const std::string& path) {
+  absl::StatusOr<UniqueFd> fd = ConnectTcp(absl::StrCat("127.0.0.1:", port), absl::Seconds(5));
+  if (!fd.ok()) return "";
+  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: x\r\n\r\n");
+  (void)WriteAll(fd->get(), req.data(), req.size());
+  std::string out;
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(fd->get(), buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  return out;
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    log_path_ = Tmp("events.log");
+    log_ = fopen(log_path_.c_str(), "w");
+    DaemonOptions o;
+    o.handoff_socket = Tmp("h.sock");
+    o.control_socket = Tmp("c.sock");
+    o.socket_dir = "/tmp";
+    o.metrics_listen = "127.0.0.1:0";
+    o.state_dir = "";  // in memory: these tests do not restart engines
+    o.event_log = log_;
+    o.hello_timeout = absl::Seconds(2);
+    opts_ = o;
+    absl::StatusOr<std::unique_ptr<Daemon>> d = Daemon::Start(o);
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = std::move(*d);
+    loop_ = std::thread([this] { daemon_->Run(); });
+  }
+  void TearDown() override {
+    if (daemon_) daemon_->Stop();
+    if (loop_.joinable()) loop_.join();
+    daemon_.reset();
+    if (log_) fclose(log_);
+    unlink(log_path_.c_str());
+  }
+  // Registers a migration served by `src`; returns its own socket ("" if none).
+  std::string Expect(const std::string& id, TestSource& src, bool own_socket = true) {
+    absl::StatusOr<nlohmann::json> r =
+        ControlCall(opts_.control_socket, {{"op", "expect"},
+                                           {"id", id},
+                                           {"connect", src.options().address},
+                                           {"token", TokenToHex(src.token())},
+                                           {"own_socket", own_socket}});
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return "";
+    EXPECT_TRUE(r->value("ok", false)) << r->dump();
+    return r->value("handoff_socket", std::string());
+  }
+  ThreadVmmOptions Vmm(const std::string& socket, const std::string& id) {
+    ThreadVmmOptions v;
+    v.socket = socket;
+    v.migration = id;
+    v.size = kSize;
+    v.guest.touches_per_thread = 1000;
+    v.timeout = absl::Seconds(60);
+    return v;
+  }
+  void ExpectMigrates(const ThreadVmmOptions& v) {
+    absl::StatusOr<ThreadVmmResult> r = RunThreadVmm(v);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->verified_pages, kSize / 4096);
+    EXPECT_EQ(r->mismatches, 0u);
+  }
+  std::string Events() {
+    fflush(log_);
+    std::ifstream f(log_path_);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  }
+  std::string Metrics() { return HttpGet(daemon_->metrics_port(), "/metrics"); }
+  // Whether the event log has an event of `type` for migration `id` (one JSON object a line).
+  bool HasEvent(const std::string& type, const std::string& id) {
+    std::istringstream in(Events());
+    std::string line;
+    while (std::getline(in, line)) {
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_object() && j.value("event", "") == type && j.value("migration", "") == id) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  DaemonOptions opts_;
+  std::unique_ptr<Daemon> daemon_;
+  std::thread loop_;
+  std::string log_path_;
+  FILE* log_ = nullptr;
+};
+
+TEST_F(DaemonTest, ServesSeveralMigrationsAtOnce) {
+  std::vector<std::unique_ptr<TestSource>> srcs;
+  for (int i = 0; i < 3; ++i) {
+    auto s = TestSource::Start(kSize, 4096);
+    ASSERT_TRUE(s.ok()) << s.status();
+    srcs.push_back(std::move(*s));
+  }
+  const std::string own0 = Expect("vm-0", *srcs[0]);
+  const std::string own1 = Expect("vm-1", *srcs[1]);
+  Expect("vm-2", *srcs[2], /*own_socket=*/false);
+  EXPECT_EQ(own0, "/tmp/faultline-vm-0.sock");
+  // vm-0 and vm-1 on their own sockets (no id in the hello), vm-2 on the shared one naming it.
+  std::vector<std::thread> vmms;
+  vmms.emplace_back([&] { ExpectMigrates(Vmm(own0, "")); });
+  vmms.emplace_back([&] { ExpectMigrates(Vmm(own1, "vm-1")); });
+  vmms.emplace_back([&] { ExpectMigrates(Vmm(opts_.handoff_socket, "vm-2")); });
+  for (auto& t : vmms) t.join();
+  for (const MigrationStatus& m : daemon_->Statuses()) {
+    EXPECT_EQ(m.phase, MigrationPhase::kComplete) << m.id << ": " << m.error;
+    EXPECT_EQ(m.pages_present, kSize / 4096) << m.id;
+  }
+  for (const char* id : {"vm-0", "vm-1", "vm-2"}) {
+    EXPECT_TRUE(HasEvent("registered", id)) << Events();
+    EXPECT_TRUE(HasEvent("handed_over", id)) << Events();
+    EXPECT_TRUE(HasEvent("complete", id)) << Events();
+  }
+  const std::string m = Metrics();
+  EXPECT_NE(m.find("faultline_migration_phase{migration=\"vm-1\",phase=\"complete\"} 1"),
+            std::string::npos);
+  EXPECT_NE(m.find("faultline_migrations_succeeded_total 3"), std::string::npos);
+}
+
+// Each refusal concerns only its client: the daemon keeps serving, checked by a migration
+// that completes afterwards.
+TEST_F(DaemonTest, RefusalsLeaveTheDaemonServing) {
+  auto src = TestSource::Start(kSize, 4096);
+  ASSERT_TRUE(src.ok());
+  const std::string own = Expect("good", **src);
+  // Garbage on the shared socket.
+  {
+    sockaddr_un a = {};
+    a.sun_family = AF_UNIX;
+    strncpy(a.sun_path, opts_.handoff_socket.c_str(), sizeof(a.sun_path) - 1);
+    UniqueFd fd(socket(AF_UNIX, SOCK_STREAM, 0));
+    ASSERT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    const char junk[] = "\xf0\xff\xff\xf0{not json at all";
+    ASSERT_GT(write(fd.get(), junk, sizeof(junk)), 0);
+    char buf[512];
+    ssize_t n = read(fd.get(), buf, sizeof(buf));  // ack{ok:false} then close
+    EXPECT_GT(n, 0);
+  }
+  // A hello for a migration nobody registered.
+  ThreadVmmOptions unknown = Vmm(opts_.handoff_socket, "nobody");
+  absl::StatusOr<ThreadVmmResult> r = RunThreadVmm(unknown);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("no migration 'nobody'"), absl::string_view::npos)
+      << r.status();
+  // A hello naming another migration on a migration's own socket.
+  r = RunThreadVmm(Vmm(own, "other"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("on the socket of migration 'good'"), absl::string_view::npos)
+      << r.status();
+  // A duplicate registration.
+  absl::StatusOr<nlohmann::json> dup =
+      ControlCall(opts_.control_socket, {{"op", "expect"},
+                                         {"id", "good"},
+                                         {"connect", "127.0.0.1:1"},
+                                         {"token", TokenToHex((*src)->token())}});
+  ASSERT_TRUE(dup.ok());
+  EXPECT_FALSE(dup->value("ok", true));
+  EXPECT_EQ(dup->value("code", std::string()), "ALREADY_EXISTS");
+  // A control request that is no JSON.
+  {
+    sockaddr_un a = {};
+    a.sun_family = AF_UNIX;
+    strncpy(a.sun_path, opts_.control_socket.c_str(), sizeof(a.sun_path) - 1);
+    UniqueFd fd(socket(AF_UNIX, SOCK_STREAM, 0));
+    ASSERT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    ASSERT_GT(write(fd.get(), "}{\n", 3), 0);
+    char buf[512];
+    ssize_t n = read(fd.get(), buf, sizeof(buf));
+    ASSERT_GT(n, 0);
+    EXPECT_NE(std::string(buf, n).find("\"ok\":false"), std::string::npos);
+  }
+  // The real one still migrates.
+  ExpectMigrates(Vmm(own, "good"));
+  const std::string m = Metrics();
+  EXPECT_NE(m.find("faultline_handoffs_refused_total{reason=\"bad_hello\"} 1"), std::string::npos)
+      << m;
+  EXPECT_NE(m.find("faultline_handoffs_refused_total{reason=\"unknown_migration\"} 1"),
+            std::string::npos);
+  EXPECT_NE(m.find("faultline_handoffs_refused_total{reason=\"wrong_socket\"} 1"),
+            std::string::npos);
+  EXPECT_TRUE(HasEvent("refused", "nobody")) << Events();
+}
+
+// A migration whose source is gone fails alone, with the reason in its status; the others go on.
+TEST_F(DaemonTest, VanishedSourceFailsOnlyItsMigration) {
+  auto gone = TestSource::Start(kSize, 4096);
+  auto good = TestSource::Start(kSize, 4096);
+  ASSERT_TRUE(gone.ok() && good.ok());
+  const std::string s1 = Expect("gone", **gone);
+  const std::string s2 = Expect("fine", **good);
+  (*gone)->Stop();
+  absl::StatusOr<ThreadVmmResult> r = RunThreadVmm(Vmm(s1, ""));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("cannot reach the source"), absl::string_view::npos);
+  ExpectMigrates(Vmm(s2, ""));
+  absl::StatusOr<nlohmann::json> st =
+      ControlCall(opts_.control_socket, {{"op", "status"}, {"id", "gone"}});
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ((*st)["migrations"].size(), 1u);
+  EXPECT_EQ((*st)["migrations"][0]["phase"], "failed");
+  EXPECT_NE((*st)["migrations"][0]["error"].get<std::string>().find("cannot reach the source"),
+            std::string::npos);
+  // A failed migration can be forgotten, and registered anew.
+  st = ControlCall(opts_.control_socket, {{"op", "forget"}, {"id", "gone"}});
+  ASSERT_TRUE(st.ok());
+  EXPECT_TRUE(st->value("ok", false)) << st->dump();
+  EXPECT_TRUE(daemon_->Find("gone") == nullptr);
+}
+
+// Random bytes at the hand-off socket and the metrics port, while two migrations run: both
+// complete and verify, and the daemon still answers.
+TEST_F(DaemonTest, HostileClientsWhileMigrationsRun) {
+  auto a = TestSource::Start(kSize, 4096);
+  auto b = TestSource::Start(kSize, 4096);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const std::string sa = Expect("a", **a), sb = Expect("b", **b);
+  std::atomic<bool> stop{false};
+  std::atomic<int> thrown{0};
+  auto hostile = [&](bool http, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    while (!stop.load()) {
+      UniqueFd fd;
+      if (http) {
+        absl::StatusOr<UniqueFd> c =
+            ConnectTcp(absl::StrCat("127.0.0.1:", daemon_->metrics_port()), absl::Seconds(1));
+        if (!c.ok()) continue;
+        fd = std::move(*c);
+      } else {
+        sockaddr_un addr = {};
+        addr.sun_family = AF_UNIX;
+        strncpy(addr.sun_path, opts_.handoff_socket.c_str(), sizeof(addr.sun_path) - 1);
+        fd.reset(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) continue;
+      }
+      std::string junk(rng() % 3000, '\0');
+      for (char& c : junk) c = static_cast<char>(rng());
+      if (rng() % 4 == 0) junk = "GET /metrics HTTP/1.1\r\nHost: x\r\n" + junk;  // half valid
+      (void)send(fd.get(), junk.data(), junk.size(), MSG_NOSIGNAL);
+      if (rng() % 2) {
+        char buf[256];
+        struct timeval tv = {0, 50000};
+        setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        (void)!read(fd.get(), buf, sizeof(buf));
+      }
+      thrown.fetch_add(1);
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.emplace_back(hostile, false, 1);
+  threads.emplace_back(hostile, true, 2);
+  std::thread ma([&] { ExpectMigrates(Vmm(sa, "")); });
+  std::thread mb([&] { ExpectMigrates(Vmm(sb, "")); });
+  ma.join();
+  mb.join();
+  absl::SleepFor(absl::Milliseconds(500));
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  EXPECT_GT(thrown.load(), 10);
+  std::printf("hostile connections during the migrations: %d\n", thrown.load());
+  // Still serving: status, metrics, and a third migration.
+  absl::StatusOr<nlohmann::json> st = ControlCall(opts_.control_socket, {{"op", "status"}});
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ((*st)["migrations"].size(), 2u);
+  EXPECT_NE(Metrics().find("faultline_migrations_succeeded_total 2"), std::string::npos);
+  auto c = TestSource::Start(kSize, 4096);
+  ASSERT_TRUE(c.ok());
+  ExpectMigrates(Vmm(Expect("c", **c), ""));
+}
+
+// `faultline status` — the real binary — against the live daemon.
+TEST_F(DaemonTest, StatusCommandReportsTheMigrations) {
+  auto src = TestSource::Start(kSize, 4096);
+  ASSERT_TRUE(src.ok());
+  ExpectMigrates(Vmm(Expect("vm-s", **src), ""));
+  Expect("vm-waiting", **src, false);
+  const std::string bin =
+      absl::StrCat(getenv("TEST_SRCDIR"), "/", getenv("TEST_WORKSPACE"), "/cli/faultline");
+  auto run = [&](const std::string& args) {
+    FILE* p = popen((bin + " " + args + " 2>&1").c_str(), "r");
+    std::string out;
+    char buf[1024];
+    while (p && fgets(buf, sizeof(buf), p)) out += buf;
+    if (p) pclose(p);
+    return out;
+  };
+  const std::string table = run("status --control=" + opts_.control_socket);
+  EXPECT_NE(table.find("vm-s"), std::string::npos) << table;
+  EXPECT_NE(table.find("complete"), std::string::npos) << table;
+  EXPECT_NE(table.find("2048/2048"), std::string::npos) << table;
+  EXPECT_NE(table.find("waiting"), std::string::npos) << table;
+  const std::string json = run("status --json --id=vm-s --control=" + opts_.control_socket);
+  nlohmann::json j = nlohmann::json::parse(json, nullptr, false);
+  ASSERT_TRUE(j.is_array()) << json;
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["pages_present"], 2048);
+  EXPECT_GT(j[0]["faults"].get<uint64_t>() + j[0]["bulk_pages"].get<uint64_t>(), 0u);
+  const std::string missing = run("status --id=nope --control=" + opts_.control_socket);
+  EXPECT_NE(missing.find("no migration 'nope'"), std::string::npos) << missing;
+}
+
+}  // namespace
+}  // namespace faultline
