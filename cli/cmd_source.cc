@@ -1,8 +1,11 @@
 // faultline source: serves a frozen VM's memory (files or memfds, mapped read-only) to a
 // destination: the page server (transport/page_server.h), over TCP, TLS or RDMA.
+#include <signal.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -11,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/common.h"
+#include "nlohmann/json.hpp"
 #include "transport/page_server.h"
 #include "transport/rdma_page_server.h"
 #include "transport/socket.h"
@@ -20,8 +24,99 @@ ABSL_FLAG(std::vector<std::string>, region, {},
           "source: NAME=PATH[:SIZE[:PAGE_SIZE[:OFFSET]]], a file, memfd (/proc/PID/fd/N) or "
           "hugetlbfs file holding the frozen VM's RAM; repeat or comma-separate for more.");
 
+ABSL_FLAG(
+    std::string, migrations, "",
+    "source: serve several VMs' memory from this one process (a host being drained): a "
+    "JSON file [{\"id\":\"vm-1\",\"token\":\"<64 hex>\",\"regions\":[\"ram=PATH[:SIZE...]\"]}, "
+    "...]; each destination gets the VM its token names. Runs until SIGTERM.");
+
 namespace faultline {
 namespace {
+
+// NAME=PATH[:SIZE[:PAGE_SIZE[:OFFSET]]] → a read-only mapping.
+absl::StatusOr<SourceRegion> RegionFromSpec(const std::string& spec) {
+  std::vector<std::string> nv = absl::StrSplit(spec, absl::MaxSplits('=', 1));
+  if (nv.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("region '", spec, "': expected NAME=PATH[:SIZE[:PAGE_SIZE[:OFFSET]]]"));
+  }
+  std::vector<std::string> parts = absl::StrSplit(nv[1], ':');
+  uint64_t size = 0, page_size = 4096, offset = 0;
+  if (parts.size() > 1) {
+    absl::StatusOr<uint64_t> s = ParseSize(parts[1]);
+    if (!s.ok()) return s.status();
+    size = *s;
+  }
+  if (parts.size() > 2) {
+    absl::StatusOr<uint64_t> s = ParseSize(parts[2]);
+    if (!s.ok()) return s.status();
+    page_size = *s;
+  }
+  if (parts.size() > 3 && !absl::SimpleAtoi(parts[3], &offset)) {
+    return absl::InvalidArgumentError(absl::StrCat("region '", spec, "': bad offset"));
+  }
+  if (size == 0) {
+    struct stat st;
+    if (stat(parts[0].c_str(), &st) != 0) {
+      return absl::NotFoundError(absl::StrCat("region '", spec, "': no file ", parts[0]));
+    }
+    size = static_cast<uint64_t>(st.st_size) - offset;
+  }
+  return SourceRegion::MapFile(nv[0], parts[0], offset, size, static_cast<uint32_t>(page_size));
+}
+
+std::atomic<PageServer*> g_server{nullptr};
+void OnSignal(int) {
+  if (PageServer* s = g_server.load()) s->Shutdown();
+}
+
+// --migrations: several VMs, one page server.
+int RunMultiSource(const std::string& file) {
+  std::ifstream f(file);
+  if (!f) return Fail(absl::NotFoundError(absl::StrCat("--migrations: cannot read ", file)));
+  nlohmann::json list = nlohmann::json::parse(f, nullptr, false);
+  if (!list.is_array() || list.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--migrations: ", file, " must hold a non-empty JSON array")));
+  }
+  absl::StatusOr<std::shared_ptr<const TlsContext>> tls = TlsFromFlags(TlsContext::Role::kServer);
+  if (!tls.ok()) return Fail(tls.status());
+  PageServer server(*tls);
+  for (const nlohmann::json& m : list) {
+    const std::string id = m.value("id", std::string());
+    absl::StatusOr<Token> token = ParseToken(m.value("token", std::string()));
+    if (id.empty() || !token.ok() || !m.contains("regions") || !m["regions"].is_array()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--migrations: every entry needs \"id\", \"token\" (64 hex) and \"regions\" (", file,
+          ")")));
+    }
+    std::vector<SourceRegion> regions;
+    for (const nlohmann::json& spec : m["regions"]) {
+      absl::StatusOr<SourceRegion> r =
+          RegionFromSpec(spec.is_string() ? spec.get<std::string>() : std::string());
+      if (!r.ok()) return Fail(r.status());
+      regions.push_back(std::move(*r));
+    }
+    if (absl::Status s = server.AddMigration(id, std::move(regions), *token); !s.ok()) {
+      return Fail(s);
+    }
+  }
+  absl::StatusOr<UniqueFd> listen = ListenTcp(absl::GetFlag(FLAGS_listen));
+  if (!listen.ok()) return Fail(listen.status());
+  std::printf("serving %zu migrations on %s (%s)\n", list.size(),
+              absl::GetFlag(FLAGS_listen).c_str(), TlsMode(*tls).c_str());
+  std::fflush(stdout);
+  g_server.store(&server);
+  signal(SIGTERM, OnSignal);
+  signal(SIGINT, OnSignal);
+  absl::Status s = server.Serve(listen->get());
+  g_server.store(nullptr);
+  const ServerStats& st = server.stats();
+  std::printf("pages sent: urgent %llu, bulk %llu, zero %llu; %.1f MiB\n",
+              (unsigned long long)st.urgent_pages.load(), (unsigned long long)st.bulk_pages.load(),
+              (unsigned long long)st.zero_pages.load(), st.bytes.load() / 1048576.0);
+  return s.ok() || s.code() == absl::StatusCode::kCancelled ? 0 : Fail(s);
+}
 
 // --transport: null for tcp; an RDMA extension of `server` for rdma.
 absl::StatusOr<std::unique_ptr<RdmaPageServer>> RdmaServerFromFlags(PageServer* server) {
@@ -38,35 +133,11 @@ absl::StatusOr<std::unique_ptr<RdmaPageServer>> RdmaServerFromFlags(PageServer* 
 }  // namespace
 
 int RunSource() {
+  if (!absl::GetFlag(FLAGS_migrations).empty())
+    return RunMultiSource(absl::GetFlag(FLAGS_migrations));
   std::vector<SourceRegion> regions;
   for (const std::string& spec : absl::GetFlag(FLAGS_region)) {
-    std::vector<std::string> nv = absl::StrSplit(spec, absl::MaxSplits('=', 1));
-    if (nv.size() != 2) {
-      return Fail(absl::InvalidArgumentError(
-          absl::StrCat("--region '", spec, "': expected NAME=PATH[:SIZE[:PAGE_SIZE[:OFFSET]]]")));
-    }
-    std::vector<std::string> parts = absl::StrSplit(nv[1], ':');
-    uint64_t size = 0, page_size = 4096, offset = 0;
-    if (parts.size() > 1) {
-      absl::StatusOr<uint64_t> s = ParseSize(parts[1]);
-      if (!s.ok()) return Fail(s.status());
-      size = *s;
-    }
-    if (parts.size() > 2) {
-      absl::StatusOr<uint64_t> s = ParseSize(parts[2]);
-      if (!s.ok()) return Fail(s.status());
-      page_size = *s;
-    }
-    if (parts.size() > 3 && !absl::SimpleAtoi(parts[3], &offset)) {
-      return Fail(absl::InvalidArgumentError("bad offset in --region"));
-    }
-    if (size == 0) {
-      struct stat st;
-      if (stat(parts[0].c_str(), &st) != 0) return Fail(absl::NotFoundError(parts[0]));
-      size = static_cast<uint64_t>(st.st_size) - offset;
-    }
-    absl::StatusOr<SourceRegion> r =
-        SourceRegion::MapFile(nv[0], parts[0], offset, size, static_cast<uint32_t>(page_size));
+    absl::StatusOr<SourceRegion> r = RegionFromSpec(spec);
     if (!r.ok()) return Fail(r.status());
     regions.push_back(std::move(*r));
   }

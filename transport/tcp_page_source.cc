@@ -1,6 +1,9 @@
 #include "transport/tcp_page_source.h"
 
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -229,6 +232,9 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
 
 void TcpPageSource::ReceiveLoop(Conn* c) {
   Stream& stream = c->stream;
+  if (c->urgency == Urgency::kBulk && opts_.bulk_nice > 0) {
+    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), opts_.bulk_nice);
+  }
   absl::Status status;
   bool peer_error = false;
   while (status.ok()) {

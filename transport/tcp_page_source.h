@@ -40,6 +40,9 @@ struct TcpSourceOptions {
   std::string tls_server_name;
   // Bulk connections (lanes), each with its own receive thread; 1..kMaxBulkLanes.
   uint32_t bulk_lanes = 1;
+  // CPU priority (nice) of the bulk receive threads: > 0 lets fault answers and the guest's
+  // own threads go first where many migrations share the cores (the host daemon sets it).
+  int bulk_nice = 0;
   // A receive thread checks and delivers a frame this many bytes at a time (at least one
   // page): small enough to stay in cache between the read, the check and the placement.
   uint32_t deliver_chunk_bytes = 256u << 10;

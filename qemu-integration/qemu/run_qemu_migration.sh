@@ -5,7 +5,10 @@
 # the capability off, to show nothing else changed.
 #
 #   qemu-integration/qemu/run_qemu_migration.sh [--accel=tcg|kvm] [--size_mib=256]
-#                                              [--no-qtest] [--qemu=PATH]
+#                                              [--no-qtest] [--version=7.2|10.2] [--qemu=PATH]
+#
+# The patched QEMU comes from build_qemu.sh --version=V (default 7.2; cached after its first
+# build), or is given with --qemu (then --version is not used).
 #
 # faultline and its guest are built with `bazel build -c opt` in this workspace, or taken from
 # FAULTLINE_BIN and FAULTLINE_GUEST when both are set (e.g. binaries built from a clean checkout).
@@ -20,14 +23,17 @@ REPO=$(cd "$HERE/../.." && pwd)
 ACCEL=tcg
 SIZE=256
 QTEST=1
+VERSION=7.2
 QEMU=${FAULTLINE_QEMU:-}
 for a in "$@"; do
   case "$a" in
     --accel=*) ACCEL=${a#*=} ;;
     --size_mib=*) SIZE=${a#*=} ;;
     --no-qtest) QTEST=0 ;;
+    --version=7.2|--version=10.2) VERSION=${a#*=} ;;
     --qemu=*) QEMU=${a#*=} ;;
-    *) echo "usage: $0 [--accel=tcg|kvm] [--size_mib=N] [--no-qtest] [--qemu=PATH]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--accel=tcg|kvm] [--size_mib=N] [--no-qtest] [--version=7.2|10.2]" \
+            "[--qemu=PATH]" >&2; exit 2 ;;
   esac
 done
 
@@ -47,8 +53,8 @@ if [[ ! -f /usr/share/seabios/bios-256k.bin ]]; then
 fi
 
 if [[ -z $QEMU ]]; then
-  build_args=()
-  (( QTEST )) && build_args=(--tests)
+  build_args=(--version="$VERSION")
+  (( QTEST )) && build_args+=(--tests)
   QEMU=$("$HERE/build_qemu.sh" "${build_args[@]}" | tail -1) || { echo "FAIL: QEMU build"; exit 1; }
 fi
 [[ -x $QEMU ]] || { echo "FAIL: no QEMU binary at '$QEMU'"; exit 1; }
