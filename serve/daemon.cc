@@ -82,6 +82,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& opts)
   absl::StatusOr<std::unique_ptr<HandoffServer>> shared =
       HandoffServer::Listen(opts.handoff_socket);
   if (!shared.ok()) return shared.status();
+  d->OpenToAllowedPeers(opts.handoff_socket);
   d->listeners_.push_back({std::move(*shared), ""});
   if (!opts.control_socket.empty()) {
     absl::StatusOr<UniqueFd> control = ListenControl(opts.control_socket);
@@ -152,6 +153,12 @@ void Daemon::Event(const std::string& type, const std::string& migration, nlohma
   std::lock_guard<std::mutex> l(log_mu_);
   std::fprintf(opts_.event_log, "%s\n", j.dump().c_str());
   std::fflush(opts_.event_log);
+}
+
+void Daemon::OpenToAllowedPeers(const std::string& socket) const {
+  // A hand-off socket is created 0600. With an allow list, other users must reach it: the
+  // kernel's SO_PEERCRED, checked on every connection, is the gate then.
+  if (!opts_.allow_uids.empty() || !opts_.allow_gids.empty()) chmod(socket.c_str(), 0666);
 }
 
 bool Daemon::PeerAllowed(const PeerCredentials& p) const {
@@ -387,6 +394,7 @@ absl::Status Daemon::Register(MigrationSpec spec, bool own_socket, std::string* 
   if (own_socket) {
     absl::StatusOr<std::unique_ptr<HandoffServer>> s = HandoffServer::Listen(spec.handoff_socket);
     if (!s.ok()) return s.status();
+    OpenToAllowedPeers(spec.handoff_socket);
     listeners_.push_back({std::move(*s), id});
   }
   const std::string path = spec.handoff_socket, source = spec.run.source.address;

@@ -93,6 +93,7 @@ class Daemon {
   void OnHandoff(AcceptedConnection c, std::string migration);  // worker thread
   void OnControl(UniqueFd fd, uid_t uid);                       // worker thread
   bool PeerAllowed(const PeerCredentials& p) const;
+  void OpenToAllowedPeers(const std::string& socket) const;
   void Refuse(AcceptedConnection c, const std::string& reason, const absl::Status& why,
               const std::string& migration);
   nlohmann::json Expect(const nlohmann::json& r);
