@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "cli/common.h"
 #include "cli/demo.h"
 
@@ -34,7 +35,12 @@ int RunDemo() {
   DemoOptions o;
   o.ram_size = *size;
   o.vcpus = static_cast<uint32_t>(absl::GetFlag(FLAGS_vcpus));
-  o.dest_backing = absl::GetFlag(FLAGS_dest_ram);
+  absl::StatusOr<MemoryKind> dest_ram = ParseMemoryKind(absl::GetFlag(FLAGS_dest_ram));
+  if (!dest_ram.ok()) {
+    return Fail(
+        absl::InvalidArgumentError(absl::StrCat("--dest_ram: ", dest_ram.status().message())));
+  }
+  o.dest_backing = *dest_ram;
   o.touches = static_cast<uint64_t>(absl::GetFlag(FLAGS_guest_touches));
   o.kill_engine_at = absl::GetFlag(FLAGS_kill_engine_at);
   if (!absl::GetFlag(FLAGS_tls_cert).empty() || !absl::GetFlag(FLAGS_tls_key).empty() ||
@@ -61,7 +67,7 @@ int RunDemo() {
   std::printf(
       "faultline demo: a %llu MiB KVM guest, %u vCPU(s); source VMM → faultline → "
       "destination VMM (%s RAM) over loopback\n",
-      static_cast<unsigned long long>(o.ram_size >> 20), o.vcpus, o.dest_backing.c_str());
+      static_cast<unsigned long long>(o.ram_size >> 20), o.vcpus, MemoryKindName(o.dest_backing));
   std::printf(
       "  the source guest dirties every page first (emulated KVM here: ~15 s per "
       "GiB)...\n");

@@ -11,15 +11,15 @@
 #include "absl/flags/flag.h"
 #include "absl/time/clock.h"
 #include "cli/common.h"
+#include "cli/setup.h"
 #include "engine/engine.h"
 #include "engine/region.h"
-#include "engine/uffd.h"
 #include "workload/thread_guest.h"
 
 namespace faultline {
 
 int RunDest() {
-  absl::StatusOr<RegionKind> kind = ParseRegionKind(absl::GetFlag(FLAGS_kind));
+  absl::StatusOr<MemoryKind> kind = ParseMemoryKind(absl::GetFlag(FLAGS_kind));
   if (!kind.ok()) return Fail(kind.status());
   absl::StatusOr<GuestOptions> guest = GuestOptionsFromFlags();
   if (!guest.ok()) return Fail(guest.status());
@@ -28,24 +28,14 @@ int RunDest() {
   const TcpSourceOptions& topts = *opts;
   absl::StatusOr<std::unique_ptr<PageSource>> source = ConnectSource(topts);
   if (!source.ok()) return Fail(source.status());
-  std::vector<std::unique_ptr<GuestRegion>> owned;
-  std::vector<GuestRegion*> regions;
-  uint64_t total = 0;
-  for (const RegionInfo& ri : (*source)->regions()) {
-    RegionKind k = *kind;
-    if (ri.page_size == (2u << 20)) k = RegionKind::kHugetlb;
-    absl::StatusOr<std::unique_ptr<GuestRegion>> r = GuestRegion::Create(ri.name, k, ri.size);
-    if (!r.ok()) return Fail(r.status());
-    regions.push_back(r->get());
-    owned.push_back(std::move(*r));
-    total += ri.size;
-  }
-  absl::StatusOr<Userfaultfd> uffd = Userfaultfd::Open();
-  if (!uffd.ok()) return Fail(uffd.status());
+  // Destination memory matching the source's regions.
   EngineOptions eo = EngineOptionsFromFlags();
   eo.finish_source = false;
-  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(regions, std::move(*uffd), eo);
-  if (!engine.ok()) return Fail(engine.status());
+  absl::StatusOr<Destination> dest = CreateDestination((*source)->regions(), *kind, eo);
+  if (!dest.ok()) return Fail(dest.status());
+  const std::vector<GuestRegion*> regions = dest->region_ptrs();
+  const uint64_t total = dest->bytes();
+  std::unique_ptr<Engine>& engine = dest->engine;
   std::vector<std::unique_ptr<ThreadGuest>> guests;
   if (!guest->threads.empty()) {
     for (GuestRegion* r : regions) {
@@ -55,12 +45,12 @@ int RunDest() {
   std::atomic<bool> running{true};
   std::thread progress([&] {
     while (running.load() && absl::GetFlag(FLAGS_progress)) {
-      ProgressBar(total - (*engine)->remaining_pages() * 4096, total);
+      ProgressBar(total - engine->remaining_pages() * 4096, total);
       usleep(100000);
     }
   });
   const absl::Time t0 = absl::Now();
-  absl::Status s = (*engine)->Run(source->get());
+  absl::Status s = engine->Run(source->get());
   running.store(false);
   progress.join();
   if (!s.ok()) return Fail(s);
@@ -71,8 +61,8 @@ int RunDest() {
   uint64_t verified = 0;
   absl::StatusOr<uint64_t> bad = VerifyAgainstSource(topts, bases, &verified, true);
   if (!bad.ok()) return Fail(bad.status());
-  const EngineCounters& c = (*engine)->counters();
-  LatencyHistogram h = (*engine)->fault_stats().Overall();
+  const EngineCounters& c = engine->counters();
+  LatencyHistogram h = engine->fault_stats().Overall();
   std::printf(
       "pages urgent/bulk/zero %llu/%llu/%llu, %.3f s, fault latency %s\n"
       "verified %llu pages, %llu mismatches\n",

@@ -14,18 +14,18 @@ int RunLocal() {
   if (!size.ok()) return Fail(size.status());
   absl::StatusOr<GuestOptions> guest = GuestOptionsFromFlags();
   if (!guest.ok()) return Fail(guest.status());
-  std::vector<RegionKind> kinds;
+  std::vector<MemoryKind> kinds;
   if (absl::GetFlag(FLAGS_kind) == "all") {
-    kinds = {RegionKind::kAnonymous, RegionKind::kMemfd, RegionKind::kHugetlb};
+    kinds = {MemoryKind::kAnonymous, MemoryKind::kMemfd, MemoryKind::kHugetlb};
   } else {
-    absl::StatusOr<RegionKind> k = ParseRegionKind(absl::GetFlag(FLAGS_kind));
+    absl::StatusOr<MemoryKind> k = ParseMemoryKind(absl::GetFlag(FLAGS_kind));
     if (!k.ok()) return Fail(k.status());
     kinds = {*k};
   }
   std::vector<LocalRunReport> reports;
   bool bad = false;
-  for (RegionKind k : kinds) {
-    std::printf("faultline local: %s, %llu MiB, guest threads: %s\n", RegionKindName(k),
+  for (MemoryKind k : kinds) {
+    std::printf("faultline local: %s, %llu MiB, guest threads: %s\n", MemoryKindName(k),
                 static_cast<unsigned long long>(*size >> 20),
                 absl::GetFlag(FLAGS_guest).empty() ? "none" : absl::GetFlag(FLAGS_guest).c_str());
     std::fflush(stdout);
@@ -40,7 +40,7 @@ int RunLocal() {
     if (absl::GetFlag(FLAGS_progress)) o.progress = ProgressBar;
     absl::StatusOr<LocalRunReport> r = RunLocalMigration(o);
     if (!r.ok()) {
-      std::fprintf(stderr, "faultline local (%s): error: %s\n", RegionKindName(k),
+      std::fprintf(stderr, "faultline local (%s): error: %s\n", MemoryKindName(k),
                    std::string(r.status().message()).c_str());
       bad = true;
       continue;

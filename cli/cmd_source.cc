@@ -1,7 +1,6 @@
 // faultline source: serves a frozen VM's memory (files or memfds, mapped read-only) to a
 // destination: the page server (transport/page_server.h), over TCP, TLS or RDMA.
 #include <signal.h>
-#include <sys/stat.h>
 
 #include <atomic>
 #include <cstdio>
@@ -10,10 +9,9 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "cli/common.h"
+#include "cli/setup.h"
 #include "nlohmann/json.hpp"
 #include "transport/page_server.h"
 #include "transport/rdma_page_server.h"
@@ -32,38 +30,6 @@ ABSL_FLAG(
 
 namespace faultline {
 namespace {
-
-// NAME=PATH[:SIZE[:PAGE_SIZE[:OFFSET]]] → a read-only mapping.
-absl::StatusOr<SourceRegion> RegionFromSpec(const std::string& spec) {
-  std::vector<std::string> nv = absl::StrSplit(spec, absl::MaxSplits('=', 1));
-  if (nv.size() != 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("region '", spec, "': expected NAME=PATH[:SIZE[:PAGE_SIZE[:OFFSET]]]"));
-  }
-  std::vector<std::string> parts = absl::StrSplit(nv[1], ':');
-  uint64_t size = 0, page_size = 4096, offset = 0;
-  if (parts.size() > 1) {
-    absl::StatusOr<uint64_t> s = ParseSize(parts[1]);
-    if (!s.ok()) return s.status();
-    size = *s;
-  }
-  if (parts.size() > 2) {
-    absl::StatusOr<uint64_t> s = ParseSize(parts[2]);
-    if (!s.ok()) return s.status();
-    page_size = *s;
-  }
-  if (parts.size() > 3 && !absl::SimpleAtoi(parts[3], &offset)) {
-    return absl::InvalidArgumentError(absl::StrCat("region '", spec, "': bad offset"));
-  }
-  if (size == 0) {
-    struct stat st;
-    if (stat(parts[0].c_str(), &st) != 0) {
-      return absl::NotFoundError(absl::StrCat("region '", spec, "': no file ", parts[0]));
-    }
-    size = static_cast<uint64_t>(st.st_size) - offset;
-  }
-  return SourceRegion::MapFile(nv[0], parts[0], offset, size, static_cast<uint32_t>(page_size));
-}
 
 std::atomic<PageServer*> g_server{nullptr};
 void OnSignal(int) {
@@ -90,14 +56,13 @@ int RunMultiSource(const std::string& file) {
           "--migrations: every entry needs \"id\", \"token\" (64 hex) and \"regions\" (", file,
           ")")));
     }
-    std::vector<SourceRegion> regions;
+    std::vector<std::string> specs;
     for (const nlohmann::json& spec : m["regions"]) {
-      absl::StatusOr<SourceRegion> r =
-          RegionFromSpec(spec.is_string() ? spec.get<std::string>() : std::string());
-      if (!r.ok()) return Fail(r.status());
-      regions.push_back(std::move(*r));
+      specs.push_back(spec.is_string() ? spec.get<std::string>() : std::string());
     }
-    if (absl::Status s = server.AddMigration(id, std::move(regions), *token); !s.ok()) {
+    absl::StatusOr<std::vector<SourceRegion>> regions = SourceRegionsFromSpecs(specs);
+    if (!regions.ok()) return Fail(regions.status());
+    if (absl::Status s = server.AddMigration(id, std::move(*regions), *token); !s.ok()) {
       return Fail(s);
     }
   }
@@ -135,13 +100,10 @@ absl::StatusOr<std::unique_ptr<RdmaPageServer>> RdmaServerFromFlags(PageServer* 
 int RunSource() {
   if (!absl::GetFlag(FLAGS_migrations).empty())
     return RunMultiSource(absl::GetFlag(FLAGS_migrations));
-  std::vector<SourceRegion> regions;
-  for (const std::string& spec : absl::GetFlag(FLAGS_region)) {
-    absl::StatusOr<SourceRegion> r = RegionFromSpec(spec);
-    if (!r.ok()) return Fail(r.status());
-    regions.push_back(std::move(*r));
-  }
-  if (regions.empty()) {
+  absl::StatusOr<std::vector<SourceRegion>> regions =
+      SourceRegionsFromSpecs(absl::GetFlag(FLAGS_region));
+  if (!regions.ok()) return Fail(regions.status());
+  if (regions->empty()) {
     return Fail(absl::InvalidArgumentError("source: give at least one --region NAME=PATH"));
   }
   Token token;
@@ -157,7 +119,7 @@ int RunSource() {
   if (!tls.ok()) return Fail(tls.status());
   absl::StatusOr<UniqueFd> listen = ListenTcp(absl::GetFlag(FLAGS_listen));
   if (!listen.ok()) return Fail(listen.status());
-  PageServer server(std::move(regions), token, *tls);
+  PageServer server(std::move(*regions), token, *tls);
   absl::StatusOr<std::unique_ptr<RdmaPageServer>> rdma = RdmaServerFromFlags(&server);
   if (!rdma.ok()) return Fail(rdma.status());
   std::printf("serving %zu region(s) on %s (%s)\n", server.region_table().size(),

@@ -5,7 +5,6 @@
 #include <cstdio>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "base/fix.h"
 #include "transport/rdma_page_source.h"
@@ -55,35 +54,6 @@ ABSL_FLAG(std::string, tls_server_name, "",
           "of --connect).");
 
 namespace faultline {
-
-absl::StatusOr<uint64_t> ParseSize(const std::string& s) {
-  if (s.empty()) return absl::InvalidArgumentError("empty size");
-  uint64_t mult = 1;
-  std::string num = s;
-  switch (s.back()) {
-    case 'K':
-    case 'k':
-      mult = 1ull << 10;
-      num.pop_back();
-      break;
-    case 'M':
-    case 'm':
-      mult = 1ull << 20;
-      num.pop_back();
-      break;
-    case 'G':
-    case 'g':
-      mult = 1ull << 30;
-      num.pop_back();
-      break;
-    default: break;
-  }
-  uint64_t v;
-  if (!absl::SimpleAtoi(num, &v) || v == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("bad size '", s, "' (e.g. 512M, 1G)"));
-  }
-  return v * mult;
-}
 
 void ProgressBar(uint64_t done, uint64_t total) {
   static const bool tty = isatty(STDERR_FILENO);

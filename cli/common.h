@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cli/setup.h"  // ParseSize
 #include "engine/engine.h"
 #include "transport/page_source.h"
 #include "transport/protocol.h"
@@ -43,8 +44,6 @@ ABSL_DECLARE_FLAG(std::string, tls_server_name);
 
 namespace faultline {
 
-// "512M", "1G", "4096" → bytes.
-absl::StatusOr<uint64_t> ParseSize(const std::string& s);
 // A bar on a terminal, a line per quarter otherwise.
 void ProgressBar(uint64_t done, uint64_t total);
 // Prints "faultline: error: <message>" plus, where the error is one a flag fixes, which flag;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/memory_kind.h"
 #include "engine/engine.h"
 #include "nlohmann/json.hpp"
 #include "transport/tls.h"
@@ -27,7 +28,7 @@ namespace faultline {
 
 struct DemoOptions {
   uint64_t ram_size = 1ull << 30;
-  std::string dest_backing = "memfd";  // destination RAM: memfd or anon
+  MemoryKind dest_backing = MemoryKind::kMemfd;  // destination RAM: memfd, anon, guest_memfd
   uint32_t vcpus = 1;
   uint64_t touches = 4096;  // per touch phase, per vCPU
   uint64_t seed = 42;

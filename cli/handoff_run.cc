@@ -49,7 +49,7 @@ std::string StateIdentity(const HandoffRequest& req,
     const GuestRegion& r = *regions[i];
     struct stat st = {};
     if (r.fd() >= 0) fstat(r.fd(), &st);
-    absl::StrAppend(&id, "region ", i, " ", r.name(), " ", RegionKindName(r.kind()), " 0x",
+    absl::StrAppend(&id, "region ", i, " ", r.name(), " ", MemoryKindName(r.kind()), " 0x",
                     absl::Hex(reinterpret_cast<uintptr_t>(r.base())), " ", r.size(), " ",
                     r.page_size(), " offset ", req.regions[i].offset, " backing ",
                     static_cast<uint64_t>(st.st_dev), ":", static_cast<uint64_t>(st.st_ino), "\n");
@@ -78,10 +78,8 @@ absl::StatusOr<std::vector<std::unique_ptr<GuestRegion>>> AdoptRegions(HandoffRe
   std::vector<std::unique_ptr<GuestRegion>> out;
   const bool minor = true;  // faultline-format VMMs register MISSING|MINOR (see handoff.h)
   for (HandoffRegion& hr : req.regions) {
-    absl::StatusOr<RegionKind> kind = ParseRegionKind(hr.kind);
-    if (!kind.ok()) return kind.status();
     absl::StatusOr<std::unique_ptr<GuestRegion>> r = GuestRegion::Adopt(
-        hr.name, *kind, reinterpret_cast<uint8_t*>(hr.host_addr), hr.length, hr.page_size,
+        hr.name, hr.kind, reinterpret_cast<uint8_t*>(hr.host_addr), hr.length, hr.page_size,
         std::move(hr.fd), hr.offset, minor && req.format == HandoffFormat::kFaultline);
     if (!r.ok()) return r.status();
     out.push_back(std::move(*r));

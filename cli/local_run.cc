@@ -1,8 +1,6 @@
 #include "cli/local_run.h"
 
-#include <linux/memfd.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,53 +15,13 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "base/errno_status.h"
+#include "cli/setup.h"
 #include "nlohmann/json.hpp"
 #include "transport/page_server.h"
 #include "transport/socket.h"
 #include "transport/tcp_page_source.h"
 
 namespace faultline {
-namespace {
-
-struct SourceMemory {
-  UniqueFd fd;
-  uint8_t* map = nullptr;  // writable while filling, read-only view for verification
-  uint64_t size = 0;
-  ~SourceMemory() {
-    if (map) munmap(map, size);
-  }
-};
-
-absl::StatusOr<std::unique_ptr<SourceMemory>> MakeSource(RegionKind kind, uint64_t size,
-                                                         const PatternSpec& pattern) {
-  auto m = std::make_unique<SourceMemory>();
-  unsigned flags = MFD_CLOEXEC;
-  if (kind == RegionKind::kHugetlb) flags |= MFD_HUGETLB | MFD_HUGE_2MB;
-  m->fd.reset(memfd_create("faultline-source", flags));
-  if (!m->fd.valid()) return ErrnoStatus("memfd_create (source)");
-  if (ftruncate(m->fd.get(), static_cast<off_t>(size)) < 0) return ErrnoStatus("ftruncate");
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, m->fd.get(), 0);
-  if (p == MAP_FAILED) {
-    if (kind == RegionKind::kHugetlb) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("source hugetlb memory of ", size >> 20,
-                       " MiB: not enough free 2 MiB huge pages "
-                       "(need ",
-                       2 * size / (2 << 20),
-                       " for source + destination); reserve them with "
-                       "`echo N > /proc/sys/vm/nr_hugepages`"));
-    }
-    return ErrnoStatus("mmap source");
-  }
-  m->map = static_cast<uint8_t*>(p);
-  m->size = size;
-  FillPattern(pattern, m->map, size);
-  return m;
-}
-
-uint32_t PageSizeOf(RegionKind k) { return k == RegionKind::kHugetlb ? (2u << 20) : 4096u; }
-
-}  // namespace
 
 uint64_t PeakRssKib() {
   std::ifstream f("/proc/self/status");
@@ -75,14 +33,10 @@ uint64_t PeakRssKib() {
 }
 
 absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
-  const uint32_t ps = PageSizeOf(opts.kind);
-  if (opts.size == 0 || opts.size % ps) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("size ", opts.size, " is not a multiple of the page size ", ps));
-  }
+  const uint32_t ps = MemoryKindPageSize(opts.kind);
   // Source memory and its page server.
-  absl::StatusOr<std::unique_ptr<SourceMemory>> src =
-      MakeSource(opts.kind, opts.size, opts.pattern);
+  absl::StatusOr<std::unique_ptr<PatternMemory>> src =
+      PatternMemory::Create(opts.size, ps, opts.pattern);
   if (!src.ok()) return src.status();
   absl::StatusOr<UniqueFd> listen = ListenTcp("127.0.0.1:0");
   if (!listen.ok()) return listen.status();
@@ -91,12 +45,9 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   const Token token = RandomToken();
 
   auto make_server = [&]() -> absl::StatusOr<std::unique_ptr<PageServer>> {
-    absl::StatusOr<SourceRegion> region =
-        SourceRegion::MapFd("ram", (*src)->fd.get(), 0, opts.size, ps);
-    if (!region.ok()) return region.status();
-    std::vector<SourceRegion> regions;
-    regions.push_back(std::move(*region));
-    return std::make_unique<PageServer>(std::move(regions), token);
+    absl::StatusOr<std::vector<SourceRegion>> regions = (*src)->Regions("ram");
+    if (!regions.ok()) return regions.status();
+    return std::make_unique<PageServer>(std::move(*regions), token);
   };
 
   pid_t child = -1;
@@ -132,24 +83,13 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   };
 
   // Destination memory, registered before the guest starts.
-  absl::StatusOr<std::unique_ptr<GuestRegion>> dst =
-      GuestRegion::Create("ram", opts.kind, opts.size);
-  if (!dst.ok()) {
+  absl::StatusOr<Destination> dest = CreateDestination(opts.kind, opts.size, opts.engine);
+  if (!dest.ok()) {
     stop_source(true);
-    return dst.status();
+    return dest.status();
   }
-  std::string missing;
-  absl::StatusOr<Userfaultfd> uffd = Userfaultfd::Open(Userfaultfd::kWantedFeatures, &missing);
-  if (!uffd.ok()) {
-    stop_source(true);
-    return uffd.status();
-  }
-  absl::StatusOr<std::unique_ptr<Engine>> engine =
-      Engine::Create({dst->get()}, std::move(*uffd), opts.engine);
-  if (!engine.ok()) {
-    stop_source(true);
-    return engine.status();
-  }
+  GuestRegion* const dst = dest->region();
+  std::unique_ptr<Engine>& engine = dest->engine;
   TcpSourceOptions topts;
   topts.address = absl::StrCat("127.0.0.1:", *port);
   topts.token = token;
@@ -164,21 +104,21 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   const absl::Time t0 = absl::Now();
   std::unique_ptr<ThreadGuest> guest;
   if (opts.run_guest) {
-    guest = std::make_unique<ThreadGuest>((*dst)->base(), opts.size, ps, opts.guest);
+    guest = std::make_unique<ThreadGuest>(dst->base(), opts.size, ps, opts.guest);
   }
   std::atomic<bool> running{true};
   std::thread progress;
   if (opts.progress) {
     progress = std::thread([&] {
       while (running.load()) {
-        uint64_t done = ((*engine)->total_pages() - (*engine)->remaining_pages()) * uint64_t{ps};
+        uint64_t done = (engine->total_pages() - engine->remaining_pages()) * uint64_t{ps};
         opts.progress(done, opts.size);
         absl::SleepFor(absl::Milliseconds(100));
       }
-      opts.progress(opts.size - (*engine)->remaining_pages() * uint64_t{ps}, opts.size);
+      opts.progress(opts.size - engine->remaining_pages() * uint64_t{ps}, opts.size);
     });
   }
-  absl::Status run = (*engine)->Run(source->get());
+  absl::Status run = engine->Run(source->get());
   const absl::Duration took = absl::Now() - t0;
   running.store(false);
   if (progress.joinable()) progress.join();
@@ -187,7 +127,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
     // tearing the engine down (unregister wakes them; they then read zeros — the run has
     // failed anyway and nothing is verified).
     if (guest) guest->Stop();
-    engine->reset();
+    engine.reset();
     guest.reset();
     stop_source(true);
     return run;
@@ -196,9 +136,9 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   stop_source(false);
 
   LocalRunReport r;
-  const Engine& e = **engine;
+  const Engine& e = *engine;
   const EngineCounters& c = e.counters();
-  r.kind = RegionKindName(opts.kind);
+  r.kind = MemoryKindName(opts.kind);
   r.size = opts.size;
   r.page_size = ps;
   r.pages = e.total_pages();
@@ -223,14 +163,14 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   }
   r.engine_footprint = e.footprint_bytes();
   // Verify: every destination page against the source, byte for byte.
-  const uint8_t* a = (*dst)->base();
-  const uint8_t* b = (*src)->map;
+  const uint8_t* a = dst->base();
+  const uint8_t* b = (*src)->base();
   for (uint64_t p = 0; p < r.pages; ++p) {
     if (memcmp(a + p * ps, b + p * ps, ps) != 0) ++r.mismatches;
     ++r.verified_pages;
   }
   r.peak_rss_kib = PeakRssKib();
-  r.missing_features = missing;
+  r.missing_features = dest->missing_features;
   return r;
 }
 

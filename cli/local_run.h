@@ -20,7 +20,7 @@
 namespace faultline {
 
 struct LocalRunOptions {
-  RegionKind kind = RegionKind::kMemfd;
+  MemoryKind kind = MemoryKind::kMemfd;
   uint64_t size = 1ull << 30;
   bool run_guest = true;
   GuestOptions guest;

@@ -29,25 +29,6 @@ struct kvm_create_guest_memfd {
 
 namespace faultline {
 
-const char* RegionKindName(RegionKind k) {
-  switch (k) {
-    case RegionKind::kAnonymous: return "anon";
-    case RegionKind::kMemfd: return "memfd";
-    case RegionKind::kHugetlb: return "hugetlb";
-    case RegionKind::kGuestMemfd: return "guest_memfd";
-  }
-  return "?";
-}
-
-absl::StatusOr<RegionKind> ParseRegionKind(const std::string& s) {
-  if (s == "anon" || s == "anonymous") return RegionKind::kAnonymous;
-  if (s == "memfd" || s == "shmem") return RegionKind::kMemfd;
-  if (s == "hugetlb" || s == "hugetlbfs") return RegionKind::kHugetlb;
-  if (s == "guest_memfd" || s == "gmem") return RegionKind::kGuestMemfd;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown region kind '", s, "' (anon, memfd, hugetlb, guest_memfd)"));
-}
-
 absl::StatusOr<UniqueFd> CreateKvmVm() {
   UniqueFd kvm(OpenKvmDevice());
   if (!kvm.valid()) return ErrnoStatus("open /dev/kvm (guest_memfd needs KVM)");
@@ -88,7 +69,7 @@ absl::StatusOr<std::unique_ptr<GuestRegion>> GuestRegion::Create(const std::stri
   r->name_ = name;
   r->kind_ = kind;
   r->size_ = size;
-  r->page_size_ = kind == RegionKind::kHugetlb ? (2u << 20) : 4096u;
+  r->page_size_ = MemoryKindPageSize(kind);
   if (size == 0 || size % r->page_size_) {
     return absl::InvalidArgumentError(absl::StrCat(
         "region '", name, "' size ", size, " is not a multiple of its page size ", r->page_size_));

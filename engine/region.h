@@ -18,14 +18,19 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/memory_kind.h"
 #include "base/unique_fd.h"
 
 namespace faultline {
 
-enum class RegionKind { kAnonymous, kMemfd, kHugetlb, kGuestMemfd };
+// A destination region's kind is a MemoryKind (base/memory_kind.h): the same vocabulary as
+// the VMM's RAM and the hand-off's region table.
+using RegionKind = MemoryKind;
 
-const char* RegionKindName(RegionKind k);
-absl::StatusOr<RegionKind> ParseRegionKind(const std::string& s);
+inline const char* RegionKindName(RegionKind k) { return MemoryKindName(k); }
+inline absl::StatusOr<RegionKind> ParseRegionKind(const std::string& s) {
+  return ParseMemoryKind(s);
+}
 
 class GuestRegion {
  public:

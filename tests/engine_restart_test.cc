@@ -112,7 +112,7 @@ struct Vmm {
             reinterpret_cast<uint64_t>(ram->base()),
             ram->size(),
             kPage,
-            memfd ? "memfd" : "anon",
+            memfd ? MemoryKind::kMemfd : MemoryKind::kAnonymous,
             memfd ? ram->fd() : -1,
             0};
   }

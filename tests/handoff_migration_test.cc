@@ -68,10 +68,15 @@ TEST(HandoffMigration, FaultlineFormatMemfdVmm) {
   auto uffd = Userfaultfd::Open();
   ASSERT_TRUE(uffd.ok());
   ASSERT_TRUE(uffd->Register((*ram)->base(), kSize, true, true).ok());
-  HandoffClientRegion region{"pc.ram", reinterpret_cast<uint64_t>((*ram)->base()), kSize, 4096,
-                             "memfd", (*ram)->fd(), 0};
-  auto client = HandoffClient::Connect(path, uffd->fd(), uffd->features(), {region},
-                                       absl::Seconds(20));
+  HandoffClientRegion region{"pc.ram",
+                             reinterpret_cast<uint64_t>((*ram)->base()),
+                             kSize,
+                             4096,
+                             MemoryKind::kMemfd,
+                             (*ram)->fd(),
+                             0};
+  auto client =
+      HandoffClient::Connect(path, uffd->fd(), uffd->features(), {region}, absl::Seconds(20));
   ASSERT_TRUE(client.ok()) << client.status();
   // Acknowledged: the guest may run now.
   GuestOptions go;
@@ -103,7 +108,8 @@ TEST(HandoffMigration, FirecrackerHandoffUnchanged) {
   auto uffd = Userfaultfd::Open(0);  // Firecracker asks for no optional features
   ASSERT_TRUE(uffd.ok());
   ASSERT_TRUE(uffd->Register(base, kSize, true, false).ok());
-  HandoffClientRegion region{"", reinterpret_cast<uint64_t>(base), kSize, 4096, "anon", -1, 0};
+  HandoffClientRegion region{
+      "", reinterpret_cast<uint64_t>(base), kSize, 4096, MemoryKind::kAnonymous, -1, 0};
   auto conn = SendFirecrackerHandoff(path, uffd->fd(), {region});
   ASSERT_TRUE(conn.ok()) << conn.status();
   GuestOptions go;
@@ -139,10 +145,11 @@ TEST(HandoffMigration, UnreachableSourceIsRefusedBeforeTheGuestRuns) {
   ASSERT_TRUE(ram.ok());
   auto uffd = Userfaultfd::Open();
   ASSERT_TRUE(uffd.ok());
-  HandoffClientRegion region{"ram", reinterpret_cast<uint64_t>((*ram)->base()), 1u << 20, 4096,
-                             "anon", -1, 0};
-  auto client = HandoffClient::Connect(path, uffd->fd(), uffd->features(), {region},
-                                       absl::Seconds(20));
+  HandoffClientRegion region{
+      "ram", reinterpret_cast<uint64_t>((*ram)->base()), 1u << 20, 4096, MemoryKind::kAnonymous, -1,
+      0};
+  auto client =
+      HandoffClient::Connect(path, uffd->fd(), uffd->features(), {region}, absl::Seconds(20));
   t.join();
   ASSERT_FALSE(client.ok());
   EXPECT_NE(client.status().message().find("cannot reach the source page server"),

@@ -20,7 +20,7 @@ class KvmMigration : public ::testing::Test {
   DemoReport Migrate(const std::string& ram, uint32_t vcpus, double kill_engine_at = 0) {
     DemoOptions o;
     o.ram_size = 64ull << 20;
-    o.dest_backing = ram;
+    o.dest_backing = *ParseMemoryKind(ram);
     o.vcpus = vcpus;
     o.touches = 512;
     o.kill_engine_at = kill_engine_at;
@@ -98,7 +98,7 @@ TEST_F(KvmMigration, EngineKilledMidMigrationIsReplacedTheGuestNeverNotices) {
 TEST_F(KvmMigration, GuestMemfdRamIsRefusedNamingTheKernelSeries) {
   DemoOptions o;
   o.ram_size = 16ull << 20;
-  o.dest_backing = "guest_memfd";
+  o.dest_backing = MemoryKind::kGuestMemfd;
   absl::StatusOr<DemoReport> r = RunDemo(o);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnimplemented) << r.status();

@@ -8,6 +8,8 @@
 #include <functional>
 #include <thread>
 
+#include "base/memory_kind.h"
+#include "cli/setup.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "tests/testing/hugepages.h"
@@ -19,8 +21,6 @@
 namespace faultline {
 namespace {
 
-uint32_t PageSizeOf(RegionKind k) { return k == RegionKind::kHugetlb ? (2u << 20) : 4096u; }
-
 class EveryKind : public ::testing::TestWithParam<RegionKind> {};
 
 TEST_P(EveryKind, AllPagesArriveWhileTheGuestRunsAndMatch) {
@@ -28,20 +28,21 @@ TEST_P(EveryKind, AllPagesArriveWhileTheGuestRunsAndMatch) {
   const uint64_t size = kind == RegionKind::kHugetlb ? (32u << 20) : (48u << 20);
   ScopedHugePages huge(kind == RegionKind::kHugetlb ? 2 * size / (2u << 20) : 0);
   if (!huge.ok()) GTEST_SKIP() << "hugetlb unavailable: " << huge.why_not();
-  absl::StatusOr<std::unique_ptr<TestSource>> src = TestSource::Start(size, PageSizeOf(kind));
+  absl::StatusOr<std::unique_ptr<TestSource>> src =
+      TestSource::Start(size, MemoryKindPageSize(kind));
   ASSERT_TRUE(src.ok()) << src.status();
   absl::StatusOr<Dest> d = MakeDest(kind, **src);
   ASSERT_TRUE(d.ok()) << d.status();
   GuestOptions go;
   go.touches_per_thread = 3000;
-  ThreadGuest guest(d->region->base(), size, PageSizeOf(kind), go);
+  ThreadGuest guest(d->region->base(), size, MemoryKindPageSize(kind), go);
   absl::Status s = d->engine->Run(d->source.get());
   ASSERT_TRUE(s.ok()) << s;
   guest.Join();
   const EngineCounters& c = d->engine->counters();
   EXPECT_EQ(d->engine->remaining_pages(), 0u);
   // Each page placed exactly once, by exactly one channel.
-  EXPECT_EQ(c.urgent_pages + c.bulk_pages + c.zero_pages, size / PageSizeOf(kind));
+  EXPECT_EQ(c.urgent_pages + c.bulk_pages + c.zero_pages, size / MemoryKindPageSize(kind));
   EXPECT_GT(c.faults.load(), 0u);
   if (kind != RegionKind::kHugetlb) {
     EXPECT_GT(c.zero_pages.load(), 0u);  // the pattern's zero pages travel as markers
@@ -88,9 +89,8 @@ TEST(Migration, TwoThreadsFaultingOnOnePageSendOneRequest) {
   EXPECT_EQ(engine->counters().urgent_requests.load(), 1u);
   // Counted just after the placement that woke the threads.
   EXPECT_TRUE(WaitFor([&] { return engine->counters().urgent_pages.load() == 1; }));
-  EXPECT_EQ(engine->counters().faults.load(),
-            1u + engine->counters().duplicate_faults.load() +
-                engine->counters().stale_faults.load());
+  EXPECT_EQ(engine->counters().faults.load(), 1u + engine->counters().duplicate_faults.load() +
+                                                  engine->counters().stale_faults.load());
   engine->StartBackgroundPull();
   absl::Status run = runner.Join();
   ASSERT_TRUE(run.ok()) << run;
@@ -116,8 +116,7 @@ TEST(Migration, FaultsRacingSmallBackgroundBatchesPlaceEachPageOnce) {
   EXPECT_EQ(c.urgent_pages + c.bulk_pages + c.zero_pages, (*src)->size() / 4096);
   EXPECT_EQ((*src)->CountMismatches(d->region->base()), 0u);
   std::printf("duplicate arrivals dropped: %llu, faults %llu\n",
-              (unsigned long long)c.duplicate_arrivals.load(),
-              (unsigned long long)c.faults.load());
+              (unsigned long long)c.duplicate_arrivals.load(), (unsigned long long)c.faults.load());
 }
 
 TEST(Migration, RemovedPagesReadZeroAndAreNotRefetched) {
@@ -215,15 +214,12 @@ TEST(Migration, UnmappedRangeIsDroppedAndTheMigrationStillCompletes) {
 TEST(Migration, RegionTableMismatchIsRefused) {
   absl::StatusOr<std::unique_ptr<TestSource>> src = TestSource::Start(4u << 20, 4096);
   ASSERT_TRUE(src.ok()) << src.status();
-  auto r = GuestRegion::Create("ram", RegionKind::kAnonymous, 8u << 20);
-  ASSERT_TRUE(r.ok());
-  auto u = Userfaultfd::Open();
-  ASSERT_TRUE(u.ok());
-  auto e = Engine::Create({r->get()}, std::move(*u));
-  ASSERT_TRUE(e.ok());
+  // Destination memory of another size than the source serves (4 MiB).
+  absl::StatusOr<Destination> d = CreateDestination(MemoryKind::kAnonymous, 8u << 20);
+  ASSERT_TRUE(d.ok()) << d.status();
   auto s = TcpPageSource::Connect((*src)->options());
   ASSERT_TRUE(s.ok());
-  absl::Status run = (*e)->Run(s->get());
+  absl::Status run = d->engine->Run(s->get());
   EXPECT_EQ(run.code(), absl::StatusCode::kFailedPrecondition) << run;
   EXPECT_NE(run.message().find("region 0 differs"), std::string::npos) << run;
 }
@@ -231,12 +227,11 @@ TEST(Migration, RegionTableMismatchIsRefused) {
 TEST(Migration, GuestMemfdIsRefusedWithAPointerToKernelSeries) {
   auto r = GuestRegion::Create("ram", RegionKind::kGuestMemfd, 1u << 20);
   if (!r.ok()) GTEST_SKIP() << "guest_memfd cannot be created here: " << r.status();
-  auto u = Userfaultfd::Open();
-  ASSERT_TRUE(u.ok());
-  auto e = Engine::Create({r->get()}, std::move(*u));
-  if (e.ok()) GTEST_SKIP() << "this kernel supports userfaultfd on guest_memfd";
-  EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(e.status().message().find("kernel/"), std::string::npos) << e.status();
+  r->reset();
+  absl::StatusOr<Destination> d = CreateDestination(MemoryKind::kGuestMemfd, 1u << 20);
+  if (d.ok()) GTEST_SKIP() << "this kernel supports userfaultfd on guest_memfd";
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(d.status().message().find("kernel/"), std::string::npos) << d.status();
 }
 
 }  // namespace

@@ -1,17 +1,19 @@
 // The destination against a misbehaving source: corrupted pages are fetched again, a broken
-// stream ends the run with a clear error and nothing wrong placed.
+// stream ends the run with a clear error and nothing wrong placed. The source is the real
+// page server, made to misbehave in one precise way by a FaultInjector (transport/page_server.h).
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <thread>
 
 #include "engine/engine.h"
 #include "gtest/gtest.h"
-#include "tests/testing/fake_source.h"
 #include "tests/testing/test_dest.h"
+#include "tests/testing/test_source.h"
+#include "transport/page_server.h"
 #include "transport/tcp_page_source.h"
-#include "workload/pattern.h"
 #include "workload/thread_guest.h"
 
 namespace faultline {
@@ -19,29 +21,118 @@ namespace {
 
 constexpr uint64_t kSize = 16u << 20;
 
+using PagesAction = FaultInjector::PagesAction;
+
+// ---- The ways a source misbehaves ----
+
+// The first `n` data pages sent on `channel` carry a wrong CRC (their bytes are right).
+class CorruptFirstPages : public FaultInjector {
+ public:
+  CorruptFirstPages(Channel channel, int n) : channel_(channel), n_(n) {}
+  PagesAction OnPages(Channel ch, const PageRange& range, const RegionInfo& region,
+                      std::vector<PageDesc>* descs, std::string* instead) override {
+    if (ch != channel_) return PagesAction::kSend;
+    for (PageDesc& d : *descs) {
+      if (!(d.flags & kPageZero) && corrupted_.fetch_add(1) < n_) d.crc ^= 1;
+    }
+    return PagesAction::kSend;
+  }
+
+ private:
+  const Channel channel_;
+  const int n_;
+  std::atomic<int> corrupted_{0};
+};
+
+// After `n` good PAGES frames (either channel), a bulk frame is cut in half and every
+// connection closed: the source died mid-frame.
+class CloseMidFrame : public FaultInjector {
+ public:
+  explicit CloseMidFrame(int n) : n_(n) {}
+  PagesAction OnPages(Channel ch, const PageRange& range, const RegionInfo& region,
+                      std::vector<PageDesc>* descs, std::string* instead) override {
+    if (ch == Channel::kBulk && frames_.load() >= n_) return PagesAction::kTruncateAndCloseAll;
+    frames_.fetch_add(1);
+    return PagesAction::kSend;
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> frames_{0};
+};
+
+// The bulk channel sends random bytes where its first PAGES frame should be.
+class GarbageAfterWelcome : public FaultInjector {
+ public:
+  PagesAction OnPages(Channel ch, const PageRange& range, const RegionInfo& region,
+                      std::vector<PageDesc>* descs, std::string* instead) override {
+    if (ch != Channel::kBulk) return PagesAction::kSend;
+    instead->assign(4096, '\x5a');
+    return PagesAction::kSendInstead;
+  }
+};
+
+// The bulk channel answers with a PAGES frame for a page past the region's end.
+class OutOfRangePages : public FaultInjector {
+ public:
+  PagesAction OnPages(Channel ch, const PageRange& range, const RegionInfo& region,
+                      std::vector<PageDesc>* descs, std::string* instead) override {
+    if (ch != Channel::kBulk) return PagesAction::kSend;
+    EncodePagesPrefix({range.region, 1, region.pages() + 5}, {PageDesc{0, kPageZero}},
+                      region.page_size, instead);
+    return PagesAction::kSendInstead;
+  }
+};
+
+// WELCOME announces a region of twice the size the source serves.
+class WrongRegionTable : public FaultInjector {
+ public:
+  void OnWelcome(Channel ch, std::vector<RegionInfo>* table) override {
+    for (RegionInfo& r : *table) r.size *= 2;
+  }
+};
+
+// Every HELLO is answered with ERROR(PERMISSION_DENIED).
+class RejectToken : public FaultInjector {
+ public:
+  absl::Status OnHello(Channel ch) override {
+    return absl::PermissionDeniedError("authentication failed: wrong migration token");
+  }
+};
+
+// Bulk requests are answered in pairs, the second one first (a lone one once the line is quiet).
+class ReorderBulk : public FaultInjector {
+ public:
+  PagesAction OnPages(Channel ch, const PageRange& range, const RegionInfo& region,
+                      std::vector<PageDesc>* descs, std::string* instead) override {
+    return ch == Channel::kBulk ? PagesAction::kSendLater : PagesAction::kSend;
+  }
+};
+
 EngineOptions NoReconnect() {
   EngineOptions eo;
   eo.reconnect_deadline = absl::ZeroDuration();
   return eo;
 }
 
-TcpSourceOptions FakeOptions(const FakeSource& fake) {
-  TcpSourceOptions o;
-  o.address = fake.address();
-  o.token = fake.token();
-  return o;
-}
-
 class FailureTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    mem_.resize(kSize);
-    FillPattern(PatternSpec{}, mem_.data(), kSize);
+  // The real page server over the test pattern, misbehaving as `faults` says.
+  void Serve(std::unique_ptr<FaultInjector> faults) {
+    faults_ = std::move(faults);
+    absl::StatusOr<std::unique_ptr<TestSource>> s =
+        TestSource::Start(kSize, 4096, PatternSpec{}, nullptr, faults_.get());
+    ASSERT_TRUE(s.ok()) << s.status();
+    src_ = std::move(*s);
   }
-  // Runs a migration of an anonymous region against `fake`; returns Run()'s status.
-  // Reconnection is off here: these sources misbehave on purpose every time.
-  absl::Status Migrate(FakeSource& fake, bool with_guest, EngineOptions eo = NoReconnect()) {
-    absl::StatusOr<Dest> d = MakeDest(RegionKind::kAnonymous, kSize, FakeOptions(fake), eo);
+  // Runs a migration of an anonymous region against a source misbehaving as `faults` says;
+  // returns Run()'s status. Reconnection is off here: these sources misbehave on purpose every
+  // time.
+  absl::Status Migrate(std::unique_ptr<FaultInjector> faults, bool with_guest,
+                       EngineOptions eo = NoReconnect()) {
+    Serve(std::move(faults));
+    if (src_ == nullptr) return absl::InternalError("no source");
+    absl::StatusOr<Dest> d = MakeDest(RegionKind::kAnonymous, *src_, eo);
     if (!d.ok()) return d.status();
     dest_ = std::move(*d);
     std::unique_ptr<ThreadGuest> guest;
@@ -67,33 +158,34 @@ class FailureTest : public ::testing::Test {
       PageState s = dest_.engine->StateOf(0, p);
       ASSERT_NE(s, PageState::kPlacing) << p;
       if (s == PageState::kPresent) {
-        ASSERT_EQ(memcmp(dest_.region->base() + p * 4096, mem_.data() + p * 4096, 4096), 0) << p;
+        ASSERT_EQ(memcmp(dest_.region->base() + p * 4096, src_->base() + p * 4096, 4096), 0) << p;
       }
     }
   }
-  std::vector<uint8_t> mem_;
-  Dest dest_;
+  std::unique_ptr<FaultInjector> faults_;  // outlives the page server that calls it
+  std::unique_ptr<TestSource> src_;
+  Dest dest_;  // destroyed before src_: the engine lets go of its connections first
 };
 
 TEST_F(FailureTest, CorruptedBulkPagesAreFetchedAgain) {
-  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kCorruptFirstPages, 20);
-  absl::Status s = Migrate(fake, /*with_guest=*/false);
+  absl::Status s =
+      Migrate(std::make_unique<CorruptFirstPages>(Channel::kBulk, 20), /*with_guest=*/false);
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(dest_.engine->counters().corrupt_pages.load(), 20u);
-  EXPECT_EQ(memcmp(dest_.region->base(), mem_.data(), kSize), 0);
+  EXPECT_EQ(memcmp(dest_.region->base(), src_->base(), kSize), 0);
 }
 
 TEST_F(FailureTest, CorruptedUrgentPageIsRequestedAgainForTheWaitingFault) {
-  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kCorruptFirstUrgentPages, 3);
+  ASSERT_NO_FATAL_FAILURE(Serve(std::make_unique<CorruptFirstPages>(Channel::kUrgent, 3)));
   EngineOptions eo = NoReconnect();
   eo.background_pull = false;  // only faults fetch pages: every corrupt copy is a claimed one
-  absl::StatusOr<Dest> d = MakeDest(RegionKind::kAnonymous, kSize, FakeOptions(fake), eo);
+  absl::StatusOr<Dest> d = MakeDest(RegionKind::kAnonymous, *src_, eo);
   ASSERT_TRUE(d.ok()) << d.status();
   Engine* e = d->engine.get();
   Runner runner(e, d->source.get());
   const uint64_t page = FirstNonZeroPage(100);
   uint64_t want;
-  memcpy(&want, mem_.data() + page * 4096 + 8, 8);
+  memcpy(&want, src_->base() + page * 4096 + 8, 8);
   // The first three copies sent fail their CRC; the fault waits through them.
   EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(d->region->page(page) + 8), want);
   EXPECT_EQ(e->counters().corrupt_pages.load(), 3u);
@@ -101,27 +193,24 @@ TEST_F(FailureTest, CorruptedUrgentPageIsRequestedAgainForTheWaitingFault) {
   e->StartBackgroundPull();
   absl::Status run = runner.Join();
   ASSERT_TRUE(run.ok()) << run;
-  EXPECT_EQ(memcmp(d->region->base(), mem_.data(), kSize), 0);
+  EXPECT_EQ(memcmp(d->region->base(), src_->base(), kSize), 0);
 }
 
 TEST_F(FailureTest, BulkAnswersOutOfOrderAreFine) {
-  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kReorderBulk);
-  absl::Status s = Migrate(fake, /*with_guest=*/true);
+  absl::Status s = Migrate(std::make_unique<ReorderBulk>(), /*with_guest=*/true);
   ASSERT_TRUE(s.ok()) << s;
-  EXPECT_EQ(memcmp(dest_.region->base(), mem_.data(), kSize), 0);
+  EXPECT_EQ(memcmp(dest_.region->base(), src_->base(), kSize), 0);
 }
 
 TEST_F(FailureTest, PeerClosingMidFrameEndsWithClearErrorAndNothingWrongPlaced) {
-  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kCloseMidFrame, 3);
-  absl::Status s = Migrate(fake, /*with_guest=*/true);
+  absl::Status s = Migrate(std::make_unique<CloseMidFrame>(3), /*with_guest=*/true);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_NE(s.message().find("peer closed the connection"), std::string::npos) << s;
 }
 
 TEST_F(FailureTest, GarbageFromSourceIsRejected) {
-  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kGarbageAfterWelcome);
-  absl::Status s = Migrate(fake, /*with_guest=*/false);
+  absl::Status s = Migrate(std::make_unique<GarbageAfterWelcome>(), /*with_guest=*/false);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("bad frame magic"), std::string::npos) << s;
@@ -129,22 +218,19 @@ TEST_F(FailureTest, GarbageFromSourceIsRejected) {
 }
 
 TEST_F(FailureTest, OutOfRangePagesFromSourceAreRejected) {
-  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kOutOfRangePages);
-  absl::Status s = Migrate(fake, /*with_guest=*/false);
+  absl::Status s = Migrate(std::make_unique<OutOfRangePages>(), /*with_guest=*/false);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("out of range"), std::string::npos) << s;
   CheckNothingWrongPlaced();
 }
 
 TEST_F(FailureTest, RegionTableMismatchIsRefused) {
-  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kWrongRegionTable);
-  absl::Status s = Migrate(fake, /*with_guest=*/false);
+  absl::Status s = Migrate(std::make_unique<WrongRegionTable>(), /*with_guest=*/false);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
 }
 
 TEST_F(FailureTest, RejectedTokenFailsTheConnect) {
-  FakeSource fake(mem_.data(), kSize, 4096, FakeSource::Mode::kRejectToken);
-  absl::Status s = Migrate(fake, /*with_guest=*/false);
+  absl::Status s = Migrate(std::make_unique<RejectToken>(), /*with_guest=*/false);
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
 }
 

@@ -12,7 +12,7 @@ ABSL="$(pkg-config --libs absl_statusor absl_str_format absl_strings)"
 echo "fuzz: building with clang-14 into $OUT"
 $CXX -o "$OUT/protocol_fuzz" transport/protocol_fuzz.cc transport/protocol.cc $ABSL
 $CXX -o "$OUT/handoff_fuzz" qemu-integration/handoff/handoff_fuzz.cc \
-  qemu-integration/handoff/handoff_parse.cc $ABSL
+  qemu-integration/handoff/handoff_parse.cc base/memory_kind.cc $ABSL
 rc=0
 for t in protocol handoff; do
   corpus="tests/fuzz/corpus/$t"

@@ -24,6 +24,8 @@ namespace faultline {
 
 // How long a new connection may take to say HELLO (and finish its TLS handshake).
 constexpr absl::Duration kHandshakeTimeout = absl::Seconds(10);
+// FaultInjector::kSendLater: a held frame goes out once no request has come for this long.
+constexpr int kHeldFrameQuietMs = 50;
 
 absl::StatusOr<SourceRegion> SourceRegion::MapFd(const std::string& name, int fd, uint64_t offset,
                                                  uint64_t size, uint32_t page_size) {
@@ -178,7 +180,8 @@ absl::Status PageServer::Serve(int listen_fd) {
   return result;
 }
 
-absl::Status PageServer::Handshake(Stream& stream, Channel* ch, std::shared_ptr<Tenant>* tenant) {
+absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channel* ch,
+                                   std::shared_ptr<Tenant>* tenant) {
   const int fd = stream.fd();
   stream.SetReadTimeout(kHandshakeTimeout);  // a silent peer must not hold a thread forever
   if (!stream.tls()) {
@@ -209,6 +212,9 @@ absl::Status PageServer::Handshake(Stream& stream, Channel* ch, std::shared_ptr<
     return absl::PermissionDeniedError("authentication failed: wrong migration token");
   }
   *ch = hello->channel;
+  if (faults != nullptr) {
+    if (absl::Status s = faults->OnHello(*ch); !s.ok()) return s;
+  }
   stream.SetReadTimeout(absl::ZeroDuration());
   if (*ch == Channel::kUrgent) {
     int one = 1, prio = 6;
@@ -224,6 +230,7 @@ absl::Status PageServer::Handshake(Stream& stream, Channel* ch, std::shared_ptr<
   }
   Welcome w;
   w.regions = (*tenant)->table;
+  if (faults != nullptr) faults->OnWelcome(*ch, &w.regions);
   std::string out;
   EncodeWelcome(w, &out);
   return stream.WriteAll(out.data(), out.size());
@@ -239,10 +246,15 @@ void PageServer::ServeConnection(UniqueFd fd) {
     s = tls_->Accept(&stream, absl::Now() + kHandshakeTimeout);
     can_answer = false;  // a failed TLS handshake has answered with an alert (or ERROR) itself
   }
+  FaultInjector* faults;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    faults = faults_;
+  }
   std::shared_ptr<Tenant> tenant;
   if (s.ok()) {
     can_answer = true;
-    s = Handshake(stream, &ch, &tenant);
+    s = Handshake(stream, faults, &ch, &tenant);
   }
   if (!s.ok()) {
     {
@@ -251,7 +263,17 @@ void PageServer::ServeConnection(UniqueFd fd) {
     }
     stats_.refused_connections.fetch_add(1);  // after: a reader of the count sees the reason
   }
+  HeldFrame held;  // FaultInjector::kSendLater
   while (s.ok()) {
+    if (held.held()) {
+      // A held frame goes out once the destination has been quiet for a while.
+      struct pollfd p = {stream.fd(), POLLIN, 0};
+      if (poll(&p, 1, kHeldFrameQuietMs) == 0) {
+        s = stream.WriteAll(held.bytes.data(), held.bytes.size());
+        held.bytes.clear();
+        continue;
+      }
+    }
     FrameHeader h;
     std::string payload;
     s = ReadSmallFrame(stream, &h, &payload);
@@ -275,7 +297,7 @@ void PageServer::ServeConnection(UniqueFd fd) {
         stats_.refused_requests.fetch_add(1);
         break;
       }
-      s = h.type == FrameType::kRequest ? SendPages(*tenant, stream, *r, ch)
+      s = h.type == FrameType::kRequest ? SendPages(*tenant, stream, *r, ch, faults, &held)
                                         : SendVerified(*tenant, stream, *r);
     } else if (h.type == FrameType::kDone) {
       tenant->done.store(true);
@@ -305,8 +327,8 @@ void PageServer::ServeConnection(UniqueFd fd) {
   // `stream` closes the socket after it left live_fds_ (Shutdown never touches a reused fd).
 }
 
-absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRange& r,
-                                   Channel ch) {
+absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRange& r, Channel ch,
+                                   FaultInjector* faults, HeldFrame* held) {
   const SourceRegion& reg = t.regions[r.region];
   const uint32_t ps = reg.info().page_size;
   std::vector<PageDesc> descs(r.count);
@@ -330,6 +352,10 @@ absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRa
     }
     data_bytes += ps;
   }
+  if (faults != nullptr) {
+    return SendInjected(stream, r, reg.info(), ch, faults, &descs, iov.data() + 1,
+                        static_cast<int>(iov.size()) - 1, held);
+  }
   std::string prefix;
   EncodePagesPrefix(PagesHead{r.region, r.count, r.first}, descs, ps, &prefix);
   iov[0] = {prefix.data(), prefix.size()};
@@ -340,6 +366,47 @@ absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRa
     stats_.bytes.fetch_add(prefix.size() + data_bytes);
   }
   return s;
+}
+
+absl::Status PageServer::SendInjected(Stream& stream, const PageRange& r, const RegionInfo& region,
+                                      Channel ch, FaultInjector* faults,
+                                      std::vector<PageDesc>* descs, const struct iovec* data,
+                                      int data_iovs, HeldFrame* held) {
+  std::string instead;
+  const FaultInjector::PagesAction action = faults->OnPages(ch, r, region, descs, &instead);
+  if (action == FaultInjector::PagesAction::kSendInstead) {
+    absl::Status s = stream.WriteAll(instead.data(), instead.size());
+    if (!s.ok()) return s;
+    return absl::UnavailableError("fault injection: connection closed after a substitute frame");
+  }
+  // The whole frame in one buffer: it may be held, or sent in part.
+  std::string frame;
+  EncodePagesPrefix(PagesHead{r.region, r.count, r.first}, *descs, region.page_size, &frame);
+  for (int i = 0; i < data_iovs; ++i) {
+    frame.append(static_cast<const char*>(data[i].iov_base), data[i].iov_len);
+  }
+  switch (action) {
+    case FaultInjector::PagesAction::kTruncateAndCloseAll: {
+      (void)stream.WriteAll(frame.data(), frame.size() / 2);
+      std::lock_guard<std::mutex> l(mu_);
+      for (int fd : live_fds_) ::shutdown(fd, SHUT_RDWR);
+      return absl::UnavailableError("fault injection: connections closed mid-frame");
+    }
+    case FaultInjector::PagesAction::kSendLater:
+      if (!held->held()) {
+        held->bytes = std::move(frame);
+        return absl::OkStatus();
+      }
+      break;  // one is held already: this one now, then that one
+    default: break;
+  }
+  if (absl::Status s = stream.WriteAll(frame.data(), frame.size()); !s.ok()) return s;
+  if (held->held()) {
+    absl::Status s = stream.WriteAll(held->bytes.data(), held->bytes.size());
+    held->bytes.clear();
+    return s;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status PageServer::SendVerified(const Tenant& t, Stream& stream, const PageRange& r) {

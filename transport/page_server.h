@@ -13,6 +13,8 @@
 #ifndef FAULTLINE_TRANSPORT_PAGE_SERVER_H_
 #define FAULTLINE_TRANSPORT_PAGE_SERVER_H_
 
+#include <sys/uio.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -67,6 +69,40 @@ class ServerExtension {
   virtual absl::Status Handle(Stream& stream, FrameType t, absl::Span<const uint8_t> payload) = 0;
 };
 
+// Fault injection, for tests: the real page server misbehaving in one precise way, at the few
+// points where a source can go wrong. Called on the serving threads, concurrently for different
+// connections (implementations are thread-safe). Every default behaves. Frames an injector
+// sees are not counted in ServerStats; kSendLater's quiet wait polls the socket (plain TCP).
+class FaultInjector {
+ public:
+  // What becomes of one PAGES frame.
+  enum class PagesAction {
+    kSend,       // send it (with the descriptors as OnPages left them)
+    kSendLater,  // hold it and send it right after the next PAGES frame on this connection, or
+                 // once no request has arrived for 50 ms (answers out of order). A frame held
+                 // already is sent after this one instead: one is held at a time.
+    kTruncateAndCloseAll,  // send the first half of it, then shut down every connection of this
+                           // server (a source dying mid-frame); it keeps accepting new ones
+    kSendInstead,          // send *instead (garbage, a frame for another range) in its place,
+                           // then close this connection
+  };
+  virtual ~FaultInjector() = default;
+  // An authenticated HELLO on `channel`: a non-OK status refuses the connection, sent to the
+  // destination as an ERROR frame.
+  virtual absl::Status OnHello(Channel channel) { return absl::OkStatus(); }
+  // The region table WELCOME is about to announce on `channel`; may alter it (the server keeps
+  // serving and checking requests against its own).
+  virtual void OnWelcome(Channel channel, std::vector<RegionInfo>* table) {}
+  // A PAGES frame answering `range` (pages of `region`) on `channel`, its descriptors built
+  // from the source memory. May alter a descriptor's CRC (the page's bytes are sent as they
+  // are), never its zero flag; to send a frame for another range, build it (EncodePagesPrefix)
+  // into *instead and return kSendInstead.
+  virtual PagesAction OnPages(Channel channel, const PageRange& range, const RegionInfo& region,
+                              std::vector<PageDesc>* descs, std::string* instead) {
+    return PagesAction::kSend;
+  }
+};
+
 class PageServer {
  public:
   // One migration. `tls`: a server context (transport/tls.h), or null for plain TCP.
@@ -95,6 +131,12 @@ class PageServer {
     std::lock_guard<std::mutex> l(mu_);
     ext_ = ext;
   }
+  // Tests: connections accepted from now on misbehave as `f` says; `f` must outlive Serve().
+  // Null: none (the default).
+  void SetFaultInjector(FaultInjector* f) {
+    std::lock_guard<std::mutex> l(mu_);
+    faults_ = f;
+  }
   // The regions of the first migration (one-migration servers).
   const std::vector<SourceRegion>& regions() const { return tenants_.front()->regions; }
 
@@ -111,16 +153,28 @@ class PageServer {
     Token token;
     std::atomic<bool> done{false};
   };
+  // A PAGES frame a FaultInjector holds back (kSendLater), per connection.
+  struct HeldFrame {
+    std::string bytes;
+    bool held() const { return !bytes.empty(); }
+  };
   void ServeConnection(UniqueFd fd);
-  absl::Status Handshake(Stream& stream, Channel* ch, std::shared_ptr<Tenant>* tenant);
-  absl::Status SendPages(const Tenant& t, Stream& stream, const PageRange& r, Channel ch);
+  absl::Status Handshake(Stream& stream, FaultInjector* faults, Channel* ch,
+                         std::shared_ptr<Tenant>* tenant);
+  absl::Status SendPages(const Tenant& t, Stream& stream, const PageRange& r, Channel ch,
+                         FaultInjector* faults, HeldFrame* held);
+  // SendPages' fault-injected path: the frame as `faults` makes it.
+  absl::Status SendInjected(Stream& stream, const PageRange& r, const RegionInfo& region,
+                            Channel ch, FaultInjector* faults, std::vector<PageDesc>* descs,
+                            const struct iovec* data, int data_iovs, HeldFrame* held);
   absl::Status SendVerified(const Tenant& t, Stream& stream, const PageRange& r);
 
   const bool multi_;
   std::vector<std::shared_ptr<Tenant>> tenants_;  // guarded by mu_ (multi_), fixed otherwise
   std::shared_ptr<const TlsContext> tls_;
   ServerExtension* ext_ = nullptr;
-  UniqueFd stop_fd_;  // eventfd
+  FaultInjector* faults_ = nullptr;  // guarded by mu_; read once per connection
+  UniqueFd stop_fd_;                 // eventfd
   std::atomic<bool> done_{false};
   mutable std::mutex mu_;
   std::vector<std::thread> threads_;

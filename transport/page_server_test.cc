@@ -83,9 +83,19 @@ class PageServerTest : public ::testing::Test {
     return fd;
   }
 
+  // A FaultInjector for the connections accepted from now on, alive until the server is gone.
+  template <typename T>
+  T& Injector() {
+    auto* t = new T();
+    injector_.reset(t);
+    server_->SetFaultInjector(t);
+    return *t;
+  }
+
   UniqueFd fd_, listen_;
   uint8_t* mem_ = nullptr;
   Token token_;
+  std::unique_ptr<FaultInjector> injector_;  // outlives the connections that call it
   std::unique_ptr<PageServer> server_;
   int port_ = 0;
   std::thread thread_;
@@ -166,8 +176,8 @@ TEST_F(PageServerTest, TruncatedFrameThenCloseLeavesServerServing) {
   EXPECT_EQ(h->type, FrameType::kPages);
   std::vector<uint8_t> body(h->length);
   ASSERT_TRUE(ReadAll(fd.get(), body.data(), body.size()).ok());
-  auto descs = DecodePageDescs(absl::MakeConstSpan(body).subspan(kPagesHeadSize, 32), 4, 4096,
-                               h->length);
+  auto descs =
+      DecodePageDescs(absl::MakeConstSpan(body).subspan(kPagesHeadSize, 32), 4, 4096, h->length);
   ASSERT_TRUE(descs.ok()) << descs.status();
   EXPECT_TRUE((*descs)[0].zero());  // page 0 is zero in this memory: a marker, no bytes
   EXPECT_FALSE((*descs)[1].zero());
@@ -183,6 +193,148 @@ TEST_F(PageServerTest, DoneEndsServing) {
   thread_.join();
   EXPECT_TRUE(served_.ok()) << served_;
   thread_ = std::thread([] {});
+}
+
+// ---- The fault-injection hook (tests/transport_failure_test.cc uses it against the engine) ----
+
+// One PAGES frame read off a raw connection.
+struct RawPages {
+  PagesHead head;
+  std::vector<PageDesc> descs;
+  std::string data;
+};
+
+absl::StatusOr<RawPages> ReadPages(int fd) {
+  uint8_t hb[kHeaderSize];
+  if (absl::Status s = ReadAll(fd, hb, sizeof(hb)); !s.ok()) return s;
+  absl::StatusOr<FrameHeader> h = DecodeHeader(hb);
+  if (!h.ok()) return h.status();
+  if (h->type != FrameType::kPages) return absl::InternalError("not a PAGES frame");
+  std::vector<uint8_t> body(h->length);
+  if (absl::Status s = ReadAll(fd, body.data(), body.size()); !s.ok()) return s;
+  RawPages p;
+  absl::StatusOr<PagesHead> head = DecodePagesHead(absl::MakeConstSpan(body).first(kPagesHeadSize));
+  if (!head.ok()) return head.status();
+  p.head = *head;
+  const size_t descs_len = size_t{p.head.count} * kPageDescSize;
+  absl::StatusOr<std::vector<PageDesc>> descs = DecodePageDescs(
+      absl::MakeConstSpan(body).subspan(kPagesHeadSize, descs_len), p.head.count, 4096, h->length);
+  if (!descs.ok()) return descs.status();
+  p.descs = *descs;
+  p.data.assign(reinterpret_cast<const char*>(body.data()) + kPagesHeadSize + descs_len,
+                body.size() - kPagesHeadSize - descs_len);
+  return p;
+}
+
+class Misbehave : public FaultInjector {
+ public:
+  absl::Status OnHello(Channel ch) override {
+    return refuse ? absl::PermissionDeniedError("refused by the injector") : absl::OkStatus();
+  }
+  void OnWelcome(Channel ch, std::vector<RegionInfo>* table) override {
+    if (grow_table) (*table)[0].size += 4096;
+  }
+  PagesAction OnPages(Channel ch, const PageRange& range, const RegionInfo& region,
+                      std::vector<PageDesc>* descs, std::string* instead) override {
+    if (flip_crcs) {
+      for (PageDesc& d : *descs) d.crc ^= d.zero() ? 0 : 1;
+    }
+    return action;
+  }
+  bool refuse = false, grow_table = false, flip_crcs = false;
+  PagesAction action = PagesAction::kSend;
+};
+
+TEST_F(PageServerTest, FaultInjectorRefusesHello) {
+  Misbehave& m = Injector<Misbehave>();
+  m.refuse = true;
+  TcpSourceOptions o;
+  o.address = Addr();
+  o.token = token_;
+  auto src = TcpPageSource::Connect(o);
+  ASSERT_FALSE(src.ok());
+  EXPECT_EQ(src.status().code(), absl::StatusCode::kPermissionDenied) << src.status();
+  EXPECT_NE(src.status().message().find("refused by the injector"), std::string::npos);
+  EXPECT_EQ(server_->last_refusal(), "refused by the injector");
+  server_->SetFaultInjector(nullptr);
+}
+
+TEST_F(PageServerTest, FaultInjectorAltersTheTableAndCrcsNotTheBytes) {
+  Misbehave& m = Injector<Misbehave>();
+  m.grow_table = true;
+  m.flip_crcs = true;
+  UniqueFd fd = Raw();
+  SendHello(fd.get(), kProtocolVersion, token_);
+  FrameHeader h;
+  std::string payload;
+  ASSERT_TRUE(ReadSmallFrame(fd.get(), &h, &payload).ok());
+  ASSERT_EQ(h.type, FrameType::kWelcome);
+  absl::StatusOr<Welcome> w = DecodeWelcome(
+      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_EQ(w->regions.size(), 1u);
+  EXPECT_EQ(w->regions[0].size, kSize + 4096);
+  // Requests are still checked against the real table: the page past the end is refused.
+  std::string f;
+  EncodeRequest({0, 2, 0}, &f);
+  ASSERT_TRUE(WriteAll(fd.get(), f.data(), f.size()).ok());
+  absl::StatusOr<RawPages> p = ReadPages(fd.get());
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->descs.size(), 2u);
+  EXPECT_TRUE(p->descs[0].zero());
+  EXPECT_EQ(p->descs[1].crc, Crc32c(mem_ + 4096, 4096) ^ 1);
+  ASSERT_EQ(p->data.size(), 4096u);
+  EXPECT_EQ(memcmp(p->data.data(), mem_ + 4096, 4096), 0);
+  f.clear();
+  EncodeRequest({0, 1, kSize / 4096}, &f);
+  ASSERT_TRUE(WriteAll(fd.get(), f.data(), f.size()).ok());
+  EXPECT_EQ(Drain(fd.get()).code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(PageServerTest, FaultInjectorSendLaterAnswersOutOfOrder) {
+  Misbehave& m = Injector<Misbehave>();
+  m.action = FaultInjector::PagesAction::kSendLater;
+  UniqueFd fd = Handshaken();
+  // Two requests at once: the second is answered first, then the held one.
+  std::string f;
+  EncodeRequest({0, 1, 5}, &f);
+  EncodeRequest({0, 1, 6}, &f);
+  ASSERT_TRUE(WriteAll(fd.get(), f.data(), f.size()).ok());
+  absl::StatusOr<RawPages> a = ReadPages(fd.get());
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<RawPages> b = ReadPages(fd.get());
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->head.first, 6u);
+  EXPECT_EQ(b->head.first, 5u);
+  // A lone request is held, then sent once the line has been quiet.
+  f.clear();
+  EncodeRequest({0, 1, 7}, &f);
+  ASSERT_TRUE(WriteAll(fd.get(), f.data(), f.size()).ok());
+  absl::StatusOr<RawPages> c = ReadPages(fd.get());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->head.first, 7u);
+  EXPECT_EQ(memcmp(c->data.data(), mem_ + 7 * 4096, 4096), 0);
+}
+
+TEST_F(PageServerTest, FaultInjectorTruncatesAndClosesEveryConnection) {
+  Misbehave& m = Injector<Misbehave>();
+  m.action = FaultInjector::PagesAction::kTruncateAndCloseAll;
+  UniqueFd other = Handshaken();
+  UniqueFd fd = Handshaken();
+  std::string f;
+  EncodeRequest({0, 4, 0}, &f);
+  ASSERT_TRUE(WriteAll(fd.get(), f.data(), f.size()).ok());
+  absl::StatusOr<RawPages> p = ReadPages(fd.get());
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kUnavailable) << p.status();
+  EXPECT_EQ(Drain(other.get()).code(), absl::StatusCode::kUnavailable);
+  // The server itself keeps serving new connections.
+  server_->SetFaultInjector(nullptr);
+  UniqueFd again = Handshaken();
+  f.clear();
+  EncodeRequest({0, 1, 1}, &f);
+  ASSERT_TRUE(WriteAll(again.get(), f.data(), f.size()).ok());
+  EXPECT_TRUE(ReadPages(again.get()).ok());
 }
 
 TEST_F(PageServerTest, VerifyAnswersPageChecksums) {

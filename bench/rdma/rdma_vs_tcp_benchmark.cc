@@ -17,9 +17,9 @@
 
 #include "absl/time/clock.h"
 #include "base/clock.h"
+#include "cli/setup.h"
 #include "engine/engine.h"
 #include "engine/region.h"
-#include "engine/uffd.h"
 #include "tests/testing/test_source.h"
 #include "transport/rdma_page_server.h"
 #include "transport/rdma_page_source.h"
@@ -50,35 +50,33 @@ struct Result {
 absl::Status FaultLatency(bool rdma, RegionKind kind, TestSource& src, int faults, Result* r) {
   auto source = Connect(rdma, src);
   if (!source.ok()) return source.status();
-  auto region = GuestRegion::Create("ram", kind, src.size());
-  if (!region.ok()) return region.status();
-  auto uffd = Userfaultfd::Open();
-  if (!uffd.ok()) return uffd.status();
   EngineOptions eo;
   eo.background_pull = false;
   eo.finish_source = false;  // the same source serves every row
-  auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
-  if (!engine.ok()) return engine.status();
+  absl::StatusOr<Destination> dest = CreateDestination((*source)->regions(), kind, eo);
+  if (!dest.ok()) return dest.status();
+  GuestRegion* const region = dest->region();
+  Engine* const engine = dest->engine.get();
   absl::Status run;
-  std::thread runner([&] { run = (*engine)->Run(source->get()); });
+  std::thread runner([&] { run = engine->Run(source->get()); });
   std::vector<uint64_t> lat;
   const uint64_t pages = src.size() / 4096;
   const uint64_t stride = std::max<uint64_t>(1, pages / faults);
   for (int i = 0; i < faults; ++i) {
     const uint64_t page = (i * stride) % pages;
     const uint64_t t0 = MonotonicNowNs();
-    (void)*reinterpret_cast<volatile uint64_t*>((*region)->page(page));
+    (void)*reinterpret_cast<volatile uint64_t*>(region->page(page));
     lat.push_back(MonotonicNowNs() - t0);
   }
-  (*engine)->StartBackgroundPull();
+  engine->StartBackgroundPull();
   runner.join();
   if (!run.ok()) return run;
   std::sort(lat.begin(), lat.end());
   r->p50_us = lat[lat.size() / 2] / 1000.0;
   r->p99_us = lat[lat.size() * 99 / 100] / 1000.0;
   r->max_us = lat.back() / 1000.0;
-  r->engine_p50_us = (*engine)->fault_stats().Overall().Percentile(0.5) / 1000.0;
-  if (src.CountMismatches((*region)->base()) != 0) {
+  r->engine_p50_us = engine->fault_stats().Overall().Percentile(0.5) / 1000.0;
+  if (src.CountMismatches(region->base()) != 0) {
     return absl::DataLossError("pages differ from the source");
   }
   return absl::OkStatus();
@@ -87,20 +85,17 @@ absl::Status FaultLatency(bool rdma, RegionKind kind, TestSource& src, int fault
 absl::Status Bulk(bool rdma, TestSource& src, Result* r) {
   auto source = Connect(rdma, src);
   if (!source.ok()) return source.status();
-  auto region = GuestRegion::Create("ram", RegionKind::kMemfd, src.size());
-  if (!region.ok()) return region.status();
-  auto uffd = Userfaultfd::Open();
-  if (!uffd.ok()) return uffd.status();
   EngineOptions eo;
   eo.finish_source = false;  // the same source serves every row
-  auto engine = Engine::Create({region->get()}, std::move(*uffd), eo);
-  if (!engine.ok()) return engine.status();
+  absl::StatusOr<Destination> dest =
+      CreateDestination((*source)->regions(), MemoryKind::kMemfd, eo);
+  if (!dest.ok()) return dest.status();
   const absl::Time t0 = absl::Now();
-  absl::Status run = (*engine)->Run(source->get());
+  absl::Status run = dest->engine->Run(source->get());
   const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
   if (!run.ok()) return run;
   r->mib_s = src.size() / 1048576.0 / secs;
-  if (src.CountMismatches((*region)->base()) != 0) {
+  if (src.CountMismatches(dest->region()->base()) != 0) {
     return absl::DataLossError("pages differ from the source");
   }
   return absl::OkStatus();

@@ -32,13 +32,14 @@
 // mismatch" otherwise); "migration", when present, as above; 1..64 regions; name 1..64
 // printable bytes, unique; page_size a power of two in [4096, 1 GiB]; host_addr, length (> 0)
 // and offset multiples of page_size; no two regions overlap in the VMM's address space; kind one
-// of anon (fd must be -1), memfd, hugetlb, guest_memfd (fd must index an attached fd; regions
-// may share one); uffd_fd indexes an attached fd no region uses; every attached fd is claimed.
-// Server-side, the uffd must be a userfaultfd, a region's fd must cover offset + length,
-// memfd/hugetlb fds must be files, and a hugetlb fd must be on hugetlbfs with that page size.
-// Numbers must be JSON integers (a string or a fraction is refused, naming the field). Every fd
-// received is owned and closed on every error path. The whole hello must arrive within 5 s of
-// connecting (HandoffServer::set_hello_timeout; HandoffSession::Open takes a deadline).
+// of anon (fd must be -1), memfd, hugetlb, guest_memfd — exactly MemoryKindName's names
+// (base/memory_kind.h), no alias — (fd must index an attached fd; regions may share one); uffd_fd
+// indexes an attached fd no region uses; every attached fd is claimed. Server-side, the uffd must
+// be a userfaultfd, a region's fd must cover offset + length, memfd/hugetlb fds must be files, and
+// a hugetlb fd must be on hugetlbfs with that page size. Numbers must be JSON integers (a string or
+// a fraction is refused, naming the field). Every fd received is owned and closed on every error
+// path. The whole hello must arrive within 5 s of connecting (HandoffServer::set_hello_timeout;
+// HandoffSession::Open takes a deadline).
 //
 // Firecracker's UFFD hand-off, unchanged: one sendmsg of a JSON array, no length prefix,
 //   [{"base_host_virt_addr":u64,"size":u64,"offset":u64,"page_size":u64,"page_size_kib":u64}]
@@ -71,6 +72,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/memory_kind.h"
 #include "base/unique_fd.h"
 #include "nlohmann/json.hpp"
 
@@ -95,8 +97,8 @@ struct HandoffRegion {
   uint64_t host_addr = 0;  // in the VMM's address space
   uint64_t length = 0;
   uint32_t page_size = 4096;
-  std::string kind;     // "anon", "memfd", "hugetlb", "guest_memfd"
-  UniqueFd fd;          // invalid for anon
+  MemoryKind kind = MemoryKind::kAnonymous;  // on the wire: its MemoryKindName
+  UniqueFd fd;                               // invalid for anon
   uint64_t offset = 0;  // of host_addr's first byte within fd (Firecracker: its snapshot file)
   int fd_index = -1;    // index into the attached fds (as parsed; -1 for anon)
 };
@@ -230,8 +232,8 @@ struct HandoffClientRegion {
   uint64_t host_addr = 0;
   uint64_t length = 0;
   uint32_t page_size = 4096;
-  std::string kind;
-  int fd = -1;  // -1 for anon; not owned
+  MemoryKind kind = MemoryKind::kAnonymous;  // sent as its MemoryKindName
+  int fd = -1;                               // -1 for anon; not owned
   uint64_t offset = 0;
 };
 

@@ -133,7 +133,7 @@ absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::Connect(
                          {"host_addr", r.host_addr},
                          {"length", r.length},
                          {"page_size", r.page_size},
-                         {"kind", r.kind},
+                         {"kind", MemoryKindName(r.kind)},
                          {"fd", index},
                          {"offset", r.offset}});
   }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <climits>
 #include <exception>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -178,10 +179,6 @@ absl::Status CheckNoOverlap(absl::string_view what, const std::vector<HandoffReg
   return absl::OkStatus();
 }
 
-bool KindNeedsFd(const std::string& kind) {
-  return kind == "memfd" || kind == "hugetlb" || kind == "guest_memfd";
-}
-
 absl::Status ParseRegion(const json& r, size_t i, size_t fd_count, HandoffRegion* out) {
   std::string where = absl::StrCat("hello: regions[", i, "]");
   if (!r.is_object()) return Invalid(where, absl::StrCat("must be an object, got ", Describe(r)));
@@ -198,7 +195,8 @@ absl::Status ParseRegion(const json& r, size_t i, size_t fd_count, HandoffRegion
   if (absl::Status s = GetU64(r, where, "host_addr", &out->host_addr); !s.ok()) return s;
   if (absl::Status s = GetU64(r, where, "length", &out->length); !s.ok()) return s;
   if (absl::Status s = GetU64(r, where, "page_size", &page_size); !s.ok()) return s;
-  if (absl::Status s = GetString(r, where, "kind", &out->kind); !s.ok()) return s;
+  std::string kind;
+  if (absl::Status s = GetString(r, where, "kind", &kind); !s.ok()) return s;
   if (absl::Status s = GetInt(r, where, "fd", &out->fd_index); !s.ok()) return s;
   if (absl::Status s = GetU64(r, where, "offset", &out->offset); !s.ok()) return s;
 
@@ -209,24 +207,29 @@ absl::Status ParseRegion(const json& r, size_t i, size_t fd_count, HandoffRegion
       !s.ok()) {
     return s;
   }
-  if (out->kind == "anon") {
+  // The wire carries MemoryKindName's names exactly (no alias: the format does not change).
+  const std::optional<MemoryKind> k = MemoryKindFromName(kind);
+  if (!k.has_value()) {
+    std::string shown = kind.substr(0, 32);
+    if (!PrintableName(shown)) shown = "(unprintable)";
+    return Invalid(where, absl::StrCat("unknown kind \"", shown,
+                                       "\" (want anon, memfd, hugetlb or guest_memfd)"));
+  }
+  out->kind = *k;
+  if (!MemoryKindHasFd(out->kind)) {
     if (out->fd_index != -1) {
-      return Invalid(where,
-                     absl::StrCat("kind anon has no fd: \"fd\" must be -1, got ", out->fd_index));
+      return Invalid(where, absl::StrCat("kind ", MemoryKindName(out->kind),
+                                         " has no fd: \"fd\" must be -1, got ", out->fd_index));
     }
-  } else if (KindNeedsFd(out->kind)) {
+  } else {
     if (out->fd_index == -1) {
-      return Invalid(where, absl::StrCat("kind ", out->kind, " needs an fd, got -1"));
+      return Invalid(where,
+                     absl::StrCat("kind ", MemoryKindName(out->kind), " needs an fd, got -1"));
     }
     if (out->fd_index < 0 || static_cast<size_t>(out->fd_index) >= fd_count) {
       return Invalid(where, absl::StrCat("fd index ", out->fd_index, " is out of range (", fd_count,
                                          " fds attached)"));
     }
-  } else {
-    std::string shown = out->kind.substr(0, 32);
-    if (!PrintableName(shown)) shown = "(unprintable)";
-    return Invalid(where, absl::StrCat("unknown kind \"", shown,
-                                       "\" (want anon, memfd, hugetlb or guest_memfd)"));
   }
   return absl::OkStatus();
 }
@@ -380,7 +383,7 @@ absl::StatusOr<HandoffRequest> ParseFirecracker(absl::string_view text) {
       return s;
     }
     r.name = absl::StrCat("fc-", i);
-    r.kind = "anon";
+    r.kind = MemoryKind::kAnonymous;
     r.fd_index = -1;
   }
   if (absl::Status s = CheckNoOverlap(kWhat, req.regions); !s.ok()) return s;

@@ -132,8 +132,8 @@ class HandoffTest : public ::testing::Test {
   uint64_t anon_addr() const { return reinterpret_cast<uint64_t>(anon_); }
 
   std::vector<HandoffClientRegion> Regions() const {
-    return {{"pc.ram", mem_addr(), kMemfdSize, 4096, "memfd", memfd_.get(), 0},
-            {"anon", anon_addr(), kAnonSize, 4096, "anon", -1, 0}};
+    return {{"pc.ram", mem_addr(), kMemfdSize, 4096, MemoryKind::kMemfd, memfd_.get(), 0},
+            {"anon", anon_addr(), kAnonSize, 4096, MemoryKind::kAnonymous, -1, 0}};
   }
 
   // A valid hello for fds {uffd_, memfd_}.
@@ -205,7 +205,7 @@ TEST_F(HandoffTest, RoundTripFaultlineFormat) {
     ASSERT_EQ(req.regions.size(), 2u);
     const HandoffRegion& ram = req.regions[0];
     EXPECT_EQ(ram.name, "pc.ram");
-    EXPECT_EQ(ram.kind, "memfd");
+    EXPECT_EQ(ram.kind, MemoryKind::kMemfd);
     EXPECT_EQ(ram.host_addr, mem_addr());
     EXPECT_EQ(ram.length, kMemfdSize);
     EXPECT_EQ(ram.page_size, 4096u);
@@ -215,7 +215,7 @@ TEST_F(HandoffTest, RoundTripFaultlineFormat) {
     EXPECT_EQ(Inode(ram.fd.get()), Inode(memfd_.get()));
     const HandoffRegion& anon = req.regions[1];
     EXPECT_EQ(anon.name, "anon");
-    EXPECT_EQ(anon.kind, "anon");
+    EXPECT_EQ(anon.kind, MemoryKind::kAnonymous);
     EXPECT_FALSE(anon.fd.valid());
     EXPECT_EQ(anon.host_addr, anon_addr());
 
@@ -294,8 +294,8 @@ TEST_F(HandoffTest, RegionsMayShareOneMemfd) {
   // RAM split in two around a hole, both halves in one memfd (QEMU's pc.ram below/above 4G).
   const uint64_t half = kMemfdSize / 2;
   std::vector<HandoffClientRegion> regions = {
-      {"low", mem_addr(), half, 4096, "memfd", memfd_.get(), 0},
-      {"high", mem_addr() + half, half, 4096, "memfd", memfd_.get(), half}};
+      {"low", mem_addr(), half, 4096, MemoryKind::kMemfd, memfd_.get(), 0},
+      {"high", mem_addr() + half, half, 4096, MemoryKind::kMemfd, memfd_.get(), half}};
   absl::Status client_status;
   JoiningThread vmm([&] {
     client_status =
@@ -345,6 +345,9 @@ TEST_F(HandoffTest, ValidationErrorsAreAckedAndLeakNoFd) {
        "fd index 7 is out of range (2 fds attached)"},
       {"unknown kind", with([](json& h) { h["regions"][0]["kind"] = "pmem"; }), fds,
        "unknown kind \"pmem\""},
+      // The command line's aliases (ParseMemoryKind) are not part of the wire format.
+      {"alias kind", with([](json& h) { h["regions"][0]["kind"] = "shmem"; }), fds,
+       "unknown kind \"shmem\""},
       {"malformed JSON", "{\"type\":\"hello\",\"version\":1,", fds, "not valid JSON"},
       {"string for a number", with([](json& h) { h["regions"][0]["length"] = "262144"; }), fds,
        "\"length\" must be an unsigned integer, got a string"},
@@ -460,8 +463,8 @@ TEST_F(HandoffTest, FirecrackerFormat) {
     absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
     ASSERT_TRUE(server.ok()) << server.status();
     std::vector<HandoffClientRegion> regions = {
-        {"", anon_addr(), kAnonSize, 4096, "anon", -1, 0},
-        {"", mem_addr(), kMemfdSize, 4096, "anon", -1, kAnonSize}};
+        {"", anon_addr(), kAnonSize, 4096, MemoryKind::kAnonymous, -1, 0},
+        {"", mem_addr(), kMemfdSize, 4096, MemoryKind::kAnonymous, -1, kAnonSize}};
     absl::StatusOr<UniqueFd> fc = SendFirecrackerHandoff(path_, uffd_.get(), regions);
     ASSERT_TRUE(fc.ok()) << fc.status();
 
@@ -479,7 +482,7 @@ TEST_F(HandoffTest, FirecrackerFormat) {
     EXPECT_EQ(req.regions[0].length, kAnonSize);
     EXPECT_EQ(req.regions[0].page_size, 4096u);
     EXPECT_EQ(req.regions[0].offset, 0u);
-    EXPECT_EQ(req.regions[0].kind, "anon");
+    EXPECT_EQ(req.regions[0].kind, MemoryKind::kAnonymous);
     EXPECT_FALSE(req.regions[0].fd.valid());
     EXPECT_EQ(req.regions[1].name, "fc-1");
     EXPECT_EQ(req.regions[1].host_addr, mem_addr());
@@ -746,7 +749,7 @@ TEST_F(HandoffTest, HugetlbRegionIsCheckedAgainstItsFd) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.want ? c.want : "ok");
     std::vector<HandoffClientRegion> regions = {
-        {"huge", 1ull << 40, c.length, c.page_size, "hugetlb", c.fd, 0}};
+        {"huge", 1ull << 40, c.length, c.page_size, MemoryKind::kHugetlb, c.fd, 0}};
     absl::Status client_status;
     JoiningThread vmm([&] {
       client_status =
@@ -916,7 +919,7 @@ TEST(HandoffParse, FaultlineHelloFields) {
   EXPECT_EQ(r->regions[0].page_size, 2097152u);
   EXPECT_EQ(r->regions[0].offset, 4194304u);
   EXPECT_EQ(r->regions[0].fd_index, 0);
-  EXPECT_EQ(r->regions[1].kind, "guest_memfd");
+  EXPECT_EQ(r->regions[1].kind, MemoryKind::kGuestMemfd);
   EXPECT_FALSE(r->regions[0].fd.valid());
   EXPECT_FALSE(r->resume);  // optional, false when absent
 
@@ -955,6 +958,26 @@ TEST(HandoffParse, FaultlineHelloFields) {
   // Too many fds to ever be claimed.
   EXPECT_TRUE(
       absl::StrContains(ParseFaultlineHello(text, 1000).status().message(), "1000 fds attached"));
+}
+
+// The region's "kind" on the wire is exactly MemoryKindName's string, for every kind.
+TEST(HandoffParse, EveryMemoryKindByItsWireName) {
+  const std::pair<const char*, MemoryKind> wire[] = {{"anon", MemoryKind::kAnonymous},
+                                                     {"memfd", MemoryKind::kMemfd},
+                                                     {"hugetlb", MemoryKind::kHugetlb},
+                                                     {"guest_memfd", MemoryKind::kGuestMemfd}};
+  for (const auto& [name, kind] : wire) {
+    EXPECT_STREQ(MemoryKindName(kind), name);
+    const bool fd = kind != MemoryKind::kAnonymous;
+    const std::string text = absl::StrCat(
+        R"({"type":"hello","version":1,"vmm":"t","uffd_features":0,"registered":true,)",
+        R"("uffd_fd":0,"regions":[{"name":"r","host_addr":0,"length":2097152,)",
+        R"("page_size":4096,"kind":")", name, R"(","fd":)", fd ? 1 : -1, R"(,"offset":0}]})");
+    absl::StatusOr<HandoffRequest> r = ParseFaultlineHello(text, fd ? 2 : 1);
+    ASSERT_TRUE(r.ok()) << name << ": " << r.status();
+    ASSERT_EQ(r->regions.size(), 1u);
+    EXPECT_EQ(r->regions[0].kind, kind) << name;
+  }
 }
 
 TEST(HandoffParse, MigrationId) {
@@ -1029,7 +1052,7 @@ TEST(HandoffParse, FirecrackerMessage) {
   EXPECT_EQ(r->regions[0].host_addr, 140000000000000u);
   EXPECT_EQ(r->regions[0].length, 134217728u);
   EXPECT_EQ(r->regions[1].offset, 134217728u);
-  EXPECT_EQ(r->regions[1].kind, "anon");
+  EXPECT_EQ(r->regions[1].kind, MemoryKind::kAnonymous);
 
   auto page_size_of = [](const std::string& fields) -> absl::StatusOr<uint32_t> {
     absl::StatusOr<HandoffRequest> r = ParseFirecrackerMessage(absl::StrCat(

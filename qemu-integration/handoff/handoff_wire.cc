@@ -208,11 +208,12 @@ absl::Status CheckRegionFd(const HandoffRegion& r) {
   std::string where = absl::StrCat("hello: region \"", r.name, "\" (fd index ", r.fd_index, ")");
   struct stat st;
   if (fstat(r.fd.get(), &st) != 0) return ErrnoStatus(absl::StrCat(where, ": fstat"));
-  if ((r.kind == "memfd" || r.kind == "hugetlb") && !S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": a ", r.kind, " region needs a memfd or file, got ", FdTarget(r.fd.get())));
+  if ((r.kind == MemoryKind::kMemfd || r.kind == MemoryKind::kHugetlb) && !S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": a ", MemoryKindName(r.kind),
+                                                   " region needs a memfd or file, got ",
+                                                   FdTarget(r.fd.get())));
   }
-  if (r.kind == "hugetlb") {
+  if (r.kind == MemoryKind::kHugetlb) {
     struct statfs fs;
     if (fstatfs(r.fd.get(), &fs) != 0) return ErrnoStatus(absl::StrCat(where, ": fstatfs"));
     if (static_cast<uint64_t>(fs.f_type) != HUGETLBFS_MAGIC) {

@@ -1,6 +1,7 @@
+// `faultline migrate`: the driver (libvirt_migration.h). Events and the monitor passthrough
+// it uses: libvirt_internal.h.
 #include "qemu-integration/libvirt/libvirt_migration.h"
 
-#include <libvirt/libvirt-qemu.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
@@ -16,230 +17,24 @@
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "qemu-integration/libvirt/domain_xml.h"
+#include "qemu-integration/libvirt/libvirt_internal.h"
 
 namespace faultline {
 namespace {
 
-using Json = nlohmann::json;
-
-constexpr char kCap[] = "x-postcopy-external-pager";
-
-// libvirt keeps the last error per thread; read it on the thread that failed.
-std::string LastError() {
-  const char* m = virGetLastErrorMessage();
-  return m != nullptr ? m : "unknown libvirt error";
-}
-
-void Quiet(void*, virErrorPtr) {}  // errors are reported through our statuses, not stderr
-
-struct ConnClose {
-  void operator()(virConnectPtr c) const { virConnectClose(c); }
-};
-struct DomFree {
-  void operator()(virDomainPtr d) const { virDomainFree(d); }
-};
-using Conn = std::unique_ptr<virConnect, ConnClose>;
-using Dom = std::unique_ptr<virDomain, DomFree>;
-
-// libvirt's default event loop on a thread of its own, woken every 100 ms so it can stop.
-class EventLoop {
- public:
-  static absl::Status RegisterOnce() {
-    static const int rc = virEventRegisterDefaultImpl();
-    if (rc < 0) return absl::InternalError("cannot register libvirt's event loop: " + LastError());
-    return absl::OkStatus();
-  }
-  EventLoop() {
-    timer_ = virEventAddTimeout(
-        100, [](int, void*) {}, nullptr, nullptr);
-    thread_ = std::thread([this] {
-      while (!stop_.load()) virEventRunDefaultImpl();
-    });
-  }
-  ~EventLoop() {
-    stop_.store(true);
-    thread_.join();
-    if (timer_ >= 0) virEventRemoveTimeout(timer_);
-  }
-
- private:
-  std::atomic<bool> stop_{false};
-  int timer_ = -1;
-  std::thread thread_;
-};
-
-// What the event callbacks see, shared with the driving thread.
-struct Shared {
-  std::mutex mu;
-  std::condition_variable cv;
-  absl::Time start;
-  std::vector<std::string> events;
-  std::function<void(const std::string&)> log;
-  int iterations = 0;
-  bool postcopy = false;         // the source reported post-copy (suspended or resumed)
-  bool postcopy_failed = false;  // either side reported a failed post-copy
-  double postcopy_at = -1;
-  std::optional<Json> completed;  // the JOB_COMPLETED statistics
-
-  void Note(const std::string& what) {  // with mu held
-    std::string line =
-        absl::StrFormat("+%.3fs %s", absl::ToDoubleSeconds(absl::Now() - start), what);
-    events.push_back(line);
-    if (log) log(line);
-  }
-};
-
-struct Watch {  // one side's registration
-  Shared* shared;
-  const char* side;
-};
-
-std::string LifecycleName(int event, int detail) {
-  switch (event) {
-    case VIR_DOMAIN_EVENT_STARTED:
-      return detail == VIR_DOMAIN_EVENT_STARTED_MIGRATED ? "started (incoming migration)"
-                                                         : "started";
-    case VIR_DOMAIN_EVENT_SUSPENDED:
-      switch (detail) {
-        case VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED: return "paused (migration)";
-        case VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY: return "paused (post-copy)";
-        case VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED: return "paused (post-copy FAILED)";
-        default: return absl::StrCat("paused (", detail, ")");
-      }
-    case VIR_DOMAIN_EVENT_RESUMED:
-      switch (detail) {
-        case VIR_DOMAIN_EVENT_RESUMED_MIGRATED: return "running (migration completed)";
-        case VIR_DOMAIN_EVENT_RESUMED_POSTCOPY: return "running (post-copy)";
-        case VIR_DOMAIN_EVENT_RESUMED_POSTCOPY_FAILED: return "running (post-copy FAILED)";
-        default: return absl::StrCat("running (", detail, ")");
-      }
-    case VIR_DOMAIN_EVENT_STOPPED:
-      return detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED ? "stopped (migrated away)"
-             : detail == VIR_DOMAIN_EVENT_STOPPED_FAILED ? "stopped (FAILED)"
-                                                         : absl::StrCat("stopped (", detail, ")");
-    default: return absl::StrCat("event ", event, " detail ", detail);
-  }
-}
-
-void OnLifecycle(virConnectPtr, virDomainPtr, int event, int detail, void* opaque) {
-  auto* w = static_cast<Watch*>(opaque);
-  std::lock_guard<std::mutex> l(w->shared->mu);
-  w->shared->Note(absl::StrCat(w->side, ": ", LifecycleName(event, detail)));
-  const bool failed =
-      (event == VIR_DOMAIN_EVENT_SUSPENDED &&
-       detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED) ||
-      (event == VIR_DOMAIN_EVENT_RESUMED && detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY_FAILED);
-  const bool postcopy =
-      (event == VIR_DOMAIN_EVENT_SUSPENDED && detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY) ||
-      (event == VIR_DOMAIN_EVENT_RESUMED && detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY);
-  if (failed) w->shared->postcopy_failed = true;
-  if (postcopy && !w->shared->postcopy) {
-    w->shared->postcopy = true;
-    w->shared->postcopy_at = absl::ToDoubleSeconds(absl::Now() - w->shared->start);
-  }
-  w->shared->cv.notify_all();
-}
-
-void OnIteration(virConnectPtr, virDomainPtr, int iteration, void* opaque) {
-  auto* w = static_cast<Watch*>(opaque);
-  std::lock_guard<std::mutex> l(w->shared->mu);
-  w->shared->iterations = iteration;
-  w->shared->Note(absl::StrCat(w->side, ": pre-copy pass ", iteration, " done"));
-  w->shared->cv.notify_all();
-}
-
-Json ParamsJson(virTypedParameterPtr params, int n) {
-  Json j = Json::object();
-  for (int i = 0; i < n; ++i) {
-    const virTypedParameter& p = params[i];
-    switch (p.type) {
-      case VIR_TYPED_PARAM_INT: j[p.field] = p.value.i; break;
-      case VIR_TYPED_PARAM_UINT: j[p.field] = p.value.ui; break;
-      case VIR_TYPED_PARAM_LLONG: j[p.field] = p.value.l; break;
-      case VIR_TYPED_PARAM_ULLONG: j[p.field] = p.value.ul; break;
-      case VIR_TYPED_PARAM_DOUBLE: j[p.field] = p.value.d; break;
-      case VIR_TYPED_PARAM_BOOLEAN: j[p.field] = p.value.b != 0; break;
-      case VIR_TYPED_PARAM_STRING: j[p.field] = p.value.s ? p.value.s : ""; break;
-      default: break;
-    }
-  }
-  return j;
-}
-
-void OnJobCompleted(virConnectPtr, virDomainPtr, virTypedParameterPtr params, int n, void* opaque) {
-  auto* w = static_cast<Watch*>(opaque);
-  std::lock_guard<std::mutex> l(w->shared->mu);
-  w->shared->completed = ParamsJson(params, n);
-  w->shared->Note(absl::StrCat(w->side, ": job completed"));
-  w->shared->cv.notify_all();
-}
-
-// Registers the callbacks of one side; deregisters on destruction.
-class Registrations {
- public:
-  Registrations(virConnectPtr conn, Watch* w, bool job_events) : conn_(conn) {
-    Add(VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(OnLifecycle), w);
-    if (job_events) {
-      Add(VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, VIR_DOMAIN_EVENT_CALLBACK(OnIteration), w);
-      Add(VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, VIR_DOMAIN_EVENT_CALLBACK(OnJobCompleted), w);
-    }
-  }
-  ~Registrations() {
-    for (int id : ids_) virConnectDomainEventDeregisterAny(conn_, id);
-  }
-  bool ok() const { return ok_; }
-
- private:
-  void Add(int event, virConnectDomainEventGenericCallback cb, Watch* w) {
-    const int id = virConnectDomainEventRegisterAny(conn_, nullptr, event, cb, w, nullptr);
-    if (id < 0) {
-      ok_ = false;
-    } else {
-      ids_.push_back(id);
-    }
-  }
-  virConnectPtr conn_;
-  std::vector<int> ids_;
-  bool ok_ = true;
-};
-
-absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd) {
-  char* out = nullptr;
-  if (virDomainQemuMonitorCommand(dom, cmd.dump().c_str(), &out, 0) < 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "QEMU monitor passthrough (", cmd["execute"].get<std::string>(), "): ", LastError()));
-  }
-  Json reply = Json::parse(out, nullptr, /*allow_exceptions=*/false);
-  free(out);
-  if (reply.is_discarded()) return absl::InternalError("QEMU's monitor reply is not JSON");
-  if (reply.contains("error")) {
-    return absl::FailedPreconditionError(absl::StrCat(cmd["execute"].get<std::string>(), ": ",
-                                                      reply["error"].value("desc", "error")));
-  }
-  return reply.value("return", Json());
-}
-
-absl::StatusOr<bool> HasPagerCapability(virDomainPtr dom) {
-  absl::StatusOr<Json> caps = Monitor(dom, {{"execute", "query-migrate-capabilities"}});
-  if (!caps.ok()) return caps.status();
-  for (const Json& c : *caps) {
-    if (c.value("capability", "") == kCap) return c.value("state", false);
-  }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the domain's QEMU has no '", kCap,
-      "' migration capability: its emulator must be QEMU with faultline's series "
-      "(qemu-integration/qemu/build_qemu.sh prints the binary to name in <emulator>)"));
-}
-
-absl::Status SetPagerCapabilities(virDomainPtr dom, bool on) {
-  Json caps = Json::array();
-  for (const char* c : {"postcopy-ram", "x-ignore-shared", kCap}) {
-    caps.push_back({{"capability", c}, {"state", on}});
-  }
-  return Monitor(dom,
-                 {{"execute", "migrate-set-capabilities"}, {"arguments", {{"capabilities", caps}}}})
-      .status();
-}
+using libvirt_internal::Conn;
+using libvirt_internal::Dom;
+using libvirt_internal::EventLoop;
+using libvirt_internal::HasPagerCapability;
+using libvirt_internal::Json;
+using libvirt_internal::kCap;
+using libvirt_internal::LastError;
+using libvirt_internal::ParamsJson;
+using libvirt_internal::Quiet;
+using libvirt_internal::Registrations;
+using libvirt_internal::SetPagerCapabilities;
+using libvirt_internal::Shared;
+using libvirt_internal::Watch;
 
 int64_t Field(const Json& j, const char* key) {
   return j.contains(key) && j[key].is_number() ? j[key].get<int64_t>() : -1;

@@ -28,21 +28,20 @@ absl::StatusOr<uint8_t*> MapShared(int fd, uint64_t size, const char* what) {
 
 }  // namespace
 
-const char* RamBackingName(RamBacking b) {
-  switch (b) {
-    case RamBacking::kAnonymous: return "anon";
-    case RamBacking::kMemfd: return "memfd";
-    case RamBacking::kGuestMemfd: return "guest_memfd";
+absl::Status CheckRamBacking(RamBacking b) {
+  if (b == MemoryKind::kHugetlb) {
+    return absl::InvalidArgumentError(
+        "the reference VMM cannot back guest RAM with hugetlb (it maps anon, memfd or "
+        "guest_memfd RAM in 4 KiB pages); use memfd");
   }
-  return "?";
+  return absl::OkStatus();
 }
 
 absl::StatusOr<RamBacking> ParseRamBacking(const std::string& s) {
-  if (s == "anon" || s == "anonymous") return RamBacking::kAnonymous;
-  if (s == "memfd" || s == "shmem") return RamBacking::kMemfd;
-  if (s == "guest_memfd" || s == "gmem") return RamBacking::kGuestMemfd;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown RAM backing '", s, "' (anon, memfd, guest_memfd)"));
+  absl::StatusOr<MemoryKind> k = ParseMemoryKind(s);
+  if (!k.ok()) return k.status();
+  if (absl::Status c = CheckRamBacking(*k); !c.ok()) return c;
+  return *k;
 }
 
 absl::StatusOr<std::unique_ptr<GuestRam>> GuestRam::CreateAnonymous(uint64_t size) {

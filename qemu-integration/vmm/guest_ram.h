@@ -17,15 +17,22 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/memory_kind.h"
 #include "base/unique_fd.h"
 
 namespace faultline {
 
-enum class RamBacking { kAnonymous, kMemfd, kGuestMemfd };
+// What backs guest RAM: a MemoryKind (base/memory_kind.h), the vocabulary the engine and the
+// hand-off use too. This VMM backs RAM with anon, memfd or guest_memfd; not hugetlb.
+using RamBacking = MemoryKind;
 
-const char* RamBackingName(RamBacking b);
-// "anon", "memfd", "guest_memfd".
+inline const char* RamBackingName(RamBacking b) { return MemoryKindName(b); }
+// OK for the kinds this VMM can back guest RAM with; for hugetlb, an error that says so.
+absl::Status CheckRamBacking(RamBacking b);
+// "anon", "memfd", "guest_memfd" (and ParseMemoryKind's aliases); "hugetlb" is refused with
+// CheckRamBacking's error.
 absl::StatusOr<RamBacking> ParseRamBacking(const std::string& s);
 
 class GuestRam {

@@ -33,7 +33,23 @@ TEST(GuestRamTest, BadSizesAndNames) {
   EXPECT_EQ(*ParseRamBacking("memfd"), RamBacking::kMemfd);
   EXPECT_EQ(*ParseRamBacking("guest_memfd"), RamBacking::kGuestMemfd);
   EXPECT_FALSE(ParseRamBacking("hugetlb").ok());
+  EXPECT_FALSE(ParseRamBacking("pmem").ok());
   EXPECT_STREQ(RamBackingName(RamBacking::kAnonymous), "anon");
+}
+
+TEST(GuestRamTest, HugetlbIsRefusedSayingWhy) {
+  // RamBacking is a MemoryKind: hugetlb is a value of it, which this VMM cannot back RAM with.
+  for (const char* name : {"hugetlb", "hugetlbfs"}) {
+    absl::StatusOr<RamBacking> b = ParseRamBacking(name);
+    ASSERT_FALSE(b.ok()) << name;
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(b.status().message().find("cannot back guest RAM with hugetlb"), std::string::npos)
+        << b.status();
+  }
+  EXPECT_FALSE(CheckRamBacking(RamBacking::kHugetlb).ok());
+  for (RamBacking b : {RamBacking::kAnonymous, RamBacking::kMemfd, RamBacking::kGuestMemfd}) {
+    EXPECT_TRUE(CheckRamBacking(b).ok()) << RamBackingName(b);
+  }
 }
 
 TEST(GuestRamTest, GuestMemfdIsMappable) {

@@ -38,6 +38,7 @@ absl::StatusOr<std::unique_ptr<Vm>> Vm::Create(const VmOptions& options) {
         "pages; at most %u MiB",
         options.ram_size >> 20, kMaxVmRam >> 20));
   }
+  if (absl::Status s = CheckRamBacking(options.backing); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<KvmVm>> kvm = KvmVm::Create();
   if (!kvm.ok()) return kvm.status();
   absl::StatusOr<std::unique_ptr<GuestRam>> ram;
@@ -47,6 +48,7 @@ absl::StatusOr<std::unique_ptr<Vm>> Vm::Create(const VmOptions& options) {
     case RamBacking::kGuestMemfd:
       ram = GuestRam::CreateGuestMemfd((*kvm)->vm_fd(), options.ram_size);
       break;
+    case RamBacking::kHugetlb: ram = CheckRamBacking(options.backing); break;
   }
   if (!ram.ok()) return ram.status();
   std::unique_ptr<Vm> vm(new Vm(std::move(*kvm), std::move(*ram)));
@@ -64,6 +66,7 @@ absl::StatusOr<std::unique_ptr<Vm>> Vm::CreateWithRam(uint32_t vcpus,
     return absl::InvalidArgumentError(
         "CreateWithRam takes anonymous or memfd RAM (a guest_memfd is bound to its VM)");
   }
+  if (absl::Status s = CheckRamBacking(ram->kind()); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<KvmVm>> kvm = KvmVm::Create();
   if (!kvm.ok()) return kvm.status();
   std::unique_ptr<Vm> vm(new Vm(std::move(*kvm), std::move(ram)));
@@ -194,8 +197,7 @@ absl::Status Vm::HandleExit(size_t i, const VcpuExit& e) {
       // this thread sleeps in the kernel until then, then the vCPU re-enters and finds it.
       if (e.gpa >= ram_->size() || e.length == 0 || e.length > ram_->size() - e.gpa) {
         return absl::InternalError(absl::StrFormat(
-            "vCPU %u: memory-fault exit for gpa 0x%x+0x%x outside guest RAM", i, e.gpa,
-            e.length));
+            "vCPU %u: memory-fault exit for gpa 0x%x+0x%x outside guest RAM", i, e.gpa, e.length));
       }
       for (uint64_t off = 0; off < e.length; off += 4096) {
         (void)*reinterpret_cast<volatile const uint8_t*>(ram_->host_base() + e.gpa + off);

@@ -9,15 +9,15 @@
 #include <atomic>
 #include <cstring>
 #include <map>
-#include <set>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "base/crc32c.h"
+#include "cli/setup.h"
 #include "engine/engine.h"
 #include "engine/region.h"
-#include "engine/uffd.h"
 #include "gtest/gtest.h"
 #include "tests/testing/test_source.h"
 #include "transport/rdma_page_server.h"
@@ -60,27 +60,23 @@ absl::StatusOr<Source> StartSource(uint64_t size) {
 }
 
 struct Migration {
-  std::unique_ptr<GuestRegion> region;
-  std::unique_ptr<Engine> engine;  // before `region` is unmapped
+  Destination dest;  // the region and the engine (which outlives the source, as it always has)
   std::unique_ptr<RdmaPageSource> source;
+  GuestRegion* region() const { return dest.region(); }
+  Engine* engine() const { return dest.engine.get(); }
 };
 
+// The destination set-up of the CLI (cli/setup.h), matching the source's region table, over
+// the RDMA transport.
 absl::StatusOr<Migration> MakeMigration(RegionKind kind, const Source& src,
                                         const RdmaSourceOptions& ro, const EngineOptions& eo) {
   Migration m;
   absl::StatusOr<std::unique_ptr<RdmaPageSource>> s = RdmaPageSource::Connect(ro);
   if (!s.ok()) return s.status();
   m.source = std::move(*s);
-  absl::StatusOr<std::unique_ptr<GuestRegion>> r =
-      GuestRegion::Create("ram", kind, src.tcp->size());
-  if (!r.ok()) return r.status();
-  m.region = std::move(*r);
-  absl::StatusOr<Userfaultfd> uffd = Userfaultfd::Open();
-  if (!uffd.ok()) return uffd.status();
-  absl::StatusOr<std::unique_ptr<Engine>> e =
-      Engine::Create({m.region.get()}, std::move(*uffd), eo);
-  if (!e.ok()) return e.status();
-  m.engine = std::move(*e);
+  absl::StatusOr<Destination> d = CreateDestination(m.source->regions(), kind, eo);
+  if (!d.ok()) return d.status();
+  m.dest = std::move(*d);
   return m;
 }
 
@@ -88,14 +84,14 @@ void RunWithGuest(RegionKind kind, const RdmaSourceOptions& extra, const Source&
                   Migration& m) {
   GuestOptions go;
   go.touches_per_thread = 1500;
-  ThreadGuest guest(m.region->base(), m.region->size(), 4096, go);
-  absl::Status s = m.engine->Run(m.source.get());
+  ThreadGuest guest(m.region()->base(), m.region()->size(), 4096, go);
+  absl::Status s = m.engine()->Run(m.source.get());
   guest.Join();
   ASSERT_TRUE(s.ok()) << s;
-  EXPECT_EQ(m.engine->remaining_pages(), 0u);
-  const EngineCounters& c = m.engine->counters();
-  EXPECT_EQ(c.urgent_pages + c.bulk_pages + c.zero_pages, m.region->size() / 4096);
-  EXPECT_EQ(src.tcp->CountMismatches(m.region->base()), 0u) << "pages differ from the source";
+  EXPECT_EQ(m.engine()->remaining_pages(), 0u);
+  const EngineCounters& c = m.engine()->counters();
+  EXPECT_EQ(c.urgent_pages + c.bulk_pages + c.zero_pages, m.region()->size() / 4096);
+  EXPECT_EQ(src.tcp->CountMismatches(m.region()->base()), 0u) << "pages differ from the source";
   const RdmaTransportStats& st = m.source->stats();
   std::printf(
       "%s over %s: urgent %llu bulk %llu zero %llu faults %llu; reads urgent %llu "
@@ -104,10 +100,10 @@ void RunWithGuest(RegionKind kind, const RdmaSourceOptions& extra, const Source&
       RegionKindName(kind), m.source->device_name().c_str(),
       (unsigned long long)c.urgent_pages.load(), (unsigned long long)c.bulk_pages.load(),
       (unsigned long long)c.zero_pages.load(), (unsigned long long)c.faults.load(),
-      (unsigned long long)st.urgent_reads.load(),
-      (unsigned long long)st.bulk_reads.load(), (unsigned long long)st.crc_mismatches.load(),
+      (unsigned long long)st.urgent_reads.load(), (unsigned long long)st.bulk_reads.load(),
+      (unsigned long long)st.crc_mismatches.load(),
       (unsigned long long)st.failed_completions.load(), m.source->reconnects(),
-      m.engine->fault_stats().Overall().Summary().c_str());
+      m.engine()->fault_stats().Overall().Summary().c_str());
 }
 
 class RdmaMigration : public ::testing::TestWithParam<RegionKind> {};
@@ -126,7 +122,7 @@ TEST_P(RdmaMigration, AllPagesArriveWhileTheGuestRunsAndMatch) {
   EXPECT_GT(st.urgent_reads.load(), 0u);
   EXPECT_GT(st.bulk_reads.load(), 0u);
   EXPECT_EQ(st.crc_mismatches.load(), 0u);
-  EXPECT_GT(m->engine->counters().zero_pages.load(), 0u) << "zero pages reported as zeros";
+  EXPECT_GT(m->engine()->counters().zero_pages.load(), 0u) << "zero pages reported as zeros";
   EXPECT_EQ(src->rdma->connections(), 1);
 }
 
@@ -146,7 +142,7 @@ TEST(RdmaTransport, CrcMismatchesAreFetchedAgain) {
   ASSERT_TRUE(m.ok()) << m.status();
   RunWithGuest(RegionKind::kMemfd, ro, *src, *m);
   EXPECT_GT(m->source->stats().crc_mismatches.load(), 0u);
-  EXPECT_GT(m->engine->counters().corrupt_pages.load(), 0u);
+  EXPECT_GT(m->engine()->counters().corrupt_pages.load(), 0u);
 }
 
 // A failed work completion on the urgent QP: the page goes back to absent, the transport

@@ -2,21 +2,18 @@
 
 #include <unistd.h>
 
+#include "cli/setup.h"
 #include "workload/pattern.h"
 
 namespace faultline {
 
 absl::StatusOr<Dest> MakeDest(RegionKind kind, uint64_t size, const TcpSourceOptions& source,
                               const EngineOptions& eo) {
+  absl::StatusOr<Destination> dest = CreateDestination(kind, size, eo);
+  if (!dest.ok()) return dest.status();
   Dest d;
-  absl::StatusOr<std::unique_ptr<GuestRegion>> r = GuestRegion::Create("ram", kind, size);
-  if (!r.ok()) return r.status();
-  d.region = std::move(*r);
-  absl::StatusOr<Userfaultfd> u = Userfaultfd::Open();
-  if (!u.ok()) return u.status();
-  absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create({d.region.get()}, std::move(*u), eo);
-  if (!e.ok()) return e.status();
-  d.engine = std::move(*e);
+  d.region = std::move(dest->regions.front());
+  d.engine = std::move(dest->engine);
   absl::StatusOr<std::unique_ptr<TcpPageSource>> s = TcpPageSource::Connect(source);
   if (!s.ok()) return s.status();
   d.source = std::move(*s);

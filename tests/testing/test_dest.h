@@ -1,6 +1,7 @@
-// The destination side of a test migration: fresh guest memory of a kind, a userfaultfd, an
-// engine and a TCP connection to a page server — plus Runner, which runs Engine::Run on a
-// thread and cancels it if a failed ASSERT leaves the test early.
+// The destination side of a test migration: the CLI's destination set-up (cli/setup.h: fresh
+// guest memory of a kind, a userfaultfd, an engine) and a TCP connection to a page server —
+// plus Runner, which runs Engine::Run on a thread and cancels it if a failed ASSERT leaves the
+// test early.
 #ifndef FAULTLINE_TESTS_TESTING_TEST_DEST_H_
 #define FAULTLINE_TESTS_TESTING_TEST_DEST_H_
 
@@ -22,7 +23,8 @@ struct Dest {
   std::unique_ptr<TcpPageSource> source;
 };
 
-// `size` bytes of `kind` memory served from the page server at `source`.
+// `size` bytes of `kind` memory (one region "ram", CreateDestination), then a connection to
+// the page server at `source`: a source serving another table is the engine's to refuse.
 absl::StatusOr<Dest> MakeDest(RegionKind kind, uint64_t size, const TcpSourceOptions& source,
                               const EngineOptions& eo = {});
 // The same, straight from a TestSource.

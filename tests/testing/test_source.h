@@ -1,5 +1,6 @@
-// TestSource: real source memory (a memfd, or hugetlb memfd, filled with the test pattern)
-// served by a real PageServer on a loopback port, on a thread of the test.
+// TestSource: real source memory (the CLI's source set-up, cli/setup.h: a memfd, or hugetlb
+// memfd, filled with the test pattern) served by a real PageServer on a loopback port, on a
+// thread of the test.
 #ifndef FAULTLINE_TESTS_TESTING_TEST_SOURCE_H_
 #define FAULTLINE_TESTS_TESTING_TEST_SOURCE_H_
 
@@ -9,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "base/unique_fd.h"
+#include "cli/setup.h"
 #include "transport/page_server.h"
 #include "transport/tcp_page_source.h"
 #include "workload/pattern.h"
@@ -17,17 +19,19 @@ namespace faultline {
 
 class TestSource {
  public:
-  // `tls`: a server context to serve TLS with (null: plain TCP).
+  // `tls`: a server context to serve TLS with (null: plain TCP). `faults`: the page server
+  // misbehaves as it says (transport/page_server.h; null: it does not); it must outlive the
+  // TestSource.
   static absl::StatusOr<std::unique_ptr<TestSource>> Start(
       uint64_t size, uint32_t page_size, PatternSpec pattern = {},
-      std::shared_ptr<const TlsContext> tls = nullptr);
+      std::shared_ptr<const TlsContext> tls = nullptr, FaultInjector* faults = nullptr);
   ~TestSource();
 
   TcpSourceOptions options() const;  // address + token for TcpPageSource::Connect (no TLS)
-  const uint8_t* base() const { return base_; }
-  uint8_t* writable_base() { return base_; }
-  uint64_t size() const { return size_; }
-  uint32_t page_size() const { return page_size_; }
+  const uint8_t* base() const { return mem_->base(); }
+  uint8_t* writable_base() { return mem_->base(); }
+  uint64_t size() const { return mem_->size(); }
+  uint32_t page_size() const { return mem_->page_size(); }
   PageServer& server() { return *server_; }
   const Token& token() const { return token_; }
   int port() const { return port_; }
@@ -42,12 +46,11 @@ class TestSource {
  private:
   TestSource() = default;
   absl::Status StartServer();
-  UniqueFd fd_, listen_;
-  uint8_t* base_ = nullptr;
-  uint64_t size_ = 0;
-  uint32_t page_size_ = 4096;
+  std::unique_ptr<PatternMemory> mem_;
+  UniqueFd listen_;
   Token token_{};
   std::shared_ptr<const TlsContext> tls_;
+  FaultInjector* faults_ = nullptr;
   int port_ = 0;
   std::unique_ptr<PageServer> server_;
   std::thread thread_;

@@ -22,7 +22,7 @@ absl::StatusOr<ThreadVmmResult> RunThreadVmm(const ThreadVmmOptions& o) {
                              reinterpret_cast<uint64_t>(r.base()),
                              o.size,
                              4096,
-                             memfd ? "memfd" : "anon",
+                             memfd ? MemoryKind::kMemfd : MemoryKind::kAnonymous,
                              memfd ? r.fd() : -1,
                              0};
   const absl::Time t0 = absl::Now();

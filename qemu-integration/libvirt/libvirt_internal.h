@@ -1,0 +1,136 @@
+// Internal to //qemu-integration/libvirt:libvirt_migration (the public header is
+// libvirt_migration.h):
+//   libvirt_events.cc     libvirt's event loop on a thread, the domain events of both sides
+//                         (lifecycle, pre-copy passes, the completed job) into one record
+//   libvirt_qemu.cc       the QEMU monitor passthrough: the pager capability
+//   libvirt_migration.cc  the driver: checks, set-up, the migration and its report
+#ifndef FAULTLINE_QEMU_INTEGRATION_LIBVIRT_LIBVIRT_INTERNAL_H_
+#define FAULTLINE_QEMU_INTEGRATION_LIBVIRT_LIBVIRT_INTERNAL_H_
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "nlohmann/json.hpp"
+
+namespace faultline {
+namespace libvirt_internal {
+
+using Json = nlohmann::json;
+
+inline constexpr char kCap[] = "x-postcopy-external-pager";
+
+// libvirt keeps the last error per thread; read it on the thread that failed.
+std::string LastError();
+void Quiet(void*, virErrorPtr);  // errors are reported through our statuses, not stderr
+
+struct ConnClose {
+  void operator()(virConnectPtr c) const { virConnectClose(c); }
+};
+struct DomFree {
+  void operator()(virDomainPtr d) const { virDomainFree(d); }
+};
+using Conn = std::unique_ptr<virConnect, ConnClose>;
+using Dom = std::unique_ptr<virDomain, DomFree>;
+
+// ---- Events (libvirt_events.cc) ----
+
+// libvirt's default event loop on a thread of its own, woken every 100 ms so it can stop.
+class EventLoop {
+ public:
+  static absl::Status RegisterOnce() {
+    static const int rc = virEventRegisterDefaultImpl();
+    if (rc < 0) return absl::InternalError("cannot register libvirt's event loop: " + LastError());
+    return absl::OkStatus();
+  }
+  EventLoop() {
+    timer_ = virEventAddTimeout(
+        100, [](int, void*) {}, nullptr, nullptr);
+    thread_ = std::thread([this] {
+      while (!stop_.load()) virEventRunDefaultImpl();
+    });
+  }
+  ~EventLoop() {
+    stop_.store(true);
+    thread_.join();
+    if (timer_ >= 0) virEventRemoveTimeout(timer_);
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  int timer_ = -1;
+  std::thread thread_;
+};
+
+// What the event callbacks see, shared with the driving thread.
+struct Shared {
+  std::mutex mu;
+  std::condition_variable cv;
+  absl::Time start;
+  std::vector<std::string> events;
+  std::function<void(const std::string&)> log;
+  int iterations = 0;
+  bool postcopy = false;         // the source reported post-copy (suspended or resumed)
+  bool postcopy_failed = false;  // either side reported a failed post-copy
+  double postcopy_at = -1;
+  std::optional<Json> completed;  // the JOB_COMPLETED statistics
+
+  void Note(const std::string& what) {  // with mu held
+    std::string line =
+        absl::StrFormat("+%.3fs %s", absl::ToDoubleSeconds(absl::Now() - start), what);
+    events.push_back(line);
+    if (log) log(line);
+  }
+};
+
+struct Watch {  // one side's registration
+  Shared* shared;
+  const char* side;
+};
+
+// Typed parameters (job statistics) as a JSON object.
+Json ParamsJson(virTypedParameterPtr params, int n);
+
+// Registers the callbacks of one side; deregisters on destruction.
+class Registrations {
+ public:
+  // Lifecycle events; with job_events also pre-copy passes and the completed job.
+  Registrations(virConnectPtr conn, Watch* w, bool job_events);
+  ~Registrations() {
+    for (int id : ids_) virConnectDomainEventDeregisterAny(conn_, id);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  void Add(int event, virConnectDomainEventGenericCallback cb, Watch* w);
+  virConnectPtr conn_;
+  std::vector<int> ids_;
+  bool ok_ = true;
+};
+
+// ---- The QEMU monitor passthrough (libvirt_qemu.cc) ----
+
+absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd);
+// Whether the domain's QEMU has the pager capability on; FailedPrecondition when it has none.
+absl::StatusOr<bool> HasPagerCapability(virDomainPtr dom);
+// postcopy-ram, x-ignore-shared and the pager capability, on or off.
+absl::Status SetPagerCapabilities(virDomainPtr dom, bool on);
+
+}  // namespace libvirt_internal
+}  // namespace faultline
+
+#endif  // FAULTLINE_QEMU_INTEGRATION_LIBVIRT_LIBVIRT_INTERNAL_H_
