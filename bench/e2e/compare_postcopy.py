@@ -2,33 +2,63 @@
 """Side by side on one machine, one run: QEMU's own post-copy vs faultline, same guest.
 
 The guest is qemu-integration/guest (a freestanding PVH kernel). It writes a pattern into every
-data page, then reads pages in three phases — sequential scan, uniform random, hot set (10 % of
+data page, then loops over three touch phases — sequential scan, uniform random, hot set (10 % of
 the pages get 90 % of the touches) — timing each read with rdtsc and reporting each phase on the
-serial port (percentiles, max, and a quarter-octave histogram). Every scenario migrates it right
-after its dirty phase, so the touch phases run on the destination, in that order, while memory
-arrives. Scenarios:
+serial port (percentiles, max, and a quarter-octave histogram). The mailbox asks for 2^30
+rounds: the guest never finishes by itself, whatever the machine's speed. Every QEMU scenario
+measures the guest the same way: once the dirty phase is done and the destination is listening,
+the driver starts the migration the moment vCPU 0 begins a new round (its previous round's last
+histogram line appears on the source's serial port); it counts, from the destination QEMU's own
+serial file only, per vCPU the first round of phases printed whole there — the first three
+phase lines (seq, random, hot in the guest's order), starting with the phase that was running at
+the switch, so the round covers the time memory arrives on every machine (under KVM here a phase
+takes ~0.5 s and that is the seq phase vCPU 0 began as the migration started; under TCG phases
+on present pages take milliseconds and it is the phase the first faults slowed down). The guest
+keeps running until the migration has completed and every vCPU has printed that round, then the
+destination is stopped (never waiting for "FLT done"). Scenarios:
 
-  qemu-postcopy          Debian's qemu-system-x86_64 (-accel kvm): migrate, then
-                         migrate-start-postcopy over loopback TCP; QEMU's own fault thread
-  qemu-postcopy-preempt  the same with postcopy-preempt (urgent pages on their own channel)
-  faultline-qemu         the patched QEMU (qemu-integration/qemu/build_qemu.sh) with
-                         x-postcopy-external-pager: the same VMM and RAM setup, only the pager
-                         differs — faultline source + faultline serve carry guest RAM
-  faultline-demo         `faultline demo`: the reference VMM on KVM + faultline
+  qemu72-plain        Debian's QEMU 7.2 (qemu-system-x86_64 on PATH): migrate, then
+                      migrate-start-postcopy over loopback TCP; QEMU's own fault thread
+  qemu72-preempt      the same with postcopy-preempt (urgent pages on their own channel)
+  qemu10-plain        stock QEMU 10.2.2 (build_qemu.sh --version=10.2 --stock), the same, with
+                      postcopy-blocktime on the destination: its own postcopy-latency (mean) and
+                      postcopy-latency-dist (log2 µs buckets) are read in every cell
+  qemu10-preempt      the same with postcopy-preempt
+  qemu10-plain-mfd    qemu10-plain / -preempt with multifd (--multifd-channels) for the
+  qemu10-preempt-mfd  pre-copy phase (10.2 allows multifd with postcopy-ram)
+  faultline-qemu10    patched QEMU 10.2.2 (build_qemu.sh --version=10.2) with
+                      x-postcopy-external-pager: the same VMM and RAM set-up, only the pager
+                      differs — faultline source + faultline serve carry guest RAM
+  faultline-qemu72    the same with the patched QEMU 7.2 (build_qemu.sh)
+  faultline-demo      `faultline demo`: the reference VMM on KVM + faultline (KVM only; its
+                      source pauses at the end of the dirty phase and the guest runs one round,
+                      on the destination: `faultline demo` cannot loop the guest)
 
-All three QEMU scenarios use the same RAM: memory-backend-file share=on on /dev/shm (4 KiB
-pages) or on a hugetlbfs mount (2 MiB pages). The matrix: RAM sizes x page sizes x vCPUs x
-scenarios; a cell that cannot run here says exactly why ("n/a: ..."). Per cell: total time,
-downtime, guest-observed touch latency p50/p99/max per phase, pages requested urgently, bytes
-on the wire, and the verification: every data page of the destination compared byte for byte
-with the source after the run (QEMU: the two RAM files; demo: the reference VMM's own check).
+Every QEMU scenario uses the same RAM: memory-backend-file share=on on /dev/shm (4 KiB pages) or
+on a hugetlbfs mount (2 MiB pages), and the same accelerator in one run: --accel=kvm runs
+`-accel kvm -cpu qemu64` (a CPU model both QEMU versions accept on every KVM here; QEMU 7.2's
+`-cpu host` aborts on a kvm_pvm host, MSR 0x10a), --accel=tcg `-accel tcg -cpu max`, and auto
+takes kvm when /dev/kvm opens (and FAULTLINE_HIDE_KVM is not set), else tcg. The matrix: RAM
+sizes x page sizes x vCPUs x scenarios; a cell that cannot run here says exactly why ("n/a: ...").
 
-Outputs in --out: results.json, results.md, latency.png (CDFs, gnuplot).
-  compare_postcopy.py --quick            256 MiB, 4 KiB pages, 1 vCPU, every scenario
+Per cell: total time (migrate → destination completed), downtime (QEMU's figure and our own:
+the source's STOP event to the destination's RESUME event, QMP timestamps — QEMU 10.x's own
+figure is wrong when the switch takes < 1 ms), the guest's touch latency p50/p99/max per phase,
+pages requested urgently, QEMU's own postcopy-latency (10.2.2) and faultline's fault_latency (mean,
+p50, p99, log2 µs buckets), bytes on the wire, and the verification: every page of the
+destination compared byte for byte with the source after the run (QEMU: the two RAM files;
+demo: the reference VMM's own check).
+
+Outputs in --out: results.json, results.md (tables per RAM/page/vCPUs, best stock mode of 10.2.2
+and of 7.2 vs faultline-qemu10, the targets of issue 17 per cell), latency.png (CDFs of the
+guest's touches), latency_dist.png (QEMU 10.2.2's postcopy-latency-dist vs faultline's
+log2_us_dist), both with gnuplot.
+  compare_postcopy.py --quick            256 MiB, 4 KiB pages, 1 vCPU, every default scenario
   compare_postcopy.py                    the full matrix: 1 and 4 GiB, 4 KiB and 2 MiB, 1 and 2 vCPUs
-  compare_postcopy.py --replot results.json --out DIR    redraw results.md and latency.png
-Needs root (userfaultfd, KVM, huge pages, mount). Binaries are taken from --faultline/--guest
-(default: bazel-out/k8-opt/bin of this workspace) and --patched-qemu (default: build_qemu.sh).
+  compare_postcopy.py --replot results.json --out DIR    redraw results.md and the plots
+Needs root (userfaultfd, huge pages, mount; /dev/kvm for --accel=kvm). Binaries: --faultline and
+--guest (default: bazel-out/k8-opt/bin of this workspace); the QEMUs from --qemu72, --qemu10,
+--patched-qemu10, --patched-qemu72 or else qemu-integration/qemu/build_qemu.sh (cached builds).
 """
 import argparse
 import json
@@ -53,9 +83,35 @@ PAGE = 4096
 MIB = 1 << 20
 HUGE = 2 * MIB
 PHASES = ("seq", "random", "hot")
-SCENARIOS = ("qemu-postcopy", "qemu-postcopy-preempt", "faultline-qemu", "faultline-demo")
+GUEST_ROUNDS = 1 << 30  # the guest loops until the driver stops it
 QEMU_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu")
 DEMO_MAX_MIB = 0xFEC00000 // MIB  # 4076: below the I/O APIC and local APIC pages
+BUILD_QEMU = os.path.join(REPO, "qemu-integration", "qemu", "build_qemu.sh")
+
+# name -> which QEMU binary, and how it migrates
+SCENARIOS = {
+    "qemu72-plain": {"bin": "qemu72"},
+    "qemu72-preempt": {"bin": "qemu72", "preempt": True},
+    "qemu10-plain": {"bin": "qemu10", "blocktime": True},
+    "qemu10-preempt": {"bin": "qemu10", "preempt": True, "blocktime": True},
+    "qemu10-plain-mfd": {"bin": "qemu10", "multifd": True, "blocktime": True},
+    "qemu10-preempt-mfd": {"bin": "qemu10", "preempt": True, "multifd": True, "blocktime": True},
+    "faultline-qemu10": {"bin": "patched10", "pager": True},
+    "faultline-qemu72": {"bin": "patched72", "pager": True},
+    "faultline-demo": {"demo": True},
+}
+DEFAULT_SCENARIOS = ("qemu72-plain", "qemu72-preempt", "qemu10-plain", "qemu10-preempt",
+                     "qemu10-plain-mfd", "qemu10-preempt-mfd", "faultline-qemu10",
+                     "faultline-qemu72", "faultline-demo")
+STOCK = {"10.2.2": [s for s in SCENARIOS if s.startswith("qemu10")],
+         "7.2": [s for s in SCENARIOS if s.startswith("qemu72")]}
+MAIN = "faultline-qemu10"
+BINARIES = {  # key -> (option, build_qemu.sh arguments, what)
+    "qemu72": ("--qemu72", None, "Debian's QEMU 7.2"),
+    "qemu10": ("--qemu10", ["--version=10.2", "--stock"], "stock QEMU 10.2.2"),
+    "patched10": ("--patched-qemu10", ["--version=10.2"], "patched QEMU 10.2.2"),
+    "patched72": ("--patched-qemu72", [], "patched QEMU 7.2"),
+}
 
 
 class NotApplicable(Exception):
@@ -84,12 +140,137 @@ def meminfo(key):
     return 0
 
 
-def mailbox(ram, seed, touches, vcpus):
+def mailbox(ram, seed, touches, vcpus, rounds):
     # guest_abi.h: magic, version, ram_size, seed, touches, slow_cycles, mode, rounds, num_cpus
-    return struct.pack("<IIQQQQIII", 0x4D544C46, 1, ram, seed, touches, 0, 0xF, 1, vcpus)
+    return struct.pack("<IIQQQQIII", 0x4D544C46, 1, ram, seed, touches, 0, 0xF, rounds, vcpus)
+
+
+def kvm_state():
+    """(usable, why not): /dev/kvm opened read-write, unless FAULTLINE_HIDE_KVM hides it."""
+    hide = os.environ.get("FAULTLINE_HIDE_KVM", "")
+    if hide not in ("", "0"):
+        return False, "FAULTLINE_HIDE_KVM=1 (the host is treated as having no /dev/kvm)"
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        os.close(fd)
+        return True, ""
+    except OSError as e:
+        return False, f"/dev/kvm: {e.strerror}"
+
+
+def accel_argv(accel):
+    # qemu64 under KVM: QEMU 7.2's `-cpu host` aborts on this machine's kvm_pvm (MSR 0x10a);
+    # both versions accept the default model. Under TCG, max (the guest needs nothing special).
+    return ["-accel", "kvm", "-cpu", "qemu64"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+
+
+def qemu_version(path):
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return out.splitlines()[0] if out else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+class EventQmp(Qmp):
+    """Qmp that keeps every event with QEMU's own timestamp (wall clock, µs)."""
+
+    def __init__(self, path, **kw):
+        self.events = []
+        super().__init__(path, **kw)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.f.write(json.dumps(msg) + "\n")
+        self.f.flush()
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise RuntimeError("%s: QEMU closed the QMP connection" % name)
+            r = json.loads(line)
+            if "event" in r:
+                ts = r.get("timestamp") or {}
+                self.events.append((r["event"], ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6,
+                                    r.get("data")))
+                continue
+            return r
+
+    def first_event(self, name, after):
+        return next((t for e, t, _ in self.events if e == name and t >= after), None)
 
 
 # ---- the guest's serial report ----
+
+LINE_RE = re.compile(r"^FLT cpu=(\d+) (phase|hist)=(seq|random|hot) round=(\d+) ")
+
+
+class SerialTail:
+    """New whole lines of a growing serial file."""
+
+    def __init__(self, path):
+        self.path, self.pos, self.partial = path, 0, b""
+
+    def new_lines(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.pos += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [l.decode("latin-1") for l in lines]
+
+
+class RoundPicker:
+    """Per vCPU, the first round of touch phases printed on the destination.
+
+    The destination's serial file holds only what the guest printed there. A vCPU's measured
+    round is the first three phase lines (one seq, one random, one hot, in the guest's order)
+    printed whole in that file, with their histogram lines: it starts with the phase that was
+    running at the switch (its first touches hit pages still on the source; the driver starts
+    the migration as vCPU 0 begins a seq phase) and runs on the destination while memory
+    arrives. It is complete once a fourth phase line appears (the third phase's histogram lines
+    are all out by then)."""
+
+    def __init__(self, vcpus):
+        self.vcpus = vcpus
+        self.keys, self.lines, self.done = {}, {}, {}
+        self.first_seen, self.third_seen = {}, {}
+
+    def feed(self, lines, now):
+        for l in lines:
+            m = LINE_RE.match(l)
+            if not m:
+                continue
+            cpu, kind, key = int(m.group(1)), m.group(2), (m.group(3), int(m.group(4)))
+            if cpu >= self.vcpus or cpu in self.done:
+                continue
+            keys = self.keys.setdefault(cpu, [])
+            if kind == "phase" and key not in keys:
+                if len(keys) == 3:
+                    self.done[cpu] = now
+                    continue
+                keys.append(key)
+                self.first_seen.setdefault(cpu, now)
+                if len(keys) == 3:
+                    self.third_seen[cpu] = now
+            if key in keys:  # (a histogram line of a phase whose line was on the source: not)
+                self.lines.setdefault(cpu, []).append(l)
+
+    def complete(self):
+        return len(self.done) == self.vcpus
+
+    def text(self):
+        return "\n".join(l for c in sorted(self.lines) for l in self.lines[c])
+
+    def report(self):
+        return {"phases": [[f"{n} {r}" for n, r in self.keys.get(c, [])] for c in range(self.vcpus)],
+                "first_line_s": round(min(self.first_seen.values()), 3) if self.first_seen else None,
+                "round_end_s": round(max(self.third_seen.values()), 3) if self.third_seen else None}
+
 
 def parse_guest(text):
     """Phase lines and quarter-octave histograms ("hist=" lines) of every CPU, by phase."""
@@ -237,12 +418,31 @@ class HugePages:
 
 # ---- QEMU scenarios (stock post-copy, and the patched QEMU with faultline as its pager) ----
 
+def bulk_channels(args, page):
+    return args.bulk_channels_2m if page == "2M" else args.bulk_channels
+
+
+def trim_latency(fl):
+    if not fl:
+        return None
+    return {k: fl.get(k) for k in ("count", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "max_ns",
+                                   "log2_us_dist")}
+
+
+ENGINE_KEYS = ("pages", "urgent_pages", "bulk_pages", "zero_pages", "faults", "minor_faults",
+               "duplicate_faults", "urgent_requests", "bulk_requests", "bytes_received", "seconds",
+               "eexist")
+SRC_RAM_KEYS = ("transferred", "normal", "duplicate", "postcopy-requests", "postcopy-bytes",
+                "precopy-bytes", "multifd-bytes", "mbps", "pages-per-second")
+
+
 def run_qemu(args, work, cell, huge):
     scenario, size_mib, page, vcpus = cell["scenario"], cell["size_mib"], cell["page"], cell["vcpus"]
-    pager = scenario == "faultline-qemu"
-    qemu = args.patched_qemu if pager else args.qemu
+    sc = SCENARIOS[scenario]
+    pager = sc.get("pager", False)
+    qemu = args.bins.get(sc["bin"])
     if not qemu:
-        raise NotApplicable("no patched QEMU: " + args.patched_qemu_why)
+        raise NotApplicable(args.bin_why.get(sc["bin"], "no QEMU binary"))
     size = size_mib * MIB
     ramdir = huge.ensure(2 * size // HUGE + 4) if page == "2M" else "/dev/shm"
     tag = f"flt-bench-{os.getpid()}"
@@ -261,27 +461,32 @@ def run_qemu(args, work, cell, huge):
     def qemu_argv(name, ram, extra):
         # -smp: the guest's boot CPU starts the others itself (INIT/SIPI) when the mailbox
         # asks for them.
-        argv = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", str(vcpus), "-m", f"{size_mib}M",
-                "-nodefaults",
-                "-vga", "none", "-display", "none", "-no-reboot",
-                "-object", f"memory-backend-file,id=mem,size={size_mib}M,mem-path={ram},share=on",
-                "-machine", "pc,memory-backend=mem", "-kernel", args.guest,
-                "-serial", "file:" + os.path.join(work, name + ".serial"),
-                "-qmp", "unix:%s,server=on,wait=off" % os.path.join(work, name + ".qmp")]
-        if pager:
+        argv = [qemu] + accel_argv(args.accel) + [
+            "-smp", str(vcpus), "-m", f"{size_mib}M", "-nodefaults",
+            "-vga", "none", "-display", "none", "-no-reboot",
+            "-object", f"memory-backend-file,id=mem,size={size_mib}M,mem-path={ram},share=on",
+            "-machine", "pc,memory-backend=mem", "-kernel", args.guest,
+            "-serial", "file:" + os.path.join(work, name + ".serial"),
+            "-qmp", "unix:%s,server=on,wait=off" % os.path.join(work, name + ".qmp")]
+        if sc["bin"] != "qemu72":  # a source build has no firmware of its own
             for fw in QEMU_FIRMWARE:
                 argv += ["-L", fw]
         return argv + extra
+
+    def alive():
+        for name, p in procs:
+            if name.endswith("qemu") and p.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {p.returncode}")
 
     try:
         for f in (src_ram, dst_ram):
             if os.path.exists(f):
                 os.unlink(f)
         spawn("src-qemu", qemu_argv("src", src_ram, ["-S"]))
-        src = Qmp(os.path.join(work, "src.qmp"))
+        src = EventQmp(os.path.join(work, "src.qmp"))
         with open(src_ram, "r+b") as f:  # the mailbox, before the guest runs (mmap: hugetlbfs)
             m = mmap.mmap(f.fileno(), 2 * HUGE)
-            mb = mailbox(guest_ram, args.seed, args.touches, vcpus)
+            mb = mailbox(guest_ram, args.seed, args.touches, vcpus, GUEST_ROUNDS)
             m[MAILBOX_GPA:MAILBOX_GPA + len(mb)] = mb
             m.close()
         src.ok("cont")
@@ -295,8 +500,13 @@ def run_qemu(args, work, cell, huge):
                  "the guest's dirty phase (every vCPU)")
 
         caps = ["postcopy-ram"]
+        if sc.get("preempt"):
+            caps.append("postcopy-preempt")
+        if sc.get("multifd"):
+            caps.append("multifd")
         extra = ["-incoming", "defer"]
         serve = None
+        nbulk = bulk_channels(args, page)
         if pager:
             caps += ["x-ignore-shared", "x-postcopy-external-pager"]
             token, fl_port = secrets.token_hex(32), free_port()
@@ -309,58 +519,115 @@ def run_qemu(args, work, cell, huge):
             serve = spawn("faultline-serve", [args.faultline, "serve", "--handoff=" + sock,
                                               f"--connect=127.0.0.1:{fl_port}", "--token=" + token,
                                               "--state_dir=" + os.path.join(work, "state"),
-                                              "--progress=false"])
+                                              f"--bulk_channels={nbulk}", "--progress=false"])
             wait_for(lambda: "waiting for a VMM" in read(os.path.join(work, "faultline-serve.log")),
                      30, "faultline serve")
             extra += ["-global", "migration.x-postcopy-external-pager-socket=" + sock]
-        elif scenario.endswith("preempt"):
-            caps.append("postcopy-preempt")
         spawn("dst-qemu", qemu_argv("dst", dst_ram, extra))
-        dst = Qmp(os.path.join(work, "dst.qmp"))
-        capl = [{"capability": c, "state": True} for c in caps]
-        dst.ok("migrate-set-capabilities", capabilities=capl)
-        src.ok("migrate-set-capabilities", capabilities=capl)
+        dst = EventQmp(os.path.join(work, "dst.qmp"))
+        dcaps = caps + (["postcopy-blocktime"] if sc.get("blocktime") else [])
+        dst.ok("migrate-set-capabilities",
+               capabilities=[{"capability": c, "state": True} for c in dcaps])
+        src.ok("migrate-set-capabilities",
+               capabilities=[{"capability": c, "state": True} for c in caps])
+        if sc.get("multifd"):
+            for q in (src, dst):
+                q.ok("migrate-set-parameters", **{"multifd-channels": args.multifd_channels})
         port = free_port()
         dst.ok("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
 
+        # Start right as vCPU 0 begins a round (a seq phase): its hot phase's histogram is out.
+        stail = SerialTail(serial)
+        stail.new_lines()
+        trigger = None
+        deadline = time.time() + 300
+        while trigger is None:
+            for l in stail.new_lines():
+                m = re.match(r"FLT cpu=0 hist=hot round=(\d+) ", l)
+                if m:
+                    trigger = int(m.group(1)) + 1
+                    break
+            else:
+                if time.time() > deadline:
+                    raise TimeoutError("vCPU 0 ended no round on the source within 300 s")
+                alive()
+                time.sleep(0.002)
         t0 = time.time()
         src.ok("migrate", uri=f"tcp:127.0.0.1:{port}")
         src.cmd("migrate-start-postcopy")  # with the pager the switch may already have happened
-        final = wait_for(lambda: (dst.ok("query-migrate").get("status") in ("completed", "failed")
-                                  and dst.ok("query-migrate")["status"]), 1800,
-                         "the destination migration to complete", interval=0.02)
-        t_done = time.time()
-        if final != "completed":
-            raise RuntimeError("destination migration " + final)
+        # Until the destination has completed and every vCPU has printed its measured round.
+        tail, picker = SerialTail(os.path.join(work, "dst.serial")), RoundPicker(vcpus)
+        t_done, dinfo = None, None
+        while True:
+            now = time.time()
+            picker.feed(tail.new_lines(), now - t0)
+            if t_done is None:
+                dinfo = dst.ok("query-migrate")
+                st = dinfo.get("status")
+                if st == "completed":
+                    t_done = time.time()
+                elif st == "failed":
+                    raise RuntimeError("destination migration failed")
+                elif now - t0 > 1800:
+                    raise TimeoutError("the destination migration did not complete in 1800 s")
+            elif picker.complete():
+                break
+            elif now - t_done > 600:
+                raise TimeoutError("no whole round of touch phases on the destination within "
+                                   f"600 s after completion ({picker.report()})")
+            alive()
+            time.sleep(0.02)
+        dst.ok("stop")
         info = wait_for(lambda: (lambda i: i if i.get("status") in ("completed", "failed")
                                  else None)(src.ok("query-migrate")), 120,
                         "the source migration to complete")
-        dserial = os.path.join(work, "dst.serial")
-        wait_for(lambda: "FLT done" in read(dserial), 1800, "the guest to finish on the destination")
-        dst.ok("stop")
         src_state = src.ok("query-status")["status"]
         if src_state not in ("postmigrate", "paused", "finish-migrate"):
             raise RuntimeError(f"source is {src_state}, not paused")
+        # Our own downtime: the source's STOP (switch-over) to the destination's RESUME, both
+        # QEMU's event timestamps (CLOCK_REALTIME of this host).
+        t_stop, t_resume = src.first_event("STOP", t0 - 1), dst.first_event("RESUME", t0 - 1)
 
         ram = info.get("ram", {})
-        res = {"total_seconds": round(t_done - t0, 3), "downtime_ms": info.get("downtime"),
+        events = sorted((round(t - t0, 4), side, e) for side, q in (("src", src), ("dst", dst))
+                        for e, t, _ in q.events if t >= t0 - 1)
+        res = {"events": events, "total_seconds": round(t_done - t0, 3),
+               "downtime_ms": round((t_resume - t_stop) * 1000, 2) if t_stop and t_resume else None,
+               "downtime_ms_qemu": info.get("downtime"),
+               "switch_seconds": round(t_stop - t0, 3) if t_stop else None,
                "urgent_requests": ram.get("postcopy-requests"),
-               "bytes_on_wire": ram.get("transferred", 0), "data_start": data_start,
-               "guest_ram_used": guest_ram, "qemu": qemu}
+               "bytes_on_wire": ram.get("transferred", 0),
+               "src_ram": {k: ram[k] for k in SRC_RAM_KEYS if k in ram},
+               "data_start": data_start, "guest_ram_used": guest_ram, "qemu": qemu,
+               "caps": caps, "dest_caps": dcaps}
+        if sc.get("multifd"):
+            res["multifd_channels"] = args.multifd_channels
+        if sc.get("blocktime"):
+            res["qemu_latency"] = {
+                "mean_ns": dinfo.get("postcopy-latency"),
+                "vcpu_ns": dinfo.get("postcopy-vcpu-latency"),
+                "non_vcpu_ns": dinfo.get("postcopy-non-vcpu-latency"),
+                "log2_us_dist": dinfo.get("postcopy-latency-dist"),
+                "blocktime_ms": dinfo.get("postcopy-blocktime"),
+                "vcpu_blocktime_ms": dinfo.get("postcopy-vcpu-blocktime")}
         if pager:
             serve.wait(timeout=120)
             log = read(os.path.join(work, "faultline-serve.log"))
             start = re.search(r"^\{$", log, re.M)  # serve prints its stats last
             stats = json.loads(log[start.start():]) if start else {}
+            res["bulk_channels"] = nbulk
             res["urgent_requests"] = stats.get("urgent_requests")
+            res["qemu_postcopy_requests"] = ram.get("postcopy-requests")
             res["bytes_on_wire"] += stats.get("bytes_received", 0)
             res["qemu_stream_bytes"] = ram.get("transferred", 0)
-            res["engine_fault_latency"] = stats.get("fault_latency")
-            res["engine_faults"] = stats.get("faults")
-        res["guest"] = parse_guest(read(dserial))
+            res["fault_latency"] = trim_latency(stats.get("fault_latency"))
+            res["engine"] = {k: stats.get(k) for k in ENGINE_KEYS}
+        res["guest"] = parse_guest(picker.text())
+        res["guest_round"] = dict(picker.report(), cpu0_round_at_migrate=trigger)
         res["verify"] = compare_ram(src_ram, dst_ram, size, data_start)
         gbad = sum(p["bad"] for p in res["guest"].values())
-        res["verified"] = res["verify"]["data_mismatches"] == 0 and gbad == 0 and bool(res["guest"])
+        res["verified"] = (res["verify"]["data_mismatches"] == 0 and gbad == 0 and
+                           all(p in res["guest"] for p in PHASES))
         return res
     except Exception as e:
         tails = []
@@ -384,6 +651,9 @@ def run_qemu(args, work, cell, huge):
 # ---- faultline demo (reference VMM) ----
 
 def run_demo(args, work, cell, huge):
+    if args.accel != "kvm":
+        raise NotApplicable("the reference VMM runs its guest on /dev/kvm only; this run is TCG ("
+                            + args.accel_why + ")")
     if cell["page"] == "2M":
         raise NotApplicable("the reference VMM has no hugetlbfs RAM (demo --dest_ram: memfd, "
                             "anon, guest_memfd)")
@@ -393,8 +663,10 @@ def run_demo(args, work, cell, huge):
     demo_mib = min(cell["size_mib"], DEMO_MAX_MIB)
     out = os.path.join(work, "demo.json")
     env = dict(os.environ, FAULTLINE_GUEST_ELF=args.guest)
+    nbulk = bulk_channels(args, cell["page"])
     r = subprocess.run([args.faultline, "demo", f"--size={demo_mib}M",
                         f"--vcpus={cell['vcpus']}", f"--guest_touches={args.touches}",
+                        f"--bulk_channels={nbulk}",
                         "--progress=false", "--guest_serial", f"--stats_json={out}"],
                        env=env, capture_output=True, text=True, timeout=3600)
     with open(os.path.join(work, "demo.log"), "w") as f:
@@ -406,12 +678,53 @@ def run_demo(args, work, cell, huge):
     e = j["engine"]
     dest_lines = "\n".join(l.split("] ", 1)[1] for l in r.stdout.splitlines()
                            if l.strip().startswith("[dest guest]"))
+    guest = parse_guest(dest_lines)
     return {"total_seconds": j["total_seconds"], "downtime_ms": j["downtime_ms"],
-            "urgent_requests": e["urgent_requests"], "bytes_on_wire": e["bytes_received"],
-            "engine_fault_latency": e["fault_latency"], "engine_faults": e["faults"],
-            "tsc_khz": j.get("tsc_khz"), "guest": parse_guest(dest_lines), "demo_ram_mib": demo_mib,
+            "downtime_ms_qemu": None, "urgent_requests": e["urgent_requests"],
+            "bytes_on_wire": e["bytes_received"], "bulk_channels": nbulk,
+            "fault_latency": trim_latency(e["fault_latency"]),
+            "engine": {k: e.get(k) for k in ENGINE_KEYS},
+            "tsc_khz": j.get("tsc_khz"), "guest": guest, "demo_ram_mib": demo_mib,
+            "guest_round": {"phases": [["seq 0", "random 0", "hot 0"]] * cell["vcpus"],
+                            "note": "the demo's source pauses at the end of the dirty phase; "
+                                    "its one round runs on the destination from the switch on"},
             "verify": {"pages": j["verified_pages"], "data_mismatches": j["mismatches"]},
-            "verified": j["mismatches"] == 0 and j["guest_bad_reads"] == 0}
+            "verified": (j["mismatches"] == 0 and j["guest_bad_reads"] == 0 and
+                         all(p in guest for p in PHASES))}
+
+
+# ---- figures per cell ----
+
+def ok_cell(c):
+    return c is not None and "na" not in c and "error" not in c
+
+
+def figures(c, khz):
+    """The numbers the tables and targets use, from one cell (None where it has none)."""
+    g = summarize_guest(c.get("guest") or {}, c.get("tsc_khz") or khz)
+    ql = c.get("qemu_latency") or {}
+    fl = c.get("fault_latency") or {}
+    eng = c.get("engine") or {}
+    if eng.get("seconds"):
+        rate = eng.get("bytes_received", 0) / eng["seconds"] / 1e6
+    elif c.get("total_seconds"):
+        rate = (c.get("src_ram") or {}).get("transferred", 0) / c["total_seconds"] / 1e6
+    else:
+        rate = None
+    k = c.get("tsc_khz") or khz
+    phases = c.get("guest") or {}
+    round_s = (sum(p.get("cycles_total", 0) for p in phases.values()) / (k * 1000.0)
+               if k and all(p in phases for p in PHASES) else None)
+    return {"total": c.get("total_seconds"), "down": c.get("downtime_ms"), "round_s": round_s,
+            "down_qemu": c.get("downtime_ms_qemu"),
+            "p99": g["all"]["p99_us"], "max": g["all"]["max_us"], "p50": g["all"]["p50_us"],
+            "phase_p99": [g[p]["p99_us"] if p in g else None for p in PHASES],
+            "urgent": c.get("urgent_requests"),
+            "qemu_mean_us": ql["mean_ns"] / 1000 if ql.get("mean_ns") is not None else None,
+            "fl_mean_us": fl["mean_ns"] / 1000 if fl.get("count") else None,
+            "fl_p50_us": fl["p50_ns"] / 1000 if fl.get("count") else None,
+            "fl_p99_us": fl["p99_ns"] / 1000 if fl.get("count") else None,
+            "rate_mbs": rate}
 
 
 # ---- report ----
@@ -419,7 +732,17 @@ def run_demo(args, work, cell, huge):
 def fmt_us(v):
     if v is None:
         return "–"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} s"
     return f"{v / 1000:.1f} ms" if v >= 1000 else f"{v:.0f} µs"
+
+
+def fmt_ms(v):
+    return "–" if v is None else (f"{v:.2f} ms" if v < 10 else f"{v:.0f} ms")
+
+
+def fmt_s(v):
+    return "–" if v is None else f"{v:.2f} s"
 
 
 def fmt_bytes(b):
@@ -438,98 +761,292 @@ def size_name(mib):
     return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
 
 
-def markdown(results, khz):
-    head = ("| scenario | RAM | page | vCPUs | total | downtime | guest touch p50 (seq / random / hot) "
-            "| guest touch p99 (seq / random / hot) | max touch | urgent requests | bytes on the wire "
-            "| faultline fault p50 / p99 | verified |")
-    rows = [head, "|" + "---|" * 13]
+def page_name(page):
+    return "4 KiB" if page == "4K" else "2 MiB"
+
+
+class GroupKey(tuple):
+    """(size MiB, page, vCPUs), sorted with 4 KiB pages before 2 MiB."""
+
+    def _order(self):
+        return (self[0], self[1] != "4K", self[2])
+
+    def __lt__(self, other):
+        return self._order() < other._order()
+
+
+def groups(results):
+    out = {}
     for c in results:
-        lead = f"| {c['scenario']} | {size_name(c['size_mib'])} | {c['page']} | {c['vcpus']} |"
+        out.setdefault(GroupKey((c["size_mib"], c["page"], c["vcpus"])), {})[c["scenario"]] = c
+    return out
+
+
+def group_title(key):
+    size, page, vcpus = key
+    return f"{size_name(size)}, {page_name(page)} pages, {vcpus} vCPU{'s' if vcpus > 1 else ''}"
+
+
+def cell_table(d, khz):
+    head = ("| scenario | total | downtime: own / QEMU's | touch p99 (seq / random / hot) | touch p99 "
+            "all | worst touch | round time | urgent requests | QEMU postcopy-latency mean | "
+            "faultline fault latency mean / p50 / p99 | stream | verified |")
+    rows = [head, "|" + "---|" * 12]
+    for name, c in d.items():
+        lead = f"| {name} |"
         if "na" in c:
-            rows.append(f"{lead} n/a: {c['na']} |" + " |" * 8)
+            rows.append(f"{lead} n/a: {c['na']} |" + " |" * 10)
             continue
         if "error" in c:
-            rows.append(f"{lead} error: {error_line(c['error'])} |" + " |" * 8)
+            rows.append(f"{lead} error: {error_line(c['error'])} |" + " |" * 10)
             continue
-        g = summarize_guest(c["guest"], c.get("tsc_khz") or khz)
-        p50 = " / ".join(fmt_us(g[p]["p50_us"]) if p in g else "–" for p in PHASES)
-        p99 = " / ".join(fmt_us(g[p]["p99_us"]) if p in g else "–" for p in PHASES)
-        fl = c.get("engine_fault_latency") or {}
-        eng = (f"{fl['p50_ns'] / 1000:.0f} / {fl['p99_ns'] / 1000:.0f} µs"
-               if fl.get("count") else "– (not exposed)" if c["scenario"].startswith("qemu") else "–")
+        f = figures(c, khz)
+        fl = (f"{fmt_us(f['fl_mean_us'])} / {fmt_us(f['fl_p50_us'])} / {fmt_us(f['fl_p99_us'])}"
+              if f["fl_mean_us"] is not None else "–")
         v = c["verify"]
         ver = (f"{'yes' if c['verified'] else 'NO'}: {v['data_mismatches']} mismatches / "
                f"{v.get('data_pages', v['pages']):,} pages")
-        rows.append(f"{lead} {c['total_seconds']:.2f} s | {float(c['downtime_ms'] or 0):.0f} ms | "
-                    f"{p50} | {p99} | {fmt_us(g['all']['max_us'])} | {c['urgent_requests'] if c['urgent_requests'] is not None else '–':} | "
-                    f"{fmt_bytes(c['bytes_on_wire'])} | {eng} | {ver} |")
+        extra = f" ({c['bulk_channels']} channels)" if c.get("bulk_channels", 1) > 1 else ""
+        rate = "–" if f["rate_mbs"] is None else f"{f['rate_mbs']:.0f} MB/s"
+        rows.append(f"{lead} {fmt_s(f['total'])} | {fmt_ms(f['down'])} / "
+                    f"{'–' if f['down_qemu'] is None else str(f['down_qemu']) + ' ms'} | "
+                    f"{' / '.join(fmt_us(x) for x in f['phase_p99'])} | {fmt_us(f['p99'])} | "
+                    f"{fmt_us(f['max'])} | {fmt_s(f['round_s'])} | "
+                    f"{f['urgent'] if f['urgent'] is not None else '–'} | "
+                    f"{fmt_us(f['qemu_mean_us'])} | {fl} | "
+                    f"{rate}{extra} | "
+                    f"{ver} |")
     return "\n".join(rows) + "\n"
 
 
-def targets(results, khz):
-    """faultline-qemu against QEMU's own post-copy in the same run, per (RAM, page) cell."""
-    rows = ["| RAM | page | vCPUs | all touches p50: faultline-qemu / best QEMU (ratio) "
-            "| p99: faultline-qemu / best QEMU (ratio) | total: faultline-qemu / best QEMU |",
-            "|---|---|---|---|---|---|"]
-    cells = {}
-    for c in results:
-        if "na" in c or "error" in c:
-            continue
-        cells.setdefault((c["size_mib"], c["page"], c["vcpus"]), {})[c["scenario"]] = c
-    for (size, page, vcpus), d in sorted(cells.items()):
-        f = d.get("faultline-qemu")
-        qs = [d[s] for s in ("qemu-postcopy", "qemu-postcopy-preempt") if s in d]
-        if not f or not qs:
-            continue
-        fg = summarize_guest(f["guest"], khz)["all"]
-        qg = [summarize_guest(q["guest"], khz)["all"] for q in qs]
-        q50, q99 = min(g["p50_us"] for g in qg), min(g["p99_us"] for g in qg)
-        qt = min(q["total_seconds"] for q in qs)
-        rows.append(f"| {size_name(size)} | {page} | {vcpus} | {fmt_us(fg['p50_us'])} / {fmt_us(q50)} "
-                    f"({fg['p50_us'] / q50:.2f}) | {fmt_us(fg['p99_us'])} / {fmt_us(q99)} "
-                    f"({fg['p99_us'] / q99:.2f}) | {f['total_seconds']:.2f} s / {qt:.2f} s |")
+def best(d, names, key, khz):
+    """(value, scenario) of the lowest figure `key` among the cells `names` that ran."""
+    vals = [(figures(d[n], khz)[key], n) for n in names if ok_cell(d.get(n))]
+    vals = [(v, n) for v, n in vals if v is not None]
+    return min(vals) if vals else (None, None)
+
+
+METRICS = (  # key, label, formatter, target (None: shown, not a target)
+    ("total", "total", fmt_s),
+    ("down", "downtime (own)", fmt_ms),
+    ("p99", "touch p99 (all)", fmt_us),
+    ("max", "worst touch", fmt_us),
+    ("urgent", "urgent requests", lambda v: "–" if v is None else f"{v:,}"),
+    ("qemu_mean_us", "QEMU postcopy-latency mean", fmt_us),
+    ("fl_mean_us", "faultline fault latency mean", fmt_us),
+)
+
+
+def best_table(d, khz):
+    """Best stock mode of 10.2.2 and of 7.2 (per column) vs faultline-qemu10 (and -qemu72)."""
+    rows = ["| | " + " | ".join(m[1] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for ver, names in STOCK.items():
+        cells = []
+        for key, _, fmt in METRICS:
+            v, n = best(d, names, key, khz)
+            cells.append("–" if v is None else f"{fmt(v)} ({n.split('-', 1)[1]})")
+        rows.append(f"| best stock QEMU {ver} | " + " | ".join(cells) + " |")
+    for name in (MAIN, "faultline-qemu72"):
+        if ok_cell(d.get(name)):
+            f = figures(d[name], khz)
+            rows.append(f"| {name} | " + " | ".join(fmt(f[k]) for k, _, fmt in METRICS) + " |")
     return "\n".join(rows) + "\n"
 
 
-def plot(results, khz, out_png, work):
-    """CDF of every destination touch, per RAM/page/vCPUs cell, one curve per scenario."""
-    if not shutil.which("gnuplot"):
-        return False
-    cells = []
-    for c in results:
-        if "na" in c or "error" in c:
+def targets(d, khz):
+    """Issue 17's end-to-end targets for faultline-qemu10 in one cell: [(name, met, text)]."""
+    f = d.get(MAIN)
+    if not ok_cell(f):
+        why = "no faultline-qemu10 cell" if f is None else ("n/a" if "na" in f else "error")
+        return [("all", None, why)]
+    ff = figures(f, khz)
+    out = []
+    for ver, names in STOCK.items():
+        bt, bn = best(d, names, "total", khz)
+        if bt is None:
+            out.append((f"total ≤ 0.9× best {ver}", None, f"no stock {ver} cell ran"))
+        else:
+            out.append((f"total ≤ 0.9× best {ver}", ff["total"] <= 0.9 * bt,
+                        f"{ff['total']:.2f} s vs {bt:.2f} s ({bn}): {ff['total'] / bt:.2f}×"))
+    stock = STOCK["10.2.2"] + STOCK["7.2"]
+    for key, label, fmt in (("down", "downtime no worse", fmt_ms),
+                            ("p99", "touch p99 no worse", fmt_us),
+                            ("max", "worst touch no worse", fmt_us)):
+        bv, bn = best(d, stock, key, khz)
+        if bv is None or ff[key] is None:
+            out.append((label, None, "no figure"))
+        else:
+            out.append((label, ff[key] <= bv, f"{fmt(ff[key])} vs {fmt(bv)} ({bn})"))
+    qm, qn = best(d, STOCK["10.2.2"], "qemu_mean_us", khz)
+    if qm is None or ff["fl_mean_us"] is None:
+        out.append(("fault-latency mean ≤ ¼ QEMU's", None, "no figure"))
+    else:
+        out.append(("fault-latency mean ≤ ¼ QEMU's", ff["fl_mean_us"] <= qm / 4,
+                    f"{fmt_us(ff['fl_mean_us'])} vs {fmt_us(qm)} ({qn}): 1/{qm / ff['fl_mean_us']:.1f}"
+                    if ff["fl_mean_us"] else f"0 vs {fmt_us(qm)}"))
+    return out
+
+
+def met_word(m):
+    return "n/a" if m is None else ("**met**" if m else "not met")
+
+
+def dist_of(c):
+    if not ok_cell(c):
+        return None
+    return (c.get("qemu_latency") or {}).get("log2_us_dist") or \
+        (c.get("fault_latency") or {}).get("log2_us_dist")
+
+
+def bucket_label(n):
+    lo = 1 << n
+    def u(x):
+        return f"{x // 1000} ms" if x >= 1000 and x % 1000 == 0 else (
+            f"{x / 1000:.1f} ms" if x >= 1000 else f"{x} µs")
+    if n == 0:
+        return "< 2 µs"
+    return f"≥ {u(lo)}" if n == 23 else f"{u(lo)} – {u(2 * lo)}"
+
+
+def dist_table(d):
+    names = [n for n in d if dist_of(d[n])]
+    if not names:
+        return ""
+    dists = {n: dist_of(d[n]) for n in names}
+    used = [i for i in range(24) if any(i < len(x) and x[i] for x in dists.values())]
+    if not used:
+        return ""
+    rows = ["| fault latency bucket | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i in range(min(used), max(used) + 1):
+        rows.append(f"| {bucket_label(i)} | " +
+                    " | ".join(str(dists[n][i]) if i < len(dists[n]) else "0" for n in names) + " |")
+    rows.append("| total | " + " | ".join(f"{sum(dists[n]):,}" for n in names) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def targets_summary(results, khz):
+    g = groups(results)
+    names = None
+    rows = []
+    for key in sorted(g):
+        t = targets(g[key], khz)
+        if names is None and len(t) > 1:
+            names = [x[0] for x in t]
+        rows.append((key, t))
+    if not names:
+        return ""
+    out = ["| RAM | page | vCPUs | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for (size, page, vcpus), t in rows:
+        if len(t) == 1:
+            out.append(f"| {size_name(size)} | {page_name(page)} | {vcpus} | {t[0][2]} |" +
+                       " |" * (len(names) - 1))
             continue
-        key = (c["size_mib"], c["page"], c["vcpus"])
-        if key not in cells:
-            cells.append(key)
-    if not cells:
-        return False
+        out.append(f"| {size_name(size)} | {page_name(page)} | {vcpus} | " +
+                   " | ".join(f"{met_word(m)}: {txt}" for _, m, txt in t) + " |")
+    return "\n".join(out) + "\n"
+
+
+def markdown(saved):
+    m, results = saved["machine"], saved["results"]
+    khz = m["cpu_khz"]
+    accel = m["accel"]
+    acc = ("KVM (`-accel kvm -cpu qemu64`)" if accel == "kvm" else
+           f"TCG (`-accel tcg -cpu max`; {m.get('accel_why') or 'asked for'})")
+    out = [f"# Post-copy matrix — accelerator: {acc}\n",
+           f"Machine: {m['description']}; kernel {m['kernel']}; {m['date']}; faultline: "
+           f"{m.get('faultline_label') or m.get('git', '?')}.",
+           "QEMU: " + "; ".join(f"{k}: {v}" for k, v in (m.get("qemu_versions") or {}).items()) + ".",
+           f"Load: before `{m.get('uptime_before', '?')}`, after `{m.get('uptime_after', '?')}`.",
+           f"Guest: faultline-guest, {saved['touches']} touches per phase per vCPU, seed "
+           f"{saved['seed']}, looping; the migration starts as vCPU 0 begins a round; measured "
+           "per vCPU: the first three phase lines (seq, random, hot, in the guest's order) printed "
+           "whole on the destination (its own serial file), starting with the phase running at "
+           "the switch; the guest is stopped once that round is out and the migration has "
+           "completed. Touch latencies are all reads, faults and hits alike "
+           "(p99: upper bound of a quarter-octave bucket); round time: the guest's own time for "
+           "those three phases (rdtsc; per phase the slowest vCPU), how far it got while memory "
+           "arrived. faultline bulk channels: "
+           f"{saved.get('bulk_channels', 1)} (4 KiB pages), {saved.get('bulk_channels_2m', 1)} "
+           "(2 MiB pages). Downtime \"own\": the source's STOP event to the destination's RESUME "
+           "(QMP timestamps); \"QEMU's\": the source's `downtime` (10.x: wrong below 1 ms). Stream: "
+           "faultline's bytes received per engine second, or QEMU's bytes transferred per total "
+           "second. \"best\" = the lowest figure of that column among the version's stock modes "
+           "(the mode in brackets).\n"]
+    out.append("## Targets (issue 17), faultline-qemu10 against the best stock mode per column\n")
+    out.append("Total against 10.2.2 and 7.2 separately; downtime, touch p99 and worst touch "
+               "against the best of every stock mode of both; fault-latency mean against the "
+               "lowest `postcopy-latency` mean of the 10.2.2 modes.\n")
+    out.append(targets_summary(results, khz))
+    for key, d in sorted(groups(results).items()):
+        out.append(f"## {group_title(key)}\n")
+        out.append(cell_table(d, khz))
+        out.append("Best stock mode vs faultline:\n")
+        out.append(best_table(d, khz))
+        t = targets(d, khz)
+        out.append("Targets: " + "; ".join(f"{n}: {met_word(mt)} ({txt})" for n, mt, txt in t) + ".\n")
+        dt = dist_table(d)
+        if dt:
+            out.append("Fault latency, each pager's own view (QEMU 10.2.2: `postcopy-latency-dist`; "
+                       "faultline: `fault_latency.log2_us_dist`), faults per bucket:\n")
+            out.append(dt)
+    out.append(notes(results))
+    return "\n".join(out)
+
+
+def notes(results):
+    out = []
+    for c in results:
+        used = c.get("guest_ram_used")
+        if used and used < c["size_mib"] * MIB:
+            out.append(f"{size_name(c['size_mib'])} under QEMU: the pc machine maps RAM above "
+                       f"{used >> 30} GiB at 4 GiB, beyond the guest's identity map, so the guest's "
+                       f"workload covers the low {used >> 30} GiB; the rest migrates as zero pages "
+                       "and is compared too.")
+        demo = c.get("demo_ram_mib")
+        if demo and demo < c["size_mib"]:
+            out.append(f"faultline-demo {size_name(c['size_mib'])}: run with {demo} MiB — the "
+                       "reference VMM maps RAM over the local APIC page at 0xfee00000, which KVM "
+                       "traps as MMIO; 4076 MiB ends below the I/O APIC (0xfec00000).")
+        if c["scenario"] == "faultline-demo" and ok_cell(c):
+            out.append("faultline-demo: the reference VMM pauses its source at the end of the "
+                       "dirty phase and the guest runs one round, from the switch on "
+                       "(`faultline demo` cannot loop the guest); the QEMU cells measure the "
+                       "first three phases printed on the destination, from the one running at "
+                       "the switch.")
+    return ("\nNotes:\n" + "\n".join(f"- {n}" for n in sorted(set(out))) + "\n") if out else ""
+
+
+# ---- plots (gnuplot) ----
+
+def plot_cdf(results, khz, out_png, work):
+    """CDF of every measured destination touch, per RAM/page/vCPUs cell, one curve per scenario."""
     plots = []
-    for n, key in enumerate(cells):
+    for n, (key, d) in enumerate(sorted(groups(results).items())):
         curves = []
-        for c in results:
-            if (c["size_mib"], c["page"], c["vcpus"]) != key or "guest" not in c:
+        for name, c in d.items():
+            if not ok_cell(c):
                 continue
             h = merged_hist(c["guest"])
             total = sum(h.values())
             if not total:
                 continue
             k = c.get("tsc_khz") or khz
-            dat = os.path.join(work, f"cdf-{n}-{c['scenario']}.dat")
+            dat = os.path.join(work, f"cdf-{n}-{name}.dat")
             with open(dat, "w") as f:
                 seen = 0
                 for i in sorted(h, key=int):
                     seen += h[i]
                     f.write(f"{bucket_upper(i) * 1000.0 / k:.2f} {seen / total:.5f}\n")
-            curves.append(f"'{dat}' using 1:2 with steps lw 2 title '{c['scenario']}'")
+            curves.append(f"'{dat}' using 1:2 with steps lw 2 title '{name}'")
         if curves:
-            plots.append((f"{size_name(key[0])}, {key[1]} pages, {key[2]} vCPU(s)", curves))
-    rows = len(plots)
-    script = [f"set terminal png size 1200,{400 * rows}", f"set output '{out_png}'",
-              f"set multiplot layout {rows},2 title 'Guest-observed touch latency on the "
-              "destination while memory arrives (all touches, seq+random+hot)'",
+            plots.append((group_title(key), curves))
+    if not plots:
+        return False
+    script = [f"set terminal png size 1200,{330 * len(plots)}", f"set output '{out_png}'",
+              f"set multiplot layout {len(plots)},2 title 'Guest-observed touch latency on the "
+              "destination while memory arrives (the measured round: seq+random+hot)'",
               "set logscale x", "set xlabel 'µs per touch (rdtsc, quarter-octave buckets)'",
-              "set key bottom right", "set grid"]
+              "set grid"]
     for title, curves in plots:
         script += [f"set title 'CDF: {title}'", "unset logscale y", "set yrange [0:1]",
                    "set ylabel 'fraction of touches'", "set key bottom right",
@@ -539,48 +1056,85 @@ def plot(results, khz, out_png, work):
                    "plot " + ", ".join(c.replace("using 1:2", "using 1:(1-$2+1e-9)")
                                        for c in curves)]
     script.append("unset multiplot")
-    subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True, check=False)
+    subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True, check=False,
+                   capture_output=True)
     return os.path.exists(out_png)
 
 
-def write_outputs(args, saved, khz):
+def plot_dist(results, out_png, work):
+    """QEMU 10.2.2's postcopy-latency-dist (every stock 10.2.2 mode) vs faultline-qemu10's
+    log2_us_dist, fraction of faults per log2 µs bucket, one panel per RAM/page/vCPUs cell."""
+    def tic(i):
+        us = 1 << i
+        return f"{us}" if us < 1000 else f"{us // 1000}m" if us < 10 ** 6 else f"{us // 10 ** 6}s"
+    plots, top = [], 0
+    for n, (key, d) in enumerate(sorted(groups(results).items())):
+        curves = []
+        for name, c in d.items():
+            dist = dist_of(c)
+            if name not in STOCK["10.2.2"] + [MAIN] or not dist or not sum(dist):
+                continue
+            top = max(top, max(i for i, v in enumerate(dist) if v))
+            dat = os.path.join(work, f"dist-{n}-{name}.dat")
+            total = sum(dist)
+            with open(dat, "w") as f:
+                for i, v in enumerate(dist):
+                    f.write(f"{i} {v / total:.5f}\n")
+            mean = figures(c, 0)["qemu_mean_us" if c.get("qemu_latency") else "fl_mean_us"]
+            style = "lw 3 lc rgb '#c00000'" if name == MAIN else "lw 1.5 dt 2"
+            curves.append(f"'{dat}' using 1:2 with linespoints {style} title '{name} "
+                          f"(mean {fmt_us(mean)}, {total:,} faults)'")
+        if curves:
+            plots.append((group_title(key), curves))
+    if not plots:
+        return False
+    rows = (len(plots) + 1) // 2
+    top = min(23, top + 1)
+    tics = ", ".join(f"'{tic(i)}' {i}" for i in range(0, top + 1, 2))
+    script = [f"set terminal png size 1200,{380 * rows}", f"set output '{out_png}'",
+              f"set multiplot layout {rows},2 title 'Post-copy fault latency as each pager "
+              "measures it: QEMU 10.2.2 postcopy-latency-dist vs faultline fault\\_latency "
+              "log2\\_us\\_dist'",
+              f"set xtics ({tics})", f"set xrange [0:{top}]",
+              "set xlabel 'fault latency: lower bound of the log2 bucket (µs; m = ms, s = s)'",
+              "set ylabel 'fraction of faults'", "set yrange [0:*]", "set grid",
+              "set key top right font ',9'"]
+    for title, curves in plots:
+        script += [f"set title '{title}'", "plot " + ", ".join(curves)]
+    script.append("unset multiplot")
+    subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True, check=False,
+                   capture_output=True)
+    return os.path.exists(out_png)
+
+
+def write_outputs(args, saved):
     work = tempfile.mkdtemp(prefix="flt-plot-")
-    png = plot(saved["results"], khz, os.path.abspath(os.path.join(args.out, "latency.png")), work)
-    md = (f"Machine: {saved['machine']['description']}; kernel {saved['machine']['kernel']}; "
-          f"{saved['machine']['qemu']}; {saved['machine']['date']}.\n"
-          f"Load: before `{saved['machine'].get('uptime_before', '?')}`, "
-          f"after `{saved['machine'].get('uptime_after', '?')}`.\n"
-          f"Guest: faultline-guest, {saved['touches']} touches per phase per vCPU, seed "
-          f"{saved['seed']}; phases run in the order seq, random, hot right after the switch "
-          "(\"–\": the phase ended on the source, before the switch). Touch latencies are "
-          "all reads, faults and hits alike (p50/p99: upper bounds of quarter-octave buckets).\n\n"
-          + markdown(saved["results"], khz) + notes(saved["results"]) + "\nfaultline-qemu vs QEMU's own post-copy "
-          "(the better of plain and preempt per column), per RAM, page size and vCPU count:\n\n" + targets(saved["results"], khz))
+    khz = saved["machine"]["cpu_khz"]
+    made = []
+    if shutil.which("gnuplot"):
+        if plot_cdf(saved["results"], khz, os.path.abspath(os.path.join(args.out, "latency.png")), work):
+            made.append("latency.png")
+        if plot_dist(saved["results"], os.path.abspath(os.path.join(args.out, "latency_dist.png")),
+                     work):
+            made.append("latency_dist.png")
+    shutil.rmtree(work, ignore_errors=True)
+    md = markdown(saved)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     print(md)
-    print(f"wrote {args.out}/results.json, results.md" + (", latency.png" if png else ""))
+    print(f"wrote {args.out}/results.json, results.md" + "".join(", " + m for m in made))
 
 
-def notes(results):
-    out = []
-    for c in results:
-        used = c.get("guest_ram_used")
-        if used and used < c["size_mib"] * MIB:
-            out.append(f"{c['scenario']} {size_name(c['size_mib'])}: QEMU's pc machine maps RAM "
-                       f"above {used >> 30} GiB at 4 GiB, beyond the guest's identity map, so the "
-                       f"guest's workload covers the low {used >> 30} GiB; the rest migrates as "
-                       "zero pages and is compared too.")
-        demo = c.get("demo_ram_mib")
-        if demo and demo < c["size_mib"]:
-            out.append(f"faultline-demo {size_name(c['size_mib'])}: run with {demo} MiB — the "
-                       "reference VMM maps RAM over the local APIC page at 0xfee00000, which KVM "
-                       "traps as MMIO, so a 4096 MiB demo guest stops with KVM_EXIT_MMIO there "
-                       "in its dirty phase; 4076 MiB ends below the I/O APIC (0xfec00000).")
-    return ("\nNotes:\n" + "\n".join(f"- {n}" for n in sorted(set(out))) + "\n") if out else ""
+def save_json(path, saved):
+    """One line per cell: small enough to keep, still diffable."""
+    body = {k: v for k, v in saved.items() if k != "results"}
+    with open(path, "w") as f:
+        f.write(json.dumps(body, indent=1)[:-2] + ',\n "results": [\n')
+        f.write(",\n".join(json.dumps(c, separators=(",", ":")) for c in saved["results"]))
+        f.write("\n ]\n}\n")
 
 
-def machine_description():
+def machine_description(kvm_ok, kvm_why):
     model = ""
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -588,7 +1142,52 @@ def machine_description():
                 model = line.split(":", 1)[1].strip()
                 break
     mem = meminfo("MemTotal") // (1 << 20)
-    return f"{os.cpu_count()} vCPUs of {model}, {mem} GiB RAM, /dev/kvm (software KVM, kvm_pvm)"
+    kvm = "/dev/kvm" if kvm_ok else f"no usable /dev/kvm ({kvm_why})"
+    if kvm_ok and os.path.exists("/sys/module/kvm_pvm"):
+        kvm += " (software KVM, kvm_pvm)"
+    return f"{os.cpu_count()} vCPUs of {model}, {mem} GiB RAM, {kvm}"
+
+
+def git_rev():
+    try:
+        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + (" + uncommitted changes" if dirty else "")
+    except OSError:
+        return None
+
+
+def resolve_binaries(args, scenarios):
+    """args.bins[key] = path, or args.bin_why[key] = why there is none."""
+    args.bins, args.bin_why = {}, {}
+    wanted = {SCENARIOS[s]["bin"] for s in scenarios if "bin" in SCENARIOS[s]}
+    given = {"qemu72": args.qemu72, "qemu10": args.qemu10, "patched10": args.patched_qemu10,
+             "patched72": args.patched_qemu72}
+    for key in sorted(wanted):
+        opt, build_args, what = BINARIES[key]
+        path = given[key]
+        if key == "qemu72":
+            found = shutil.which(path)
+            if found:
+                args.bins[key] = found
+            else:
+                args.bin_why[key] = f"no {path} on PATH (apt-get install qemu-system-x86)"
+            continue
+        if path:
+            if os.access(path, os.X_OK):
+                args.bins[key] = path
+            else:
+                args.bin_why[key] = f"{opt} {path} is not executable"
+            continue
+        r = subprocess.run([BUILD_QEMU] + build_args, capture_output=True, text=True)
+        out = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+        if r.returncode == 0 and os.access(out, os.X_OK):
+            args.bins[key] = out
+        else:
+            args.bin_why[key] = (f"no {what}: build_qemu.sh {' '.join(build_args)} failed: " +
+                                 ((r.stderr.strip().splitlines() or ["?"])[-1]))
 
 
 def main():
@@ -599,86 +1198,124 @@ def main():
     ap.add_argument("--faultline", default=os.path.join(binr, "cli", "faultline"))
     ap.add_argument("--guest", default=os.path.join(binr, "qemu-integration", "guest",
                                                     "faultline-guest"))
-    ap.add_argument("--qemu", default="qemu-system-x86_64", help="stock QEMU (Debian's)")
-    ap.add_argument("--patched-qemu", default="",
-                    help="QEMU with x-postcopy-external-pager (default: build_qemu.sh's)")
+    ap.add_argument("--qemu72", "--qemu", default="qemu-system-x86_64",
+                    help="Debian's QEMU 7.2 (stock)")
+    ap.add_argument("--qemu10", default="", help="stock QEMU 10.2.2 (default: build_qemu.sh's)")
+    ap.add_argument("--patched-qemu10", default="",
+                    help="QEMU 10.2.2 with x-postcopy-external-pager (default: build_qemu.sh's)")
+    ap.add_argument("--patched-qemu72", "--patched-qemu", default="",
+                    help="QEMU 7.2 with x-postcopy-external-pager (default: build_qemu.sh's)")
+    ap.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     ap.add_argument("--quick", action="store_true", help="256 MiB, 4 KiB pages, 1 vCPU")
     ap.add_argument("--sizes-mib", default="1024,4096")
     ap.add_argument("--pages", default="4K,2M")
     ap.add_argument("--vcpus", default="1,2")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                    help="comma-separated, from: " + ", ".join(SCENARIOS))
+    ap.add_argument("--only", default="",
+                    help="cells to run as SIZE:PAGE (e.g. 1024:4K,4096:4K); default: every one")
+    ap.add_argument("--bulk-channels", type=int, default=1,
+                    help="faultline serve/demo --bulk_channels for the faultline cells")
+    ap.add_argument("--bulk-channels-2m", type=int, default=0,
+                    help="the same for 2 MiB-page cells (default: --bulk-channels)")
+    ap.add_argument("--multifd-channels", type=int, default=2,
+                    help="multifd-channels of the *-mfd scenarios")
+    ap.add_argument("--faultline-label", default="",
+                    help="what the faultline binary is (for the report; default: the tree's rev)")
     ap.add_argument("--touches", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default="bench-out")
-    ap.add_argument("--replot", help="redraw results.md/latency.png from a results.json")
+    ap.add_argument("--replot", help="redraw results.md and the plots from a results.json")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    khz = cpu_khz()
     if args.replot:
         with open(args.replot) as f:
             saved = json.load(f)
-        write_outputs(args, saved, saved["machine"]["cpu_khz"])
+        write_outputs(args, saved)
         return 0
     if args.quick:
         args.sizes_mib, args.pages, args.vcpus = "256", "4K", "1"
+    if not args.bulk_channels_2m:
+        args.bulk_channels_2m = args.bulk_channels
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        sys.exit(f"unknown scenario(s) {', '.join(bad)}; known: {', '.join(SCENARIOS)}")
     for b in (args.faultline, args.guest):
         if not os.path.exists(b):
             sys.exit(f"missing {b}: bazel build -c opt //cli:faultline "
                      "//qemu-integration/guest:faultline-guest")
-    args.patched_qemu_why = ""
-    if not args.patched_qemu and "faultline-qemu" in args.scenarios:
-        r = subprocess.run([os.path.join(REPO, "qemu-integration", "qemu", "build_qemu.sh")],
-                           capture_output=True, text=True)
-        path = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-        if r.returncode == 0 and os.access(path, os.X_OK):
-            args.patched_qemu = path
-        else:
-            args.patched_qemu_why = "build_qemu.sh failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    kvm_ok, kvm_why = kvm_state()
+    if args.accel == "auto":
+        args.accel = "kvm" if kvm_ok else "tcg"
+        args.accel_why = "auto: " + ("/dev/kvm usable" if kvm_ok else kvm_why)
+    elif args.accel == "kvm" and not kvm_ok:
+        sys.exit(f"--accel=kvm: {kvm_why}")
+    else:
+        args.accel_why = f"--accel={args.accel}"
+    resolve_binaries(args, scenarios)
+    only = {tuple(x.split(":")) for x in args.only.split(",") if x}
 
+    khz = cpu_khz()
     machine = {"cpu_khz": khz, "cores": os.cpu_count(), "kernel": os.uname().release,
-               "description": machine_description(),
-               "qemu": subprocess.run([args.qemu, "--version"], capture_output=True,
-                                      text=True).stdout.splitlines()[0]
-               if shutil.which(args.qemu) else None,
-               "patched_qemu": args.patched_qemu, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "description": machine_description(kvm_ok, kvm_why),
+               "accel": args.accel, "accel_why": args.accel_why,
+               "qemu_versions": {k: qemu_version(p) for k, p in sorted(args.bins.items())},
+               "qemu_paths": args.bins, "qemu_missing": args.bin_why,
+               "git": git_rev(), "faultline_label": args.faultline_label,
+               "date": time.strftime("%Y-%m-%d %H:%M"),
                "uptime_before": uptime()}
-    print("load before:", machine["uptime_before"], flush=True)
+    print(f"accelerator: {args.accel} ({args.accel_why}); load before: {machine['uptime_before']}",
+          flush=True)
+    for k, why in args.bin_why.items():
+        print(f"   {k}: {why}", flush=True)
     work_root = tempfile.mkdtemp(prefix="flt-matrix-")
     huge = HugePages(work_root)
     results = []
+    t_start = time.time()
     try:
         for size in [int(s) for s in args.sizes_mib.split(",")]:
             for page in args.pages.split(","):
+                if only and (str(size), page) not in only:
+                    continue
                 for vcpus in [int(v) for v in args.vcpus.split(",")]:
-                    for scenario in args.scenarios.split(","):
+                    for scenario in scenarios:
                         cell = {"scenario": scenario, "size_mib": size, "page": page,
-                                "vcpus": vcpus}
+                                "vcpus": vcpus, "accel": args.accel}
                         work = tempfile.mkdtemp(prefix=f"{scenario}-{size}-{page}-{vcpus}-",
                                                 dir=work_root)
-                        print(f"== {scenario}: {size_name(size)}, {page} pages, {vcpus} vCPU(s) "
-                              f"[{time.strftime('%H:%M:%S')}]", flush=True)
+                        print(f"== {scenario}: {size_name(size)}, {page} pages, {vcpus} vCPU(s), "
+                              f"{args.accel} [{time.strftime('%H:%M:%S')}]", flush=True)
                         t = time.time()
                         try:
                             run = run_demo if scenario == "faultline-demo" else run_qemu
                             cell.update(run(args, work, cell, huge))
-                            print(f"   {cell['total_seconds']:.2f} s, verified: {cell['verified']} "
+                            f = figures(cell, khz)
+                            print(f"   {cell['total_seconds']:.2f} s, downtime {fmt_ms(f['down'])}, "
+                                  f"p99 {fmt_us(f['p99'])}, max {fmt_us(f['max'])}, urgent "
+                                  f"{f['urgent']}, verified: {cell['verified']} "
                                   f"({time.time() - t:.0f} s wall)", flush=True)
+                            shutil.rmtree(work, ignore_errors=True)
                         except NotApplicable as e:
                             cell["na"] = str(e)
                             print("   n/a:", e, flush=True)
                         except Exception as e:  # reported in the table, not hidden
                             cell["error"] = str(e)
                             print("   ERROR:", e, f"(logs in {work})", flush=True)
+                        cell["wall_seconds"] = round(time.time() - t, 1)
                         results.append(cell)
-            huge.restore()  # between sizes: give the huge pages back
+                huge.restore()  # between sizes: give the huge pages back
     finally:
         huge.restore()
     machine["uptime_after"] = uptime()
+    machine["wall_minutes"] = round((time.time() - t_start) / 60, 1)
     print("load after:", machine["uptime_after"], flush=True)
-    saved = {"machine": machine, "touches": args.touches, "seed": args.seed, "results": results}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(saved, f, indent=1)
-    write_outputs(args, saved, khz)
+    saved = {"machine": machine, "touches": args.touches, "seed": args.seed,
+             "bulk_channels": args.bulk_channels, "bulk_channels_2m": args.bulk_channels_2m,
+             "multifd_channels": args.multifd_channels, "scenarios": scenarios,
+             "results": results}
+    save_json(os.path.join(args.out, "results.json"), saved)
+    write_outputs(args, saved)
     bad = [c for c in results if "error" in c or ("verified" in c and not c["verified"])]
     return 1 if bad else 0
 

@@ -1,52 +1,69 @@
 #!/usr/bin/env bash
 # The post-copy comparison matrix in one command: builds faultline and its guest (-c opt),
-# finds the patched QEMU (qemu-integration/qemu/build_qemu.sh: cached after its first build),
-# then runs compare_postcopy.py — QEMU's own post-copy (plain, preempt), the patched QEMU with
-# faultline as its pager, and `faultline demo` — over RAM sizes, page sizes and vCPUs.
+# finds the QEMUs (qemu-integration/qemu/build_qemu.sh: cached after their first build — stock
+# and patched 10.2.2, patched 7.2; Debian's qemu-system-x86_64 is the stock 7.2), then runs
+# compare_postcopy.py — QEMU's own post-copy (7.2 and 10.2.2, plain and preempt), the patched
+# QEMUs with faultline as their pager, and `faultline demo` — over RAM sizes, page sizes and vCPUs.
 #
-#   sudo bench/e2e/run_matrix.sh [--quick] [--out DIR] [compare_postcopy.py options…]
+#   sudo bench/e2e/run_matrix.sh [--quick] [--accel=auto|kvm|tcg] [--out DIR]
+#                                [--bulk-channels N] [compare_postcopy.py options…]
 #
-# --quick: 256 MiB, 4 KiB pages, 1 vCPU (a smoke test, ~1.5 min). Without it the full matrix
-# (1 and 4 GiB, 4 KiB and 2 MiB pages, 1 and 2 vCPUs; ~25 min here). Results: DIR (default
-# bench-out/matrix) gets results.json, results.md, latency.png. Exit status 1 if any cell
-# failed or did not verify; cells that cannot run here are "n/a: <why>" and do not fail.
-# Prebuilt binaries instead of building here: FAULTLINE_BIN and FAULTLINE_GUEST (both), and
-# FAULTLINE_QEMU for the patched QEMU (e.g. when the working tree holds a series in progress).
+# --quick: 256 MiB, 4 KiB pages, 1 vCPU (a smoke test: ~1 min with KVM here, 12 s under TCG).
+# Without it the full matrix: 1 and 4 GiB, 4 KiB and 2 MiB pages, 1 and 2 vCPUs (~24 min here
+# with KVM). --accel: auto (default) runs KVM when /dev/kvm opens and FAULTLINE_HIDE_KVM is not
+# set, else TCG (`-accel tcg -cpu max` for every QEMU cell; the reference-VMM cells are then n/a).
+# Results: DIR (default bench-out/matrix) gets results.json, results.md, latency.png,
+# latency_dist.png. Exit status 1 if any cell failed or did not verify; cells that cannot run
+# here are "n/a: <why>" and do not fail.
+# Faultline's bulk channels: --bulk-channels N (default 2 for 4 KiB pages, 1 for 2 MiB pages:
+# what a quick check here found fastest, bench/RESULTS.md); --bulk-channels-2m M for the latter.
+# Prebuilt binaries instead of building here: FAULTLINE_BIN and FAULTLINE_GUEST (both); QEMUs:
+# FAULTLINE_QEMU (patched 7.2), FAULTLINE_QEMU10 (patched 10.2.2), FAULTLINE_QEMU10_STOCK.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=bench-out/matrix
 ARGS=()
+BULK=(--bulk-channels 2 --bulk-channels-2m 1)
 while (( $# )); do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --out=*) OUT=${1#*=}; shift ;;
+    --bulk-channels|--bulk-channels=*) BULK=(); ARGS+=("$1"); shift ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
 if [[ $(id -u) != 0 ]]; then
-  echo "SKIP: needs root (userfaultfd, /dev/kvm, huge pages, mount)"; exit 0
+  echo "SKIP: needs root (userfaultfd, huge pages, mount, /dev/kvm when there is one)"; exit 0
 fi
-[[ -w /dev/kvm ]] || { echo "SKIP: /dev/kvm is not usable"; exit 0; }
-command -v qemu-system-x86_64 >/dev/null || {
-  echo "SKIP: no qemu-system-x86_64 (apt-get install qemu-system-x86)"; exit 0; }
+if [[ -w /dev/kvm && -z ${FAULTLINE_HIDE_KVM:-} ]]; then
+  echo "run_matrix: /dev/kvm is usable (--accel=auto runs KVM)"
+else
+  echo "run_matrix: no usable /dev/kvm${FAULTLINE_HIDE_KVM:+ (FAULTLINE_HIDE_KVM is set)}:" \
+       "the QEMU cells run under TCG, the reference-VMM cells are n/a"
+fi
 
 BIN=$(mktemp -d /tmp/faultline-matrix-bin.XXXXXX)
+REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')
 if [[ -n ${FAULTLINE_BIN:-} && -n ${FAULTLINE_GUEST:-} ]]; then
   cp "$FAULTLINE_BIN" "$BIN/faultline"; cp "$FAULTLINE_GUEST" "$BIN/faultline-guest"
+  LABEL="FAULTLINE_BIN=$FAULTLINE_BIN (sha256 $(sha256sum "$FAULTLINE_BIN" | cut -c1-12)); tree at $REV"
 else
+  LABEL="built -c opt from the working tree at $REV"
+  [[ -n $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null) ]] &&
+    LABEL+=" + uncommitted changes"
   (cd "$REPO" && bazel build -c opt //cli:faultline //qemu-integration/guest:faultline-guest \
      >"$BIN/bazel.log" 2>&1) || { tail -20 "$BIN/bazel.log"; echo "FAIL: bazel build"; exit 1; }
   # Copies: other builds in this workspace may replace bazel-out's files while the matrix runs.
   cp "$REPO/bazel-out/k8-opt/bin/cli/faultline" \
      "$REPO/bazel-out/k8-opt/bin/qemu-integration/guest/faultline-guest" "$BIN/"
 fi
-QEMU=${FAULTLINE_QEMU:-}
-if [[ -z $QEMU ]]; then
-  QEMU=$("$REPO/qemu-integration/qemu/build_qemu.sh" | tail -1) || QEMU=
-fi
+# The QEMUs: given, or compare_postcopy.py asks build_qemu.sh (and reports a failed build as
+# the reason its cells are n/a). Debian's 7.2 is qemu-system-x86_64 on PATH.
 QEMU_ARGS=()
-# (without one, compare_postcopy.py reports the faultline-qemu cells with build_qemu.sh's error)
-[[ -n $QEMU && -x $QEMU ]] && QEMU_ARGS=(--patched-qemu "$QEMU")
+[[ -n ${FAULTLINE_QEMU:-} ]] && QEMU_ARGS+=(--patched-qemu72 "$FAULTLINE_QEMU")
+[[ -n ${FAULTLINE_QEMU10:-} ]] && QEMU_ARGS+=(--patched-qemu10 "$FAULTLINE_QEMU10")
+[[ -n ${FAULTLINE_QEMU10_STOCK:-} ]] && QEMU_ARGS+=(--qemu10 "$FAULTLINE_QEMU10_STOCK")
 exec python3 "$HERE/compare_postcopy.py" --faultline "$BIN/faultline" \
-  --guest "$BIN/faultline-guest" "${QEMU_ARGS[@]}" --out "$OUT" "${ARGS[@]}"
+  --guest "$BIN/faultline-guest" --faultline-label "$LABEL" "${QEMU_ARGS[@]}" "${BULK[@]}" \
+  --out "$OUT" "${ARGS[@]}"
