@@ -1,5 +1,11 @@
 #include "bench/forked_peer.h"
 
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
 #include <linux/memfd.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -120,6 +126,22 @@ CpuSample CpuSample::Now() {
   s.user_ns = tv(ru.ru_utime);
   s.sys_ns = tv(ru.ru_stime);
   return s;
+}
+
+uint64_t ForkedPeer::CpuNs() const {
+  // /proc/PID/stat fields 14 and 15: utime and stime in clock ticks.
+  std::ifstream f("/proc/" + std::to_string(pid_) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(paren + 2));
+  std::string field;
+  uint64_t utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return (utime + stime) * (1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
 }
 
 }  // namespace faultline

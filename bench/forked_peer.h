@@ -30,6 +30,8 @@ class ForkedPeer {
 
   std::string address() const;
   TcpSourceOptions options() const;  // kPageServer: address + token
+  // The child's CPU time so far (user + system, all its threads), ns: the sender's cost.
+  uint64_t CpuNs() const;
 
  private:
   ForkedPeer() = default;
