@@ -15,6 +15,10 @@ ABSL_FLAG(std::string, dest_ram, "memfd",
           "series: userfaultfd on guest_memfd + vCPU exits for missing pages).");
 ABSL_FLAG(int64_t, guest_touches, 4096, "demo: touches per guest phase per vCPU.");
 ABSL_FLAG(bool, guest_serial, false, "demo: print the destination guest's serial lines.");
+ABSL_FLAG(int32_t, churn_permille, -1,
+          "demo: after dirtying its memory the guest keeps rewriting this many of every 1000 "
+          "pages until the source pauses it (0: it waits idle; -1: it does not, and is paused "
+          "at once — with --warmup, -1 means 0).");
 ABSL_FLAG(double, kill_engine_at, 0,
           "demo: SIGKILL the faultline process once this fraction of the pages is present and "
           "let a new `faultline serve` take over the same uffd (engine restart). 0: never.");
@@ -42,6 +46,10 @@ int RunDemo() {
   }
   o.dest_backing = *dest_ram;
   o.touches = static_cast<uint64_t>(absl::GetFlag(FLAGS_guest_touches));
+  o.churn_permille = absl::GetFlag(FLAGS_churn_permille);
+  if (o.churn_permille > 1000) {
+    return Fail(absl::InvalidArgumentError("--churn_permille: expected -1..1000"));
+  }
   o.kill_engine_at = absl::GetFlag(FLAGS_kill_engine_at);
   if (!absl::GetFlag(FLAGS_tls_cert).empty() || !absl::GetFlag(FLAGS_tls_key).empty() ||
       !absl::GetFlag(FLAGS_tls_ca).empty()) {
@@ -93,6 +101,8 @@ int RunDemo() {
                         {"downtime_ms", r->downtime_ms},
                         {"missing_exits", r->missing_exits},
                         {"total_seconds", r->total_seconds},
+                        {"warmup_seconds", r->warmup_seconds},
+                        {"postcopy_seconds", r->postcopy_seconds},
                         {"guest_seconds", r->guest_seconds},
                         {"verified_pages", r->verified_pages},
                         {"mismatches", r->mismatches},

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/flags/flag.h"
@@ -34,6 +35,15 @@ ABSL_FLAG(int32_t, bulk_channels, 1,
 ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
           "When the connection to the source breaks, keep the guest waiting and reconnect "
           "for up to this long (0: fail at once).");
+ABSL_FLAG(bool, warmup, false,
+          "demo, serve, dest: warm-up — pull pages while the guest still runs on the source, "
+          "in rounds of what it rewrote, and switch to post-copy after (needs a source that "
+          "tracks writes, and memfd, hugetlbfs or guest_memfd RAM here).");
+ABSL_FLAG(int32_t, warmup_rounds, 8, "Warm-up rounds before the final one, at most.");
+ABSL_FLAG(int32_t, warmup_rate_mib, 0,
+          "Warm-up's bandwidth limit, MiB/s (0: none); lifted at the switch.");
+ABSL_FLAG(absl::Duration, warmup_deadline, absl::Minutes(10),
+          "Switch to post-copy after this long even if the rounds have not converged.");
 ABSL_FLAG(std::string, handoff, "/run/faultline.sock",
           "serve, migrate: the Unix socket a VMM hands its userfaultfd and memory over on.");
 ABSL_FLAG(std::string, transport, "tcp",
@@ -112,6 +122,11 @@ EngineOptions EngineOptionsFromFlags() {
   o.bulk_window = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_window));
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
   o.reconnect_deadline = absl::GetFlag(FLAGS_reconnect_deadline);
+  o.warmup.enabled = absl::GetFlag(FLAGS_warmup);
+  o.warmup.max_rounds = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_warmup_rounds)));
+  o.warmup.rate_bytes_per_s =
+      static_cast<uint64_t>(std::max(0, absl::GetFlag(FLAGS_warmup_rate_mib))) << 20;
+  o.warmup.deadline = absl::GetFlag(FLAGS_warmup_deadline);
   return o;
 }
 

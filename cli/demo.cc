@@ -148,12 +148,15 @@ absl::StatusOr<DemoReport> RunDemo(const DemoOptions& o) {
     return hello.status();
   }
   source.hello = std::move(*hello);
-  absl::StatusOr<std::vector<VcpuState>> states = DeserializeVcpuStates(source.hello.states);
-  if (!states.ok()) {
-    procs.KillAll();
-    return states.status();
+  source.ctl = ctl.get();
+  if (!source.hello.warmup) {
+    absl::StatusOr<std::vector<VcpuState>> states = DeserializeVcpuStates(source.hello.states);
+    if (!states.ok()) {
+      procs.KillAll();
+      return states.status();
+    }
+    source.states = std::move(*states);
   }
-  source.states = std::move(*states);
 
   // With a restart, both engines keep the page-state map in a file here.
   const bool restart = o.kill_engine_at > 0;

@@ -10,6 +10,10 @@
 //                    hands it off, restores the vCPUs and resumes at once; the guest runs its
 //                    touch phases while its memory arrives; afterwards every page is checked
 //                    against the source's memory.
+//
+// With warm-up (engine.warmup.enabled) the source serves its RAM while the guest still runs
+// (churning a hot block, KVM's dirty log on), faultline pulls it in rounds, and the source
+// pauses the guest only at the final round; the destination resumes once that round is applied.
 #ifndef FAULTLINE_CLI_DEMO_H_
 #define FAULTLINE_CLI_DEMO_H_
 
@@ -31,6 +35,10 @@ struct DemoOptions {
   MemoryKind dest_backing = MemoryKind::kMemfd;  // destination RAM: memfd, anon, guest_memfd
   uint32_t vcpus = 1;
   uint64_t touches = 4096;  // per touch phase, per vCPU
+  // FLT_MODE_CHURN: after dirtying, the guest rewrites this many of every 1000 data pages in
+  // a loop until the source pauses it (0: an idle guest that only waits); -1: no churn phase
+  // (with warm-up: 0, the guest must keep running while its memory moves).
+  int32_t churn_permille = -1;
   uint64_t seed = 42;
   std::string guest_elf;     // empty: find the one Bazel built
   std::string handoff_path;  // empty: a fresh path under /tmp
@@ -59,8 +67,10 @@ struct GuestPhase {
 struct DemoReport {
   uint64_t missing_exits = 0;  // guest_memfd: vCPU exits for pages not yet arrived
   double downtime_ms = 0;      // source pause → destination resume
-  double total_seconds = 0;    // source pause → every page present
-  double guest_seconds = 0;    // destination resume → guest done
+  double total_seconds = 0;  // migration start (warm-up start, or the pause) → every page present
+  double warmup_seconds = 0;    // warm-up start → source pause (0 without warm-up)
+  double postcopy_seconds = 0;  // source pause → every page present
+  double guest_seconds = 0;     // destination resume → guest done
   uint64_t tsc_khz = 0;
   nlohmann::json engine;  // faultline's own report (EngineStatsJson)
   std::vector<GuestPhase> phases;

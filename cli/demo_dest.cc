@@ -6,8 +6,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -42,7 +44,8 @@ absl::Status Verify(const DemoOptions& o, const SourceSide& source, const uint8_
     }
   }
   absl::StatusOr<uint64_t> pattern =
-      VerifyDirtyPattern(base, o.ram_size, o.seed, source.hello.data_start, source.hello.data_end);
+      VerifyDirtyPattern(base, o.ram_size, o.seed, source.hello.data_start, source.hello.data_end,
+                         /*churned=*/o.churn_permille >= 0 || o.engine.warmup.enabled);
   munmap(src, o.ram_size);
   if (!pattern.ok()) return pattern.status();
   r->dirty_pattern_pages = *pattern;
@@ -69,6 +72,11 @@ absl::StatusOr<nlohmann::json> ReplaceEngine(const DemoOptions& o, const SourceS
                                    "--token=" + TokenToHex(source.hello.token),
                                    "--state_dir=" + state_dir,
                                    "--progress=false"};
+  if (o.engine.warmup.enabled) {
+    args.push_back("--warmup");
+    args.push_back(absl::StrCat("--warmup_rounds=", o.engine.warmup.max_rounds));
+    args.push_back(absl::StrCat("--warmup_rate_mib=", o.engine.warmup.rate_bytes_per_s >> 20));
+  }
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -155,31 +163,69 @@ absl::StatusOr<DemoReport> RunDestination(const DemoOptions& o, const SourceSide
     if (o.guest_line) o.guest_line(l.text);
   });
   DemoReport r;
-  if (absl::Status s = (*vm)->RestoreState(source.states); !s.ok()) return fail(s);
-  if (absl::Status s = (*vm)->Start(); !s.ok()) return fail(s);
-  const uint64_t resumed_at = NowNs();
-  r.downtime_ms = (resumed_at - source.hello.paused_at_ns) / 1e6;
-
-  // Pages arrive while the guest runs.
-  absl::StatusOr<nlohmann::json> complete =
-      (*client)->WaitComplete(absl::Minutes(15), [&](uint64_t done, uint64_t total) {
-        if (o.progress) o.progress(done, total);
-        if (restart && !r.engine_restarted && done >= o.kill_engine_at * total) {
-          // The engine dies mid-migration; the guest keeps running (its faults wait).
-          kill(procs->engine_pid, SIGKILL);
-          r.engine_restarted = true;
-          r.killed_at_pages = done;
-        }
-      });
-  if (r.engine_restarted) {
-    complete = ReplaceEngine(o, source, path, state_dir, *uffd, region, procs, &*client);
+  // faultline's side, on a thread: progress, the engine kill and replacement, "complete".
+  // With warm-up it runs while the guest still runs on the source.
+  std::atomic<bool> pager_done{false};
+  absl::StatusOr<nlohmann::json> complete = absl::UnknownError("unused");
+  uint64_t complete_at = 0;
+  std::thread pager([&] {
+    complete = (*client)->WaitComplete(absl::Minutes(15), [&](uint64_t done, uint64_t total) {
+      if (o.progress) o.progress(done, total);
+      if (restart && !r.engine_restarted && done >= o.kill_engine_at * total) {
+        // The engine dies mid-migration; the guest keeps running (its faults wait).
+        kill(procs->engine_pid, SIGKILL);
+        r.engine_restarted = true;
+        r.killed_at_pages = done;
+      }
+    });
+    if (r.engine_restarted) {
+      complete = ReplaceEngine(o, source, path, state_dir, *uffd, region, procs, &*client);
+    }
+    complete_at = NowNs();
+    pager_done.store(true);
+  });
+  uint64_t paused_at = source.hello.paused_at_ns;
+  std::vector<VcpuState> states = source.states;
+  absl::Status switched;
+  if (source.hello.warmup) {
+    // The source pauses the guest at the final round and sends its vCPUs once faultline has
+    // applied that round; until then nothing may run here.
+    switched = absl::DeadlineExceededError("the source never switched");
+    for (int waited = 0; waited < 15 * 60 && !pager_done.load(); ++waited) {
+      std::string msg;
+      absl::Status rs = RecvMsg(source.ctl, &msg, nullptr, absl::Seconds(1));
+      if (absl::IsDeadlineExceeded(rs)) continue;
+      absl::StatusOr<SourceSwitch> sw =
+          rs.ok() ? DecodeSourceSwitch(msg) : absl::StatusOr<SourceSwitch>(rs);
+      absl::StatusOr<std::vector<VcpuState>> st =
+          sw.ok() ? DeserializeVcpuStates(sw->states)
+                  : absl::StatusOr<std::vector<VcpuState>>(sw.status());
+      if (st.ok()) {
+        paused_at = sw->paused_at_ns;
+        states = std::move(*st);
+      }
+      switched = st.status();
+      break;
+    }
+    if (pager_done.load() && !complete.ok()) switched = complete.status();
   }
+  if (switched.ok()) switched = (*vm)->RestoreState(states);
+  if (switched.ok()) switched = (*vm)->Start();
+  if (!switched.ok()) {
+    kill(procs->engine_pid, SIGKILL);
+    pager.join();
+    return fail(switched);
+  }
+  const uint64_t resumed_at = NowNs();
+  r.downtime_ms = (resumed_at - paused_at) / 1e6;
+  pager.join();
   if (restart) {
     unlink(StateFilePath(state_dir, source.hello.token).c_str());  // (removed already on success)
     rmdir(state_dir.c_str());
   }
-  const uint64_t complete_at = NowNs();
   r.total_seconds = (complete_at - source.hello.paused_at_ns) / 1e9;
+  r.postcopy_seconds = (complete_at - paused_at) / 1e9;
+  r.warmup_seconds = (paused_at - source.hello.paused_at_ns) / 1e9;
   if (!complete.ok()) {
     // Faulted vCPUs stay blocked in the kernel while the range is registered; the run has
     // failed: stop the VM before letting go of the registration.

@@ -35,15 +35,24 @@ uint64_t NowNs();
 absl::Status SendMsg(int sock, const std::string& data, int fd = -1);
 absl::Status RecvMsg(int sock, std::string* data, UniqueFd* fd, absl::Duration timeout);
 
-struct SourceHello {  // the source's one message: how to reach its pages, and the vCPUs
+struct SourceHello {  // the source's first message: how to reach its pages, and the vCPUs
   uint32_t port = 0;
   Token token{};
-  uint64_t paused_at_ns = 0;
+  uint64_t paused_at_ns = 0;  // warm-up: when it began serving (the guest runs on)
   uint64_t data_start = 0, data_end = 0;
+  bool warmup = false;  // the vCPUs come later, in a SourceSwitch
   std::string states;
 };
 std::string EncodeSourceHello(const SourceHello& h);
 absl::StatusOr<SourceHello> DecodeSourceHello(const std::string& s);
+
+// Warm-up: the source's second message, once faultline applied the final round.
+struct SourceSwitch {
+  uint64_t paused_at_ns = 0;
+  std::string states;
+};
+std::string EncodeSourceSwitch(const SourceSwitch& s);
+absl::StatusOr<SourceSwitch> DecodeSourceSwitch(const std::string& s);
 
 // The source process (demo_source.cc): boots the guest on memfd RAM, lets it dirty its
 // memory, pauses it, sends a SourceHello (with the RAM's memfd) on `ctl`, then serves the RAM.
@@ -65,8 +74,9 @@ struct DemoProcesses {
 // What the destination needs from the source process.
 struct SourceSide {
   SourceHello hello;
-  std::vector<VcpuState> states;
-  UniqueFd ram;  // the source's RAM memfd, for verification
+  std::vector<VcpuState> states;  // warm-up: empty until the SourceSwitch
+  UniqueFd ram;                   // the source's RAM memfd, for verification
+  int ctl = -1;                   // the control channel (warm-up: the SourceSwitch comes on it)
 };
 
 // The destination VMM (demo_dest.cc), once the source is paused and faultline listens on

@@ -13,7 +13,10 @@ namespace faultline {
 namespace demo_internal {
 
 bool ParsePhase(const std::string& side, const std::string& line, GuestPhase* p) {
-  if (line.rfind("FLT cpu=", 0) != 0 || line.find(" phase=") == std::string::npos) return false;
+  if (line.rfind("FLT cpu=", 0) != 0 || line.find(" phase=") == std::string::npos ||
+      line.find(" touches=") == std::string::npos) {
+    return false;  // not a touch phase (dirty, churn)
+  }
   p->side = side;
   for (absl::string_view kv : absl::StrSplit(line, ' ')) {
     std::pair<std::string, std::string> f = absl::StrSplit(kv, absl::MaxSplits('=', 1));
@@ -76,7 +79,26 @@ std::string DemoReportTable(const DemoReport& r) {
   const nlohmann::json& e = r.engine;
   auto u = [&](const char* k) { return e.value(k, uint64_t{0}); };
   Report(&s, "downtime (pause → resume)", absl::StrFormat("%.1f ms", r.downtime_ms));
-  Report(&s, "total (pause → all present)", absl::StrFormat("%.2f s", r.total_seconds));
+  if (r.warmup_seconds > 0) {
+    Report(&s, "total (warm-up start → all present)", absl::StrFormat("%.2f s", r.total_seconds));
+    Report(&s, "warm-up (guest running on the source)",
+           absl::StrFormat("%.2f s", r.warmup_seconds));
+    Report(&s, "post-copy (pause → all present)", absl::StrFormat("%.2f s", r.postcopy_seconds));
+    if (e.contains("warmup") && e["warmup"].is_object()) {
+      const nlohmann::json& w = e["warmup"];
+      std::string rounds;
+      for (const nlohmann::json& rd : w.value("rounds", nlohmann::json::array())) {
+        absl::StrAppendFormat(&rounds, "%s%d%s", rounds.empty() ? "" : ", ",
+                              rd.value("pages", uint64_t{0}),
+                              rd.value("final", false) ? " (final)" : "");
+      }
+      Report(&s, "warm-up rounds: pages rewritten", rounds);
+      Report(&s, "faults after the switch",
+             absl::StrFormat("%d", w.value("faults_after_switch", uint64_t{0})));
+    }
+  } else {
+    Report(&s, "total (pause → all present)", absl::StrFormat("%.2f s", r.total_seconds));
+  }
   Report(&s, "pages urgent / bulk / zero",
          absl::StrFormat("%d / %d / %d", u("urgent_pages"), u("bulk_pages"), u("zero_pages")));
   Report(&s, "vCPU faults (duplicates)",

@@ -115,8 +115,25 @@ nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
                {"requeued", a.requeued},
                {"discarded", a.discarded}};
   }
+  nlohmann::json warmup = nullptr;
+  if (e.warmup() != nullptr) {
+    nlohmann::json rounds = nlohmann::json::array();
+    for (const WarmUpRound& r : e.warmup()->rounds()) {
+      rounds.push_back({{"round", r.round},
+                        {"final", r.final},
+                        {"pages", r.pages},
+                        {"evicted", r.evicted},
+                        {"pulled_ms", r.pulled_ns / 1e6},
+                        {"apply_ms", r.apply_ns / 1e6}});
+    }
+    warmup = {{"rounds", rounds},
+              {"switched", e.warmup()->switched()},
+              {"faults_before_switch", e.faults_before_switch()},
+              {"faults_after_switch", c.faults.load() - e.faults_before_switch()}};
+  }
   return {{"pages", e.total_pages()},
           {"resumed", resumed},
+          {"warmup", warmup},
           {"stale_faults", c.stale_faults.load()},
           {"urgent_pages", c.urgent_pages.load()},
           {"bulk_pages", c.bulk_pages.load()},

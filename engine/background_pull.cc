@@ -9,7 +9,7 @@ void BackgroundPull::Start(PageSource* source) {
   limits_ = source->limits();
   {
     std::lock_guard<std::mutex> l(mu_);
-    outstanding_.assign(std::max<uint32_t>(1, limits_.bulk_lanes), 0);
+    outstanding_.assign(std::max<uint32_t>(1, limits_.bulk_lanes), Lane());
     stop_ = false;
   }
   thread_ = std::thread([this] { Loop(); });
@@ -43,7 +43,7 @@ void BackgroundPull::Resume() {
     paused_ = false;
     idle_ = false;
     ++generation_;
-    std::fill(outstanding_.begin(), outstanding_.end(), 0);
+    std::fill(outstanding_.begin(), outstanding_.end(), Lane());
   }
   cv_.notify_all();
 }
@@ -51,7 +51,18 @@ void BackgroundPull::Resume() {
 void BackgroundPull::BulkDone(uint32_t lane) {
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (lane < outstanding_.size() && outstanding_[lane] > 0) --outstanding_[lane];
+    if (lane < outstanding_.size() && !outstanding_[lane].sizes.empty()) {
+      outstanding_[lane].bytes -= outstanding_[lane].sizes.front();
+      outstanding_[lane].sizes.pop_front();
+    }
+  }
+  cv_.notify_all();
+}
+
+void BackgroundPull::SetRate(uint64_t bytes_per_s) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    rate_ = bytes_per_s;
   }
   cv_.notify_all();
 }
@@ -105,22 +116,40 @@ bool BackgroundPull::ClaimNext(uint32_t* region, uint64_t* first, uint32_t* coun
 void BackgroundPull::Loop() {
   std::unique_lock<std::mutex> l(mu_);
   while (true) {
-    // The lane with the most room, if any.
+    // The lane with the fewest bytes in flight, if it has room.
+    const uint64_t window_bytes = uint64_t{opts_.window} * opts_.batch_bytes;
+    auto least = [&] {
+      return std::min_element(outstanding_.begin(), outstanding_.end(),
+                              [](const Lane& a, const Lane& b) { return a.bytes < b.bytes; });
+    };
     auto has_room = [&] {
-      return *std::min_element(outstanding_.begin(), outstanding_.end()) < opts_.window;
+      const Lane& ln = *least();
+      return ln.bytes < window_bytes && ln.sizes.size() < kMaxRequestsPerLane;
     };
     cv_.wait(l, [&] { return stop_ || (enabled_ && !paused_ && !idle_ && has_room()); });
     if (stop_) return;
-    const uint32_t lane = static_cast<uint32_t>(
-        std::min_element(outstanding_.begin(), outstanding_.end()) - outstanding_.begin());
+    const uint32_t lane = static_cast<uint32_t>(least() - outstanding_.begin());
     uint32_t region = 0, count = 0;
     uint64_t first = 0;
     if (!ClaimNext(&region, &first, &count)) {
       idle_ = true;  // every page is requested, placed or discarded: wait for a Kick()
       continue;
     }
-    ++outstanding_[lane];
+    const uint64_t req_bytes = uint64_t{count} * (*table_)[region].region->page_size();
+    outstanding_[lane].sizes.push_back(req_bytes);
+    outstanding_[lane].bytes += req_bytes;
     const uint64_t gen = generation_;
+    if (rate_ != 0) {
+      // A token bucket without a bucket: each request books its bytes' share of time.
+      const uint64_t now = FaultStats::NowNs();
+      next_request_ns_ =
+          std::max(next_request_ns_, now) +
+          static_cast<uint64_t>(static_cast<double>(req_bytes) * 1e9 / static_cast<double>(rate_));
+      if (next_request_ns_ > now) {
+        cv_.wait_for(l, std::chrono::nanoseconds(next_request_ns_ - now),
+                     [&] { return stop_ || rate_ == 0; });
+      }
+    }
     l.unlock();
     counters_->bulk_requests.fetch_add(1, std::memory_order_relaxed);
     absl::Status s = source_->RequestBulk(lane, region, first, count);
@@ -130,7 +159,11 @@ void BackgroundPull::Loop() {
       // fails). Nothing of this batch will come: its pages go back to absent.
       for (uint64_t p = first; p < first + count; ++p) (*table_)[region].state.Unrequest(p);
       if (gen == generation_) {
-        if (outstanding_[lane] > 0) --outstanding_[lane];
+        // Ours is the newest entry of the lane (only this thread adds).
+        if (!outstanding_[lane].sizes.empty()) {
+          outstanding_[lane].bytes -= outstanding_[lane].sizes.back();
+          outstanding_[lane].sizes.pop_back();
+        }
         // Wait for the reconnection (Resume) rather than spin on a dead connection; try
         // again after a while in case no reconnection comes (the write failed on its own).
         cv_.wait_for(l, std::chrono::seconds(1), [&] { return stop_ || generation_ != gen; });

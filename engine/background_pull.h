@@ -1,9 +1,10 @@
 // BackgroundPull: asks for every page no fault asked for, in batches, on its own thread. It
-// keeps `window` batch requests in flight on each bulk lane of the source (the lanes are
-// independent connections, each with its own receive thread), claims the next batch from a
-// cursor that jumps next to the latest fault (spatial locality: neighbours are likely next),
-// and wraps around the regions until every page has been asked for once. Pages that become
-// absent again (a rejected page, a reconnect) are picked up after a Kick().
+// keeps up to `window` batches' worth of bytes in flight on each bulk lane of the source (so
+// scattered single pages — what a warm-up round leaves absent — go many at a time, not four) (the
+// lanes are independent connections, each with its own receive thread), claims the next batch from
+// a cursor that jumps next to the latest fault (spatial locality: neighbours are likely next), and
+// wraps around the regions until every page has been asked for once. Pages that become absent again
+// (a rejected page, a reconnect) are picked up after a Kick().
 //
 // Thread-safety: one thread of its own issues the requests; every public method may be called
 // from any thread (a mutex guards the window and the cursor; the hint is an atomic).
@@ -13,6 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -27,11 +29,16 @@ class BackgroundPull {
  public:
   struct Options {
     uint32_t batch_bytes = 1u << 20;  // bytes per request (capped by the source's limits)
-    uint32_t window = 4;              // requests in flight per lane
+    uint32_t window = 4;              // batches' bytes in flight per lane
     bool enabled = true;              // false: nothing is pulled until Enable()
+    uint64_t rate_bytes_per_s = 0;    // a limit on the bytes asked for per second; 0: none
   };
   BackgroundPull(RegionTable* table, EngineCounters* counters, const Options& opts)
-      : table_(table), counters_(counters), opts_(opts), enabled_(opts.enabled) {}
+      : table_(table),
+        counters_(counters),
+        opts_(opts),
+        enabled_(opts.enabled),
+        rate_(opts.rate_bytes_per_s) {}
   ~BackgroundPull() { Stop(); }
 
   // Starts the pulling thread on `source` (which must outlive Stop()).
@@ -47,6 +54,8 @@ class BackgroundPull {
   void Hint(uint32_t region, uint64_t page) {
     hint_.store(table_->Key(region, page) + 1, std::memory_order_relaxed);
   }
+  // Changes the rate limit (0: none), e.g. lifted when warm-up ends.
+  void SetRate(uint64_t bytes_per_s);
   // A batch on `lane` was answered completely: room for the next.
   void BulkDone(uint32_t lane);
   // Pages became absent again: look for them.
@@ -54,6 +63,9 @@ class BackgroundPull {
 
   uint32_t BatchPages(uint32_t region) const;
   uint32_t lanes() const { return static_cast<uint32_t>(outstanding_.size()); }
+  // Requests in flight on one lane at most, whatever their size (the source answers them in
+  // order; its queue is the socket).
+  static constexpr size_t kMaxRequestsPerLane = 256;
   bool idle() const;  // every page has been asked for (or is done)
 
  private:
@@ -70,15 +82,21 @@ class BackgroundPull {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;                  // guarded by mu_
-  bool enabled_;                       // guarded by mu_
-  bool paused_ = false;                // guarded by mu_
-  bool idle_ = false;                  // guarded by mu_: nothing absent at the last scan
-  uint64_t generation_ = 0;            // guarded by mu_: bumped by Resume()
-  std::vector<uint32_t> outstanding_;  // guarded by mu_: per lane
-  uint32_t cursor_region_ = 0;         // guarded by mu_
-  uint64_t cursor_page_ = 0;           // guarded by mu_
-  std::atomic<uint64_t> hint_{0};      // key + 1 of the latest urgent fault
+  bool stop_ = false;        // guarded by mu_
+  bool enabled_;             // guarded by mu_
+  bool paused_ = false;      // guarded by mu_
+  bool idle_ = false;        // guarded by mu_: nothing absent at the last scan
+  uint64_t generation_ = 0;  // guarded by mu_: bumped by Resume()
+  struct Lane {
+    std::deque<uint64_t> sizes;  // bytes of each request in flight, oldest first
+    uint64_t bytes = 0;
+  };
+  std::vector<Lane> outstanding_;  // guarded by mu_: per lane
+  uint32_t cursor_region_ = 0;     // guarded by mu_
+  uint64_t cursor_page_ = 0;       // guarded by mu_
+  std::atomic<uint64_t> hint_{0};  // key + 1 of the latest urgent fault
+  uint64_t rate_;                  // guarded by mu_: bytes per second, 0: no limit
+  uint64_t next_request_ns_ = 0;   // guarded by mu_: the rate limit's clock
 };
 
 }  // namespace faultline

@@ -51,11 +51,19 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
   if (!table.ok()) return table.status();
   e->table_ = std::move(*table);
   e->lander_ = std::make_unique<Lander>(e->table_.get(), &e->stats_, &e->counters_);
+  if (opts.warmup.enabled && !opts.background_pull) {
+    return absl::InvalidArgumentError("warm-up pulls in the background: it needs background_pull");
+  }
   BackgroundPull::Options po;
+  po.rate_bytes_per_s = opts.warmup.enabled ? opts.warmup.rate_bytes_per_s : 0;
   po.batch_bytes = opts.bulk_batch_bytes;
   po.window = opts.bulk_window;
   po.enabled = opts.background_pull && opts.pull_start_delay <= absl::ZeroDuration();
   e->pull_ = std::make_unique<BackgroundPull>(e->table_.get(), &e->counters_, po);
+  if (opts.warmup.enabled) {
+    if (absl::Status s = WarmUp::CheckRegions(*e->table_); !s.ok()) return s;
+    e->warmup_ = std::make_unique<WarmUp>(e->table_.get(), e->pull_.get(), &e->stop_, opts.warmup);
+  }
   Engine* raw = e.get();
   e->reconnector_ = std::make_unique<Reconnector>(e->table_.get(), e->pull_.get(), &e->counters_,
                                                   opts.reconnect_deadline,
@@ -289,10 +297,15 @@ absl::Status Engine::Run(PageSource* source) {
     pull_start_at_ns_ = FaultStats::NowNs() + absl::ToInt64Nanoseconds(opts_.pull_start_delay);
   }
   pull_->Start(source);
+  if (warmup_ != nullptr) {
+    warming_.store(true);
+    warmup_->Start(source, [this] { Switched(); });
+  }
   if (adopted_) WakeAllAfterRestart();  // the dead engine's read faults: see "Restart"
   CheckComplete();
   absl::Status status = loop_->Run(&stop_, [this] { OnTick(); });
   running_.store(false);
+  if (warmup_ != nullptr) warmup_->Join();
   pull_->Stop();
   reconnector_->Join();
   if (status.ok() && opts_.finish_source) {
@@ -337,6 +350,17 @@ void Engine::Rejected(uint32_t region, uint64_t page, Urgency urgency) {
 }
 
 void Engine::BulkDone(uint32_t lane) { pull_->BulkDone(lane); }
+
+void Engine::Dirty(DirtySet set) {
+  if (warmup_ != nullptr) warmup_->Dirty(std::move(set));
+}
+
+void Engine::Switched() {
+  faults_at_switch_.store(counters_.faults.load());
+  pull_->SetRate(0);  // post-copy: the link is the guest's now
+  warming_.store(false, std::memory_order_release);
+  CheckComplete();
+}
 
 void Engine::Failed(const SourceError& why) {
   if (!running_.load()) return;

@@ -40,6 +40,7 @@
 #include "engine/state_file.h"
 #include "engine/stop_signal.h"
 #include "engine/uffd.h"
+#include "engine/warmup.h"
 #include "transport/page_source.h"
 
 namespace faultline {
@@ -65,6 +66,9 @@ struct EngineOptions {
   // waiting on its faults and reconnect with backoff for up to this long, then re-send every
   // request that was in flight. Zero: fail at once.
   absl::Duration reconnect_deadline = absl::Seconds(30);
+  // Pre-copy before post-copy: pull while the guest still runs on the source, in rounds, and
+  // let it run here only after the final round (engine/warmup.h). Run() then does both.
+  WarmUpOptions warmup;
 };
 
 class Engine : public PageSink, private UrgentRequester {
@@ -119,7 +123,13 @@ class Engine : public PageSink, private UrgentRequester {
   void Deliver(const PageRun& run) override;
   void Rejected(uint32_t region, uint64_t page, Urgency urgency) override;
   void BulkDone(uint32_t lane) override;
+  void Dirty(DirtySet set) override;
   void Failed(const SourceError& why) override;
+
+  // Warm-up: null without it.
+  const WarmUp* warmup() const { return warmup_.get(); }
+  // Faults read before the switch (nothing should fault then: the guest runs at the source).
+  uint64_t faults_before_switch() const { return faults_at_switch_.load(); }
 
  private:
   Engine(std::unique_ptr<UffdOps> uffd, const EngineOptions& opts);
@@ -130,9 +140,13 @@ class Engine : public PageSink, private UrgentRequester {
   void WakeAllAfterRestart();     // Run(), adopted only
   void Fail(const absl::Status& s) { stop_.Stop(s); }
   void CheckComplete() {
-    if (table_->remaining() == 0) stop_.Stop(absl::OkStatus());
+    // Warm-up: every page present is not the end until the final round was applied.
+    if (table_->remaining() == 0 && !warming_.load(std::memory_order_acquire)) {
+      stop_.Stop(absl::OkStatus());
+    }
   }
-  void OnTick();  // fault-loop thread
+  void Switched();  // warm-up thread: the final round is applied
+  void OnTick();    // fault-loop thread
   // UrgentRequester (fault-loop thread).
   void RequestUrgent(uint32_t region, uint64_t page) override;
 
@@ -148,6 +162,9 @@ class Engine : public PageSink, private UrgentRequester {
   std::unique_ptr<BackgroundPull> pull_;
   std::unique_ptr<Reconnector> reconnector_;
   std::unique_ptr<FaultLoop> loop_;
+  std::unique_ptr<WarmUp> warmup_;
+  std::atomic<bool> warming_{false};
+  std::atomic<uint64_t> faults_at_switch_{0};
   PageSource* source_ = nullptr;
   bool registered_ = false;
   std::atomic<bool> running_{false};  // between the source's Start() and Stop()

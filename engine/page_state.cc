@@ -148,6 +148,13 @@ bool PageStateMap::Unrequest(uint64_t p) {
   return Cas(p, s, PageState::kAbsent);
 }
 
+bool PageStateMap::Evict(uint64_t p) {
+  PageState s = PageState::kPresent;
+  if (!Cas(p, s, PageState::kAbsent)) return false;
+  remaining_.fetch_add(1, std::memory_order_acq_rel);
+  return true;
+}
+
 bool PageStateMap::MarkLanded(uint64_t p) {
   PageState s = PageState::kPlacing;
   return Cas(p, s, PageState::kLanded);

@@ -8,6 +8,9 @@
 //      ▼                 │ behind the bulk batch)          ▼
 //   kBulkRequested ──────┘                              back to kAbsent (fetched again)
 //
+//   Warm-up (engine/warmup.h): a present page the source reports written since it was sent is
+//   evicted: its bytes are dropped first, then kPresent ⇒ kAbsent (fetched again).
+//
 //   REMOVE/UNMAP ⇒ kDiscarded from any state: the guest dropped the page; a later fault on it
 //   is resolved with zeros (kPlacingDiscarded ⇒ kPresent), arrivals for it are dropped.
 //   A placement already under way (kPlacing) when the REMOVE is read completes in the kernel
@@ -87,6 +90,9 @@ class PageStateMap {
   // Alias kinds: every byte of the claimed page is in the page cache: kPlacing → kLanded.
   // Must precede the UFFDIO_CONTINUE that maps it. False if the page was discarded meanwhile.
   bool MarkLanded(uint64_t p);
+  // Warm-up, after the caller dropped the page's bytes: kPresent → kAbsent, no longer done
+  // (remaining() grows by one). False in any other state.
+  bool Evict(uint64_t p);
   // REMOVE/UNMAP: any state → kDiscarded.
   void Discard(uint64_t p);
   // Before any other use of a map a dead engine left behind (no other thread may touch it):

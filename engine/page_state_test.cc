@@ -62,6 +62,24 @@ TEST(PageState, CorruptLandingGoesBackToAbsent) {
   EXPECT_EQ(m.ClaimBulkRun(0, 1, &first), 1u);
 }
 
+TEST(PageState, WarmUpEvictsOnlyPresentPages) {
+  PageStateMap m(4);
+  PageState prev;
+  ASSERT_TRUE(m.Claim(0, &prev));
+  ASSERT_TRUE(m.Complete(0));
+  EXPECT_EQ(m.remaining(), 3u);
+  EXPECT_FALSE(m.Evict(1));  // absent: nothing to evict
+  ASSERT_TRUE(m.Claim(2, &prev));
+  EXPECT_FALSE(m.Evict(2));  // being placed: the caller waits for it
+  ASSERT_TRUE(m.Evict(0));
+  EXPECT_EQ(m.Get(0), PageState::kAbsent);
+  EXPECT_EQ(m.remaining(), 4u);  // not done any more
+  EXPECT_FALSE(m.Evict(0));
+  uint64_t first;
+  EXPECT_EQ(m.ClaimBulkRun(0, 1, &first), 1u);  // fetched again
+  EXPECT_EQ(first, 0u);
+}
+
 TEST(PageState, DiscardCountsOnceAndZeroFillsLater) {
   PageStateMap m(3);
   PageState prev;

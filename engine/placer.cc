@@ -1,10 +1,13 @@
 #include "engine/placer.h"
 
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <sched.h>
 #include <sys/mman.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/errno_status.h"
 
 namespace faultline {
 
@@ -102,6 +105,23 @@ PlaceResult Placer::Zero(uint64_t first, uint32_t count, bool wake, Caller c) {
 
 PlaceResult Placer::Continue(uint64_t first, uint32_t count, bool wake, Caller c) {
   return Run(Op::kContinue, first, count, nullptr, wake, c);
+}
+
+absl::Status Placer::Drop(uint64_t first, uint64_t count) {
+  if (region_->fd() < 0) {
+    return absl::UnimplementedError(
+        absl::StrCat("region '", region_->name(),
+                     "' is anonymous memory: its pages cannot be dropped from "
+                     "outside the VMM (warm-up needs memfd, hugetlbfs or guest_memfd RAM)"));
+  }
+  const uint64_t ps = region_->page_size();
+  if (fallocate(region_->fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                static_cast<off_t>(region_->fd_offset() + first * ps),
+                static_cast<off_t>(count * ps)) != 0) {
+    return ErrnoStatus(absl::StrCat("punch pages [", first, ", +", count, ") out of region '",
+                                    region_->name(), "'"));
+  }
+  return absl::OkStatus();
 }
 
 PlaceResult Placer::FillHole(uint64_t page, bool minor, Caller c) {

@@ -7,6 +7,10 @@
 //   Continue  UFFDIO_CONTINUE: maps what the page cache already holds (memfd/guest_memfd
 //             registered MINOR, after the bytes were written into the page cache)
 //   Wake      UFFDIO_WAKE: wakes every thread waiting on a range placed with wake=false
+//   Drop      warm-up: removes pages' bytes from the region's file (fallocate PUNCH_HOLE), which
+//             also unmaps them from every process; the next access faults MISSING again.
+//             Unlike madvise(MADV_REMOVE) it raises no UFFD_EVENT_REMOVE (that would mark the
+//             pages discarded, to be zero-filled). Anonymous memory has no file: Unimplemented.
 //
 // The kernel's races, as QEMU's migration/postcopy-ram.c meets them:
 //   EEXIST  the page is already mapped — someone placed it, or (after an engine restart) the
@@ -64,6 +68,7 @@ class Placer {
   PlaceResult Zero(uint64_t first, uint32_t count, bool wake, Caller c);
   PlaceResult Continue(uint64_t first, uint32_t count, bool wake, Caller c);
   absl::Status Wake(uint64_t first, uint32_t count);
+  absl::Status Drop(uint64_t first, uint64_t count);
   // Resolves a fault on `page` the way the guest sees a discarded page, and wakes its waiters:
   // a MINOR fault maps the page cache as it is (CONTINUE), a MISSING one gets zeros (ZEROPAGE;
   // hugetlb: a zero huge page by COPY). Never writes the page cache, so a page that is already

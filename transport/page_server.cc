@@ -72,12 +72,13 @@ SourceRegion::~SourceRegion() {
 }
 
 PageServer::PageServer(std::vector<SourceRegion> regions, Token token,
-                       std::shared_ptr<const TlsContext> tls)
+                       std::shared_ptr<const TlsContext> tls, DirtyTracker* dirty)
     : multi_(false), tls_(std::move(tls)), stop_fd_(eventfd(0, EFD_CLOEXEC)) {
   auto t = std::make_shared<Tenant>();
   t->regions = std::move(regions);
   t->token = token;
   for (const SourceRegion& r : t->regions) t->table.push_back(r.info());
+  if (dirty != nullptr) t->rounds = std::make_unique<DirtyRounds>(dirty, t->table);
   tenants_.push_back(std::move(t));
 }
 
@@ -85,7 +86,7 @@ PageServer::PageServer(std::shared_ptr<const TlsContext> tls)
     : multi_(true), tls_(std::move(tls)), stop_fd_(eventfd(0, EFD_CLOEXEC)) {}
 
 absl::Status PageServer::AddMigration(const std::string& id, std::vector<SourceRegion> regions,
-                                      Token token) {
+                                      Token token, DirtyTracker* dirty) {
   if (!multi_) return absl::FailedPreconditionError("a one-migration page server");
   if (regions.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("migration '", id, "' has no region"));
@@ -95,6 +96,7 @@ absl::Status PageServer::AddMigration(const std::string& id, std::vector<SourceR
   t->regions = std::move(regions);
   t->token = token;
   for (const SourceRegion& r : t->regions) t->table.push_back(r.info());
+  if (dirty != nullptr) t->rounds = std::make_unique<DirtyRounds>(dirty, t->table);
   std::lock_guard<std::mutex> l(mu_);
   for (const auto& o : tenants_) {
     if (o->id == id) {
@@ -216,9 +218,12 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
     if (absl::Status s = faults->OnHello(*ch); !s.ok()) return s;
   }
   stream.SetReadTimeout(absl::ZeroDuration());
+  // Every frame goes out in one writev: Nagle could only hold a small answer (a one-page
+  // batch of a warm-up round's scattered pages) until the destination's delayed ACK.
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (*ch == Channel::kUrgent) {
-    int one = 1, prio = 6;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    int prio = 6;
     setsockopt(fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio));
   } else {
     int big = 4 << 20;
@@ -307,6 +312,8 @@ void PageServer::ServeConnection(UniqueFd fd) {
         (void)!write(stop_fd_.get(), &one, sizeof(one));
       }
       break;
+    } else if (h.type == FrameType::kDirtySync || h.type == FrameType::kDirtyApplied) {
+      s = HandleDirty(*tenant, stream, h.type, span);
     } else if (ext_ != nullptr && ext_->Handles(h.type)) {
       s = ext_->Handle(stream, h.type, span);
     } else if (h.type == FrameType::kRdmaConnect) {
@@ -325,6 +332,28 @@ void PageServer::ServeConnection(UniqueFd fd) {
   std::lock_guard<std::mutex> l(mu_);
   live_fds_.erase(std::remove(live_fds_.begin(), live_fds_.end(), raw_fd), live_fds_.end());
   // `stream` closes the socket after it left live_fds_ (Shutdown never touches a reused fd).
+}
+
+absl::Status PageServer::HandleDirty(Tenant& t, Stream& stream, FrameType type,
+                                     absl::Span<const uint8_t> payload) {
+  if (t.rounds == nullptr) {
+    return absl::FailedPreconditionError(
+        "the destination asks which pages changed (warm-up), but this source serves frozen "
+        "memory and tracks no writes");
+  }
+  if (type == FrameType::kDirtyApplied) {
+    absl::StatusOr<uint64_t> round = DecodeDirtyApplied(payload);
+    if (!round.ok()) return round.status();
+    t.rounds->Applied(*round);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<uint32_t> flags = DecodeDirtySync(payload);
+  if (!flags.ok()) return flags.status();
+  absl::StatusOr<std::vector<DirtyFrame>> frames = t.rounds->Sync(*flags & kDirtyFinal);
+  if (!frames.ok()) return frames.status();
+  std::string out;
+  for (const DirtyFrame& f : *frames) EncodeDirty(f, &out);
+  return stream.WriteAll(out.data(), out.size());
 }
 
 absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRange& r, Channel ch,

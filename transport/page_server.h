@@ -10,6 +10,11 @@
 // requests, refuses anything outside the regions, and stops when the destination sends DONE. With a
 // TLS server context every connection is TLS 1.3 (and, if the context has a CA, the destination
 // must present a client certificate signed by it); the token handshake runs inside TLS unchanged.
+//
+// Warm-up: a migration given a DirtyTracker (transport/dirty_tracker.h) is served while its
+// guest still runs; the destination then asks in rounds which pages were written since
+// (DIRTY_SYNC, answered on the same connection; transport/dirty_rounds.h). Without a tracker
+// the memory must be frozen, and a DIRTY_SYNC is refused.
 #ifndef FAULTLINE_TRANSPORT_PAGE_SERVER_H_
 #define FAULTLINE_TRANSPORT_PAGE_SERVER_H_
 
@@ -27,6 +32,8 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
+#include "transport/dirty_rounds.h"
+#include "transport/dirty_tracker.h"
 #include "transport/protocol.h"
 #include "transport/tls.h"
 
@@ -106,15 +113,17 @@ class FaultInjector {
 class PageServer {
  public:
   // One migration. `tls`: a server context (transport/tls.h), or null for plain TCP.
+  // `dirty` (optional, must outlive the server): the guest still runs (warm-up).
   PageServer(std::vector<SourceRegion> regions, Token token,
-             std::shared_ptr<const TlsContext> tls = nullptr);
+             std::shared_ptr<const TlsContext> tls = nullptr, DirtyTracker* dirty = nullptr);
   // Several migrations, added with AddMigration() (before or while serving).
   explicit PageServer(std::shared_ptr<const TlsContext> tls);
   ~PageServer();
 
   // Serves `regions` to the destination that presents `token`. AlreadyExists for an id or a
   // token already served. Thread-safe.
-  absl::Status AddMigration(const std::string& id, std::vector<SourceRegion> regions, Token token);
+  absl::Status AddMigration(const std::string& id, std::vector<SourceRegion> regions, Token token,
+                            DirtyTracker* dirty = nullptr);
   // Stops serving a migration (connections already open keep theirs). Thread-safe.
   absl::Status RemoveMigration(const std::string& id);
   // Whether that migration's destination has sent DONE.
@@ -152,6 +161,7 @@ class PageServer {
     std::vector<RegionInfo> table;
     Token token;
     std::atomic<bool> done{false};
+    std::unique_ptr<DirtyRounds> rounds;  // warm-up; null: the memory is frozen
   };
   // A PAGES frame a FaultInjector holds back (kSendLater), per connection.
   struct HeldFrame {
@@ -168,6 +178,9 @@ class PageServer {
                             Channel ch, FaultInjector* faults, std::vector<PageDesc>* descs,
                             const struct iovec* data, int data_iovs, HeldFrame* held);
   absl::Status SendVerified(const Tenant& t, Stream& stream, const PageRange& r);
+  // DIRTY_SYNC / DIRTY_APPLIED.
+  absl::Status HandleDirty(Tenant& t, Stream& stream, FrameType type,
+                           absl::Span<const uint8_t> payload);
 
   const bool multi_;
   std::vector<std::shared_ptr<Tenant>> tenants_;  // guarded by mu_ (multi_), fixed otherwise

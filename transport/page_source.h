@@ -47,6 +47,25 @@ struct PageRun {
   bool is_zero(uint32_t i) const { return zero != nullptr && zero[i] != 0; }
 };
 
+// Warm-up (the guest still runs on the source): the pages written since the previous round,
+// plus any earlier round's pages the destination has not confirmed dropping. Every range is
+// inside the regions (checked by the transport).
+struct DirtyRange {
+  uint32_t region = 0;
+  uint64_t first = 0;
+  uint64_t count = 0;
+};
+struct DirtySet {
+  uint64_t round = 0;
+  bool final = false;  // the source stopped the guest before collecting: the last set
+  std::vector<DirtyRange> ranges;
+  uint64_t pages() const {
+    uint64_t n = 0;
+    for (const DirtyRange& r : ranges) n += r.count;
+    return n;
+  }
+};
+
 // Why a source stopped delivering. The kind decides what the engine does next, the status
 // says what happened; they are separate so that no status code doubles as a control signal.
 struct SourceError {
@@ -71,6 +90,9 @@ class PageSink {
   virtual void Rejected(uint32_t region, uint64_t page, Urgency urgency) = 0;
   // Every page of a bulk request on `lane` was delivered or rejected: the lane has room.
   virtual void BulkDone(uint32_t lane) = 0;
+  // The answer to PageSource::RequestDirty(): one whole round. Receive thread; may block
+  // briefly (it hands the set over).
+  virtual void Dirty(DirtySet set) {}
   // The source can deliver nothing more on some connection. At most once per connection and
   // never after PageSource::Stop(). Requests without an answer are lost with it.
   virtual void Failed(const SourceError& why) = 0;
@@ -98,6 +120,17 @@ class PageSource {
   // by Deliver()/Rejected() for every page, then BulkDone(lane). Errors as RequestUrgent.
   virtual absl::Status RequestBulk(uint32_t lane, uint32_t region, uint64_t first,
                                    uint32_t count) = 0;
+  // Warm-up. Thread-safe. Asks the source which pages were written since the last round;
+  // answered once by PageSink::Dirty() (a request lost with a connection is simply not
+  // answered: ask again). `final`: the source first stops the guest for good.
+  virtual absl::Status RequestDirty(bool final) {
+    return absl::UnimplementedError(
+        "this transport cannot warm up (ask which pages changed while the guest runs)");
+  }
+  // Every page of `round` was dropped here (the final round: the guest may run here).
+  virtual absl::Status ConfirmDirty(uint64_t round) {
+    return absl::UnimplementedError("this transport cannot warm up");
+  }
   // Tells the source every page is present (it may stop serving).
   virtual absl::Status Finish() = 0;
   // Closes every connection and joins the receive threads. Idempotent.

@@ -60,6 +60,9 @@ const char* FrameTypeName(FrameType t) {
     case FrameType::kError: return "ERROR";
     case FrameType::kRdmaConnect: return "RDMA_CONNECT";
     case FrameType::kRdmaAccept: return "RDMA_ACCEPT";
+    case FrameType::kDirtySync: return "DIRTY_SYNC";
+    case FrameType::kDirty: return "DIRTY";
+    case FrameType::kDirtyApplied: return "DIRTY_APPLIED";
   }
   return "UNKNOWN";
 }
@@ -81,10 +84,14 @@ absl::StatusOr<Token> ParseToken(const std::string& hex) {
     for (int k = 0; k < 2; ++k) {
       char c = hex[2 * i + k];
       unsigned d;
-      if (c >= '0' && c <= '9') d = c - '0';
-      else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-      else return absl::InvalidArgumentError("token has a non-hex character");
+      if (c >= '0' && c <= '9')
+        d = c - '0';
+      else if (c >= 'a' && c <= 'f')
+        d = c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        d = c - 'A' + 10;
+      else
+        return absl::InvalidArgumentError("token has a non-hex character");
       v = v * 16 + d;
     }
     t[i] = static_cast<uint8_t>(v);
@@ -236,6 +243,28 @@ absl::StatusOr<RdmaAccept> DecodeRdmaAccept(absl::Span<const uint8_t> payload) {
 
 void EncodeDone(std::string* out) { PutHeader(out, FrameType::kDone, 0); }
 
+void EncodeDirtySync(uint32_t flags, std::string* out) {
+  PutHeader(out, FrameType::kDirtySync, 4);
+  Put32(out, flags);
+}
+
+void EncodeDirty(const DirtyFrame& d, std::string* out) {
+  PutHeader(out, FrameType::kDirty, static_cast<uint32_t>(16 + 16 * d.ranges.size()));
+  Put64(out, d.round);
+  Put32(out, d.flags);
+  Put32(out, static_cast<uint32_t>(d.ranges.size()));
+  for (const PageRange& r : d.ranges) {
+    Put32(out, r.region);
+    Put32(out, r.count);
+    Put64(out, r.first);
+  }
+}
+
+void EncodeDirtyApplied(uint64_t round, std::string* out) {
+  PutHeader(out, FrameType::kDirtyApplied, 8);
+  Put64(out, round);
+}
+
 void EncodeError(const absl::Status& s, std::string* out) {
   std::string msg(s.message().substr(0, kMaxErrorMessage));
   PutHeader(out, FrameType::kError, static_cast<uint32_t>(6 + msg.size()));
@@ -244,8 +273,8 @@ void EncodeError(const absl::Status& s, std::string* out) {
   out->append(msg);
 }
 
-void EncodePagesPrefix(const PagesHead& head, absl::Span<const PageDesc> descs,
-                       uint32_t page_size, std::string* out) {
+void EncodePagesPrefix(const PagesHead& head, absl::Span<const PageDesc> descs, uint32_t page_size,
+                       std::string* out) {
   uint64_t data = 0;
   for (const PageDesc& d : descs) data += d.zero() ? 0 : page_size;
   PutHeader(out, FrameType::kPages,
@@ -272,6 +301,9 @@ uint64_t MaxPayload(FrameType t) {
     case FrameType::kError: return 6 + kMaxErrorMessage;
     case FrameType::kRdmaConnect: return kRdmaEndpointSize;
     case FrameType::kRdmaAccept: return kRdmaEndpointSize + 4 + 24ull * kMaxRegions;
+    case FrameType::kDirtySync: return 4;
+    case FrameType::kDirty: return 16 + 16ull * kMaxDirtyRanges;
+    case FrameType::kDirtyApplied: return 8;
   }
   return 0;
 }
@@ -288,7 +320,7 @@ absl::StatusOr<FrameHeader> DecodeHeader(absl::Span<const uint8_t> in) {
   }
   uint8_t type = in[2];
   if (type < static_cast<uint8_t>(FrameType::kHello) ||
-      type > static_cast<uint8_t>(FrameType::kRdmaAccept)) {
+      type > static_cast<uint8_t>(FrameType::kDirtyApplied)) {
     return absl::InvalidArgumentError(absl::StrCat("unknown frame type ", type));
   }
   if (in[3] != 0) return Malformed("any", "reserved header byte is not zero");
@@ -296,9 +328,8 @@ absl::StatusOr<FrameHeader> DecodeHeader(absl::Span<const uint8_t> in) {
   h.type = static_cast<FrameType>(type);
   memcpy(&h.length, in.data() + 4, 4);
   if (h.length > MaxPayload(h.type)) {
-    return absl::InvalidArgumentError(absl::StrCat("oversized ", FrameTypeName(h.type),
-                                                   " frame: ", h.length, " bytes, limit ",
-                                                   MaxPayload(h.type)));
+    return absl::InvalidArgumentError(absl::StrCat("oversized ", FrameTypeName(h.type), " frame: ",
+                                                   h.length, " bytes, limit ", MaxPayload(h.type)));
   }
   return h;
 }
@@ -314,8 +345,8 @@ absl::StatusOr<Hello> DecodeHello(absl::Span<const uint8_t> payload) {
   }
   // The version is checked before anything else so a future peer gets the right message.
   if (h.version != kProtocolVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "protocol version mismatch: peer speaks ", h.version, ", this side ", kProtocolVersion));
+    return absl::FailedPreconditionError(absl::StrCat("protocol version mismatch: peer speaks ",
+                                                      h.version, ", this side ", kProtocolVersion));
   }
   if (channel > 1) return Malformed("HELLO", absl::StrCat("unknown channel ", channel));
   h.channel = static_cast<Channel>(channel);
@@ -328,8 +359,8 @@ absl::StatusOr<Welcome> DecodeWelcome(absl::Span<const uint8_t> payload) {
   uint32_t count;
   if (!r.Get(&w.version) || !r.Get(&count)) return Malformed("WELCOME", "truncated");
   if (w.version != kProtocolVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "protocol version mismatch: peer speaks ", w.version, ", this side ", kProtocolVersion));
+    return absl::FailedPreconditionError(absl::StrCat("protocol version mismatch: peer speaks ",
+                                                      w.version, ", this side ", kProtocolVersion));
   }
   if (count == 0 || count > kMaxRegions) {
     return Malformed("WELCOME", absl::StrCat("region count ", count));
@@ -348,8 +379,8 @@ absl::StatusOr<Welcome> DecodeWelcome(absl::Span<const uint8_t> payload) {
       return Malformed("WELCOME", absl::StrCat("page size ", ri.page_size));
     }
     if (ri.size == 0 || ri.size % ri.page_size != 0) {
-      return Malformed("WELCOME", absl::StrCat("region size ", ri.size, " is not a multiple of ",
-                                               ri.page_size));
+      return Malformed(
+          "WELCOME", absl::StrCat("region size ", ri.size, " is not a multiple of ", ri.page_size));
     }
     w.regions.push_back(std::move(ri));
   }
@@ -404,8 +435,8 @@ absl::StatusOr<std::vector<PageDesc>> DecodePageDescs(absl::Span<const uint8_t> 
   }
   uint64_t want = kPagesHeadSize + descs.size() + data_pages * page_size;
   if (data_pages * page_size > kMaxPagesPayload || want != frame_length) {
-    return Malformed("PAGES", absl::StrCat("frame length ", frame_length, " but descriptors need ",
-                                           want));
+    return Malformed("PAGES",
+                     absl::StrCat("frame length ", frame_length, " but descriptors need ", want));
   }
   return out;
 }
@@ -430,8 +461,8 @@ absl::Status CheckRange(const PageRange& r, absl::Span<const RegionInfo> regions
   }
   const RegionInfo& ri = regions[r.region];
   if (r.count == 0 || r.count > max_count) {
-    return absl::OutOfRangeError(absl::StrCat("request for ", r.count, " pages (1..", max_count,
-                                              " allowed)"));
+    return absl::OutOfRangeError(
+        absl::StrCat("request for ", r.count, " pages (1..", max_count, " allowed)"));
   }
   if (r.first >= ri.pages() || ri.pages() - r.first < r.count) {
     return absl::OutOfRangeError(absl::StrCat("request for pages [", r.first, ", ",
@@ -445,6 +476,59 @@ absl::Status PeerError(const ErrorFrame& e) {
   auto code = static_cast<absl::StatusCode>(e.code);
   if (e.code == 0 || e.code > 16) code = absl::StatusCode::kUnknown;
   return absl::Status(code, absl::StrCat("peer reported: ", e.message));
+}
+
+absl::StatusOr<uint32_t> DecodeDirtySync(absl::Span<const uint8_t> payload) {
+  Reader r(payload);
+  uint32_t flags;
+  if (payload.size() != 4 || !r.Get(&flags)) {
+    return Malformed("DIRTY_SYNC", absl::StrCat("length ", payload.size()));
+  }
+  if (flags & ~kDirtyFinal) return Malformed("DIRTY_SYNC", absl::StrCat("unknown flags ", flags));
+  return flags;
+}
+
+absl::StatusOr<DirtyFrame> DecodeDirty(absl::Span<const uint8_t> payload) {
+  Reader r(payload);
+  DirtyFrame d;
+  uint32_t n;
+  if (!r.Get(&d.round) || !r.Get(&d.flags) || !r.Get(&n)) return Malformed("DIRTY", "truncated");
+  if (d.flags & ~(kDirtyFinal | kDirtyMore)) {
+    return Malformed("DIRTY", absl::StrCat("unknown flags ", d.flags));
+  }
+  if (n > kMaxDirtyRanges || r.left() != 16ull * n) {
+    return Malformed("DIRTY", absl::StrCat(n, " ranges in ", payload.size(), " bytes"));
+  }
+  d.ranges.resize(n);
+  for (PageRange& pr : d.ranges) {
+    r.Get(&pr.region);
+    r.Get(&pr.count);
+    r.Get(&pr.first);
+  }
+  return d;
+}
+
+absl::StatusOr<uint64_t> DecodeDirtyApplied(absl::Span<const uint8_t> payload) {
+  Reader r(payload);
+  uint64_t round;
+  if (payload.size() != 8 || !r.Get(&round)) {
+    return Malformed("DIRTY_APPLIED", absl::StrCat("length ", payload.size()));
+  }
+  return round;
+}
+
+absl::Status CheckDirtyRange(const PageRange& r, absl::Span<const RegionInfo> regions) {
+  if (r.region >= regions.size()) {
+    return absl::OutOfRangeError(
+        absl::StrCat("dirty range in region ", r.region, " of ", regions.size()));
+  }
+  const uint64_t pages = regions[r.region].pages();
+  if (r.count == 0 || r.first >= pages || r.count > pages - r.first) {
+    return absl::OutOfRangeError(absl::StrCat("dirty pages [", r.first, ", +", r.count,
+                                              ") outside region ", r.region, " (", pages,
+                                              " pages)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace faultline

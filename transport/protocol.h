@@ -19,6 +19,16 @@
 //                      {u64 remote address | u64 length | u32 rkey | u32 0}: one read-only memory
 //                      registration per region of the WELCOME, in its order
 //
+// Warm-up (the guest still runs on the source; transport/dirty_tracker.h), on the urgent
+// connection:
+//   DIRTY_SYNC    dest→src  u32 flags (kDirtyFinal: stop the guest, then report the last set)
+//   DIRTY         src→dest  u64 round | u32 flags (kDirtyFinal, kDirtyMore: more frames of this
+//                           round follow) | u32 n | n × {u32 region | u32 count | u64 first}:
+//                           the pages written since the previous round, plus every page of a
+//                           round the destination has not confirmed applying
+//   DIRTY_APPLIED dest→src  u64 round: every page of that round was dropped at the destination
+//                           (for the final round: the guest may run there)
+//
 // Every frame is validated before anything it carries is used; a frame that fails validation is
 // answered with ERROR (where a peer is still listening) and the connection is closed.
 #ifndef FAULTLINE_TRANSPORT_PROTOCOL_H_
@@ -59,7 +69,14 @@ enum class FrameType : uint8_t {
   kError = 8,
   kRdmaConnect = 9,
   kRdmaAccept = 10,
+  kDirtySync = 11,
+  kDirty = 12,
+  kDirtyApplied = 13,
 };
+
+inline constexpr uint32_t kDirtyFinal = 1;  // DIRTY_SYNC / DIRTY flag
+inline constexpr uint32_t kDirtyMore = 2;   // DIRTY flag: the round continues in the next frame
+inline constexpr uint32_t kMaxDirtyRanges = 4096;  // ranges in one DIRTY frame
 
 enum class Channel : uint8_t { kUrgent = 0, kBulk = 1 };
 
@@ -122,8 +139,8 @@ struct RdmaQpInfo {
 };
 struct RdmaEndpoint {
   std::array<uint8_t, 16> gid{};
-  uint32_t lid = 0;  // 16 bits; 0 on RoCE
-  uint32_t mtu = 0;  // enum ibv_mtu: 1 (256) .. 5 (4096)
+  uint32_t lid = 0;   // 16 bits; 0 on RoCE
+  uint32_t mtu = 0;   // enum ibv_mtu: 1 (256) .. 5 (4096)
   RdmaQpInfo qps[2];  // indexed by Channel
 };
 inline constexpr size_t kRdmaEndpointSize = 16 + 4 + 4 + 2 * 8;
@@ -137,6 +154,13 @@ struct RdmaAccept {
   std::vector<RdmaRegionKey> regions;
 };
 
+// One DIRTY frame: a part of a round's set of written pages.
+struct DirtyFrame {
+  uint64_t round = 0;
+  uint32_t flags = 0;
+  std::vector<PageRange> ranges;  // count may be up to the region's size (not a frame limit)
+};
+
 // ---- Encoding: each appends one whole frame (header + payload) to `out`. ----
 void EncodeHello(const Hello& h, std::string* out);
 void EncodeWelcome(const Welcome& w, std::string* out);
@@ -147,9 +171,13 @@ void EncodeDone(std::string* out);
 void EncodeError(const absl::Status& s, std::string* out);
 void EncodeRdmaConnect(const RdmaEndpoint& e, std::string* out);
 void EncodeRdmaAccept(const RdmaAccept& a, std::string* out);
+void EncodeDirtySync(uint32_t flags, std::string* out);
+// At most kMaxDirtyRanges ranges.
+void EncodeDirty(const DirtyFrame& d, std::string* out);
+void EncodeDirtyApplied(uint64_t round, std::string* out);
 // PAGES header, head and descriptors only; the caller sends the page bytes after them.
-void EncodePagesPrefix(const PagesHead& head, absl::Span<const PageDesc> descs,
-                       uint32_t page_size, std::string* out);
+void EncodePagesPrefix(const PagesHead& head, absl::Span<const PageDesc> descs, uint32_t page_size,
+                       std::string* out);
 
 // ---- Decoding: each validates completely and never reads past `in`. ----
 absl::StatusOr<FrameHeader> DecodeHeader(absl::Span<const uint8_t> in);
@@ -170,6 +198,12 @@ absl::StatusOr<std::vector<uint32_t>> DecodeVerified(absl::Span<const uint8_t> p
 
 absl::StatusOr<RdmaEndpoint> DecodeRdmaConnect(absl::Span<const uint8_t> payload);
 absl::StatusOr<RdmaAccept> DecodeRdmaAccept(absl::Span<const uint8_t> payload);
+absl::StatusOr<uint32_t> DecodeDirtySync(absl::Span<const uint8_t> payload);
+// Checks the framing and the flags only; the ranges against the regions with CheckDirtyRange.
+absl::StatusOr<DirtyFrame> DecodeDirty(absl::Span<const uint8_t> payload);
+absl::StatusOr<uint64_t> DecodeDirtyApplied(absl::Span<const uint8_t> payload);
+// A DIRTY range names pages inside one of the regions (any length up to the region's).
+absl::Status CheckDirtyRange(const PageRange& r, absl::Span<const RegionInfo> regions);
 
 // A request names pages inside one of the regions.
 absl::Status CheckRange(const PageRange& r, absl::Span<const RegionInfo> regions,

@@ -53,6 +53,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case FrameType::kDone: break;
       case FrameType::kRdmaConnect: (void)DecodeRdmaConnect(payload); break;
       case FrameType::kRdmaAccept: (void)DecodeRdmaAccept(payload); break;
+      case FrameType::kDirtySync: (void)DecodeDirtySync(payload); break;
+      case FrameType::kDirtyApplied: (void)DecodeDirtyApplied(payload); break;
+      case FrameType::kDirty: {
+        absl::StatusOr<DirtyFrame> d = DecodeDirty(payload);
+        if (d.ok()) {
+          for (const PageRange& r : d->ranges) (void)CheckDirtyRange(r, regions);
+        }
+        break;
+      }
     }
   }
   return 0;

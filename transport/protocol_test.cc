@@ -82,8 +82,8 @@ TEST(Protocol, WelcomeRoundTripAndValidation) {
     EXPECT_FALSE(DecodeWelcome(Bytes(cut, kHeaderSize)).ok()) << n;
   }
   // Bad page size and size not a multiple of it.
-  for (auto bad : {RegionInfo{"x", 4096 * 3, 3000}, RegionInfo{"x", 5000, 4096},
-                   RegionInfo{"x", 0, 4096}}) {
+  for (auto bad :
+       {RegionInfo{"x", 4096 * 3, 3000}, RegionInfo{"x", 5000, 4096}, RegionInfo{"x", 0, 4096}}) {
     Welcome b;
     b.regions = {bad};
     std::string g;
@@ -161,6 +161,55 @@ TEST(Protocol, VerifiedRoundTrip) {
   EXPECT_EQ(r.first, 40u);
   const std::string cut = f.substr(0, f.size() - 2);
   EXPECT_FALSE(DecodeVerified(Bytes(cut, kHeaderSize), &r).ok());
+}
+
+TEST(Protocol, DirtyFramesRoundTripAndValidation) {
+  std::string f;
+  EncodeDirtySync(kDirtyFinal, &f);
+  absl::StatusOr<FrameHeader> h = DecodeHeader(Bytes(f));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->type, FrameType::kDirtySync);
+  absl::StatusOr<uint32_t> flags = DecodeDirtySync(Bytes(f, kHeaderSize));
+  ASSERT_TRUE(flags.ok());
+  EXPECT_EQ(*flags, kDirtyFinal);
+  std::string bad_flags;
+  EncodeDirtySync(8, &bad_flags);
+  EXPECT_FALSE(DecodeDirtySync(Bytes(bad_flags, kHeaderSize)).ok());
+
+  DirtyFrame d;
+  d.round = 7;
+  d.flags = kDirtyMore;
+  d.ranges = {{0, 3, 10}, {1, 1u << 20, 0}};
+  f.clear();
+  EncodeDirty(d, &f);
+  ASSERT_TRUE(DecodeHeader(Bytes(f)).ok());
+  absl::StatusOr<DirtyFrame> back = DecodeDirty(Bytes(f, kHeaderSize));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->round, 7u);
+  EXPECT_EQ(back->flags, kDirtyMore);
+  ASSERT_EQ(back->ranges.size(), 2u);
+  EXPECT_EQ(back->ranges[1].count, 1u << 20);
+  // A count that does not match the bytes, or a cut frame, is refused.
+  std::string cut = f.substr(0, f.size() - 1);
+  EXPECT_FALSE(DecodeDirty(Bytes(cut, kHeaderSize)).ok());
+  std::string lying = f;
+  lying[kHeaderSize + 12] = 3;  // n = 3, two ranges present
+  EXPECT_FALSE(DecodeDirty(Bytes(lying, kHeaderSize)).ok());
+
+  f.clear();
+  EncodeDirtyApplied(7, &f);
+  absl::StatusOr<uint64_t> applied = DecodeDirtyApplied(Bytes(f, kHeaderSize));
+  ASSERT_TRUE(applied.ok());
+  EXPECT_EQ(*applied, 7u);
+
+  // Ranges may be long (a whole region) but never leave it.
+  std::vector<RegionInfo> regions = {{"ram", 16 * 4096, 4096}};
+  EXPECT_TRUE(CheckDirtyRange({0, 16, 0}, regions).ok());
+  EXPECT_FALSE(CheckDirtyRange({0, 17, 0}, regions).ok());
+  EXPECT_FALSE(CheckDirtyRange({0, 1, 16}, regions).ok());
+  EXPECT_FALSE(CheckDirtyRange({0, 0, 3}, regions).ok());
+  EXPECT_FALSE(CheckDirtyRange({1, 1, 0}, regions).ok());
+  EXPECT_FALSE(CheckDirtyRange({0, 2, UINT64_MAX}, regions).ok());
 }
 
 TEST(Token, ParseAndCompare) {

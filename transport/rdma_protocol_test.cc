@@ -151,8 +151,10 @@ TEST(RdmaProtocolTest, OversizedSetUpFramesRejectedByHeader) {
     auto h = DecodeHeader(absl::MakeConstSpan(hb));
     EXPECT_FALSE(h.ok()) << FrameTypeName(t);
   }
-  uint8_t next[8] = {0x17, 0xFA, 11, 0, 0, 0, 0, 0};
-  EXPECT_FALSE(DecodeHeader(absl::MakeConstSpan(next)).ok()) << "type 11 is unknown";
+  const uint8_t unknown = static_cast<uint8_t>(FrameType::kDirtyApplied) + 1;
+  uint8_t next[8] = {0x17, 0xFA, unknown, 0, 0, 0, 0, 0};
+  EXPECT_FALSE(DecodeHeader(absl::MakeConstSpan(next)).ok())
+      << "the type after the last is unknown";
 }
 
 // A TCP-only source asked for RDMA (after a good handshake) says how to start it.

@@ -136,6 +136,7 @@ void TcpPageSource::StartThreads() {
   stopping_.store(false);
   for (auto& c : conns_) {
     Conn* raw = c.get();
+    raw->dirty_open = false;  // a round cut by a reconnect is asked for again
     c->rx = std::thread([this, raw] { ReceiveLoop(raw); });
   }
 }
@@ -167,11 +168,54 @@ absl::Status TcpPageSource::RequestBulk(uint32_t lane, uint32_t region, uint64_t
   return Request(*conns_[1 + lane], region, first, count);
 }
 
+absl::Status TcpPageSource::SendControl(const std::string& frame) {
+  std::lock_guard<std::mutex> l(conns_[0]->write_mu);
+  return conns_[0]->stream.WriteAll(frame.data(), frame.size());
+}
+
 absl::Status TcpPageSource::Finish() {
   std::string out;
   EncodeDone(&out);
-  std::lock_guard<std::mutex> l(conns_[0]->write_mu);
-  return conns_[0]->stream.WriteAll(out.data(), out.size());
+  return SendControl(out);
+}
+
+absl::Status TcpPageSource::RequestDirty(bool final) {
+  std::string out;
+  EncodeDirtySync(final ? kDirtyFinal : 0, &out);
+  return SendControl(out);
+}
+
+absl::Status TcpPageSource::ConfirmDirty(uint64_t round) {
+  std::string out;
+  EncodeDirtyApplied(round, &out);
+  return SendControl(out);
+}
+
+absl::Status TcpPageSource::ReceiveDirty(Conn& c, absl::Span<const uint8_t> payload) {
+  if (c.urgency != Urgency::kUrgent) {
+    return absl::InvalidArgumentError("DIRTY frame on a bulk channel");
+  }
+  absl::StatusOr<DirtyFrame> f = DecodeDirty(payload);
+  if (!f.ok()) return f.status();
+  if (c.dirty_open && f->round != c.dirty.round) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DIRTY frame of round ", f->round, " inside round ", c.dirty.round));
+  }
+  if (!c.dirty_open) {
+    c.dirty = DirtySet();
+    c.dirty.round = f->round;
+    c.dirty.final = f->flags & kDirtyFinal;
+    c.dirty_open = true;
+  }
+  for (const PageRange& r : f->ranges) {
+    if (absl::Status s = CheckDirtyRange(r, regions_); !s.ok()) return s;
+    c.dirty.ranges.push_back({r.region, r.first, r.count});
+  }
+  if (!(f->flags & kDirtyMore)) {
+    c.dirty_open = false;
+    sink_->Dirty(std::move(c.dirty));
+  }
+  return absl::OkStatus();
 }
 
 void TcpPageSource::Stop() {
@@ -257,7 +301,11 @@ void TcpPageSource::ReceiveLoop(Conn* c) {
     std::string payload(h->length, '\0');
     status = stream.ReadAll(payload.data(), payload.size());
     if (!status.ok()) break;
-    if (h->type == FrameType::kError) {
+    if (h->type == FrameType::kDirty) {
+      status = ReceiveDirty(
+          *c,
+          absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
+    } else if (h->type == FrameType::kError) {
       absl::StatusOr<ErrorFrame> e = DecodeError(
           absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
       status = e.ok() ? PeerError(*e) : e.status();

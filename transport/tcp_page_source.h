@@ -60,6 +60,8 @@ class TcpPageSource : public PageSource {
   absl::Status Start(PageSink* sink) override;
   absl::Status RequestUrgent(uint32_t region, uint64_t page) override;
   absl::Status RequestBulk(uint32_t lane, uint32_t region, uint64_t first, uint32_t count) override;
+  absl::Status RequestDirty(bool final) override;
+  absl::Status ConfirmDirty(uint64_t round) override;
   absl::Status Finish() override;
   void Stop() override;
   absl::Status Reconnect(absl::Time deadline) override;
@@ -74,6 +76,8 @@ class TcpPageSource : public PageSource {
     uint32_t lane = 0;
     std::vector<uint8_t> buf;   // receive thread only: one chunk of page bytes
     std::vector<uint8_t> zero;  // receive thread only: the chunk's zero flags
+    DirtySet dirty;             // receive thread only: a DIRTY round being assembled
+    bool dirty_open = false;    // receive thread only
   };
   TcpPageSource() = default;
   // Opens the urgent connection and every bulk lane; fills conns_ (streams only).
@@ -84,6 +88,9 @@ class TcpPageSource : public PageSource {
   void ReceiveLoop(Conn* c);
   // Reads the rest of a PAGES frame, checking and delivering it chunk by chunk.
   absl::Status ReceivePages(Conn& c, const FrameHeader& h);
+  // One DIRTY frame: checked, added to the round; the round's last frame hands it to the sink.
+  absl::Status ReceiveDirty(Conn& c, absl::Span<const uint8_t> payload);
+  absl::Status SendControl(const std::string& frame);
 
   TcpSourceOptions opts_;
   std::vector<RegionInfo> regions_;

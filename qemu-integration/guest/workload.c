@@ -104,7 +104,7 @@ static void send(struct line* l) {
 // ---- configuration ----
 
 struct config {
-  uint32_t cpu, ncpus, mode, rounds;
+  uint32_t cpu, ncpus, mode, rounds, churn_permille;
   uint64_t seed, touches, slow;
   uint64_t first_page, npages;  // the data range, in pages
   uint64_t ram_end;
@@ -142,6 +142,7 @@ static volatile struct flt_mailbox* configure(uint32_t cpu, uint32_t start_info,
     c->mode = m->mode;
     c->rounds = m->rounds;
     c->ncpus = m->num_cpus;
+    c->churn_permille = m->churn_permille;
     start = image_end;
   } else {
     m = &pvh_mailbox;
@@ -151,7 +152,7 @@ static volatile struct flt_mailbox* configure(uint32_t cpu, uint32_t start_info,
     if (c->ram_end == 0) c->ram_end = FLT_PVH_DEFAULT_RAM;
     c->seed = 1;
     c->touches = c->slow = 0;
-    c->mode = c->rounds = c->ncpus = 0;
+    c->mode = c->rounds = c->ncpus = c->churn_permille = 0;
     start = c->ram_end >= 2 * FLT_PVH_DATA_START ? FLT_PVH_DATA_START : image_end;
   }
   if (c->touches == 0) c->touches = FLT_DEFAULT_TOUCHES;
@@ -159,6 +160,7 @@ static volatile struct flt_mailbox* configure(uint32_t cpu, uint32_t start_info,
   if (c->mode == 0) c->mode = FLT_MODE_DEFAULT;
   if (c->rounds == 0) c->rounds = FLT_DEFAULT_ROUNDS;
   if (c->ncpus == 0) c->ncpus = 1;
+  if (c->churn_permille > 1000) c->churn_permille = 1000;
   if (c->ncpus > FLT_MAX_CPUS) c->ncpus = FLT_MAX_CPUS;
   if (c->ram_end > FLT_MAX_RAM) c->ram_end = FLT_MAX_RAM;
   c->ram_end &= ~4095ull;
@@ -193,6 +195,33 @@ static void dirty_phase(volatile struct flt_mailbox* m, const struct config* c) 
   put_kv(&l, "pages", n);
   put_kv(&l, "cycles", t1 - t0);
   send(&l);
+}
+
+// CPU c rewrites word 1 of pages c, c+K, ... of the hot block until the VMM says stop.
+static void churn_phase(volatile struct flt_mailbox* m, const struct config* c) {
+  volatile struct flt_cpu_status* st = &m->cpu[c->cpu];
+  st->phase = FLT_PHASE_CHURN;
+  const uint64_t hot = c->npages * c->churn_permille / 1000;  // 0: idle, waits only
+  uint64_t passes = 0, writes = 0;
+  while (!m->churn_stop) {
+    ++passes;
+    if (hot == 0) __asm__ volatile("pause");
+    for (uint64_t p = c->first_page + c->cpu; p < c->first_page + hot && !m->churn_stop;
+         p += c->ncpus) {
+      ((volatile uint64_t*)(uintptr_t)(p << 12))[1] = passes;
+      st->heartbeat++;
+      writes++;
+    }
+  }
+  struct line l;
+  start_line(&l, c->cpu);
+  put(&l, " phase=churn");
+  put_kv(&l, "passes", passes);
+  put_kv(&l, "writes", writes);
+  send(&l);
+  // Quiesced: nothing more is written until the VMM says go (churn_stop = 2; the destination
+  // VMM's copy of the mailbox says so after the migration).
+  while (m->churn_stop < 2) __asm__ volatile("pause");
 }
 
 // Every CPU waits until all have reached `phase` (plain stores and loads: x86 is TSO).
@@ -377,6 +406,7 @@ void flt_main(uint32_t cpu, uint32_t start_info) {
   if (c.mode & FLT_MODE_DIRTY) dirty_phase(m, &c);
   st->phase = FLT_PHASE_DIRTY_DONE;
   barrier(m, &c, FLT_PHASE_DIRTY_DONE);  // touches verify pages other CPUs dirtied
+  if ((c.mode & FLT_MODE_CHURN) && c.npages != 0) churn_phase(m, &c);
 
   uint64_t rng = c.seed ^ ((uint64_t)(c.cpu + 1) * 0x9E3779B97F4A7C15ull);
   if (rng == 0) rng = 1;

@@ -8,7 +8,7 @@
 namespace faultline {
 
 absl::StatusOr<uint64_t> VerifyDirtyPattern(const uint8_t* ram, uint64_t ram_size, uint64_t seed,
-                                            uint64_t start, uint64_t end) {
+                                            uint64_t start, uint64_t end, bool churned) {
   if (start % 4096 || end % 4096 || start > end || end > ram_size) {
     return absl::InvalidArgumentError(
         absl::StrFormat("bad range [0x%x, 0x%x) for %u bytes of guest RAM", start, end, ram_size));
@@ -20,7 +20,7 @@ absl::StatusOr<uint64_t> VerifyDirtyPattern(const uint8_t* ram, uint64_t ram_siz
     memcpy(&w, page, 8);
     uint64_t expect = flt_page_value(seed, gpa >> 12);
     bool ok = w == expect;
-    for (size_t off = 8; ok && off < 4096; off += 8) {
+    for (size_t off = churned ? 16 : 8; ok && off < 4096; off += 8) {
       uint64_t z;
       memcpy(&z, page + off, 8);
       ok = z == 0;

@@ -125,8 +125,15 @@ absl::Status Vm::WriteMailbox(const WorkloadConfig& config) {
   m.mode = config.mode;
   m.rounds = config.rounds;
   m.num_cpus = vcpus();
+  m.churn_permille = config.churn_permille;
   memcpy(ram_->host_base() + FLT_MAILBOX_GPA, &m, sizeof(m));
   return absl::OkStatus();
+}
+
+uint64_t Vm::SetChurnStop(uint32_t value) {
+  const uint64_t off = FLT_MAILBOX_GPA + offsetof(struct flt_mailbox, churn_stop);
+  __atomic_store_n(reinterpret_cast<uint32_t*>(ram_->host_base() + off), value, __ATOMIC_SEQ_CST);
+  return off;
 }
 
 struct flt_mailbox Vm::ReadMailbox() const {

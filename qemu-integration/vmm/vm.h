@@ -61,6 +61,7 @@ struct WorkloadConfig {
   uint32_t mode = 0;
   uint32_t rounds = 0;
   uint64_t slow_cycles = 0;
+  uint32_t churn_permille = 0;  // FLT_MODE_CHURN's hot block
 };
 
 struct VmExit {
@@ -96,6 +97,9 @@ class Vm {
   absl::Status WriteMailbox(const WorkloadConfig& config);
   // A copy of the mailbox as it is now.
   struct flt_mailbox ReadMailbox() const;
+  // FLT_MODE_CHURN: sets the mailbox's churn_stop (1: stop churning, 2: go on) — a VMM write
+  // into guest RAM, which KVM's dirty log does not see; returns the guest-physical address.
+  uint64_t SetChurnStop(uint32_t value);
 
   // Called (on the vCPU thread) for every complete serial line. Set before Start().
   void SetLineCallback(std::function<void(const ConsoleLine&)> cb);

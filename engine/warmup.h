@@ -1,0 +1,118 @@
+// WarmUp: pre-copy before post-copy. While the guest still runs on the source, the engine
+// pulls every page (the background pull, optionally rate-limited), then asks the source in
+// rounds which pages were written since they were sent (PageSource::RequestDirty), drops those
+// here (evicted: their bytes punched out of the region's file, absent again) and pulls them
+// again — until a round's set is small or stops shrinking, or the round limit or the deadline
+// is reached. Then the final round: the source stops the guest, reports the last set, this
+// side drops it and confirms, and only then may the guest run here (the source learns it from
+// the confirmation; DirtyTracker::Switched). Post-copy then fetches what the final set left
+// absent, as usual.
+//
+// Why no stale page survives (tested in tests/warmup_test.cc, page for page):
+//  - the source tracks writes from before its first page read (transport/dirty_tracker.h), so a
+//    page whose bytes changed after they were read is in some later round's set;
+//  - each round's set is applied after any copy of the page still in flight has landed (a page
+//    is evicted only when present; requested or being placed, it is waited for), so an old copy
+//    can never land after the eviction; a copy requested after the round was collected is
+//    fresh, and at worst evicted needlessly and fetched once more;
+//  - the final set is collected with the guest stopped for good and applied before the guest
+//    runs here; a set that is lost (connection, engine restart) is sent again by the source
+//    until it is confirmed (transport/dirty_rounds.h).
+//
+// Threads: one of its own (Start/Join); Dirty() from the transport's receive thread.
+#ifndef FAULTLINE_ENGINE_WARMUP_H_
+#define FAULTLINE_ENGINE_WARMUP_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/background_pull.h"
+#include "engine/region_table.h"
+#include "engine/stop_signal.h"
+#include "transport/page_source.h"
+
+namespace faultline {
+
+struct WarmUpOptions {
+  bool enabled = false;
+  // Rounds before the final one (the first is the pull of every page).
+  uint32_t max_rounds = 8;
+  // Switch once a round's set is at most this many pages, or is more than `shrink` of the
+  // previous round's (the guest writes as fast as we pull: more rounds would not help).
+  uint64_t converge_pages = 256;
+  double shrink = 0.8;
+  // From Start(): switch even if the rounds have not converged.
+  absl::Duration deadline = absl::Minutes(10);
+  // The background pull's rate limit until the switch (bytes/s; 0: none).
+  uint64_t rate_bytes_per_s = 0;
+  // No answer to a DIRTY_SYNC this long (a connection was replaced meanwhile): ask again.
+  absl::Duration answer_timeout = absl::Seconds(3);
+};
+
+// One round, as the engine reports it.
+struct WarmUpRound {
+  uint64_t round = 0;  // the source's number
+  bool final = false;
+  uint64_t pages = 0;      // in the set
+  uint64_t evicted = 0;    // of which were present here (dropped, fetched again)
+  uint64_t pulled_ns = 0;  // from the previous set's application to every page present
+  uint64_t apply_ns = 0;   // asking, receiving and applying this set
+};
+
+class WarmUp {
+ public:
+  WarmUp(RegionTable* table, BackgroundPull* pull, StopSignal* stop, const WarmUpOptions& o)
+      : table_(table), pull_(pull), stop_(stop), opts_(o) {}
+  ~WarmUp() { Join(); }
+
+  // Checks that every region's pages can be dropped here (file-backed): warm-up of anonymous
+  // memory in another process is refused.
+  static absl::Status CheckRegions(const RegionTable& table);
+
+  // Starts the rounds on `source`; `switched` runs (on the warm-up thread) once the final set
+  // is applied and confirmed, before Join() returns.
+  void Start(PageSource* source, std::function<void()> switched);
+  void Join();
+  // PageSink::Dirty, forwarded by the engine.
+  void Dirty(DirtySet set);
+
+  bool switched() const { return switched_.load(std::memory_order_acquire); }
+  uint64_t switched_at_ns() const { return switched_at_ns_.load(); }
+  std::vector<WarmUpRound> rounds() const;
+
+ private:
+  void Loop();
+  // Until every page is present (true) or the run stops or `until` passes (false).
+  bool WaitAllPresent(absl::Time until);
+  // One round: ask, wait for the answer (asking again after a silence), apply, confirm.
+  absl::Status Round(bool final, WarmUpRound* r);
+  // Drops every page of `set` that is present (waits for pages in flight); returns how many.
+  absl::StatusOr<uint64_t> Apply(const DirtySet& set);
+
+  RegionTable* table_;
+  BackgroundPull* pull_;
+  StopSignal* stop_;
+  WarmUpOptions opts_;
+  PageSource* source_ = nullptr;
+  std::function<void()> on_switched_;
+  std::thread thread_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<DirtySet> answers_;     // guarded by mu_
+  std::vector<WarmUpRound> rounds_;  // guarded by mu_
+  std::atomic<bool> switched_{false};
+  std::atomic<uint64_t> switched_at_ns_{0};
+};
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_ENGINE_WARMUP_H_

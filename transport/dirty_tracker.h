@@ -1,0 +1,36 @@
+// DirtyTracker: the source's record of which guest pages were written, for warm-up — the
+// destination pulls pages while the guest still runs on the source, and asks in rounds which
+// of them changed since (transport/dirty_rounds.h keeps the rounds; the implementations know
+// the guest: KVM's dirty log in the reference VMM, qemu-integration/vmm/dirty_log.h; write-
+// protect tracking of a mapping, dirty/wp_tracker.h).
+//
+// The one rule that makes warm-up correct: tracking starts before the page server reads any
+// page, and every write to guest memory after that is in some later Collect(). A page read
+// while it is being written is then in the next set, and the destination fetches it again.
+#ifndef FAULTLINE_TRANSPORT_DIRTY_TRACKER_H_
+#define FAULTLINE_TRANSPORT_DIRTY_TRACKER_H_
+
+#include <vector>
+
+#include "absl/status/status.h"
+#include "transport/protocol.h"
+
+namespace faultline {
+
+class DirtyTracker {
+ public:
+  virtual ~DirtyTracker() = default;
+  // Appends to *out every page written since the previous Collect() (the first: since
+  // tracking began), as ranges of the page server's regions (region index in its table), and
+  // starts a new record. `final`: first stop every writer for good (the guest is paused on
+  // the source), then collect — the result is then the last set there will be.
+  // Called from one thread at a time.
+  virtual absl::Status Collect(bool final, std::vector<PageRange>* out) = 0;
+  // The destination has dropped every page of the final set: the guest may run there now.
+  // Called at most once, after a final Collect().
+  virtual void Switched() {}
+};
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_TRANSPORT_DIRTY_TRACKER_H_
