@@ -286,6 +286,18 @@ void Engine::UnregisterAll() {
 
 absl::Status Engine::Run(PageSource* source) {
   if (absl::Status s = table_->CheckSource(source->regions()); !s.ok()) return s;
+  if (source->live() && warmup_ == nullptr) {
+    // Pulling a running guest's memory without rounds would leave every page it rewrites
+    // stale here.
+    return absl::FailedPreconditionError(
+        "the source still runs its guest (it serves live memory for warm-up): this engine "
+        "must warm up too (EngineOptions::warmup; the CLI's --warmup)");
+  }
+  if (!source->live() && warmup_ != nullptr) {
+    // A frozen source: no page can change, so there is nothing to warm up — plain post-copy.
+    warmup_.reset();
+    pull_->SetRate(0);
+  }
   source_ = source;
   reconnector_->SetSource(source);
   running_.store(true);
@@ -299,7 +311,9 @@ absl::Status Engine::Run(PageSource* source) {
   pull_->Start(source);
   if (warmup_ != nullptr) {
     warming_.store(true);
-    warmup_->Start(source, [this] { Switched(); });
+    warmup_->Start(
+        source, [this] { faults_at_switch_.store(counters_.faults.load()); },
+        [this] { Switched(); });
   }
   if (adopted_) WakeAllAfterRestart();  // the dead engine's read faults: see "Restart"
   CheckComplete();
@@ -356,7 +370,6 @@ void Engine::Dirty(DirtySet set) {
 }
 
 void Engine::Switched() {
-  faults_at_switch_.store(counters_.faults.load());
   pull_->SetRate(0);  // post-copy: the link is the guest's now
   warming_.store(false, std::memory_order_release);
   CheckComplete();

@@ -145,7 +145,7 @@ class Engine : public PageSink, private UrgentRequester {
       stop_.Stop(absl::OkStatus());
     }
   }
-  void Switched();  // warm-up thread: the final round is applied
+  void Switched();  // warm-up thread: the final round is applied and confirmed
   void OnTick();    // fault-loop thread
   // UrgentRequester (fault-loop thread).
   void RequestUrgent(uint32_t region, uint64_t page) override;

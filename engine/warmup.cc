@@ -20,8 +20,10 @@ absl::Status WarmUp::CheckRegions(const RegionTable& table) {
   return absl::OkStatus();
 }
 
-void WarmUp::Start(PageSource* source, std::function<void()> switched) {
+void WarmUp::Start(PageSource* source, std::function<void()> switching,
+                   std::function<void()> switched) {
   source_ = source;
+  on_switching_ = std::move(switching);
   on_switched_ = std::move(switched);
   thread_ = std::thread([this] { Loop(); });
 }
@@ -127,6 +129,7 @@ absl::Status WarmUp::Round(bool final, WarmUpRound* r) {
   }
   absl::StatusOr<uint64_t> evicted = Apply(set);
   if (!evicted.ok()) return evicted.status();
+  if (set.final && on_switching_) on_switching_();
   if (absl::Status s = source_->ConfirmDirty(set.round); !s.ok() && final) {
     // The source must learn that the final set is applied before it lets the guest run here;
     // a confirmation lost with the connection is sent again by a restarted engine's round.

@@ -77,9 +77,10 @@ class WarmUp {
   // memory in another process is refused.
   static absl::Status CheckRegions(const RegionTable& table);
 
-  // Starts the rounds on `source`; `switched` runs (on the warm-up thread) once the final set
-  // is applied and confirmed, before Join() returns.
-  void Start(PageSource* source, std::function<void()> switched);
+  // Starts the rounds on `source`. `switching` runs (on the warm-up thread) once the final set
+  // is applied, just before it is confirmed — from the confirmation on, the guest may run
+  // here; `switched` right after the confirmation.
+  void Start(PageSource* source, std::function<void()> switching, std::function<void()> switched);
   void Join();
   // PageSink::Dirty, forwarded by the engine.
   void Dirty(DirtySet set);
@@ -102,7 +103,7 @@ class WarmUp {
   StopSignal* stop_;
   WarmUpOptions opts_;
   PageSource* source_ = nullptr;
-  std::function<void()> on_switched_;
+  std::function<void()> on_switching_, on_switched_;
   std::thread thread_;
 
   mutable std::mutex mu_;

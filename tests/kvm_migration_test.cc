@@ -95,6 +95,70 @@ TEST_F(KvmMigration, EngineKilledMidMigrationIsReplacedTheGuestNeverNotices) {
   }
 }
 
+// Warm-up: the guest keeps rewriting 10 % of its memory while the destination pulls it in
+// rounds (KVM's dirty log on the source); the source pauses it at the final round, the
+// destination resumes it once that round is dropped. Every page must match the source.
+DemoReport WarmMigrate(const std::string& ram, uint32_t vcpus, double kill_engine_at = 0) {
+  DemoOptions o;
+  o.ram_size = 64ull << 20;
+  o.dest_backing = *ParseMemoryKind(ram);
+  o.vcpus = vcpus;
+  o.touches = 512;
+  o.churn_permille = 100;
+  o.engine.warmup.enabled = true;
+  o.kill_engine_at = kill_engine_at;
+  if (kill_engine_at > 0) {
+    o.restart_binary =
+        absl::StrCat(getenv("TEST_SRCDIR"), "/", getenv("TEST_WORKSPACE"), "/cli/faultline");
+    // Slow enough that the kill lands during the first round's pull.
+    o.engine.warmup.rate_bytes_per_s = 32ull << 20;
+  }
+  absl::StatusOr<DemoReport> r = RunDemo(o);
+  EXPECT_TRUE(r.ok()) << r.status();
+  if (!r.ok()) return {};
+  std::printf("%s", DemoReportTable(*r).c_str());
+  EXPECT_GT(r->verified_pages, 15000u);
+  EXPECT_EQ(r->mismatches, 0u);
+  EXPECT_EQ(r->dirty_pattern_pages, r->verified_pages);
+  EXPECT_EQ(r->guest_bad, 0u);
+  EXPECT_GT(r->warmup_seconds, 0);
+  const nlohmann::json& w = r->engine["warmup"];
+  EXPECT_TRUE(w.is_object()) << r->engine.dump();
+  if (!w.is_object()) return *r;
+  EXPECT_TRUE(w.value("switched", false));
+  EXPECT_EQ(w.value("faults_before_switch", 1ull), 0u);  // nothing ran here before the switch
+  const nlohmann::json& rounds = w["rounds"];
+  EXPECT_GE(rounds.size(), 1u);
+  if (!rounds.empty()) EXPECT_TRUE(rounds.back().value("final", false));
+  EXPECT_GE(r->phases.size(), 1u * vcpus);  // the touch phases ran here, after the switch
+  return *r;
+}
+
+TEST_F(KvmMigration, WarmUpWithAChurningGuestEveryPageIdentical) {
+  DemoReport r = WarmMigrate("memfd", 1);
+  ASSERT_TRUE(r.engine.contains("warmup"));
+  uint64_t evicted = 0;
+  for (const auto& rd : r.engine["warmup"]["rounds"]) evicted += rd.value("evicted", 0ull);
+  EXPECT_GT(evicted, 0u) << "no page the guest rewrote was ever dropped: nothing was tested";
+}
+
+TEST_F(KvmMigration, WarmUpTwoVcpus) { WarmMigrate("memfd", 2); }
+
+TEST_F(KvmMigration, WarmUpEngineKilledDuringWarmUp) {
+  DemoReport r = WarmMigrate("memfd", 1, /*kill_engine_at=*/0.3);
+  EXPECT_TRUE(r.engine_restarted);
+}
+
+TEST_F(KvmMigration, WarmUpIntoAnonymousRamIsRefused) {
+  DemoOptions o;
+  o.ram_size = 16ull << 20;
+  o.dest_backing = MemoryKind::kAnonymous;
+  o.engine.warmup.enabled = true;
+  absl::StatusOr<DemoReport> r = RunDemo(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("anonymous"), std::string::npos) << r.status();
+}
+
 TEST_F(KvmMigration, GuestMemfdRamIsRefusedNamingTheKernelSeries) {
   DemoOptions o;
   o.ram_size = 16ull << 20;

@@ -235,6 +235,7 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
   }
   Welcome w;
   w.regions = (*tenant)->table;
+  if ((*tenant)->rounds != nullptr) w.flags |= kWelcomeLive;
   if (faults != nullptr) faults->OnWelcome(*ch, &w.regions);
   std::string out;
   EncodeWelcome(w, &out);

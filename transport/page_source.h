@@ -111,6 +111,9 @@ class PageSource {
   // The source's region table, as announced in its WELCOME.
   virtual const std::vector<RegionInfo>& regions() const = 0;
   virtual SourceLimits limits() const = 0;
+  // Whether the guest still runs on the source (its memory changes; it tracks the writes): the
+  // engine must then warm up — ask which pages changed, in rounds — before its guest may run.
+  virtual bool live() const { return false; }
   // Starts delivering to `sink` (receive threads run until Stop()).
   virtual absl::Status Start(PageSink* sink) = 0;
   // Thread-safe. Asks for one page ahead of any bulk traffic. An error means this request is

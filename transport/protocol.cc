@@ -133,6 +133,7 @@ void EncodeWelcome(const Welcome& w, std::string* out) {
     Put16(&p, static_cast<uint16_t>(r.name.size()));
     p.append(r.name);
   }
+  if (w.flags != 0) Put32(&p, w.flags);  // absent when zero: the version-1 WELCOME as it was
   PutHeader(out, FrameType::kWelcome, static_cast<uint32_t>(p.size()));
   out->append(p);
 }
@@ -291,7 +292,7 @@ void EncodePagesPrefix(const PagesHead& head, absl::Span<const PageDesc> descs, 
 uint64_t MaxPayload(FrameType t) {
   switch (t) {
     case FrameType::kHello: return 8 + kTokenSize;
-    case FrameType::kWelcome: return 8 + kMaxRegions * (14 + kMaxRegionName);
+    case FrameType::kWelcome: return 12 + kMaxRegions * (14 + kMaxRegionName);
     case FrameType::kRequest:
     case FrameType::kVerify: return 16;
     case FrameType::kVerified: return 16 + 4ull * kMaxPagesPerFrame;
@@ -383,6 +384,12 @@ absl::StatusOr<Welcome> DecodeWelcome(absl::Span<const uint8_t> payload) {
           "WELCOME", absl::StrCat("region size ", ri.size, " is not a multiple of ", ri.page_size));
     }
     w.regions.push_back(std::move(ri));
+  }
+  if (r.left() == 4) {
+    r.Get(&w.flags);
+    if (w.flags == 0 || (w.flags & ~kWelcomeLive) != 0) {
+      return Malformed("WELCOME", absl::StrCat("flags ", w.flags));
+    }
   }
   if (r.left() != 0) return Malformed("WELCOME", "trailing bytes");
   return w;

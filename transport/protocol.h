@@ -4,7 +4,10 @@
 //
 //   HELLO    dest→src  u32 version | u8 channel (0 urgent, 1 bulk) | u8[3] 0 | u8[32] token
 //   WELCOME  src→dest  u32 version | u32 region count | count × {u64 size | u32 page size |
-//                      u16 name length | name}
+//                      u16 name length | name} [| u32 flags, present only when not zero:
+//                      kWelcomeLive — the guest still runs on the source, which tracks its
+//                      writes: the destination must warm up (DIRTY_SYNC rounds) before its
+//                      guest may run]
 //   REQUEST  dest→src  u32 region | u32 count | u64 first page        (urgent or bulk by channel)
 //   PAGES    src→dest  u32 region | u32 count | u64 first page | count × {u32 crc32c | u32 flags}
 //                      | the bytes of every page whose flags lack kPageZero, in order
@@ -102,9 +105,12 @@ struct Hello {
   Token token{};
 };
 
+inline constexpr uint32_t kWelcomeLive = 1;
+
 struct Welcome {
   uint32_t version = kProtocolVersion;
   std::vector<RegionInfo> regions;
+  uint32_t flags = 0;  // kWelcomeLive
 };
 
 struct PageRange {  // REQUEST and VERIFY

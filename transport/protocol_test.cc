@@ -94,6 +94,22 @@ TEST(Protocol, WelcomeRoundTripAndValidation) {
   std::string g;
   EncodeWelcome(none, &g);
   EXPECT_FALSE(DecodeWelcome(Bytes(g, kHeaderSize)).ok());
+
+  // A live source's WELCOME carries its flags; a frozen one's is the version-1 frame as it was.
+  EXPECT_EQ(d->flags, 0u);
+  Welcome live = w;
+  live.flags = kWelcomeLive;
+  std::string l;
+  EncodeWelcome(live, &l);
+  EXPECT_EQ(l.size(), f.size() + 4);
+  absl::StatusOr<Welcome> dl = DecodeWelcome(Bytes(l, kHeaderSize));
+  ASSERT_TRUE(dl.ok()) << dl.status();
+  EXPECT_EQ(dl->flags, kWelcomeLive);
+  Welcome odd = w;
+  odd.flags = 6;  // unknown flags are refused, not ignored
+  std::string o;
+  EncodeWelcome(odd, &o);
+  EXPECT_FALSE(DecodeWelcome(Bytes(o, kHeaderSize)).ok());
 }
 
 TEST(Protocol, RangeChecks) {

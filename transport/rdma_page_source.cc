@@ -64,7 +64,13 @@ absl::StatusOr<std::unique_ptr<RdmaPageSource>> RdmaPageSource::Connect(
 
 absl::Status RdmaPageSource::Setup(const TcpSourceOptions& control) {
   std::vector<RegionInfo> regions;
-  absl::StatusOr<Stream> stream = OpenChannel(control, Channel::kUrgent, &regions);
+  uint32_t welcome_flags = 0;
+  absl::StatusOr<Stream> stream = OpenChannel(control, Channel::kUrgent, &regions, &welcome_flags);
+  if (stream.ok() && (welcome_flags & kWelcomeLive)) {
+    return absl::FailedPreconditionError(
+        "the source serves a running guest's memory (warm-up), which the RDMA transport does "
+        "not do: use TCP for warm-up");
+  }
   if (!stream.ok()) return stream.status();
   if (!regions_.empty()) {
     if (regions.size() != regions_.size()) {

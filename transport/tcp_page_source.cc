@@ -17,7 +17,7 @@
 namespace faultline {
 
 absl::StatusOr<Stream> OpenChannel(const TcpSourceOptions& opts, Channel ch,
-                                   std::vector<RegionInfo>* regions) {
+                                   std::vector<RegionInfo>* regions, uint32_t* welcome_flags) {
   const absl::Time deadline = absl::Now() + opts.connect_timeout;
   absl::StatusOr<UniqueFd> fd = ConnectTcp(opts.address, opts.connect_timeout);
   if (!fd.ok()) return fd.status();
@@ -54,6 +54,7 @@ absl::StatusOr<Stream> OpenChannel(const TcpSourceOptions& opts, Channel ch,
       absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()));
   if (!w.ok()) return w.status();
   *regions = std::move(w->regions);
+  if (welcome_flags != nullptr) *welcome_flags = w->flags;
   stream.SetReadTimeout(absl::ZeroDuration());
   return stream;
 }
@@ -77,7 +78,7 @@ SourceError Classify(const absl::Status& s, bool peer_error) {
 }  // namespace
 
 absl::Status TcpPageSource::OpenAll(const TcpSourceOptions& opts, std::vector<Stream>* streams,
-                                    std::vector<RegionInfo>* regions) {
+                                    std::vector<RegionInfo>* regions, uint32_t* welcome_flags) {
   if (opts.bulk_lanes < 1 || opts.bulk_lanes > kMaxBulkLanes) {
     return absl::InvalidArgumentError(
         absl::StrCat("bulk lanes must be 1..", kMaxBulkLanes, ", not ", opts.bulk_lanes));
@@ -85,7 +86,8 @@ absl::Status TcpPageSource::OpenAll(const TcpSourceOptions& opts, std::vector<St
   streams->clear();
   for (uint32_t i = 0; i <= opts.bulk_lanes; ++i) {
     std::vector<RegionInfo> r;
-    absl::StatusOr<Stream> s = OpenChannel(opts, i == 0 ? Channel::kUrgent : Channel::kBulk, &r);
+    absl::StatusOr<Stream> s = OpenChannel(opts, i == 0 ? Channel::kUrgent : Channel::kBulk, &r,
+                                           i == 0 ? welcome_flags : nullptr);
     if (!s.ok()) return s.status();
     if (i == 0) {
       *regions = std::move(r);
@@ -106,7 +108,9 @@ absl::StatusOr<std::unique_ptr<TcpPageSource>> TcpPageSource::Connect(
   std::unique_ptr<TcpPageSource> src(new TcpPageSource());
   src->opts_ = opts;
   std::vector<Stream> streams;
-  if (absl::Status s = OpenAll(opts, &streams, &src->regions_); !s.ok()) return s;
+  uint32_t flags = 0;
+  if (absl::Status s = OpenAll(opts, &streams, &src->regions_, &flags); !s.ok()) return s;
+  src->live_ = flags & kWelcomeLive;
   uint32_t max_ps = 4096;
   for (const RegionInfo& r : src->regions_) max_ps = std::max(max_ps, r.page_size);
   for (size_t i = 0; i < streams.size(); ++i) {
@@ -240,7 +244,12 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
     // Fresh TCP connections and, with TLS, fresh handshakes, one per channel.
     std::vector<Stream> streams;
     std::vector<RegionInfo> r;
-    last = OpenAll(o, &streams, &r);
+    uint32_t flags = 0;
+    last = OpenAll(o, &streams, &r, &flags);
+    if (last.ok() && (flags & kWelcomeLive) != live_) {
+      return absl::FailedPreconditionError(
+          "the source came back serving memory of a different state (live vs frozen)");
+    }
     if (last.ok()) {
       if (r.size() != regions_.size()) {
         return absl::FailedPreconditionError("the source came back with different regions");

@@ -66,6 +66,7 @@ class TcpPageSource : public PageSource {
   void Stop() override;
   absl::Status Reconnect(absl::Time deadline) override;
   int reconnects() const { return reconnects_.load(); }
+  bool live() const override { return live_; }
 
  private:
   struct Conn {
@@ -82,7 +83,7 @@ class TcpPageSource : public PageSource {
   TcpPageSource() = default;
   // Opens the urgent connection and every bulk lane; fills conns_ (streams only).
   static absl::Status OpenAll(const TcpSourceOptions& opts, std::vector<Stream>* streams,
-                              std::vector<RegionInfo>* regions);
+                              std::vector<RegionInfo>* regions, uint32_t* welcome_flags);
   void StartThreads();
   absl::Status Request(Conn& c, uint32_t region, uint64_t first, uint32_t count);
   void ReceiveLoop(Conn* c);
@@ -94,6 +95,7 @@ class TcpPageSource : public PageSource {
 
   TcpSourceOptions opts_;
   std::vector<RegionInfo> regions_;
+  bool live_ = false;                         // the WELCOME said kWelcomeLive
   std::vector<std::unique_ptr<Conn>> conns_;  // [0] urgent, [1 + lane] bulk
   PageSink* sink_ = nullptr;
   std::atomic<bool> stopping_{false};
@@ -103,8 +105,10 @@ class TcpPageSource : public PageSource {
 
 // Opens one channel: connect, TLS handshake (with opts.tls), HELLO, WELCOME. Exposed for tests
 // and the bench.
+// `welcome_flags` (optional) receives the WELCOME's flags (kWelcomeLive).
 absl::StatusOr<Stream> OpenChannel(const TcpSourceOptions& opts, Channel ch,
-                                   std::vector<RegionInfo>* regions);
+                                   std::vector<RegionInfo>* regions,
+                                   uint32_t* welcome_flags = nullptr);
 
 }  // namespace faultline
 
