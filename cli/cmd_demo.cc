@@ -103,6 +103,7 @@ int RunDemo() {
                         {"total_seconds", r->total_seconds},
                         {"warmup_seconds", r->warmup_seconds},
                         {"postcopy_seconds", r->postcopy_seconds},
+                        {"final_round_ms", r->final_round_ms},
                         {"guest_seconds", r->guest_seconds},
                         {"verified_pages", r->verified_pages},
                         {"mismatches", r->mismatches},

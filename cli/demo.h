@@ -70,6 +70,7 @@ struct DemoReport {
   double total_seconds = 0;  // migration start (warm-up start, or the pause) → every page present
   double warmup_seconds = 0;    // warm-up start → source pause (0 without warm-up)
   double postcopy_seconds = 0;  // source pause → every page present
+  double final_round_ms = 0;    // warm-up: source pause → faultline confirmed the final round
   double guest_seconds = 0;     // destination resume → guest done
   uint64_t tsc_khz = 0;
   nlohmann::json engine;  // faultline's own report (EngineStatsJson)

@@ -202,6 +202,7 @@ absl::StatusOr<DemoReport> RunDestination(const DemoOptions& o, const SourceSide
                   : absl::StatusOr<std::vector<VcpuState>>(sw.status());
       if (st.ok()) {
         paused_at = sw->paused_at_ns;
+        r.final_round_ms = (sw->confirmed_at_ns - sw->paused_at_ns) / 1e6;
         states = std::move(*st);
       }
       switched = st.status();

@@ -49,6 +49,7 @@ absl::StatusOr<SourceHello> DecodeSourceHello(const std::string& s);
 // Warm-up: the source's second message, once faultline applied the final round.
 struct SourceSwitch {
   uint64_t paused_at_ns = 0;
+  uint64_t confirmed_at_ns = 0;  // faultline's confirmation of the final round arrived
   std::string states;
 };
 std::string EncodeSourceSwitch(const SourceSwitch& s);

@@ -79,19 +79,21 @@ absl::StatusOr<SourceHello> DecodeSourceHello(const std::string& s) {
 }
 
 std::string EncodeSourceSwitch(const SourceSwitch& w) {
-  std::string s(8, '\0');
+  std::string s(16, '\0');
   memcpy(&s[0], &w.paused_at_ns, 8);
+  memcpy(&s[8], &w.confirmed_at_ns, 8);
   return s + w.states;
 }
 
 absl::StatusOr<SourceSwitch> DecodeSourceSwitch(const std::string& s) {
-  if (s.size() < 8) {
+  if (s.size() < 16) {
     if (s.rfind("ERR ", 0) == 0) return absl::InternalError(absl::StrCat("source: ", s.substr(4)));
     return absl::InvalidArgumentError("short switch message from the source process");
   }
   SourceSwitch w;
   memcpy(&w.paused_at_ns, &s[0], 8);
-  w.states = s.substr(8);
+  memcpy(&w.confirmed_at_ns, &s[8], 8);
+  w.states = s.substr(16);
   return w;
 }
 
@@ -155,6 +157,7 @@ absl::Status SourceMain(int ctl, const DemoOptions& o, const std::string& elf) {
     absl::StatusOr<std::unique_ptr<VmDirtyTracker>> t =
         VmDirtyTracker::Create(vm->get(), stop_guest, [&] {
           // The final round is applied at the destination: it may run the guest now.
+          sw.confirmed_at_ns = NowNs();
           (void)SendMsg(ctl, EncodeSourceSwitch(sw));
         });
     if (!t.ok()) return t.status();

@@ -124,7 +124,9 @@ nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
                         {"pages", r.pages},
                         {"evicted", r.evicted},
                         {"pulled_ms", r.pulled_ns / 1e6},
-                        {"apply_ms", r.apply_ns / 1e6}});
+                        {"apply_ms", r.apply_ns / 1e6},
+                        {"answer_ms", r.answer_ns / 1e6},
+                        {"drop_ms", r.drop_ns / 1e6}});
     }
     warmup = {{"rounds", rounds},
               {"switched", e.warmup()->switched()},

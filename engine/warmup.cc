@@ -127,8 +127,11 @@ absl::Status WarmUp::Round(bool final, WarmUpRound* r) {
       have = true;
     }
   }
+  const uint64_t t_answer = FaultStats::NowNs();
   absl::StatusOr<uint64_t> evicted = Apply(set);
   if (!evicted.ok()) return evicted.status();
+  r->answer_ns = t_answer - t0;
+  r->drop_ns = FaultStats::NowNs() - t_answer;
   if (set.final && on_switching_) on_switching_();
   if (absl::Status s = source_->ConfirmDirty(set.round); !s.ok() && final) {
     // The source must learn that the final set is applied before it lets the guest run here;

@@ -65,6 +65,8 @@ struct WarmUpRound {
   uint64_t evicted = 0;    // of which were present here (dropped, fetched again)
   uint64_t pulled_ns = 0;  // from the previous set's application to every page present
   uint64_t apply_ns = 0;   // asking, receiving and applying this set
+  uint64_t answer_ns = 0;  // of which: from the request to the whole answer
+  uint64_t drop_ns = 0;    // of which: dropping the pages here
 };
 
 class WarmUp {

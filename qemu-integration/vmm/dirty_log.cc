@@ -89,8 +89,8 @@ absl::Status VmDirtyTracker::Collect(bool final, std::vector<PageRange>* out) {
 }
 
 void VmDirtyTracker::Switched() {
+  if (switched_) switched_();  // first: the destination is waiting to resume the guest
   (void)SetLogging(false);
-  if (switched_) switched_();
 }
 
 }  // namespace faultline
