@@ -15,10 +15,6 @@ ABSL_FLAG(std::string, dest_ram, "memfd",
           "series: userfaultfd on guest_memfd + vCPU exits for missing pages).");
 ABSL_FLAG(int64_t, guest_touches, 4096, "demo: touches per guest phase per vCPU.");
 ABSL_FLAG(bool, guest_serial, false, "demo: print the destination guest's serial lines.");
-ABSL_FLAG(int32_t, churn_permille, -1,
-          "demo: after dirtying its memory the guest keeps rewriting this many of every 1000 "
-          "pages until the source pauses it (0: it waits idle; -1: it does not, and is paused "
-          "at once — with --warmup, -1 means 0).");
 ABSL_FLAG(double, kill_engine_at, 0,
           "demo: SIGKILL the faultline process once this fraction of the pages is present and "
           "let a new `faultline serve` take over the same uffd (engine restart). 0: never.");

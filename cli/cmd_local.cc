@@ -1,4 +1,5 @@
 // faultline local: a self-contained migration on this machine (cli/local_run.h).
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <vector>
@@ -35,6 +36,8 @@ int RunLocal() {
     o.guest = *guest;
     o.run_guest = !guest->threads.empty();
     o.engine = EngineOptionsFromFlags();
+    const int32_t churn = absl::GetFlag(FLAGS_churn_permille);
+    o.churn_permille = churn < 0 ? 100 : static_cast<uint32_t>(std::min(churn, 1000));
     o.transport_busy_poll = absl::GetFlag(FLAGS_busy_poll);
     o.bulk_lanes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_channels));
     if (absl::GetFlag(FLAGS_progress)) o.progress = ProgressBar;

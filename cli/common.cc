@@ -44,6 +44,10 @@ ABSL_FLAG(int32_t, warmup_rate_mib, 0,
           "Warm-up's bandwidth limit, MiB/s (0: none); lifted at the switch.");
 ABSL_FLAG(absl::Duration, warmup_deadline, absl::Minutes(10),
           "Switch to post-copy after this long even if the rounds have not converged.");
+ABSL_FLAG(int32_t, churn_permille, -1,
+          "demo, local: the source's guest keeps rewriting this many of every 1000 pages while "
+          "the destination warms up, until the final round stops it (0: it waits idle; -1: "
+          "demo: no churn phase, paused at once, or idle with --warmup; local: 100).");
 ABSL_FLAG(std::string, handoff, "/run/faultline.sock",
           "serve, migrate: the Unix socket a VMM hands its userfaultfd and memory over on.");
 ABSL_FLAG(std::string, transport, "tcp",

@@ -34,6 +34,7 @@ ABSL_DECLARE_FLAG(int32_t, bulk_batch_kib);
 ABSL_DECLARE_FLAG(int32_t, bulk_window);
 ABSL_DECLARE_FLAG(int32_t, bulk_channels);
 ABSL_DECLARE_FLAG(bool, warmup);
+ABSL_DECLARE_FLAG(int32_t, churn_permille);
 ABSL_DECLARE_FLAG(int32_t, warmup_rounds);
 ABSL_DECLARE_FLAG(int32_t, warmup_rate_mib);
 ABSL_DECLARE_FLAG(absl::Duration, reconnect_deadline);

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "base/errno_status.h"
 #include "cli/setup.h"
+#include "dirty/wp_tracker.h"
 #include "nlohmann/json.hpp"
 #include "transport/page_server.h"
 #include "transport/socket.h"
@@ -44,10 +45,38 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   if (!port.ok()) return port.status();
   const Token token = RandomToken();
 
+  // Warm-up: the source's "guest", a writer rewriting a hot block while pages move, and the
+  // tracking of its writes. Both live where the page server does.
+  const bool warm = opts.engine.warmup.enabled;
+  std::atomic<bool> writer_stop{false};
+  std::thread writer;
+  auto stop_writer = [&] {
+    writer_stop.store(true);
+    if (writer.joinable()) writer.join();
+  };
+  std::unique_ptr<WpDirtyTracker> tracker;
+  auto start_live_source = [&]() -> absl::Status {
+    if (!warm) return absl::OkStatus();
+    absl::StatusOr<std::unique_ptr<WpDirtyTracker>> t =
+        WpDirtyTracker::Create({{(*src)->base(), opts.size, ps}}, stop_writer);
+    if (!t.ok()) return t.status();
+    tracker = std::move(*t);
+    const uint64_t hot = opts.size / ps * opts.churn_permille / 1000;
+    writer = std::thread([&, hot] {
+      for (uint64_t gen = 1; !writer_stop.load(std::memory_order_relaxed); ++gen) {
+        for (uint64_t p = 0; p < hot && !writer_stop.load(std::memory_order_relaxed); ++p) {
+          reinterpret_cast<volatile uint64_t*>((*src)->base() + p * ps)[1] = gen;
+        }
+        if (hot == 0) absl::SleepFor(absl::Milliseconds(1));
+      }
+    });
+    return absl::OkStatus();
+  };
   auto make_server = [&]() -> absl::StatusOr<std::unique_ptr<PageServer>> {
+    if (absl::Status s = start_live_source(); !s.ok()) return s;
     absl::StatusOr<std::vector<SourceRegion>> regions = (*src)->Regions("ram");
     if (!regions.ok()) return regions.status();
-    return std::make_unique<PageServer>(std::move(*regions), token);
+    return std::make_unique<PageServer>(std::move(*regions), token, nullptr, tracker.get());
   };
 
   pid_t child = -1;
@@ -59,8 +88,13 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
     if (child == 0) {
       prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the destination
       absl::StatusOr<std::unique_ptr<PageServer>> server = make_server();
-      if (!server.ok()) _exit(2);
+      if (!server.ok()) {
+        std::fprintf(stderr, "faultline: source: %s\n",
+                     std::string(server.status().message()).c_str());
+        _exit(2);
+      }
       absl::Status s = (*server)->Serve(listen->get());
+      stop_writer();
       _exit(s.ok() ? 0 : 1);
     }
   } else {
@@ -80,6 +114,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
       if (kill_it) thread_server->Shutdown();
       if (server_thread.joinable()) server_thread.join();
     }
+    stop_writer();
   };
 
   // Destination memory, registered before the guest starts.
@@ -102,11 +137,22 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   }
 
   const absl::Time t0 = absl::Now();
-  std::unique_ptr<ThreadGuest> guest;
-  if (opts.run_guest) {
-    guest = std::make_unique<ThreadGuest>(dst->base(), opts.size, ps, opts.guest);
-  }
   std::atomic<bool> running{true};
+  std::unique_ptr<ThreadGuest> guest;
+  std::thread guest_starter;  // warm-up: the guest runs here only after the switch
+  absl::Time switched_at = t0;
+  if (opts.run_guest && !warm) {
+    guest = std::make_unique<ThreadGuest>(dst->base(), opts.size, ps, opts.guest);
+  } else if (opts.run_guest) {
+    guest_starter = std::thread([&] {
+      // Until the final round is applied (or the run ended: a frozen source needs none).
+      while (engine->warmup() != nullptr && !engine->warmup()->switched() && running.load()) {
+        absl::SleepFor(absl::Microseconds(200));
+      }
+      switched_at = absl::Now();
+      guest = std::make_unique<ThreadGuest>(dst->base(), opts.size, ps, opts.guest);
+    });
+  }
   std::thread progress;
   if (opts.progress) {
     progress = std::thread([&] {
@@ -121,6 +167,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   absl::Status run = engine->Run(source->get());
   const absl::Duration took = absl::Now() - t0;
   running.store(false);
+  if (guest_starter.joinable()) guest_starter.join();
   if (progress.joinable()) progress.join();
   if (!run.ok()) {
     // Faulted guest threads stay blocked while the range is registered: unblock them by
@@ -162,6 +209,11 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
     r.guest_touches = guest->touches();
   }
   r.engine_footprint = e.footprint_bytes();
+  if (e.warmup() != nullptr) {
+    for (const WarmUpRound& w : e.warmup()->rounds()) r.warmup_rounds.push_back(w.pages);
+    r.warmup_seconds = absl::ToDoubleSeconds(switched_at - t0);
+    r.faults_after_switch = c.faults.load() - e.faults_before_switch();
+  }
   // Verify: every destination page against the source, byte for byte.
   const uint8_t* a = dst->base();
   const uint8_t* b = (*src)->base();
@@ -206,6 +258,13 @@ std::string ReportTable(const LocalRunReport& r) {
   if (!r.missing_features.empty()) {
     row("kernel lacks (uffd)", r.missing_features + " — the engine works without them");
   }
+  if (!r.warmup_rounds.empty()) {
+    std::string rounds;
+    for (uint64_t n : r.warmup_rounds) absl::StrAppend(&rounds, rounds.empty() ? "" : ", ", n);
+    row("warm-up rounds (pages rewritten)", rounds + " (the last: final)");
+    row("warm-up / faults after switch",
+        absl::StrFormat("%.3f s / %d", r.warmup_seconds, r.faults_after_switch));
+  }
   row("verification",
       absl::StrFormat("verified %d pages, %d mismatches", r.verified_pages, r.mismatches));
   return s;
@@ -245,6 +304,9 @@ std::string ReportJson(const std::vector<LocalRunReport>& reports) {
                     {"guest_touches", r.guest_touches},
                     {"verified_pages", r.verified_pages},
                     {"mismatches", r.mismatches},
+                    {"warmup_rounds", r.warmup_rounds},
+                    {"warmup_seconds", r.warmup_seconds},
+                    {"faults_after_switch", r.faults_after_switch},
                     {"engine_footprint_bytes", r.engine_footprint},
                     {"peak_rss_kib", r.peak_rss_kib}});
   }

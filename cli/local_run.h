@@ -29,6 +29,10 @@ struct LocalRunOptions {
   uint32_t bulk_lanes = 1;  // bulk connections to the page server
   PatternSpec pattern;
   bool source_in_child = true;  // false: the page server runs on a thread of this process
+  // With engine.warmup.enabled: a writer thread in the source keeps rewriting this many of
+  // every 1000 pages (word 1 of each, a generation counter) until the final round stops it;
+  // the source tracks its writes (dirty/wp_tracker.h). The guest here starts at the switch.
+  uint32_t churn_permille = 100;
   // Called about every 100 ms from a helper thread while pages arrive.
   std::function<void(uint64_t done_bytes, uint64_t total_bytes)> progress;
 };
@@ -45,6 +49,10 @@ struct LocalRunReport {
   LatencyHistogram guest_latency;  // guest-observed slow touches
   uint64_t guest_touches = 0;
   uint64_t verified_pages = 0, mismatches = 0;
+  // Warm-up: rounds (pages in each set), the time before the switch, faults after it.
+  std::vector<uint64_t> warmup_rounds;
+  double warmup_seconds = 0;
+  uint64_t faults_after_switch = 0;
   uint64_t engine_footprint = 0;
   uint64_t peak_rss_kib = 0;
   std::string missing_features;  // userfaultfd features this kernel lacks (empty: none)
