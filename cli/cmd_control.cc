@@ -16,7 +16,9 @@
 #include "serve/control.h"
 
 ABSL_DECLARE_FLAG(std::string, control);
-ABSL_FLAG(std::string, id, "", "expect, status, cancel, forget: the migration's id.");
+ABSL_FLAG(std::string, id, "",
+          "expect, status, cancel, forget: the migration's id. migrate (on the destination "
+          "host): show the daemon's progress of that migration.");
 ABSL_FLAG(bool, json, false, "status: print the daemon's JSON instead of a table.");
 ABSL_FLAG(bool, own_socket, true,
           "expect: give the migration a hand-off socket of its own (its path is printed).");

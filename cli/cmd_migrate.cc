@@ -1,14 +1,21 @@
 // faultline migrate: live-migrates a libvirt domain with post-copy through libvirt's API,
 // with faultline as the destination QEMU's pager (qemu-integration/libvirt/).
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/common.h"
 #include "qemu-integration/libvirt/libvirt_migration.h"
+#include "serve/control.h"
+
+ABSL_DECLARE_FLAG(std::string, control);
+ABSL_DECLARE_FLAG(std::string, id);
 
 ABSL_FLAG(std::string, domain, "", "migrate: the libvirt domain to migrate.");
 ABSL_FLAG(std::string, source_uri, "qemu:///system", "migrate: the source's libvirt URI.");
@@ -59,7 +66,35 @@ int RunMigrate() {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
   };
+  // With --id (run on the destination host, next to the daemon): a progress bar of the
+  // post-copy from the daemon's status of that migration (`faultline expect --id=...`).
+  std::atomic<bool> done{false};
+  std::thread progress;
+  const std::string id = absl::GetFlag(FLAGS_id);
+  if (!id.empty() && o.pager && absl::GetFlag(FLAGS_progress)) {
+    progress = std::thread([&] {
+      bool said = false;
+      while (!done.load()) {
+        absl::StatusOr<nlohmann::json> st = ControlCall(
+            absl::GetFlag(FLAGS_control), {{"op", "status"}, {"id", id}}, absl::Seconds(2));
+        if (st.ok() && st->contains("migrations") && !(*st)["migrations"].empty()) {
+          const nlohmann::json& m = (*st)["migrations"][0];
+          if (m.value("pages_total", 0ull) > 0) {
+            ProgressBar(m.value("pages_present", 0ull) * 4096, m.value("pages_total", 0ull) * 4096);
+          }
+        } else if (!st.ok() && !said) {
+          std::printf("(no progress from the daemon at %s: %s)\n",
+                      absl::GetFlag(FLAGS_control).c_str(),
+                      std::string(st.status().message()).c_str());
+          said = true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+    });
+  }
   absl::StatusOr<LibvirtMigrateReport> r = MigrateDomain(o);
+  done.store(true);
+  if (progress.joinable()) progress.join();
   if (!r.ok()) return Fail(r.status());
   auto ms = [](int64_t v) { return v < 0 ? std::string("?") : absl::StrCat(v, " ms"); };
   auto mib = [](int64_t v) {
