@@ -63,6 +63,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
   if (opts.warmup.enabled) {
     if (absl::Status s = WarmUp::CheckRegions(*e->table_); !s.ok()) return s;
     e->warmup_ = std::make_unique<WarmUp>(e->table_.get(), e->pull_.get(), &e->stop_, opts.warmup);
+    e->warmup_on_.store(true);
   }
   Engine* raw = e.get();
   e->reconnector_ = std::make_unique<Reconnector>(e->table_.get(), e->pull_.get(), &e->counters_,
@@ -286,16 +287,17 @@ void Engine::UnregisterAll() {
 
 absl::Status Engine::Run(PageSource* source) {
   if (absl::Status s = table_->CheckSource(source->regions()); !s.ok()) return s;
-  if (source->live() && warmup_ == nullptr) {
+  if (source->live() && !warmup_on()) {
     // Pulling a running guest's memory without rounds would leave every page it rewrites
     // stale here.
     return absl::FailedPreconditionError(
         "the source still runs its guest (it serves live memory for warm-up): this engine "
         "must warm up too (EngineOptions::warmup; the CLI's --warmup)");
   }
-  if (!source->live() && warmup_ != nullptr) {
+  if (!source->live() && warmup_on()) {
     // A frozen source: no page can change, so there is nothing to warm up — plain post-copy.
-    warmup_.reset();
+    // The WarmUp object stays (other threads may be reading warmup()); it is switched off.
+    warmup_on_.store(false, std::memory_order_release);
     pull_->SetRate(0);
   }
   source_ = source;
@@ -309,7 +311,7 @@ absl::Status Engine::Run(PageSource* source) {
     pull_start_at_ns_ = FaultStats::NowNs() + absl::ToInt64Nanoseconds(opts_.pull_start_delay);
   }
   pull_->Start(source);
-  if (warmup_ != nullptr) {
+  if (warmup_on()) {
     warming_.store(true);
     warmup_->Start(
         source, [this] { faults_at_switch_.store(counters_.faults.load()); },
@@ -319,7 +321,7 @@ absl::Status Engine::Run(PageSource* source) {
   CheckComplete();
   absl::Status status = loop_->Run(&stop_, [this] { OnTick(); });
   running_.store(false);
-  if (warmup_ != nullptr) warmup_->Join();
+  if (warmup_on()) warmup_->Join();
   pull_->Stop();
   reconnector_->Join();
   if (status.ok() && opts_.finish_source) {
@@ -366,7 +368,7 @@ void Engine::Rejected(uint32_t region, uint64_t page, Urgency urgency) {
 void Engine::BulkDone(uint32_t lane) { pull_->BulkDone(lane); }
 
 void Engine::Dirty(DirtySet set) {
-  if (warmup_ != nullptr) warmup_->Dirty(std::move(set));
+  if (warmup_on()) warmup_->Dirty(std::move(set));
 }
 
 void Engine::Switched() {

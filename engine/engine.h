@@ -127,7 +127,7 @@ class Engine : public PageSink, private UrgentRequester {
   void Failed(const SourceError& why) override;
 
   // Warm-up: null without it.
-  const WarmUp* warmup() const { return warmup_.get(); }
+  const WarmUp* warmup() const { return warmup_on() ? warmup_.get() : nullptr; }
   // Faults read before the switch (nothing should fault then: the guest runs at the source).
   uint64_t faults_before_switch() const { return faults_at_switch_.load(); }
 
@@ -163,6 +163,10 @@ class Engine : public PageSink, private UrgentRequester {
   std::unique_ptr<Reconnector> reconnector_;
   std::unique_ptr<FaultLoop> loop_;
   std::unique_ptr<WarmUp> warmup_;
+  // Whether warm-up runs: set with warmup_, cleared by Run() for a frozen source. warmup_ itself
+  // is never reset before the destructor, so warmup() may be read from any thread.
+  std::atomic<bool> warmup_on_{false};
+  bool warmup_on() const { return warmup_on_.load(std::memory_order_acquire); }
   std::atomic<bool> warming_{false};
   std::atomic<uint64_t> faults_at_switch_{0};
   PageSource* source_ = nullptr;

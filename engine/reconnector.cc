@@ -1,5 +1,7 @@
 #include "engine/reconnector.h"
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -14,7 +16,11 @@ bool Reconnector::Request(const SourceError& why) {
   }
   busy_ = true;
   if (thread_.joinable()) thread_.join();  // the previous reconnection has finished
-  thread_ = std::thread([this, s = why.status] { Loop(s); });
+  // The thread gets its own Status, not a reference-counted copy of the caller's: the caller
+  // may drop its copy on another thread while this one runs.
+  thread_ = std::thread([this, code = why.status.code(), msg = std::string(why.status.message())] {
+    Loop(absl::Status(code, msg));
+  });
   return true;
 }
 
