@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -16,25 +17,13 @@
 #include "gtest/gtest.h"
 #include "serve/control.h"
 #include "serve/daemon.h"
+#include "tests/testing/http_get.h"
 #include "tests/testing/test_source.h"
 #include "tests/testing/thread_vmm.h"
 #include "transport/socket.h"
 
 namespace faultline {
 namespace {
-
-std::string HttpGet(int port, const std::string& path) {
-  absl::StatusOr<UniqueFd> fd = ConnectTcp(absl::StrCat("127.0.0.1:", port), absl::Seconds(2));
-  if (!fd.ok()) return "";
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: x\r\n\r\n");
-  (void)WriteAll(fd->get(), req.data(), req.size());
-  std::string out;
-  char buf[8192];
-  ssize_t n;
-  while ((n = read(fd->get(), buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-  const size_t body = out.find("\r\n\r\n");
-  return body == std::string::npos ? "" : out.substr(body + 4);
-}
 
 // Prometheus' instant query, URL-encoded by hand for the few characters used here.
 nlohmann::json Query(int port, const std::string& promql) {
@@ -49,7 +38,7 @@ nlohmann::json Query(int port, const std::string& promql) {
     }
   }
   nlohmann::json j =
-      nlohmann::json::parse(HttpGet(port, "/api/v1/query?query=" + q), nullptr, false);
+      nlohmann::json::parse(HttpBody(HttpGet(port, "/api/v1/query?query=" + q)), nullptr, false);
   return j.is_discarded() ? nlohmann::json() : j;
 }
 
@@ -69,10 +58,14 @@ TEST(DaemonPrometheus, ScrapedByRealPrometheus) {
   const std::string dir =
       absl::StrCat(getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp", "/prom-", getpid());
   ASSERT_EQ(system(("mkdir -p " + dir).c_str()), 0);
+  // Sockets in a directory of their own under /tmp (TEST_TMPDIR is too long for a socket
+  // path; in Bazel's sandboxes every test's pid is the same).
+  char sock_dir[] = "/tmp/fl-prom-XXXXXX";
+  ASSERT_NE(mkdtemp(sock_dir), nullptr);
   DaemonOptions o;
-  o.handoff_socket = absl::StrCat("/tmp/fl-prom-", getpid(), "-h.sock");
-  o.control_socket = absl::StrCat("/tmp/fl-prom-", getpid(), "-c.sock");
-  o.socket_dir = "/tmp";
+  o.handoff_socket = absl::StrCat(sock_dir, "/h.sock");
+  o.control_socket = absl::StrCat(sock_dir, "/c.sock");
+  o.socket_dir = sock_dir;
   o.metrics_listen = "127.0.0.1:0";
   o.state_dir = "";
   o.event_log = nullptr;
@@ -134,8 +127,12 @@ TEST(DaemonPrometheus, ScrapedByRealPrometheus) {
     });
   }
   for (auto& t : vmms) t.join();
-  // What Prometheus stored, a scrape or two after the end.
-  absl::SleepFor(absl::Milliseconds(500));
+  // What Prometheus stored after the end: wait for a scrape that saw both migrations finish
+  // (the daemon completes a migration a moment after its VMM verified the last page).
+  const absl::Time settle = absl::Now() + absl::Seconds(30);
+  while (Value(prom_port, "faultline_migrations_succeeded_total") != 2 && absl::Now() < settle) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
   for (const char* id : {"prom-a", "prom-b"}) {
     const std::string m = absl::StrCat("{migration=\"", id, "\"}");
     EXPECT_EQ(Value(prom_port, absl::StrCat("faultline_migration_phase{migration=\"", id,
@@ -160,6 +157,7 @@ TEST(DaemonPrometheus, ScrapedByRealPrometheus) {
   waitpid(prom, nullptr, 0);
   (*d)->Stop();
   loop.join();
+  std::filesystem::remove_all(sock_dir);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -20,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "serve/control.h"
+#include "tests/testing/http_get.h"
 #include "tests/testing/test_source.h"
 #include "tests/testing/thread_vmm.h"
 #include "transport/socket.h"
@@ -29,32 +31,20 @@ namespace {
 
 constexpr uint64_t kSize = 8u << 20;
 
-std::string Tmp(const std::string& name) {
-  return absl::StrCat("/tmp/fl-dt-", getpid(), "-", name);
-}
-
-// An HTTP GET on loopback; the whole response (headers and body).
-std::string HttpGet(int port, const std::string& path) {
-  absl::StatusOr<UniqueFd> fd = ConnectTcp(absl::StrCat("127.0.0.1:", port), absl::Seconds(5));
-  if (!fd.ok()) return "";
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: x\r\n\r\n");
-  (void)WriteAll(fd->get(), req.data(), req.size());
-  std::string out;
-  char buf[8192];
-  ssize_t n;
-  while ((n = read(fd->get(), buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-  return out;
-}
-
 class DaemonTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // A directory of its own under /tmp (Bazel's TEST_TMPDIR is too long for a socket path):
+    // runs of this test at the same time, in sandboxes where every pid is 12, must not meet.
+    char dir[] = "/tmp/fl-dt-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
     log_path_ = Tmp("events.log");
     log_ = fopen(log_path_.c_str(), "w");
     DaemonOptions o;
     o.handoff_socket = Tmp("h.sock");
     o.control_socket = Tmp("c.sock");
-    o.socket_dir = "/tmp";
+    o.socket_dir = dir_;
     o.metrics_listen = "127.0.0.1:0";
     o.state_dir = "";  // in memory: these tests do not restart engines
     o.event_log = log_;
@@ -70,8 +60,9 @@ class DaemonTest : public ::testing::Test {
     if (loop_.joinable()) loop_.join();
     daemon_.reset();
     if (log_) fclose(log_);
-    unlink(log_path_.c_str());
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
+  std::string Tmp(const std::string& name) const { return absl::StrCat(dir_, "/", name); }
   // Registers a migration served by `src`; returns its own socket ("" if none).
   std::string Expect(const std::string& id, TestSource& src, bool own_socket = true) {
     absl::StatusOr<nlohmann::json> r =
@@ -100,6 +91,21 @@ class DaemonTest : public ::testing::Test {
     EXPECT_EQ(r->verified_pages, kSize / 4096);
     EXPECT_EQ(r->mismatches, 0u);
   }
+  // The VMM's side ends when its guest verified every page; the daemon's engine finishes
+  // (phase, "complete" event, counters) a moment later. Waits until no migration is waiting or
+  // running, for at most 20 s.
+  void AwaitSettled() {
+    const absl::Time until = absl::Now() + absl::Seconds(20);
+    auto settled = [&] {
+      for (const MigrationStatus& m : daemon_->Statuses()) {
+        if (m.phase == MigrationPhase::kWaiting || m.phase == MigrationPhase::kRunning) {
+          return false;
+        }
+      }
+      return true;
+    };
+    while (!settled() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
+  }
   std::string Events() {
     fflush(log_);
     std::ifstream f(log_path_);
@@ -124,6 +130,7 @@ class DaemonTest : public ::testing::Test {
   DaemonOptions opts_;
   std::unique_ptr<Daemon> daemon_;
   std::thread loop_;
+  std::string dir_;
   std::string log_path_;
   FILE* log_ = nullptr;
 };
@@ -138,13 +145,14 @@ TEST_F(DaemonTest, ServesSeveralMigrationsAtOnce) {
   const std::string own0 = Expect("vm-0", *srcs[0]);
   const std::string own1 = Expect("vm-1", *srcs[1]);
   Expect("vm-2", *srcs[2], /*own_socket=*/false);
-  EXPECT_EQ(own0, "/tmp/faultline-vm-0.sock");
+  EXPECT_EQ(own0, Tmp("faultline-vm-0.sock"));
   // vm-0 and vm-1 on their own sockets (no id in the hello), vm-2 on the shared one naming it.
   std::vector<std::thread> vmms;
   vmms.emplace_back([&] { ExpectMigrates(Vmm(own0, "")); });
   vmms.emplace_back([&] { ExpectMigrates(Vmm(own1, "vm-1")); });
   vmms.emplace_back([&] { ExpectMigrates(Vmm(opts_.handoff_socket, "vm-2")); });
   for (auto& t : vmms) t.join();
+  AwaitSettled();
   for (const MigrationStatus& m : daemon_->Statuses()) {
     EXPECT_EQ(m.phase, MigrationPhase::kComplete) << m.id << ": " << m.error;
     EXPECT_EQ(m.pages_present, kSize / 4096) << m.id;
@@ -295,7 +303,7 @@ TEST_F(DaemonTest, HostileClientsWhileMigrationsRun) {
   std::thread mb([&] { ExpectMigrates(Vmm(sb, "")); });
   ma.join();
   mb.join();
-  absl::SleepFor(absl::Milliseconds(500));
+  AwaitSettled();
   stop.store(true);
   for (auto& t : threads) t.join();
   EXPECT_GT(thrown.load(), 10);
