@@ -137,6 +137,7 @@ nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
           {"resumed", resumed},
           {"warmup", warmup},
           {"stale_faults", c.stale_faults.load()},
+          {"stale_pages_dropped", e.stale_pages_dropped()},
           {"urgent_pages", c.urgent_pages.load()},
           {"bulk_pages", c.bulk_pages.load()},
           {"zero_pages", c.zero_pages.load()},

@@ -93,6 +93,10 @@ def main():
                     help='negative test: nobody listens on the socket; the destination must '
                          'refuse at ADVISE with a clear error (never run the guest), the '
                          'source migration fail in pre-copy and the source guest keep running')
+    ap.add_argument('--dest_prealloc', action='store_true',
+                    help='the destination\'s memory backend with prealloc=on: every page is '
+                         'present before the hand-off; faultline must punch them out (the guest '
+                         'would otherwise run on zeros) and every page must still verify')
     ap.add_argument('--report', action='store_true',
                     help='end with the demo\'s report table (tools/demo.sh on a host without '
                          '/dev/kvm)')
@@ -116,10 +120,11 @@ def main():
         return p
 
     def qemu_argv(name, ram, extra):
+        prealloc = ',prealloc=on' if a.dest_prealloc and name == 'dst' else ''
         argv = [a.qemu, '-accel', a.accel, '-m', '%dM' % a.size_mib, '-nodefaults',
                 '-vga', 'none', '-display', 'none', '-no-reboot',
-                '-object', 'memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on'
-                % (a.size_mib, ram),
+                '-object', 'memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on%s'
+                % (a.size_mib, ram, prealloc),
                 '-machine', 'pc,memory-backend=mem', '-kernel', a.guest,
                 '-serial', 'file:' + os.path.join(work, name + '.serial'),
                 '-qmp', 'unix:%s,server=on,wait=off' % os.path.join(work, name + '.qmp')]
@@ -290,7 +295,8 @@ def main():
             'downtime_ms': src_info.get('downtime'),
             'faultline': {k: stats.get(k) for k in ('pages', 'urgent_pages', 'bulk_pages',
                                                     'zero_pages', 'faults', 'minor_faults',
-                                                    'eexist', 'seconds')},
+                                                    'eexist', 'stale_pages_dropped',
+                                                    'seconds')},
             'fault_latency': stats.get('fault_latency'),
         })
         print(json.dumps(result, indent=1), flush=True)
@@ -298,17 +304,26 @@ def main():
             print_report(a, result, stats, t_run - t_switch, low_diff, data_mismatch)
         ok = (not data_mismatch and guest_bad == 0 and new_lines > 0 and
               stats.get('pages') == npages and len(low_diff) <= 64)
+        dropped = stats.get('stale_pages_dropped') or 0
+        if a.dest_prealloc and dropped < npages // 2:
+            # prealloc=on populated every page before the hand-off; had faultline not punched
+            # them out, no fault would fire and the guest would read the destination's zeros.
+            print('FAIL: prealloc=on, but faultline dropped only %d stale pages of %d' %
+                  (dropped, npages))
+            ok = False
         qver = subprocess.run([a.qemu, '--version'], capture_output=True,
                               text=True).stdout.split('\n')[0].split('version ')[-1]
         print('%s: QEMU %s post-copy through faultline, %d MiB %s guest: %d/%d data pages '
               'identical, %d low pages written by the running guest, guest bad=%d, %d faults '
-              '(p50 %s us, p99 %s us), completed in %.2f s, downtime %s ms' %
+              '(p50 %s us, p99 %s us), completed in %.2f s, downtime %s ms%s' %
               ('PASS' if ok else 'FAIL', qver, a.size_mib, a.accel,
                (npages - first_data) - len(data_mismatch), npages - first_data, len(low_diff),
                guest_bad, stats.get('faults', -1),
                (stats.get('fault_latency') or {}).get('p50_ns', 0) // 1000,
                (stats.get('fault_latency') or {}).get('p99_ns', 0) // 1000,
-               t_done - t0, src_info.get('downtime')), flush=True)
+               t_done - t0, src_info.get('downtime'),
+               '; destination RAM preallocated (prealloc=on): %d stale pages punched out '
+               'before the guest ran' % dropped if a.dest_prealloc else ''), flush=True)
         return 0 if ok else 1
     except Exception as e:  # the logs say more
         print('FAIL: %s (logs in %s)' % (e, work), flush=True)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A real QEMU-to-QEMU post-copy migration through faultline on this machine, with every page of
 # guest memory checksummed afterwards (qemu_migration.py does the migration; this script builds
-# what it needs). Then QEMU's own migration-test post-copy cases on the same patched build, with
-# the capability off, to show nothing else changed.
+# what it needs); the same with the destination's RAM preallocated (prealloc=on: faultline
+# must punch the stale pages out) and without a pager (refused at ADVISE). Then QEMU's own
+# migration-test post-copy cases on the same patched build, with the capability off, to show
+# nothing else changed.
 #
 #   qemu-integration/qemu/run_qemu_migration.sh [--accel=tcg|kvm] [--size_mib=256]
 #                                              [--no-qtest] [--version=7.2|10.2] [--qemu=PATH]
@@ -77,6 +79,12 @@ python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
   --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib="$SIZE" --workdir="$WORK" \
   "${FW[@]}" | tee "$WORK/summary.txt"
 rc=${PIPESTATUS[0]}
+
+echo "== the same with the destination's RAM preallocated (prealloc=on): every page present before the hand-off"
+python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+  --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/prealloc" \
+  --dest_prealloc "${FW[@]}" | tail -1
+(( PIPESTATUS[0] == 0 )) || rc=1
 
 echo "== the same without a pager listening: the destination must refuse at ADVISE, the source keep running"
 python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
