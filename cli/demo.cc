@@ -20,6 +20,7 @@
 #include "engine/uffd.h"
 #include "qemu-integration/handoff/handoff.h"
 #include "qemu-integration/vmm/guest_elf.h"
+#include "qemu-integration/vmm/guest_ram.h"
 #include "qemu-integration/vmm/kvm_vm.h"
 #include "qemu-integration/vmm/vm.h"
 
@@ -43,15 +44,16 @@ absl::Status CheckOptions(const DemoOptions& o) {
   if (o.dest_backing == RamBacking::kGuestMemfd) {
     // Both halves of the kernel/ series are needed: userfaultfd on the guest_memfd mapping,
     // and vCPU exits for pages that have not arrived (a vCPU never uses the mapping).
-    absl::StatusOr<uint64_t> features = Userfaultfd::ProbeFeatures();
-    if (!features.ok()) return features.status();
     absl::StatusOr<std::unique_ptr<KvmVm>> kvm = KvmVm::Create();
     if (!kvm.ok()) return kvm.status();
-    if (!(*features & UFFD_FEATURE_GUEST_MEMFD)) {
-      return absl::UnimplementedError(
+    absl::StatusOr<std::unique_ptr<GuestRam>> probe =
+        GuestRam::CreateGuestMemfd((*kvm)->vm_fd(), 2u << 20);
+    if (!probe.ok()) return probe.status();
+    if (absl::Status s = Userfaultfd::ProbeGuestMemfd((*probe)->host_base(), 4096); !s.ok()) {
+      return absl::UnimplementedError(absl::StrCat(
           "guest RAM on guest_memfd cannot be migrated by post-copy on this kernel: it has no "
-          "userfaultfd support for guest_memfd (UFFD_FEATURE_GUEST_MEMFD). Build and boot the "
-          "patch series in kernel/ (kernel/README.md)");
+          "userfaultfd support for guest_memfd (UFFDIO_REGISTER: ",
+          s.message(), "). Build and boot the patch series in kernel/ (kernel/README.md)"));
     }
     if (absl::Status s = (*kvm)->SetGuestMemfdExitOnMissing(false); !s.ok()) return s;
   }

@@ -6,9 +6,10 @@
 //                                 via the alias) + CONTINUE
 //   hugetlb     MISSING           whole-page UFFDIO_COPY         2 MiB
 //   guest_memfd MISSING           UFFDIO_COPY / ZEROPAGE         4 KiB
-//               needs the kernel/ series (UFFD_FEATURE_GUEST_MEMFD); without it faultline
-//               says so. COPY, not alias + CONTINUE: vCPUs read guest_memfd directly, and
-//               only COPY inserts a page into it already filled.
+//               needs userfaultfd support for guest_memfd (kernel/ series; detected by
+//               UFFDIO_REGISTER, there is no feature bit); without it faultline says so. COPY, not
+//               alias + CONTINUE: vCPUs read guest_memfd directly, and only COPY inserts a page
+//               into it already filled.
 #ifndef FAULTLINE_ENGINE_REGION_H_
 #define FAULTLINE_ENGINE_REGION_H_
 

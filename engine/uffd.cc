@@ -67,7 +67,6 @@ std::string Userfaultfd::FeatureNames(uint64_t f) {
       {UFFD_FEATURE_EVENT_FORK, "EVENT_FORK"},
       {UFFD_FEATURE_EVENT_REMAP, "EVENT_REMAP"},
       {UFFD_FEATURE_SIGBUS, "SIGBUS"},
-      {UFFD_FEATURE_GUEST_MEMFD, "GUEST_MEMFD"},
   };
   std::vector<std::string> names;
   for (const auto& n : kNames) {
@@ -83,6 +82,18 @@ absl::StatusOr<uint64_t> Userfaultfd::ProbeFeatures() {
   api.api = UFFD_API;
   if (ioctl(fd->get(), UFFDIO_API, &api) < 0) return ErrnoStatus("UFFDIO_API (probe)");
   return api.features;
+}
+
+absl::Status Userfaultfd::ProbeGuestMemfd(void* addr, size_t len) {
+  absl::StatusOr<Userfaultfd> uffd = Open(0);
+  if (!uffd.ok()) return uffd.status();
+  uint64_t ioctls = 0;
+  if (absl::Status s = uffd->Register(addr, len, true, false, &ioctls); !s.ok()) return s;
+  (void)uffd->Unregister(addr, len);
+  if (!(ioctls & (uint64_t{1} << _UFFDIO_COPY))) {
+    return absl::UnimplementedError("UFFDIO_COPY is not offered on guest_memfd");
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Userfaultfd> Userfaultfd::Open(uint64_t wanted, std::string* missing) {

@@ -31,6 +31,11 @@ class Userfaultfd final : public UffdOps {
   static Userfaultfd Adopt(UniqueFd fd, uint64_t features);
   // The features this kernel offers (probed on a throwaway fd).
   static absl::StatusOr<uint64_t> ProbeFeatures();
+  // Whether this kernel can register userfaultfd MISSING on a guest_memfd mapping and resolve
+  // it with UFFDIO_COPY (upstream's vm_uffd_ops for guest_memfd, or the series in kernel/):
+  // `addr` is a MAP_SHARED mapping of an INIT_SHARED guest_memfd. No feature bit announces
+  // it; without it UFFDIO_REGISTER fails with EINVAL.
+  static absl::Status ProbeGuestMemfd(void* addr, size_t len);
   static std::string FeatureNames(uint64_t features);
 
   Userfaultfd(Userfaultfd&&) = default;

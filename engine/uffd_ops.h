@@ -22,12 +22,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-// From the guest_memfd series in kernel/patches (not in any released kernel yet): shared
-// guest_memfd mappings accept MISSING and MINOR registration.
-#ifndef UFFD_FEATURE_GUEST_MEMFD
-#define UFFD_FEATURE_GUEST_MEMFD (1 << 17)
-#endif
-
 namespace faultline {
 
 class UffdOps {

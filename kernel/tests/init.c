@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * /init of the kernel test VM: mounts what the tests need, runs every line of
- * /tests.list ("name command args...") with a timeout, prints
- * "FLT-RESULT <name> <exit status>" after each, then reboots (QEMU runs with -no-reboot, so it exits).
+ * /init of the kernel test VM: mounts what the tests need (cgroup2 with the
+ * memory controller enabled for children), runs every line of /tests.list
+ * ("name[:timeout_s] command args...") with a timeout (default 900 s), prints
+ * "FLT-START <name>" before and "FLT-RESULT <name> <exit status>" after each,
+ * then reports whether the kernel got tainted (a WARN, an oops) as the
+ * pseudo-test "kernel_not_tainted", with the kernel log lines that say why,
+ * and reboots (QEMU runs with -no-reboot, so it exits).
  * Static, no libc beyond what glibc's static build brings.
  */
 #define _GNU_SOURCE
@@ -15,6 +19,7 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/ioctl.h>
+#include <sys/klog.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -70,6 +75,43 @@ static int run(char *line, int timeout_s)
 	}
 }
 
+static void write_file(const char *path, const char *val)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f || fputs(val, f) < 0 || fclose(f)) {
+		printf("init: writing %s to %s: %s\n", val, path,
+		       strerror(errno));
+		return;
+	}
+}
+
+/* 0 if the kernel is not tainted; else prints the log lines that say why. */
+static int kernel_not_tainted(void)
+{
+	static char log[1 << 20];
+	unsigned long tainted = 0;
+	FILE *f = fopen("/proc/sys/kernel/tainted", "r");
+	int n;
+
+	if (f) {
+		if (fscanf(f, "%lu", &tainted) != 1)
+			tainted = 0;
+		fclose(f);
+	}
+	printf("init: kernel tainted = %lu\n", tainted);
+	if (!tainted)
+		return 0;
+	n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log, sizeof(log) - 1);
+	if (n > 0) {
+		log[n] = 0;
+		for (char *line = strtok(log, "\n"); line;
+		     line = strtok(NULL, "\n"))
+			printf("kernel: %s\n", line);
+	}
+	return 1;
+}
+
 /* Loopback up: the e2e migration talks TCP to 127.0.0.1. */
 static void loopback_up(void)
 {
@@ -101,7 +143,9 @@ int main(void)
 	mnt("tmpfs", "/tmp", "tmpfs", NULL);
 	mnt("tmpfs", "/run", "tmpfs", NULL);
 	mnt("hugetlbfs", "/dev/hugepages", "hugetlbfs", NULL);
+	mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", NULL);
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
 	loopback_up();
 
 	list = fopen("/tests.list", "r");
@@ -111,15 +155,25 @@ int main(void)
 		while (fgets(line, sizeof(line), list)) {
 			char name[128];
 
+			int timeout_s = 900;
+			char *colon;
+
 			if (line[0] == '#' || sscanf(line, "%127s", name) != 1)
 				continue;
+			colon = strchr(name, ':');
+			if (colon) {
+				timeout_s = atoi(colon + 1);
+				*colon = 0;
+			}
 			printf("FLT-START %s\n", name);
-			int rc = run(line, 900);
+			int rc = run(line, timeout_s);
 
 			printf("FLT-RESULT %s %d\n", name, rc);
 		}
 		fclose(list);
 	}
+	printf("FLT-START kernel_not_tainted\n");
+	printf("FLT-RESULT kernel_not_tainted %d\n", kernel_not_tainted());
 	sync();
 	/* No ACPI in the test kernel: reboot, which -no-reboot turns into QEMU exiting. */
 	reboot(RB_AUTOBOOT);

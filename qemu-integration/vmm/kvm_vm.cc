@@ -14,21 +14,7 @@
 #include "base/errno_status.h"
 #include "base/kvm_device.h"
 
-// Debian 12's linux/kvm.h is 6.1-era; the guest_memfd memslot UAPI came in 6.8.
-#ifndef KVM_SET_USER_MEMORY_REGION2
-struct kvm_userspace_memory_region2 {
-  __u32 slot;
-  __u32 flags;
-  __u64 guest_phys_addr;
-  __u64 memory_size;
-  __u64 userspace_addr;
-  __u64 guest_memfd_offset;
-  __u32 guest_memfd;
-  __u32 pad1;
-  __u64 pad2[14];
-};
-#define KVM_SET_USER_MEMORY_REGION2 _IOW(KVMIO, 0x49, struct kvm_userspace_memory_region2)
-#endif
+// Debian 12's linux/kvm.h is 6.1-era; the guest_memfd memslot UAPI came in 6.8 (Region2 below).
 #ifndef KVM_MEM_GUEST_MEMFD
 #define KVM_MEM_GUEST_MEMFD (1u << 2)
 #endif
@@ -41,13 +27,13 @@ struct kvm_userspace_memory_region2 {
 #ifndef KVM_EXIT_MEMORY_FAULT
 #define KVM_EXIT_MEMORY_FAULT 39
 #endif
-// From the series in kernel/patches (not in a released kernel yet).
-#ifndef KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING
-#define KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING 245
-#endif
-#ifndef KVM_MEMORY_EXIT_FLAG_MISSING
-#define KVM_MEMORY_EXIT_FLAG_MISSING (1ULL << 4)
-#endif
+// KVM Userfault (James Houghton's posted uAPI, implemented by the series in kernel/patches;
+// not in a released kernel). KVM_CAP_USERFAULT is 245 only on the kernel/ series and
+// Firecracker's 6.18 kernels; mainline 6.19+ uses 245 for KVM_CAP_ARM_SEA_TO_USER (arm64), so
+// the flag itself is what counts: KVM_SET_USER_MEMORY_REGION2 refuses it without support.
+#define FLT_KVM_MEM_USERFAULT (1u << 3)
+#define FLT_KVM_MEMORY_EXIT_FLAG_USERFAULT (1ULL << 4)
+#define FLT_KVM_CAP_USERFAULT 245
 
 namespace faultline {
 namespace {
@@ -72,6 +58,23 @@ constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
 constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
 constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
 constexpr unsigned long kGetMsrIndexList = _IOWR(KVMIO, 0x02, MsrListHeader);
+
+// kvm_userspace_memory_region2 with KVM Userfault's userfault_bitmap (the first pad2 word).
+// Our own type: a system header's struct, old or new, has no such field.
+struct Region2 {
+  uint32_t slot;
+  uint32_t flags;
+  uint64_t guest_phys_addr;
+  uint64_t memory_size;
+  uint64_t userspace_addr;
+  uint64_t guest_memfd_offset;
+  uint32_t guest_memfd;
+  uint32_t pad1;
+  uint64_t userfault_bitmap;
+  uint64_t pad2[13];
+};
+static_assert(sizeof(Region2) == 160, "kvm_userspace_memory_region2 is 160 bytes");
+constexpr unsigned long kSetUserMemoryRegion2 = _IOW(KVMIO, 0x49, Region2);
 
 constexpr int kMaxCpuidEntries = 256;
 constexpr int kMaxMsrs = 4096;
@@ -113,7 +116,7 @@ absl::StatusOr<VcpuExit> KvmVcpu::Run() {
       // kvm_run.memory_fault {flags, gpa, size} opens the exit union; Debian 12's header
       // predates it.
       const auto* mf = reinterpret_cast<const uint64_t*>(&run_->mmio);
-      if (mf[0] & KVM_MEMORY_EXIT_FLAG_MISSING) {
+      if (mf[0] & FLT_KVM_MEMORY_EXIT_FLAG_USERFAULT) {
         e.kind = VcpuExit::Kind::kMemoryMissing;
         e.gpa = mf[1];
         e.length = mf[2];
@@ -317,19 +320,39 @@ absl::Status KvmVm::SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t si
 }
 
 absl::Status KvmVm::SetGuestMemfdExitOnMissing(bool on) {
-  if (CheckExtension(KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING) <= 0) {
+  if (CheckExtension(FLT_KVM_CAP_USERFAULT) <= 0) {
     return absl::UnimplementedError(
-        "this kernel lacks KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING: a vCPU access to a guest_memfd "
+        "this kernel lacks KVM Userfault (KVM_MEM_USERFAULT): a vCPU access to a guest_memfd "
         "page that has not arrived would allocate a zero page instead of exiting; build and "
         "boot the series in kernel/ (kernel/README.md)");
   }
-  struct kvm_enable_cap cap = {};
-  cap.cap = KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING;
-  cap.args[0] = on ? 1 : 0;
-  if (ioctl(vm_.get(), KVM_ENABLE_CAP, &cap) < 0) {
-    return ErrnoStatus("KVM_ENABLE_CAP(KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING)");
+  if (gmem_slot_.size == 0 || gmem_slot_.userfault == on) return absl::OkStatus();
+  const uint64_t pages = gmem_slot_.size / 4096;
+  if (on) {
+    // Mark the pages not in the guest_memfd yet; the ones present (mincore() reports the
+    // page cache of a shared file mapping) need no exit.
+    userfault_bitmap_.assign((pages + 63) / 64, ~uint64_t{0});
+    std::vector<unsigned char> present(pages);
+    if (mincore(gmem_slot_.host, gmem_slot_.size, present.data()) == 0) {
+      for (uint64_t i = 0; i < pages; i++) {
+        if (present[i] & 1) userfault_bitmap_[i / 64] &= ~(uint64_t{1} << (i % 64));
+      }
+    }
   }
-  return absl::OkStatus();
+  // KVM_MEM_USERFAULT is the one flag a guest_memfd memslot may change.
+  absl::Status s = SetGuestMemfdRegionFlags(on);
+  if (s.ok()) gmem_slot_.userfault = on;
+  return s;
+}
+
+void KvmVm::ClearUserfault(uint64_t gpa, uint64_t length) {
+  if (userfault_bitmap_.empty() || gpa < gmem_slot_.gpa) return;
+  for (uint64_t off = 0; off < length; off += 4096) {
+    const uint64_t i = (gpa - gmem_slot_.gpa + off) / 4096;
+    if (i / 64 >= userfault_bitmap_.size()) break;
+    // Release: the page is in place before KVM can see its bit clear.
+    __atomic_fetch_and(&userfault_bitmap_[i / 64], ~(uint64_t{1} << (i % 64)), __ATOMIC_RELEASE);
+  }
 }
 
 absl::Status KvmVm::SetGuestMemfdRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host,
@@ -339,7 +362,8 @@ absl::Status KvmVm::SetGuestMemfdRegion(uint32_t slot, uint64_t gpa, uint64_t si
         "this kernel lacks KVM_SET_USER_MEMORY_REGION2 (KVM_CAP_USER_MEMORY2, Linux 6.8+): "
         "guest_memfd memslots are unavailable");
   }
-  struct kvm_userspace_memory_region2 m = {};
+  gmem_slot_ = GmemSlot{slot, gpa, size, host, gmem_fd, gmem_offset, false};
+  Region2 m = {};
   m.slot = slot;
   m.flags = KVM_MEM_GUEST_MEMFD;
   m.guest_phys_addr = gpa;
@@ -347,7 +371,7 @@ absl::Status KvmVm::SetGuestMemfdRegion(uint32_t slot, uint64_t gpa, uint64_t si
   m.userspace_addr = reinterpret_cast<uint64_t>(host);
   m.guest_memfd = static_cast<uint32_t>(gmem_fd);
   m.guest_memfd_offset = gmem_offset;
-  if (ioctl(vm_.get(), KVM_SET_USER_MEMORY_REGION2, &m) < 0) {
+  if (ioctl(vm_.get(), kSetUserMemoryRegion2, &m) < 0) {
     int err = errno;
     std::string hint = CheckExtension(KVM_CAP_GUEST_MEMFD) <= 0
                            ? " (KVM_CAP_GUEST_MEMFD is not offered for this VM type)"
@@ -356,6 +380,23 @@ absl::Status KvmVm::SetGuestMemfdRegion(uint32_t slot, uint64_t gpa, uint64_t si
         absl::StrFormat("KVM_SET_USER_MEMORY_REGION2 guest_memfd slot %u gpa 0x%x size 0x%x%s",
                         slot, gpa, size, hint),
         err);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvmVm::SetGuestMemfdRegionFlags(bool userfault) {
+  Region2 m = {};
+  m.slot = gmem_slot_.slot;
+  m.flags = KVM_MEM_GUEST_MEMFD | (userfault ? FLT_KVM_MEM_USERFAULT : 0);
+  m.guest_phys_addr = gmem_slot_.gpa;
+  m.memory_size = gmem_slot_.size;
+  m.userspace_addr = reinterpret_cast<uint64_t>(gmem_slot_.host);
+  m.guest_memfd = static_cast<uint32_t>(gmem_slot_.fd);
+  m.guest_memfd_offset = gmem_slot_.offset;
+  m.userfault_bitmap = userfault ? reinterpret_cast<uint64_t>(userfault_bitmap_.data()) : 0;
+  if (ioctl(vm_.get(), kSetUserMemoryRegion2, &m) < 0) {
+    return ErrnoStatus(absl::StrFormat("KVM_SET_USER_MEMORY_REGION2 slot %u: KVM_MEM_USERFAULT %s",
+                                       gmem_slot_.slot, userfault ? "on" : "off"));
   }
   return absl::OkStatus();
 }

@@ -24,9 +24,9 @@
 namespace faultline {
 
 struct VcpuExit {
-  // kMemoryMissing: a guest_memfd page with no folio while exit-on-missing is on
-  // (kernel/ series): the VMM touches [gpa, gpa+length) through its mapping — which a
-  // post-copy pager resolves — and re-enters.
+  // kMemoryMissing: a guest_memfd page that has not arrived (KVM_MEMORY_EXIT_FLAG_USERFAULT,
+  // kernel/ series): the VMM touches [gpa, gpa+length) through its mapping — which a
+  // post-copy pager resolves — clears its userfault bits and re-enters.
   enum class Kind { kIoOut, kIoIn, kHlt, kInterrupted, kMemoryMissing };
   Kind kind = Kind::kInterrupted;
   // Port I/O: `count` accesses of `size` bytes at `port`. `data` points into kvm_run (valid
@@ -101,9 +101,14 @@ class KvmVm {
   absl::Status SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host);
   // Maps [gpa, gpa+size) to guest_memfd `gmem_fd` at `gmem_offset`, with `host` (its mmap)
   // as userspace_addr: KVM_SET_USER_MEMORY_REGION2 with KVM_MEM_GUEST_MEMFD.
-  // KVM_CAP_GUEST_MEMFD_EXIT_ON_MISSING (kernel/ series): vCPU accesses to guest_memfd pages
-  // with no folio exit (VcpuExit::kMemoryMissing) instead of allocating zeros.
+  // KVM Userfault (KVM_MEM_USERFAULT + bitmap; kernel/ series) on the guest_memfd memslot:
+  // while on, a vCPU access to a page not present when it was turned on exits
+  // (VcpuExit::kMemoryMissing) until ClearUserfault() clears its bit, instead of allocating
+  // zeros. Without a guest_memfd memslot yet, only checks that the kernel has it.
   absl::Status SetGuestMemfdExitOnMissing(bool on);
+  // Clears the userfault bits of [gpa, gpa+length) (release): the pages are in place.
+  // Called from vCPU threads.
+  void ClearUserfault(uint64_t gpa, uint64_t length);
   absl::Status SetGuestMemfdRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host,
                                    int gmem_fd, uint64_t gmem_offset);
 
@@ -117,6 +122,7 @@ class KvmVm {
  private:
   KvmVm(UniqueFd kvm, UniqueFd vm) : kvm_(std::move(kvm)), vm_(std::move(vm)) {}
   absl::Status ProbeMsrs(KvmVcpu& vcpu);
+  absl::Status SetGuestMemfdRegionFlags(bool userfault);
 
   UniqueFd kvm_;
   UniqueFd vm_;
@@ -124,6 +130,15 @@ class KvmVm {
   std::vector<uint8_t> cpuid_;  // struct kvm_cpuid2 + entries
   std::vector<uint32_t> migratable_msrs_;
   bool msrs_probed_ = false;
+  struct GmemSlot {
+    uint32_t slot = 0;
+    uint64_t gpa = 0, size = 0;
+    void* host = nullptr;
+    int fd = -1;
+    uint64_t offset = 0;
+    bool userfault = false;
+  } gmem_slot_;
+  std::vector<uint64_t> userfault_bitmap_;  // one bit per 4 KiB page of gmem_slot_
 };
 
 }  // namespace faultline

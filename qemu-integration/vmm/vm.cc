@@ -209,6 +209,7 @@ absl::Status Vm::HandleExit(size_t i, const VcpuExit& e) {
       for (uint64_t off = 0; off < e.length; off += 4096) {
         (void)*reinterpret_cast<volatile const uint8_t*>(ram_->host_base() + e.gpa + off);
       }
+      kvm_->ClearUserfault(e.gpa, e.length);
       missing_exits_.fetch_add(1, std::memory_order_relaxed);
       return absl::OkStatus();
     }
