@@ -364,7 +364,7 @@ nlohmann::json Daemon::Expect(const nlohmann::json& r) {
   spec.run.source.tls = *ctx;
   spec.run.source.tls_server_name = str("tls_server_name");
   // Many migrations share this host's cores: background streams yield to fault answers.
-  spec.run.source.bulk_nice = opts_.bulk_nice;
+  spec.run.source.bulk_idle = opts_.bulk_idle;
   const bool own_socket = !r.contains("own_socket") || r["own_socket"] == true;
   std::string socket;
   if (absl::Status st = Register(std::move(spec), own_socket, &socket); !st.ok()) {

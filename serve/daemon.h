@@ -58,8 +58,9 @@ struct DaemonOptions {
   FILE* event_log = stdout;             // JSON lines; null: none
   // Defaults for "expect" requests that leave them out.
   EngineOptions engine;
-  // Nice of the bulk receive threads of migrations registered with "expect" (many at once).
-  int bulk_nice = 10;
+  // Bulk receive threads of migrations registered with "expect" (many at once) at SCHED_IDLE
+  // (TcpSourceOptions::bulk_idle).
+  bool bulk_idle = true;
   // Stop Run() once a migration has finished (`faultline serve` serving one migration).
   bool exit_when_done = false;
 };

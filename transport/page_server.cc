@@ -4,9 +4,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -230,8 +230,10 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
   }
   if (multi_ && *ch == Channel::kBulk) {
-    // Many VMs share this process: background streams yield the CPU to fault answers.
-    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
+    // Many VMs share this process: background streams yield the CPU to fault answers
+    // (SCHED_IDLE, this thread only: see TcpSourceOptions::bulk_idle).
+    sched_param none = {};
+    (void)sched_setscheduler(0, SCHED_IDLE, &none);
   }
   Welcome w;
   w.regions = (*tenant)->table;

@@ -1,6 +1,6 @@
 #include "transport/tcp_page_source.h"
 
-#include <sys/resource.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -285,8 +285,9 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
 
 void TcpPageSource::ReceiveLoop(Conn* c) {
   Stream& stream = c->stream;
-  if (c->urgency == Urgency::kBulk && opts_.bulk_nice > 0) {
-    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), opts_.bulk_nice);
+  if (c->urgency == Urgency::kBulk && opts_.bulk_idle) {
+    sched_param none = {};
+    (void)sched_setscheduler(0, SCHED_IDLE, &none);  // this thread only (Linux: per task)
   }
   absl::Status status;
   bool peer_error = false;

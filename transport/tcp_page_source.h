@@ -40,9 +40,11 @@ struct TcpSourceOptions {
   std::string tls_server_name;
   // Bulk connections (lanes), each with its own receive thread; 1..kMaxBulkLanes.
   uint32_t bulk_lanes = 1;
-  // CPU priority (nice) of the bulk receive threads: > 0 lets fault answers and the guest's
-  // own threads go first where many migrations share the cores (the host daemon sets it).
-  int bulk_nice = 0;
+  // Bulk receive threads at SCHED_IDLE: they run on CPU time nothing else wants, so fault
+  // answers and the guests' own threads go first where many migrations share the cores (the
+  // host daemon sets it). Not strict: CFS still gives an idle-class thread a sliver of CPU
+  // under full load, so bulk slows there but never stops.
+  bool bulk_idle = false;
   // A receive thread checks and delivers a frame this many bytes at a time (at least one
   // page): small enough to stay in cache between the read, the check and the placement.
   uint32_t deliver_chunk_bytes = 256u << 10;
