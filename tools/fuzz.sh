@@ -10,7 +10,8 @@ mkdir -p "$OUT"
 CXX="clang++-14 -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I. -msse4.2"
 ABSL="$(pkg-config --libs absl_statusor absl_str_format absl_strings)"
 echo "fuzz: building with clang-14 into $OUT"
-$CXX -o "$OUT/protocol_fuzz" transport/protocol_fuzz.cc transport/protocol.cc $ABSL
+$CXX -o "$OUT/protocol_fuzz" transport/protocol_fuzz.cc transport/protocol.cc \
+  transport/protocol_rdma.cc $ABSL
 $CXX -o "$OUT/handoff_fuzz" qemu-integration/handoff/handoff_fuzz.cc \
   qemu-integration/handoff/handoff_parse.cc base/memory_kind.cc $ABSL
 rc=0
