@@ -28,10 +28,6 @@ std::string Dirname(const std::string& path) {
   return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
 }
 
-double Unix(absl::Time t) {
-  return t == absl::InfinitePast() ? 0 : absl::ToDoubleSeconds(t - absl::UnixEpoch());
-}
-
 }  // namespace
 
 Daemon::Daemon(const DaemonOptions& opts) : opts_(opts) {}
@@ -65,7 +61,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& opts)
     if (!m.ok()) return m.status();
     d->metrics_ = std::move(*m);
   }
-  d->counters_.start_time_seconds = Unix(absl::Now());
+  d->counters_.start_time_seconds = UnixSeconds(absl::Now());
   d->Event("daemon_started", "",
            {{"handoff_socket", opts.handoff_socket},
             {"control_socket", opts.control_socket},

@@ -26,10 +26,6 @@ bool ValidId(const std::string& id) {
   return true;
 }
 
-double Unix(absl::Time t) {
-  return t == absl::InfinitePast() ? 0 : absl::ToDoubleSeconds(t - absl::UnixEpoch());
-}
-
 nlohmann::json StatusJson(const MigrationStatus& m) {
   const LatencyHistogram& h = m.fault_latency;
   return {{"id", m.id},
@@ -39,9 +35,9 @@ nlohmann::json StatusJson(const MigrationStatus& m) {
           {"handoff_socket", m.handoff_socket},
           {"vmm", m.vmm},
           {"vmm_pid", m.vmm_pid},
-          {"registered", Unix(m.registered)},
-          {"started", Unix(m.started)},
-          {"ended", Unix(m.ended)},
+          {"registered", UnixSeconds(m.registered)},
+          {"started", UnixSeconds(m.started)},
+          {"ended", UnixSeconds(m.ended)},
           {"pages_total", m.pages_total},
           {"pages_present", m.pages_present},
           {"urgent_pages", m.urgent_pages},

@@ -30,10 +30,6 @@ std::string Esc(const std::string& v) {
 
 std::string Num(double v) { return absl::StrFormat("%.9g", v); }
 
-double Seconds(absl::Time t) {
-  return t == absl::InfinitePast() ? 0 : absl::ToDoubleSeconds(t - absl::UnixEpoch());
-}
-
 class Writer {
  public:
   void Family(const std::string& name, const char* type, const std::string& help) {
@@ -95,10 +91,10 @@ std::string RenderMetrics(const std::vector<MigrationStatus>& ms, const DaemonCo
   }
   per("faultline_migration_start_time_seconds", "gauge",
       "When the VMM handed over (Unix time); 0 while waiting.",
-      [](const MigrationStatus& m) { return Seconds(m.started); });
+      [](const MigrationStatus& m) { return UnixSeconds(m.started); });
   per("faultline_migration_end_time_seconds", "gauge",
       "When every page was present or the migration failed (Unix time); 0 before.",
-      [](const MigrationStatus& m) { return Seconds(m.ended); });
+      [](const MigrationStatus& m) { return UnixSeconds(m.ended); });
   per("faultline_migration_data_total_bytes", "gauge", "Guest memory the migration carries.",
       [](const MigrationStatus& m) { return static_cast<double>(m.page_bytes); });
   per("faultline_migration_data_processed_bytes", "gauge",

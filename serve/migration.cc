@@ -6,6 +6,10 @@
 
 namespace faultline {
 
+double UnixSeconds(absl::Time t) {
+  return t == absl::InfinitePast() ? 0 : absl::ToDoubleSeconds(t - absl::UnixEpoch());
+}
+
 const char* MigrationPhaseName(MigrationPhase p) {
   switch (p) {
     case MigrationPhase::kWaiting: return "waiting";

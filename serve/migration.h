@@ -40,6 +40,8 @@ struct MigrationSpec {
 
 enum class MigrationPhase { kWaiting, kRunning, kComplete, kFailed };
 const char* MigrationPhaseName(MigrationPhase p);
+// Seconds since the Unix epoch, for status and metrics; 0 for InfinitePast ("not yet").
+double UnixSeconds(absl::Time t);
 
 struct MigrationStatus {
   std::string id;

@@ -3,6 +3,7 @@
 // over the page server's TCP and the hand-off Unix socket — then every page verified.
 #include <cstdlib>
 #include <set>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "cli/demo.h"
@@ -11,6 +12,31 @@
 namespace faultline {
 namespace {
 
+// What every migration here shares: a 64 MiB guest, 512 touches per phase, and with
+// `kill_engine_at` the binary that takes over from the killed engine.
+DemoOptions GuestOptions(const std::string& ram, uint32_t vcpus, double kill_engine_at) {
+  DemoOptions o;
+  o.ram_size = 64ull << 20;
+  o.dest_backing = *ParseMemoryKind(ram);
+  o.vcpus = vcpus;
+  o.touches = 512;
+  o.kill_engine_at = kill_engine_at;
+  if (kill_engine_at > 0) {
+    o.restart_binary =
+        absl::StrCat(getenv("TEST_SRCDIR"), "/", getenv("TEST_WORKSPACE"), "/cli/faultline");
+  }
+  return o;
+}
+
+// Every data page arrived intact and holds what the guest wrote on the source; the guest
+// itself never read a wrong word.
+void ExpectEveryPageVerified(const DemoReport& r) {
+  EXPECT_GT(r.verified_pages, 15000u);
+  EXPECT_EQ(r.mismatches, 0u);
+  EXPECT_EQ(r.dirty_pattern_pages, r.verified_pages);
+  EXPECT_EQ(r.guest_bad, 0u);
+}
+
 class KvmMigration : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -18,15 +44,8 @@ class KvmMigration : public ::testing::Test {
     if (!DemoAvailable(&why)) GTEST_SKIP() << "no real KVM guest here: " << why;
   }
   DemoReport Migrate(const std::string& ram, uint32_t vcpus, double kill_engine_at = 0) {
-    DemoOptions o;
-    o.ram_size = 64ull << 20;
-    o.dest_backing = *ParseMemoryKind(ram);
-    o.vcpus = vcpus;
-    o.touches = 512;
-    o.kill_engine_at = kill_engine_at;
+    DemoOptions o = GuestOptions(ram, vcpus, kill_engine_at);
     if (kill_engine_at > 0) {
-      o.restart_binary =
-          absl::StrCat(getenv("TEST_SRCDIR"), "/", getenv("TEST_WORKSPACE"), "/cli/faultline");
       // The guest faults on memory nobody pulls in the background: the kill lands while vCPU
       // faults are in flight.
       o.engine.pull_start_delay = absl::Seconds(6);
@@ -38,11 +57,7 @@ class KvmMigration : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return {};
     std::printf("%s", DemoReportTable(*r).c_str());
-    // Every data page arrived intact and holds what the guest wrote on the source.
-    EXPECT_GT(r->verified_pages, 15000u);
-    EXPECT_EQ(r->mismatches, 0u);
-    EXPECT_EQ(r->dirty_pattern_pages, r->verified_pages);
-    EXPECT_EQ(r->guest_bad, 0u);  // the guest itself never read a wrong word
+    ExpectEveryPageVerified(*r);
     // The guest ran on the destination while its memory arrived: vCPU faults were served.
     // (With a restart these are the second engine's figures: the guest may have faulted only
     // on the first one's.)
@@ -99,17 +114,10 @@ TEST_F(KvmMigration, EngineKilledMidMigrationIsReplacedTheGuestNeverNotices) {
 // rounds (KVM's dirty log on the source); the source pauses it at the final round, the
 // destination resumes it once that round is dropped. Every page must match the source.
 DemoReport WarmMigrate(const std::string& ram, uint32_t vcpus, double kill_engine_at = 0) {
-  DemoOptions o;
-  o.ram_size = 64ull << 20;
-  o.dest_backing = *ParseMemoryKind(ram);
-  o.vcpus = vcpus;
-  o.touches = 512;
+  DemoOptions o = GuestOptions(ram, vcpus, kill_engine_at);
   o.churn_permille = 100;
   o.engine.warmup.enabled = true;
-  o.kill_engine_at = kill_engine_at;
   if (kill_engine_at > 0) {
-    o.restart_binary =
-        absl::StrCat(getenv("TEST_SRCDIR"), "/", getenv("TEST_WORKSPACE"), "/cli/faultline");
     // Slow enough that the kill lands during the first round's pull.
     o.engine.warmup.rate_bytes_per_s = 32ull << 20;
   }
@@ -117,10 +125,7 @@ DemoReport WarmMigrate(const std::string& ram, uint32_t vcpus, double kill_engin
   EXPECT_TRUE(r.ok()) << r.status();
   if (!r.ok()) return {};
   std::printf("%s", DemoReportTable(*r).c_str());
-  EXPECT_GT(r->verified_pages, 15000u);
-  EXPECT_EQ(r->mismatches, 0u);
-  EXPECT_EQ(r->dirty_pattern_pages, r->verified_pages);
-  EXPECT_EQ(r->guest_bad, 0u);
+  ExpectEveryPageVerified(*r);
   EXPECT_GT(r->warmup_seconds, 0);
   const nlohmann::json& w = r->engine["warmup"];
   EXPECT_TRUE(w.is_object()) << r->engine.dump();
