@@ -67,6 +67,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -522,9 +523,21 @@ def run_qemu(args, work, cell, huge):
                                               f"--bulk_channels={nbulk}", "--progress=false"])
             wait_for(lambda: "waiting for a VMM" in read(os.path.join(work, "faultline-serve.log")),
                      30, "faultline serve")
-            extra += ["-global", "migration.x-postcopy-external-pager-socket=" + sock]
+            # The 10.2 series (v3) takes the pager's connection as an fd over QMP and hands
+            # over at ADVISE, gated by switchover-ack; the 7.2 series takes a socket path.
+            fd_interface = sc["bin"] != "patched72"
+            if fd_interface:
+                caps += ["return-path", "switchover-ack"]
+            else:
+                extra += ["-global", "migration.x-postcopy-external-pager-socket=" + sock]
         spawn("dst-qemu", qemu_argv("dst", dst_ram, extra))
         dst = EventQmp(os.path.join(work, "dst.qmp"))
+        if pager and fd_interface:
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(sock)
+            dst.getfd("pager", c.fileno())
+            c.close()
+            dst.ok("migrate-set-parameters", **{"x-postcopy-external-pager-fd": "pager"})
         dcaps = caps + (["postcopy-blocktime"] if sc.get("blocktime") else [])
         dst.ok("migrate-set-capabilities",
                capabilities=[{"capability": c, "state": True} for c in dcaps])

@@ -6,9 +6,13 @@ Roles (each its own process):
                 which dirties every data page with a pattern, then keeps reading pages.
   faultline source   serves the source's RAM file (read-only mapping) over loopback TCP.
   faultline serve    waits on a Unix socket for the destination QEMU's hand-off.
-  dest QEMU     -incoming defer, empty RAM file on /dev/shm, x-postcopy-external-pager with
-                the socket; at post-copy LISTEN it hands its uffd + RAM block to faultline,
-                waits for the ack, runs the guest; completes when faultline reports every page.
+  dest QEMU     -incoming defer, empty RAM file on /dev/shm, x-postcopy-external-pager.
+                10.2 series: a connection to faultline's socket passed with getfd and the
+                x-postcopy-external-pager-fd parameter; at post-copy ADVISE (source still
+                running) it hands over its uffd + RAM block, faultline's ack approves the
+                switchover (switchover-ack), and LISTEN tells faultline to start placing.
+                7.2 series: the socket path as a -global; hand-off and ack wait at LISTEN.
+                Either completes when faultline reports every page.
 Then: the guest's own check (every page it reads on the destination carries the pattern,
 "bad=0"), and every page of the destination's RAM file checksummed against the source's:
 pages at or above the guest's data start must all match; pages below it (the guest's image,
@@ -23,6 +27,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -97,6 +102,11 @@ def main():
                     help='the destination\'s memory backend with prealloc=on: every page is '
                          'present before the hand-off; faultline must punch them out (the guest '
                          'would otherwise run on zeros) and every page must still verify')
+    ap.add_argument('--dest_user', default='',
+                    help='run the destination QEMU as this (unprivileged) user, with '
+                         'vm.unprivileged_userfaultfd=0: its userfaultfds must come from '
+                         '/dev/userfaultfd (QEMU\'s uffd_open), which the run opens to the '
+                         'user\'s group for its duration (10.2 series)')
     ap.add_argument('--report', action='store_true',
                     help='end with the demo\'s report table (tools/demo.sh on a host without '
                          '/dev/kvm)')
@@ -104,6 +114,12 @@ def main():
                     help='seconds the destination guest keeps running after completion')
     a = ap.parse_args()
 
+    qver = subprocess.run([a.qemu, '--version'], capture_output=True,
+                          text=True).stdout.split('\n')[0].split('version ')[-1]
+    # The 10.2 series (v3) takes the pager connection as an fd over QMP (getfd + the
+    # x-postcopy-external-pager-fd parameter) and hands over at ADVISE, gated by
+    # switchover-ack; the 7.2 series connects to a socket path at LISTEN.
+    fd_interface = not qver.startswith('7.')
     work = a.workdir or tempfile.mkdtemp(prefix='faultline-qemu-')
     os.makedirs(work, exist_ok=True)
     tag = 'faultline-qemu-%d' % os.getpid()
@@ -114,6 +130,9 @@ def main():
     result = {}
 
     def spawn(name, argv):
+        if name == 'dst-qemu' and a.dest_user:
+            argv = ['setpriv', '--reuid=' + a.dest_user, '--regid=%d' % pw.pw_gid,
+                    '--clear-groups', '--'] + argv
         log = open(os.path.join(work, name + '.log'), 'w')
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         procs.append((name, p))
@@ -134,6 +153,28 @@ def main():
             argv += ['-L', fw]
         return argv + extra
 
+    uffd_dev_restore = None
+    if a.dest_user:
+        import pwd
+        pw = pwd.getpwnam(a.dest_user)
+        with open('/proc/sys/vm/unprivileged_userfaultfd') as f:
+            if f.read().strip() != '0':
+                print('FAIL: vm.unprivileged_userfaultfd is not 0: the run would not show '
+                      'that /dev/userfaultfd is used')
+                return 1
+        # The user's own copies: /root is not reachable for it.
+        pub = tempfile.mkdtemp(prefix='faultline-qemu-user-')
+        os.chmod(pub, 0o755)
+        for attr in ('qemu', 'guest'):
+            dst_copy = os.path.join(pub, os.path.basename(getattr(a, attr)))
+            shutil.copy(getattr(a, attr), dst_copy)
+            os.chmod(dst_copy, 0o755)
+            setattr(a, attr, dst_copy)
+        os.chmod(work, 0o777)  # its serial file and QMP socket
+        st = os.stat('/dev/userfaultfd')
+        uffd_dev_restore = (st.st_mode & 0o7777, st.st_gid)
+        os.chown('/dev/userfaultfd', -1, pw.pw_gid)
+        os.chmod('/dev/userfaultfd', 0o660)
     try:
         for f in (src_ram, dst_ram):
             if os.path.exists(f):
@@ -173,17 +214,38 @@ def main():
                      read(os.path.join(work, 'faultline-serve.log')), 30, 'faultline serve')
 
         # 3. Destination QEMU, waiting for the stream, the pager socket named.
-        spawn('dst-qemu', qemu_argv('dst', dst_ram, [
-            '-incoming', 'defer',
-            '-global', 'migration.x-postcopy-external-pager-socket=' + sock]))
+        cap_names = ['postcopy-ram', 'x-ignore-shared', 'x-postcopy-external-pager']
+        if fd_interface:
+            cap_names += ['return-path', 'switchover-ack']
+            spawn('dst-qemu', qemu_argv('dst', dst_ram, ['-incoming', 'defer']))
+        else:
+            spawn('dst-qemu', qemu_argv('dst', dst_ram, [
+                '-incoming', 'defer',
+                '-global', 'migration.x-postcopy-external-pager-socket=' + sock]))
         dst = Qmp(os.path.join(work, 'dst.qmp'))
-        caps = [{'capability': c, 'state': True}
-                for c in ('postcopy-ram', 'x-ignore-shared', 'x-postcopy-external-pager')]
+        caps = [{'capability': c, 'state': True} for c in cap_names]
+        if fd_interface:
+            # The pager's connection: management connects and passes it with getfd; the
+            # parameter takes only a Unix stream socket.
+            r, w = os.pipe()
+            dst.getfd('notasocket', r)
+            os.close(r)
+            os.close(w)
+            e = dst.cmd('migrate-set-parameters', **{'x-postcopy-external-pager-fd':
+                                                     'notasocket'})
+            if 'error' not in e:
+                raise RuntimeError('a pipe was accepted as the pager connection')
+            print('refused a pipe as the pager connection: %s' % e['error']['desc'], flush=True)
+            if not a.no_pager:
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.connect(sock)
+                dst.getfd('pager', c.fileno())
+                c.close()
+                dst.ok('migrate-set-parameters', **{'x-postcopy-external-pager-fd': 'pager'})
         # migrate_caps_check refuses impossible combinations, with reasons:
         for bad in (['x-postcopy-external-pager'],
                     ['postcopy-ram', 'x-postcopy-external-pager'],
-                    ['postcopy-ram', 'x-ignore-shared', 'x-postcopy-external-pager',
-                     'postcopy-blocktime']):
+                    cap_names + ['postcopy-blocktime']):
             r = dst.cmd('migrate-set-capabilities',
                         capabilities=[{'capability': c, 'state': True} for c in bad])
             if 'error' not in r:
@@ -209,8 +271,8 @@ def main():
         if a.no_pager:
             dlog = os.path.join(work, 'dst-qemu.log')
             dst_proc = [p for n, p in procs if n == 'dst-qemu'][0]
-            wait_for(lambda: dst_proc.poll() is not None or 'connect to' in read(dlog), 120,
-                     'the destination to refuse')
+            wait_for(lambda: dst_proc.poll() is not None or 'external-pager' in read(dlog),
+                     120, 'the destination to refuse')
             time.sleep(1)
             err = [l for l in read(dlog).splitlines() if 'external-pager' in l]
             ran = 'phase=' in read(os.path.join(work, 'dst.serial'))
@@ -254,6 +316,25 @@ def main():
               'migrate (guest running %.2f s after the switch)' %
               (src_info.get('status'), src_info.get('downtime'), t_done - t0,
                t_run - t_switch), flush=True)
+
+        if a.dest_user:
+            dpid = [p for n, p in procs if n == 'dst-qemu'][0].pid
+            uids = wait_for(lambda: (lambda t: t and t.group(1))(re.search(
+                r'^Uid:\s+(\d+)', read('/proc/%d/status' % dpid), re.M)), 10,
+                'the destination QEMU\'s uid')
+            print('destination QEMU ran as uid %s (%s), vm.unprivileged_userfaultfd=0: its '
+                  'userfaultfds came from /dev/userfaultfd' % (uids, a.dest_user), flush=True)
+            if int(uids) == 0:
+                raise RuntimeError('the destination QEMU runs as root')
+        pager_info = dst.ok('query-migrate').get('x-external-pager')
+        if fd_interface:
+            # QEMU's own view of the pager (query-migrate on the destination).
+            print('destination query-migrate x-external-pager: %s' % json.dumps(pager_info),
+                  flush=True)
+            if (not pager_info or pager_info.get('status') != 'completed' or
+                    pager_info.get('done-pages') != pager_info.get('total-pages') or
+                    pager_info.get('total-pages') != npages):
+                raise RuntimeError('query-migrate x-external-pager: %s' % pager_info)
 
         # 5. faultline's report; the guest keeps reading on the destination for a while.
         step('serve.wait(timeout=60)')
@@ -305,14 +386,14 @@ def main():
         ok = (not data_mismatch and guest_bad == 0 and new_lines > 0 and
               stats.get('pages') == npages and len(low_diff) <= 64)
         dropped = stats.get('stale_pages_dropped') or 0
-        if a.dest_prealloc and dropped < npages // 2:
+        # The 10.2 series discards the handed-over blocks itself at ADVISE (so faultline
+        # finds nothing stale); with 7.2, faultline punches the preallocated pages out.
+        if a.dest_prealloc and not fd_interface and dropped < npages // 2:
             # prealloc=on populated every page before the hand-off; had faultline not punched
             # them out, no fault would fire and the guest would read the destination's zeros.
             print('FAIL: prealloc=on, but faultline dropped only %d stale pages of %d' %
                   (dropped, npages))
             ok = False
-        qver = subprocess.run([a.qemu, '--version'], capture_output=True,
-                              text=True).stdout.split('\n')[0].split('version ')[-1]
         print('%s: QEMU %s post-copy through faultline, %d MiB %s guest: %d/%d data pages '
               'identical, %d low pages written by the running guest, guest bad=%d, %d faults '
               '(p50 %s us, p99 %s us), completed in %.2f s, downtime %s ms%s' %
@@ -322,8 +403,10 @@ def main():
                (stats.get('fault_latency') or {}).get('p50_ns', 0) // 1000,
                (stats.get('fault_latency') or {}).get('p99_ns', 0) // 1000,
                t_done - t0, src_info.get('downtime'),
-               '; destination RAM preallocated (prealloc=on): %d stale pages punched out '
-               'before the guest ran' % dropped if a.dest_prealloc else ''), flush=True)
+               ('; destination RAM preallocated (prealloc=on): %s before the guest ran' %
+                ('QEMU discarded it at ADVISE, faultline dropped %d stale pages' % dropped
+                 if fd_interface else '%d stale pages punched out' % dropped))
+               if a.dest_prealloc else ''), flush=True)
         return 0 if ok else 1
     except Exception as e:  # the logs say more
         print('FAIL: %s (logs in %s)' % (e, work), flush=True)
@@ -333,6 +416,9 @@ def main():
                 print('  [%s] %s' % (name, l))
         return 1
     finally:
+        if uffd_dev_restore:
+            os.chmod('/dev/userfaultfd', uffd_dev_restore[0])
+            os.chown('/dev/userfaultfd', -1, uffd_dev_restore[1])
         for name, p in reversed(procs):
             if p.poll() is None:
                 p.terminate()

@@ -44,6 +44,22 @@ class Qmp:
                 continue
             return r
 
+    def getfd(self, fdname, fd):
+        """Passes `fd` to QEMU under `fdname` (QMP getfd, the fd as SCM_RIGHTS)."""
+        msg = json.dumps({'execute': 'getfd', 'arguments': {'fdname': fdname}}) + '\n'
+        self.f.flush()
+        socket.send_fds(self.s, [msg.encode()], [fd])
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise RuntimeError('getfd: QEMU closed the QMP connection')
+            r = json.loads(line)
+            if 'event' in r:
+                continue
+            if 'error' in r:
+                raise RuntimeError('getfd: %s' % r['error']['desc'])
+            return r['return']
+
     def ok(self, name, **args):
         r = self.cmd(name, **args)
         if 'error' in r:

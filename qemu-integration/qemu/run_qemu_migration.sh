@@ -86,6 +86,15 @@ python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
   --dest_prealloc "${FW[@]}" | tail -1
 (( PIPESTATUS[0] == 0 )) || rc=1
 
+if ! "$QEMU" --version | grep -q 'version 7\.'; then
+  # The 10.2 series makes its userfaultfd with uffd_open() (/dev/userfaultfd first).
+  echo "== the same with the destination QEMU unprivileged (user nobody, vm.unprivileged_userfaultfd=0)"
+  python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+    --guest="$WORK/faultline-guest" --accel=tcg --size_mib=128 --workdir="$WORK/unprivileged" \
+    --dest_user=nobody "${FW[@]}" | grep -E '^(destination QEMU ran|PASS|FAIL)'
+  (( PIPESTATUS[0] == 0 )) || rc=1
+fi
+
 echo "== the same without a pager listening: the destination must refuse at ADVISE, the source keep running"
 python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
   --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/no-pager" \
@@ -105,11 +114,18 @@ exec "$QEMU" -L /usr/share/seabios -L /usr/share/qemu -L /usr/lib/ipxe/qemu "\$@
 EOF
     chmod +x "$WORK/wrap/qemu-system-x86_64"
     qrc=0
-    for t in /x86_64/migration/postcopy/plain /x86_64/migration/postcopy/recovery/plain \
-             /x86_64/migration/postcopy/preempt/plain; do
+    tests=(/x86_64/migration/postcopy/plain /x86_64/migration/postcopy/recovery/plain
+           /x86_64/migration/postcopy/preempt/plain)
+    # The 10.2 series brings its own cases (a stub pager in the test; capability on).
+    QTEST_QEMU_BINARY="$WORK/wrap/qemu-system-x86_64" "$MT" -l 2>/dev/null |
+      grep -q external-pager &&
+      tests+=(/x86_64/migration/postcopy/external-pager)
+    for t in "${tests[@]}"; do
+      what="capability off"
+      [[ $t == */external-pager ]] && what="capability on, the series' stub pager"
       if QTEST_QEMU_BINARY="$WORK/wrap/qemu-system-x86_64" QTEST_QEMU_IMG=/bin/false \
-         timeout 600 "$MT" -p "$t" >"$WORK/qtest.log" 2>&1; then
-        echo "PASS: migration-test $t ($(grep -c '^ok' "$WORK/qtest.log") ok, capability off)"
+         timeout 900 "$MT" -p "$t" >"$WORK/qtest.log" 2>&1; then
+        echo "PASS: migration-test $t ($(grep -c '^ok' "$WORK/qtest.log") ok, $what)"
       else
         qrc=1
         tail -5 "$WORK/qtest.log"
