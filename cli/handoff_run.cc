@@ -221,7 +221,7 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
                           " requested pages fetched again, ", a.discarded, " discarded"));
   }
 
-  const absl::Time t0 = absl::Now();
+  absl::Time t0 = absl::Now();
   if ((*engine)->adopted() && (*engine)->remaining_pages() == 0) {
     // The dead engine placed everything (and may have told the source DONE, so the source
     // may be gone): nothing to fetch, only the VMM to tell.
@@ -255,6 +255,24 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   if (absl::Status s = session.Ack(absl::OkStatus()); !s.ok()) return s;
 
   if (opts.on_engine) opts.on_engine(engine->get());
+  // Hand-off version 2, "start":"listen" (QEMU at post-copy ADVISE): the source still runs the
+  // guest and changes its memory, so nothing is placed or fetched before the VMM's "listen".
+  // Everything above (stale pages dropped, source reached) is done: the switch-over pays none
+  // of it. No time limit: the VMM's connection says whether it is still there.
+  if (req.start_on_listen) {
+    if (opts.log) opts.log("acknowledged; waiting for the VMM's \"listen\" (its switch-over)");
+    absl::Status s = session.WaitListen([&] { return (*engine)->stopped(); });
+    if (!s.ok()) {
+      if (opts.on_engine) opts.on_engine(nullptr);
+      // Stopped here (cancel, shutdown): tell a VMM that is still there. After its bye or with
+      // its connection gone there is no one to tell.
+      if (absl::IsCancelled(s)) (void)session.SendComplete(s, nullptr);
+      if (state && !state->adopted()) state->Remove();  // nothing was placed
+      if (stats) *stats = EngineStatsJson(**engine, 0);
+      return s;
+    }
+    t0 = absl::Now();
+  }
   std::atomic<bool> running{true};
   std::thread progress([&] {
     while (running.load()) {

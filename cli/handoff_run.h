@@ -27,19 +27,24 @@ struct HandoffRunOptions {
   std::string state_dir;
   // Progress notes for an operator (adopting a dead engine's state, ...). May be null.
   std::function<void(const std::string&)> log;
-  // Called with the engine once the VMM is acknowledged and the engine runs, and with null
-  // before the engine goes away; meanwhile another thread may read its counters or Cancel()
-  // it. May be null.
+  // Called with the engine once the VMM is acknowledged (before the engine runs: a version 2
+  // "start":"listen" hand-off waits for the VMM's "listen" first), and with null before the
+  // engine goes away; meanwhile another thread may read its counters or Cancel() it — also
+  // while waiting for "listen", which then ends (Cancelled, "complete" ok:false to the VMM).
+  // May be null.
   std::function<void(Engine*)> on_engine;
   // Connects the transport (e.g. RDMA, transport/rdma_page_source.h); null: TCP to `source`.
   std::function<absl::StatusOr<std::unique_ptr<PageSource>>(const TcpSourceOptions&)> connect;
 };
 
 // Runs one hand-off session to completion. Nothing is acknowledged until the source is
-// connected and its regions match the VMM's, so a VMM never resumes a guest that faultline
-// cannot serve. *stats receives the final report (also sent to the VMM). With a state_dir,
-// a state file left by a dead engine for the same migration and the same VMM is adopted
-// (automatically; a hello with "resume" requires one) and the migration continues.
+// connected and its regions match the VMM's (and stale pages are dropped), so a VMM never
+// resumes a guest that faultline cannot serve. A version 2 "start":"listen" hand-off then
+// places nothing until the VMM's "listen"; a bye or a closed connection before it ends the
+// run with that error (qemu-integration/handoff/handoff.h), nothing placed. *stats receives the
+// final report (also sent to the VMM). With a state_dir, a state file left by a dead engine for the
+// same migration and the same VMM is adopted (automatically; a hello with "resume" requires one)
+// and the migration continues.
 absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
                         nlohmann::json* stats = nullptr);
 

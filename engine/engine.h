@@ -101,6 +101,9 @@ class Engine : public PageSink, private UrgentRequester {
   }
   void Cancel();               // thread-safe
   void StartBackgroundPull();  // thread-safe; see EngineOptions::background_pull
+  // Whether Cancel() was called or Run() has ended (thread-safe): a caller waiting before Run()
+  // (cli/handoff_run.cc, for the VMM's "listen") stops waiting.
+  bool stopped() const { return stop_.stopped(); }
 
   uint64_t total_pages() const { return table_->total_pages(); }
   uint64_t remaining_pages() const { return table_->remaining(); }

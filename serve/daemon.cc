@@ -182,7 +182,8 @@ void Daemon::OnHandoff(AcceptedConnection c, std::string migration) {
   bool silent = false;
   const PeerCredentials peer = c.peer;
   absl::StatusOr<std::unique_ptr<HandoffSession>> session =
-      HandoffSession::Open(std::move(c), absl::Now() + opts_.hello_timeout, &silent);
+      HandoffSession::Open(std::move(c), absl::Now() + opts_.hello_timeout, &silent,
+                           [this] { return stop_.load(); });  // a VMM that attached may wait
   if (!session.ok()) {
     if (!silent) {
       std::lock_guard<std::mutex> l(mu_);

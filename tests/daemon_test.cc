@@ -19,7 +19,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/region.h"
+#include "engine/uffd.h"
 #include "gtest/gtest.h"
+#include "qemu-integration/handoff/handoff.h"
 #include "serve/control.h"
 #include "tests/testing/http_get.h"
 #include "tests/testing/test_source.h"
@@ -347,6 +350,78 @@ TEST_F(DaemonTest, StatusCommandReportsTheMigrations) {
   EXPECT_GT(j[0]["faults"].get<uint64_t>() + j[0]["bulk_pages"].get<uint64_t>(), 0u);
   const std::string missing = run("status --id=nope --control=" + opts_.control_socket);
   EXPECT_NE(missing.find("no migration 'nope'"), std::string::npos) << missing;
+}
+
+// Hand-off version 2 (QEMU 10.2 hands over at post-copy ADVISE): a VMM whose migration fails in
+// pre-copy says bye before "listen". Its migration fails with that reason, nothing placed; the
+// daemon serves on — the same migration handed over again completes. A VMM that attached and
+// has not sent its hello yet does not hold up the daemon's shutdown.
+TEST_F(DaemonTest, Version2ByeBeforeListenFailsOnlyThatHandOff) {
+  auto src = TestSource::Start(kSize, 4096);
+  ASSERT_TRUE(src.ok());
+  const std::string own = Expect("v2", **src);
+  {
+    auto ram = GuestRegion::Create("ram", RegionKind::kMemfd, kSize);
+    ASSERT_TRUE(ram.ok());
+    auto uffd = Userfaultfd::Open();
+    ASSERT_TRUE(uffd.ok());
+    ASSERT_TRUE(uffd->Register((*ram)->base(), kSize, true, true).ok());
+    const nlohmann::json hello = {{"type", "hello"},
+                                  {"version", 2},
+                                  {"start", "listen"},
+                                  {"vmm", "qemu-test"},
+                                  {"uffd_features", uffd->features()},
+                                  {"registered", true},
+                                  {"uffd_fd", 0},
+                                  {"regions",
+                                   {{{"name", "pc.ram"},
+                                     {"host_addr", reinterpret_cast<uint64_t>((*ram)->base())},
+                                     {"length", kSize},
+                                     {"page_size", 4096},
+                                     {"kind", "memfd"},
+                                     {"fd", 1},
+                                     {"offset", 0}}}}};
+    const int fds[] = {uffd->fd(), (*ram)->fd()};
+    auto client = HandoffClient::ConnectWithHello(own, hello.dump(), fds, absl::Seconds(20));
+    ASSERT_TRUE(client.ok()) << client.status();
+    absl::SleepFor(absl::Milliseconds(200));
+    ASSERT_TRUE((*client)->Bye().ok());
+    AwaitSettled();
+    EXPECT_LT(lseek((*ram)->fd(), 0, SEEK_DATA), 0);  // no page placed
+    ASSERT_TRUE(uffd->Unregister((*ram)->base(), kSize).ok());
+  }
+  MigrationStatus st = daemon_->Find("v2")->Snapshot();
+  EXPECT_EQ(st.phase, MigrationPhase::kFailed);
+  EXPECT_NE(st.error.find("said bye before \"listen\""), std::string::npos) << st.error;
+  EXPECT_EQ((*src)->server().stats().bytes.load(), 0u);
+  // The daemon serves on: the migration handed over again (a version 1 VMM) completes.
+  ExpectMigrates(Vmm(own, ""));
+  EXPECT_EQ(daemon_->Find("v2")->Snapshot().phase, MigrationPhase::kComplete);
+
+  // An attached VMM waiting to send its hello, left connected: TearDown's Stop() ends the wait.
+  sockaddr_un a = {};
+  a.sun_family = AF_UNIX;
+  strncpy(a.sun_path, opts_.handoff_socket.c_str(), sizeof(a.sun_path) - 1);
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  const std::string body = R"({"type":"attach","version":2})";
+  std::string frame(4, '\0');
+  frame[0] = static_cast<char>(body.size());
+  ASSERT_EQ(write(fd.get(), (frame + body).data(), frame.size() + body.size()),
+            static_cast<ssize_t>(frame.size() + body.size()));
+  char buf[256];
+  ASSERT_GT(read(fd.get(), buf, sizeof(buf)), 4);  // attached
+  EXPECT_NE(std::string(buf + 4, 60).find("\"attached\""), std::string::npos);
+  absl::SleepFor(opts_.hello_timeout + absl::Milliseconds(500));  // past the plain deadline
+  const absl::Time t0 = absl::Now();
+  daemon_->Stop();
+  loop_.join();
+  daemon_.reset();  // joins the worker waiting for the hello
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+  ssize_t n = read(fd.get(), buf, sizeof(buf));  // the refusal: faultline stopped
+  ASSERT_GT(n, 4);
+  EXPECT_NE(std::string(buf + 4, n - 4).find("CANCELLED"), std::string::npos)
+      << std::string(buf + 4, n - 4);
 }
 
 }  // namespace

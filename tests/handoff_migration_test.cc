@@ -158,5 +158,153 @@ TEST(HandoffMigration, UnreachableSourceIsRefusedBeforeTheGuestRuns) {
   EXPECT_FALSE(served.ok());
 }
 
+// ---- Version 2: the hand-off at the start of the migration, pages only after "listen" ----
+
+// The hello QEMU 10.2 sends at post-copy ADVISE, for fds {uffd, memfd}.
+std::string Version2Hello(const GuestRegion& ram, const Userfaultfd& uffd) {
+  return nlohmann::json{{"type", "hello"},
+                        {"version", 2},
+                        {"start", "listen"},
+                        {"vmm", "qemu-test"},
+                        {"uffd_features", uffd.features()},
+                        {"registered", true},
+                        {"uffd_fd", 0},
+                        {"regions",
+                         {{{"name", "pc.ram"},
+                           {"host_addr", reinterpret_cast<uint64_t>(ram.base())},
+                           {"length", ram.size()},
+                           {"page_size", 4096},
+                           {"kind", "memfd"},
+                           {"fd", 1},
+                           {"offset", 0}}}}}
+      .dump();
+}
+
+// Whether the memfd holds any data (a placed page, or a stale one).
+bool HoldsData(int fd) { return lseek(fd, 0, SEEK_DATA) >= 0; }
+
+uint64_t PagesServed(TestSource& src) {
+  const ServerStats& st = src.server().stats();
+  return st.urgent_pages.load() + st.bulk_pages.load() + st.zero_pages.load() + st.bytes.load();
+}
+
+TEST(HandoffMigration, Version2PlacesNothingBeforeListen) {
+  constexpr uint64_t kV2Size = 8u << 20;
+  constexpr uint64_t kStale = 64;
+  auto src = TestSource::Start(kV2Size, 4096);
+  ASSERT_TRUE(src.ok()) << src.status();
+  const std::string path = SocketPath("v2");
+  FaultlineSide faultline(path, src->get());
+  auto ram = GuestRegion::Create("ram", RegionKind::kMemfd, kV2Size);
+  ASSERT_TRUE(ram.ok());
+  // Pages the destination's RAM holds before the migration (QEMU's prealloc=on): stale.
+  memset((*ram)->base(), 0x5a, kStale * 4096);
+  ASSERT_TRUE(HoldsData((*ram)->fd()));
+  auto uffd = Userfaultfd::Open();
+  ASSERT_TRUE(uffd.ok());
+  ASSERT_TRUE(uffd->Register((*ram)->base(), kV2Size, true, true).ok());
+  const int fds[] = {uffd->fd(), (*ram)->fd()};
+  auto client =
+      HandoffClient::ConnectWithHello(path, Version2Hello(**ram, *uffd), fds, absl::Seconds(20));
+  ASSERT_TRUE(client.ok()) << client.status();
+  // Acknowledged: the stale pages are gone already (before the switch-over, not in it)...
+  EXPECT_FALSE(HoldsData((*ram)->fd()));
+  // ...and until "listen" nothing is placed or fetched, and no progress is reported.
+  auto next = (*client)->Next(absl::Milliseconds(500));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(next.status())) << next.status();
+  EXPECT_FALSE(HoldsData((*ram)->fd()));
+  EXPECT_EQ(PagesServed(**src), 0u);
+
+  ASSERT_TRUE((*client)->Listen().ok());  // the source stopped: its memory is final
+  GuestOptions go;
+  go.touches_per_thread = 2000;
+  ThreadGuest guest((*ram)->base(), kV2Size, 4096, go);
+  auto complete = (*client)->WaitComplete(absl::Seconds(60));
+  ASSERT_TRUE(complete.ok()) << complete.status();
+  guest.Join();
+  absl::Status s = faultline.Join();
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(complete->value("pages", 0ull), kV2Size / 4096);
+  EXPECT_EQ(complete->value("stale_pages_dropped", 0ull), kStale);
+  EXPECT_GT(PagesServed(**src), 0u);
+  ASSERT_TRUE(uffd->Unregister((*ram)->base(), kV2Size).ok());
+  EXPECT_EQ((*src)->CountMismatches((*ram)->base()), 0u);
+}
+
+// The VMM's migration fails in pre-copy: it says bye, or just goes away, before "listen".
+TEST(HandoffMigration, Version2EndedBeforeListenPlacesNothing) {
+  for (const bool bye : {true, false}) {
+    SCOPED_TRACE(bye ? "bye" : "close");
+    constexpr uint64_t kV2Size = 1u << 20;
+    auto src = TestSource::Start(kV2Size, 4096);
+    ASSERT_TRUE(src.ok()) << src.status();
+    const std::string path = SocketPath(bye ? "v2bye" : "v2close");
+    FaultlineSide faultline(path, src->get());
+    auto ram = GuestRegion::Create("ram", RegionKind::kMemfd, kV2Size);
+    ASSERT_TRUE(ram.ok());
+    auto uffd = Userfaultfd::Open();
+    ASSERT_TRUE(uffd.ok());
+    ASSERT_TRUE(uffd->Register((*ram)->base(), kV2Size, true, true).ok());
+    const int fds[] = {uffd->fd(), (*ram)->fd()};
+    auto client =
+        HandoffClient::ConnectWithHello(path, Version2Hello(**ram, *uffd), fds, absl::Seconds(20));
+    ASSERT_TRUE(client.ok()) << client.status();
+    absl::SleepFor(absl::Milliseconds(200));
+    if (bye) {
+      ASSERT_TRUE((*client)->Bye().ok());
+    } else {
+      client->reset();
+    }
+    absl::Status s = faultline.Join();
+    EXPECT_EQ(s.code(), bye ? absl::StatusCode::kAborted : absl::StatusCode::kUnavailable) << s;
+    EXPECT_NE(s.message().find("before \"listen\""), std::string::npos) << s;
+    EXPECT_NE(s.message().find("placed no page"), std::string::npos) << s;
+    EXPECT_FALSE(HoldsData((*ram)->fd()));
+    EXPECT_EQ(PagesServed(**src), 0u);
+    if (bye) {  // faultline sent nothing after its ack, and hung up
+      auto next = (*client)->Next(absl::Seconds(5));
+      EXPECT_TRUE(absl::IsUnavailable(next.status())) << next.status();
+    }
+    ASSERT_TRUE(uffd->Unregister((*ram)->base(), kV2Size).ok());
+  }
+}
+
+// faultline is cancelled (the host daemon's `cancel`, a shutdown) while the VMM is in pre-copy.
+TEST(HandoffMigration, Version2CancelledBeforeListen) {
+  constexpr uint64_t kV2Size = 1u << 20;
+  auto src = TestSource::Start(kV2Size, 4096);
+  ASSERT_TRUE(src.ok()) << src.status();
+  const std::string path = SocketPath("v2cancel");
+  auto server = HandoffServer::Listen(path);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::Status served;
+  std::thread t([&] {
+    auto session = (*server)->Accept(absl::Seconds(20), getuid());
+    ASSERT_TRUE(session.ok()) << session.status();
+    HandoffRunOptions ho;
+    ho.source = (*src)->options();
+    ho.on_engine = [](Engine* e) {
+      if (e != nullptr) e->Cancel();  // as Migration::Cancel does
+    };
+    served = RunHandoff(**session, ho);
+  });
+  auto ram = GuestRegion::Create("ram", RegionKind::kMemfd, kV2Size);
+  ASSERT_TRUE(ram.ok());
+  auto uffd = Userfaultfd::Open();
+  ASSERT_TRUE(uffd.ok());
+  ASSERT_TRUE(uffd->Register((*ram)->base(), kV2Size, true, true).ok());
+  const int fds[] = {uffd->fd(), (*ram)->fd()};
+  auto client =
+      HandoffClient::ConnectWithHello(path, Version2Hello(**ram, *uffd), fds, absl::Seconds(20));
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto complete = (*client)->WaitComplete(absl::Seconds(10));
+  t.join();
+  EXPECT_TRUE(absl::IsCancelled(served)) << served;
+  EXPECT_TRUE(absl::IsCancelled(complete.status())) << complete.status();
+  EXPECT_FALSE(HoldsData((*ram)->fd()));
+  EXPECT_EQ(PagesServed(**src), 0u);
+  ASSERT_TRUE(uffd->Unregister((*ram)->base(), kV2Size).ok());
+}
+
 }  // namespace
 }  // namespace faultline

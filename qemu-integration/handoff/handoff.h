@@ -28,7 +28,41 @@
 // "code" (an absl::StatusCode name) is an optional extension; readers that lack it see a plain
 // error. Unknown keys are ignored (additive extensions); unknown message types are skipped.
 //
-// Hello rules (anything else is refused with ack{ok:false}): version 1 first ("version
+// Version 2 (QEMU 10.2's x-postcopy-external-pager, qemu-integration/qemu/): the VMM hands over
+// at the START of the migration (QEMU: post-copy ADVISE, the source still running the guest) and
+// says later when the source's memory is final (QEMU: post-copy LISTEN, the source stopped). So
+// everything faultline does before placing — validating the table, reaching the source, dropping
+// pages the VMM's memory files already hold — happens outside the migration's downtime. The same
+// framing; the additions, in order:
+//   VMM → faultline  attach    {"type":"attach","version":2,"vmm":"qemu-10.2.2"}  (optional; the
+//                              first message, e.g. as soon as the VMM has its connection; no fds;
+//                              "vmm" optional, 1..256 printable bytes)
+//   faultline → VMM  attached  {"type":"attached","version":2,"pager":"faultline"}
+//                              (a version-1-only faultline answers ack{ok:false}: "expected a
+//                              hello message first, got type \"attach\"")
+//   VMM → faultline  hello     as version 1, with "version":2 and "start":"listen"|"now"
+//                              (optional, default "now"). After an attach the hello may take up
+//                              to kAttachedHelloWait (1 h), and must be of the attach's version.
+//   faultline → VMM  ack       as version 1, sent once the table is valid, the source reached and
+//                              its table matches, and stale pages are dropped. "now": then as
+//                              version 1 (faultline places pages at once). "listen": faultline
+//                              places no page and asks the source for none until
+//   VMM → faultline  listen    {"type":"listen"}: the source's memory is final from here on.
+//                              Then progress / complete / bye as version 1. There is no time
+//                              limit between ack and listen (the connection is the VMM's liveness).
+// Before listen, a bye or a closed connection (the VMM's migration failed or was cancelled in
+// pre-copy) ends the hand-off: faultline has placed nothing, sends nothing more, closes, and
+// reports the error (bye: Aborted, close: Unavailable, "... before \"listen\" ..."). A faultline
+// that stops (cancel, shutdown) before listen sends complete{ok:false,code:"CANCELLED"}, one
+// that stops between attached and hello ack{ok:false,code:"CANCELLED"}. Other messages before
+// listen are skipped (fds closed); a listen after "start":"now" is skipped.
+// "start":"listen" with "resume":true is refused (a resume happens during post-copy).
+// An attach or hello of a version faultline does not speak is refused with ack{ok:false,
+// code:"FAILED_PRECONDITION"} naming both: "hand-off protocol version mismatch: the VMM speaks
+// version 3, faultline speaks versions 1 to 2"; an attach of version 1 is refused too (version 1
+// has no attach). HandoffClient speaks version 1 (Listen() is for version 2 peers and tests).
+//
+// Hello rules (anything else is refused with ack{ok:false}): version 1 or 2 first ("version
 // mismatch" otherwise); "migration", when present, as above; 1..64 regions; name 1..64
 // printable bytes, unique; page_size a power of two in [4096, 1 GiB]; host_addr, length (> 0)
 // and offset multiples of page_size; no two regions overlap in the VMM's address space; kind one
@@ -39,7 +73,7 @@
 // a hugetlb fd must be on hugetlbfs with that page size. Numbers must be JSON integers (a string or
 // a fraction is refused, naming the field). Every fd received is owned and closed on every error
 // path. The whole hello must arrive within 5 s of connecting (HandoffServer::set_hello_timeout;
-// HandoffSession::Open takes a deadline).
+// HandoffSession::Open takes a deadline), or within kAttachedHelloWait of an attach.
 //
 // Firecracker's UFFD hand-off, unchanged: one sendmsg of a JSON array, no length prefix,
 //   [{"base_host_virt_addr":u64,"size":u64,"offset":u64,"page_size":u64,"page_size_kib":u64}]
@@ -82,7 +116,12 @@ namespace handoff_internal {
 class StreamReader;
 }  // namespace handoff_internal
 
-inline constexpr uint32_t kHandoffVersion = 1;
+inline constexpr uint32_t kHandoffVersion = 1;     // what HandoffClient speaks; the oldest
+inline constexpr uint32_t kHandoffVersionMax = 2;  // the newest faultline accepts
+// How long a VMM that attached may take until its hello (QEMU: until post-copy ADVISE).
+inline constexpr absl::Duration kAttachedHelloWait = absl::Hours(1);
+// How often a wait on the VMM (after an attach, before "listen") checks its `stop`.
+inline constexpr absl::Duration kHandoffStopPoll = absl::Milliseconds(100);
 inline constexpr size_t kMaxHandoffMessage = 64 * 1024;  // JSON bytes in one message
 inline constexpr size_t kMaxHandoffRegions = 64;
 inline constexpr size_t kMaxHandoffRegionName = 64;
@@ -110,6 +149,8 @@ struct HandoffRequest {
   uint64_t uffd_features = 0;          // 0 for Firecracker (it does not say)
   bool registered = true;              // the VMM registered the regions with the uffd
   bool resume = false;                 // the same uffd again, after a faultline went away
+  bool start_on_listen = false;        // version 2 "start":"listen": see WaitListen()
+  bool attached = false;               // an attach came first (version 2)
   std::string migration;               // the hello's "migration" ("" when absent)
   UniqueFd uffd;
   std::vector<HandoffRegion> regions;
@@ -180,9 +221,13 @@ class HandoffSession {  // one connected VMM
   // Reads the hello of an accepted connection until `deadline` (blocking this thread). *silent
   // (may be null) is set when the peer closed without sending a byte (a probe, not a VMM). On a
   // validation error a faultline-format peer gets ack{ok:false,error} and the error is returned.
-  // On success nothing has been sent yet: the caller answers with Ack().
-  static absl::StatusOr<std::unique_ptr<HandoffSession>> Open(AcceptedConnection c,
-                                                              absl::Time deadline, bool* silent);
+  // A version 2 attach is answered (attached) and the deadline for the hello then becomes
+  // kAttachedHelloWait from it; while waiting that long, `stop` (may be null) is polled every
+  // kHandoffStopPoll and ends the wait (Cancelled, no reply) once it returns true.
+  // On success only "attached" may have been sent: the caller answers the hello with Ack().
+  static absl::StatusOr<std::unique_ptr<HandoffSession>> Open(
+      AcceptedConnection c, absl::Time deadline, bool* silent,
+      const std::function<bool()>& stop = nullptr);
   // Refuses a connection without reading a byte of it: ack{ok:false,error} (harmless for a
   // Firecracker peer, which never reads), then closes it.
   static void Refuse(AcceptedConnection c, const absl::Status& why);
@@ -200,6 +245,12 @@ class HandoffSession {  // one connected VMM
   // After an ok Ack. No-ops for Firecracker.
   absl::Status SendProgress(uint64_t done, uint64_t total);
   absl::Status SendComplete(const absl::Status& result, const nlohmann::json& stats);
+  // Version 2, "start":"listen", after an ok Ack: waits, without a time limit, until the VMM
+  // says "listen" (OK: the source's memory is final). Aborted when it says bye first,
+  // Unavailable when it closes the connection (or breaks the framing) first — its migration
+  // failed or was cancelled in pre-copy; Cancelled once `stop` (may be null; polled every
+  // kHandoffStopPoll) returns true. Skips every other message, closing fds that come with it.
+  absl::Status WaitListen(const std::function<bool()>& stop = nullptr);
   // Non-blocking: true once the VMM went away (EOF, reset, a malformed message) or said bye.
   // Consumes (and ignores) anything else the VMM sends, closing any fds that come with it.
   bool PeerClosed();
@@ -209,7 +260,11 @@ class HandoffSession {  // one connected VMM
  private:
   HandoffSession(UniqueFd fd, const PeerCredentials& peer);
   // *silent: the peer closed without sending a byte (a probe, not a VMM).
-  absl::Status ReadHello(absl::Time deadline, bool* silent);
+  absl::Status ReadHello(absl::Time deadline, const std::function<bool()>& stop, bool* silent);
+  // One framed message (`what` names it in errors), with the fds that came with it. `stop` as
+  // in Open (null: not polled).
+  absl::Status ReadFrame(absl::Time deadline, const std::function<bool()>& stop,
+                         absl::string_view what, std::string* payload, std::vector<UniqueFd>* fds);
   absl::Status Send(const nlohmann::json& message);
 
   UniqueFd fd_;
@@ -267,6 +322,9 @@ class HandoffClient {
       absl::Duration timeout,
       std::function<void(uint64_t done, uint64_t total)> on_progress = nullptr);
   absl::Status Bye();
+  // Version 2 (a hello sent with ConnectWithHello, "start":"listen"): the source's memory is
+  // final, faultline may place pages.
+  absl::Status Listen();
   int fd() const { return fd_.get(); }
 
  private:
@@ -289,6 +347,10 @@ absl::StatusOr<UniqueFd> SendFirecrackerHandoff(const std::string& path, int uff
 // Pure validators (no fds, no syscalls), exposed for fuzzing. ParseFaultlineHello checks a hello
 // against `fd_count` attached fds and fills fd_index / uffd_index, not the UniqueFds.
 absl::StatusOr<HandoffRequest> ParseFaultlineHello(absl::string_view json, size_t fd_count);
+// A version 2 attach (handoff.h's rules) with `fd_count` fds: its version.
+absl::StatusOr<uint32_t> ParseFaultlineAttach(absl::string_view json, size_t fd_count);
+// The refusal text for a peer speaking another hand-off version.
+std::string HandoffVersionMismatch(uint64_t version);
 absl::StatusOr<HandoffRequest> ParseFirecrackerMessage(absl::string_view json);
 
 }  // namespace faultline

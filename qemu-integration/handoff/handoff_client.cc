@@ -198,6 +198,12 @@ absl::Status HandoffClient::Bye() {
   return SendAll(fd_.get(), *f, {});
 }
 
+absl::Status HandoffClient::Listen() {
+  absl::StatusOr<std::string> f = Frame(json{{"type", "listen"}});
+  if (!f.ok()) return f.status();
+  return SendAll(fd_.get(), *f, {});
+}
+
 absl::StatusOr<UniqueFd> SendFirecrackerHandoff(const std::string& path, int uffd,
                                                 const std::vector<HandoffClientRegion>& regions) {
   // Field order and values as Firecracker's GuestRegionUffdMapping serialises them

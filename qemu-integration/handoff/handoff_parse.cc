@@ -258,12 +258,20 @@ absl::StatusOr<HandoffRequest> ParseHello(absl::string_view text, size_t fd_coun
   // The version is checked before the rest, so a peer of another version hears about that.
   uint64_t version = 0;
   if (absl::Status s = GetU64(j, kWhere, "version", &version); !s.ok()) return s;
-  if (version != kHandoffVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("hand-off protocol version mismatch: the VMM speaks version ", version,
-                     ", faultline speaks version ", kHandoffVersion));
+  if (version < kHandoffVersion || version > kHandoffVersionMax) {
+    return absl::FailedPreconditionError(HandoffVersionMismatch(version));
   }
-  req.version = kHandoffVersion;
+  req.version = static_cast<uint32_t>(version);
+  // Version 2: the VMM may hand over before the source's memory is final, and says when
+  // faultline may place pages ("listen": after a {"type":"listen"} message; "now": at once).
+  if (req.version >= 2 && Find(j, "start") != nullptr) {
+    std::string start;
+    if (absl::Status s = GetString(j, kWhere, "start", &start); !s.ok()) return s;
+    if (start != "listen" && start != "now") {
+      return Invalid(kWhere, "\"start\" must be \"listen\" or \"now\"");
+    }
+    req.start_on_listen = start == "listen";
+  }
   if (absl::Status s = GetString(j, kWhere, "vmm", &req.vmm); !s.ok()) return s;
   if (req.vmm.empty() || req.vmm.size() > 256 || !PrintableName(req.vmm)) {
     return Invalid(kWhere, "\"vmm\" must be 1..256 printable bytes");
@@ -272,6 +280,11 @@ absl::StatusOr<HandoffRequest> ParseHello(absl::string_view text, size_t fd_coun
   if (absl::Status s = GetBool(j, kWhere, "registered", &req.registered); !s.ok()) return s;
   if (Find(j, "resume") != nullptr) {
     if (absl::Status s = GetBool(j, kWhere, "resume", &req.resume); !s.ok()) return s;
+  }
+  if (req.resume && req.start_on_listen) {
+    return Invalid(kWhere,
+                   "\"resume\" with \"start\":\"listen\": a resume happens during "
+                   "post-copy, whose source memory is final already (\"start\":\"now\")");
   }
   if (Find(j, "migration") != nullptr) {
     if (absl::Status s = GetString(j, kWhere, "migration", &req.migration); !s.ok()) return s;
@@ -390,7 +403,55 @@ absl::StatusOr<HandoffRequest> ParseFirecracker(absl::string_view text) {
   return req;
 }
 
+absl::StatusOr<uint32_t> ParseAttach(absl::string_view text, size_t fd_count) {
+  const json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attach must be a JSON object (", text.size(), " bytes)"));
+  }
+  constexpr absl::string_view kWhere = "attach";
+  std::string type;
+  if (absl::Status s = GetString(j, kWhere, "type", &type); !s.ok()) return s;
+  if (type != "attach") return Invalid(kWhere, "\"type\" must be \"attach\"");
+  uint64_t version = 0;
+  if (absl::Status s = GetU64(j, kWhere, "version", &version); !s.ok()) return s;
+  if (version > kHandoffVersionMax) {
+    return absl::FailedPreconditionError(HandoffVersionMismatch(version));
+  }
+  if (version < 2) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("attach of version ", version,
+                     ": version 1 has no attach (a version 1 VMM sends its hello first); "
+                     "faultline speaks versions ",
+                     kHandoffVersion, " to ", kHandoffVersionMax));
+  }
+  if (Find(j, "vmm") != nullptr) {
+    std::string vmm;
+    if (absl::Status s = GetString(j, kWhere, "vmm", &vmm); !s.ok()) return s;
+    if (vmm.empty() || vmm.size() > 256 || !PrintableName(vmm)) {
+      return Invalid(kWhere, "\"vmm\" must be 1..256 printable bytes");
+    }
+  }
+  if (fd_count != 0) {
+    return Invalid(kWhere, absl::StrCat("carries ", fd_count, " fds; the fds go with the hello"));
+  }
+  return static_cast<uint32_t>(version);
+}
+
 }  // namespace
+
+absl::StatusOr<uint32_t> ParseFaultlineAttach(absl::string_view json, size_t fd_count) {
+  try {
+    return ParseAttach(json, fd_count);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("attach: unexpected JSON error: ", e.what()));
+  }
+}
+
+std::string HandoffVersionMismatch(uint64_t version) {
+  return absl::StrCat("hand-off protocol version mismatch: the VMM speaks version ", version,
+                      ", faultline speaks versions ", kHandoffVersion, " to ", kHandoffVersionMax);
+}
 
 const char* HandoffFormatName(HandoffFormat f) {
   switch (f) {

@@ -7,7 +7,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -183,15 +185,14 @@ HandoffSession::HandoffSession(UniqueFd fd, const PeerCredentials& peer)
 
 HandoffSession::~HandoffSession() = default;
 
-absl::StatusOr<std::unique_ptr<HandoffSession>> HandoffSession::Open(AcceptedConnection c,
-                                                                     absl::Time deadline,
-                                                                     bool* silent) {
+absl::StatusOr<std::unique_ptr<HandoffSession>> HandoffSession::Open(
+    AcceptedConnection c, absl::Time deadline, bool* silent, const std::function<bool()>& stop) {
   bool ignored = false;
   if (silent == nullptr) silent = &ignored;
   *silent = false;
   if (!c.fd.valid()) return absl::InvalidArgumentError("HandoffSession::Open: no connection");
   std::unique_ptr<HandoffSession> session(new HandoffSession(std::move(c.fd), c.peer));
-  absl::Status s = session->ReadHello(deadline, silent);
+  absl::Status s = session->ReadHello(deadline, stop, silent);
   if (!s.ok()) {
     if (session->format() == HandoffFormat::kFaultline && !*silent) (void)session->Ack(s);
     return s;
@@ -210,27 +211,79 @@ void HandoffSession::Refuse(AcceptedConnection c, const absl::Status& why) {
   c.fd.reset();
 }
 
-absl::Status HandoffSession::ReadHello(absl::Time deadline, bool* silent) {
+namespace {
+
+absl::Status ReadError(const StreamReader& rd, const absl::Status& s, absl::string_view what) {
+  if (absl::IsDeadlineExceeded(s)) {
+    return absl::DeadlineExceededError(absl::StrCat(what, " did not arrive in time"));
+  }
+  if (absl::IsUnavailable(s)) {
+    return absl::UnavailableError(
+        absl::StrCat("the VMM went away before its ", what, " was complete (", s.message(), ")"));
+  }
+  if (rd.fds_truncated()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " carries more fds than faultline could receive (", s.message(), ")"));
+  }
+  return s;
+}
+
+// StreamReader::Fill until `deadline`, asking `stop` (when not null) every kHandoffStopPoll.
+absl::Status FillOrStop(StreamReader& rd, absl::Time deadline, const std::function<bool()>& stop,
+                        size_t max_bytes) {
+  for (;;) {
+    if (stop && stop()) return absl::CancelledError("faultline is stopping");
+    const absl::Time until = stop ? std::min(deadline, absl::Now() + kHandoffStopPoll) : deadline;
+    absl::Status s = rd.Fill(until, max_bytes);
+    if (!absl::IsDeadlineExceeded(s) || absl::Now() >= deadline) return s;
+  }
+}
+
+}  // namespace
+
+absl::Status HandoffSession::ReadFrame(absl::Time deadline, const std::function<bool()>& stop,
+                                       absl::string_view what, std::string* payload,
+                                       std::vector<UniqueFd>* fds) {
+  StreamReader& rd = *reader_;
+  std::string& buf = rd.buffer();
+  while (buf.size() < kPrefix) {
+    if (absl::Status s = FillOrStop(rd, deadline, stop, kPrefix - buf.size()); !s.ok()) {
+      return absl::IsCancelled(s) ? s : ReadError(rd, s, what);
+    }
+  }
+  const uint32_t n = GetLe32(buf.data());
+  if (n == 0) return absl::InvalidArgumentError(absl::StrCat("empty ", what, " (length 0)"));
+  if (n > kMaxHandoffMessage) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " of ", n, " bytes exceeds the ", kMaxHandoffMessage, "-byte limit"));
+  }
+  // Read no further than the message's last byte: fds belong to the message they came with.
+  while (buf.size() < kPrefix + n) {
+    if (absl::Status s = FillOrStop(rd, deadline, stop, kPrefix + n - buf.size()); !s.ok()) {
+      return absl::IsCancelled(s) ? s : ReadError(rd, s, what);
+    }
+  }
+  *payload = buf.substr(kPrefix, n);
+  buf.erase(0, kPrefix + n);
+  fds->clear();
+  // One recvmsg ends right after the bytes that carry fds (the kernel never reads past them),
+  // so fds received with bytes beyond this message (a VMM that sent its hello right behind
+  // its attach) are that next message's.
+  if (buf.empty()) {
+    *fds = std::move(rd.fds());
+    rd.fds().clear();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HandoffSession::ReadHello(absl::Time deadline, const std::function<bool()>& stop,
+                                       bool* silent) {
   StreamReader& rd = *reader_;
   std::string& buf = rd.buffer();
   *silent = false;
-  auto read_error = [&rd](const absl::Status& s, absl::string_view what) {
-    if (absl::IsDeadlineExceeded(s)) {
-      return absl::DeadlineExceededError(absl::StrCat(what, " did not arrive in time"));
-    }
-    if (absl::IsUnavailable(s)) {
-      return absl::UnavailableError(
-          absl::StrCat("the VMM went away before its ", what, " was complete (", s.message(), ")"));
-    }
-    if (rd.fds_truncated()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " carries more fds than faultline could receive (", s.message(), ")"));
-    }
-    return s;
-  };
   if (absl::Status s = rd.Fill(deadline, kPrefix + kMaxHandoffMessage); !s.ok()) {
     *silent = rd.eof() && buf.empty() && rd.fds().empty();
-    return read_error(s, "the hand-off message");
+    return ReadError(rd, s, "the hand-off message");
   }
   // '[' opens Firecracker's JSON array. Our length prefix can start with 0x5B too, but then its
   // bytes 2..3 are zero (N <= 64 KiB), which JSON text never contains.
@@ -243,7 +296,7 @@ absl::Status HandoffSession::ReadHello(absl::Time deadline, bool* silent) {
     while (buf.size() <= kMaxHandoffMessage && !json::accept(buf)) {
       absl::Status s = rd.Fill(deadline, kMaxHandoffMessage + 1 - buf.size());
       if (absl::IsUnavailable(s)) break;  // the peer stopped sending: judge what came
-      if (!s.ok()) return read_error(s, "Firecracker's hand-off");
+      if (!s.ok()) return ReadError(rd, s, "Firecracker's hand-off");
     }
     if (buf.size() > kMaxHandoffMessage) {
       return absl::InvalidArgumentError(
@@ -264,35 +317,95 @@ absl::Status HandoffSession::ReadHello(absl::Time deadline, bool* silent) {
     buf.clear();
   } else {
     format_ = HandoffFormat::kFaultline;
-    while (buf.size() < kPrefix) {
-      if (absl::Status s = rd.Fill(deadline, kPrefix - buf.size()); !s.ok()) {
-        return read_error(s, "hello");
+    std::string payload;
+    std::vector<UniqueFd> fds;
+    if (absl::Status s = ReadFrame(deadline, nullptr, "hello", &payload, &fds); !s.ok()) return s;
+    // Version 2: an attach may come first (the VMM has its connection long before its hello).
+    uint32_t attach_version = 0;
+    const json first = json::parse(payload, nullptr, /*allow_exceptions=*/false);
+    if (first.is_object() && first.value("type", json()) == "attach") {
+      absl::StatusOr<uint32_t> v = ParseFaultlineAttach(payload, fds.size());
+      if (!v.ok()) return v.status();
+      attach_version = *v;
+      {
+        std::lock_guard<std::mutex> lock(send_mu_);
+        if (absl::Status s = Send(
+                json{{"type", "attached"}, {"version", attach_version}, {"pager", "faultline"}});
+            !s.ok()) {
+          return s;
+        }
+      }
+      // The hello comes at the VMM's pace (QEMU: at post-copy ADVISE), bounded by
+      // kAttachedHelloWait — and by `stop`.
+      const absl::Time hello_deadline = std::max(deadline, absl::Now() + kAttachedHelloWait);
+      if (absl::Status s = ReadFrame(hello_deadline, stop, "hello", &payload, &fds); !s.ok()) {
+        if (absl::IsCancelled(s)) {
+          return absl::CancelledError(
+              "faultline stopped while waiting for the hello of a VMM that had attached");
+        }
+        return s;
       }
     }
-    const uint32_t n = GetLe32(buf.data());
-    if (n == 0) return absl::InvalidArgumentError("empty hello (length 0)");
-    if (n > kMaxHandoffMessage) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("hello of ", n, " bytes exceeds the ", kMaxHandoffMessage, "-byte limit"));
-    }
-    // Read no further than the hello's last byte: fds belong to the message they came with.
-    while (buf.size() < kPrefix + n) {
-      if (absl::Status s = rd.Fill(deadline, kPrefix + n - buf.size()); !s.ok()) {
-        return read_error(s, "hello");
-      }
-    }
-    const std::string payload = buf.substr(kPrefix, n);
-    buf.erase(0, kPrefix + n);
-    std::vector<UniqueFd> fds = std::move(rd.fds());
-    rd.fds().clear();
     absl::StatusOr<HandoffRequest> parsed = ParseFaultlineHello(payload, fds.size());
     if (!parsed.ok()) return parsed.status();
     req = std::move(*parsed);
+    if (attach_version != 0 && req.version != attach_version) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "hello: version ", req.version, " after an attach of version ", attach_version));
+    }
     if (absl::Status s = AttachFds(&req, &fds); !s.ok()) return s;
+    req.attached = attach_version != 0;
   }
   req.format = format_;
   request_ = std::move(req);
   return absl::OkStatus();
+}
+
+absl::Status HandoffSession::WaitListen(const std::function<bool()>& stop) {
+  constexpr absl::string_view kNothingPlaced =
+      "its migration failed or was cancelled before post-copy; faultline placed no page";
+  if (format() != HandoffFormat::kFaultline) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(read_mu_);
+  for (;;) {
+    for (;;) {  // whole messages first: a listen or a bye may already be buffered
+      std::string payload;
+      absl::StatusOr<bool> got = reader_->PopFrame(&payload);
+      reader_->fds().clear();  // nothing after the hello carries fds we want
+      if (!got.ok()) {
+        closed_ = true;
+        return absl::UnavailableError(
+            absl::StrCat("the VMM broke the hand-off framing before "
+                         "\"listen\" (",
+                         got.status().message(), ")"));
+      }
+      if (!*got) break;
+      const json m = json::parse(payload, nullptr, /*allow_exceptions=*/false);
+      const json t = m.is_object() ? m.value("type", json()) : json();
+      if (t == "listen") return absl::OkStatus();
+      if (t == "bye") {
+        bye_ = closed_ = true;
+        return absl::AbortedError(
+            absl::StrCat("the VMM said bye before \"listen\": ", kNothingPlaced));
+      }
+      // Anything else: not for us (unknown types are skipped).
+    }
+    if (closed_) {
+      return absl::UnavailableError(absl::StrCat(
+          "the VMM closed the hand-off connection before \"listen\": ", kNothingPlaced));
+    }
+    if (stop && stop()) {
+      return absl::CancelledError(
+          "faultline stopped while waiting for the VMM's \"listen\"; it placed no page");
+    }
+    absl::Status s = reader_->Fill(absl::Now() + kHandoffStopPoll, kPrefix + kMaxHandoffMessage);
+    if (absl::IsDeadlineExceeded(s)) continue;
+    if (!s.ok()) {
+      closed_ = true;
+      return absl::UnavailableError(
+          absl::StrCat("the VMM closed the hand-off connection before \"listen\" (", s.message(),
+                       "): ", kNothingPlaced));
+    }
+  }
 }
 
 absl::Status HandoffSession::Send(const json& message) {

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -334,7 +335,12 @@ TEST_F(HandoffTest, ValidationErrorsAreAckedAndLeakNoFd) {
     return h.dump();
   };
   std::vector<BadHello> cases = {
-      {"wrong version", with([](json& h) { h["version"] = 2; }), fds, "version mismatch"},
+      {"wrong version", with([](json& h) { h["version"] = 3; }), fds, "version mismatch"},
+      {"bad start", with([](json& h) {
+         h["version"] = 2;
+         h["start"] = "later";
+       }),
+       fds, "\"start\" must be \"listen\" or \"now\""},
       {"overlap", with([&](json& h) { h["regions"][1]["host_addr"] = mem_addr() + 4096; }), fds,
        "overlap"},
       {"length not a page multiple", with([](json& h) { h["regions"][0]["length"] = 12388; }), fds,
@@ -429,7 +435,7 @@ TEST_F(HandoffTest, VersionMismatchKeepsItsCode) {
   }
   EXPECT_EQ(client_status.code(), absl::StatusCode::kFailedPrecondition) << client_status;
   EXPECT_TRUE(absl::StrContains(client_status.message(),
-                                "the VMM speaks version 9, faultline speaks version 1"))
+                                "the VMM speaks version 9, faultline speaks versions 1 to 2"))
       << client_status;
 }
 
@@ -1122,6 +1128,326 @@ TEST(HandoffParse, FuzzStyle) {
   std::string deep = std::string(30000, '[') + std::string(30000, ']');
   EXPECT_FALSE(ParseFirecrackerMessage(deep).ok());
   EXPECT_FALSE(ParseFaultlineHello(deep, 1).ok());
+}
+
+// ---- Version 2 (QEMU 10.2's x-postcopy-external-pager): attach, hello at ADVISE, listen ----
+
+UniqueFd ConnectRaw(const std::string& path) {
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  struct sockaddr_un a = {};
+  a.sun_family = AF_UNIX;
+  snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+  for (int i = 0; i < 200; ++i) {
+    if (connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) return fd;
+    usleep(10000);
+  }
+  return UniqueFd();
+}
+
+std::string FrameOf(const json& m) {
+  std::string body = m.dump();
+  std::string frame(4, '\0');
+  for (int i = 0; i < 4; ++i) frame[i] = static_cast<char>((body.size() >> (8 * i)) & 0xff);
+  return frame + body;
+}
+
+bool SendFrame(int fd, const json& m, absl::Span<const int> fds = {}) {
+  return SendWithFds(fd, FrameOf(m), fds).ok();
+}
+
+// The next framed message (null at EOF).
+json ReadFrameJson(int fd) {
+  unsigned char hdr[4];
+  if (recv(fd, hdr, 4, MSG_WAITALL) != 4) return json();
+  const uint32_t n = hdr[0] | hdr[1] << 8 | hdr[2] << 16 | static_cast<uint32_t>(hdr[3]) << 24;
+  std::string body(n, '\0');
+  if (recv(fd, &body[0], n, MSG_WAITALL) != static_cast<ssize_t>(n)) return json();
+  return json::parse(body, nullptr, false);
+}
+
+json Attach(int version) {
+  return {{"type", "attach"}, {"version", version}, {"vmm", "qemu-10.2.2"}};
+}
+
+TEST_F(HandoffTest, Version2AttachThenHelloThenListen) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  // An attached VMM may hand over much later than a plain one must (post-copy ADVISE).
+  (*server)->set_hello_timeout(absl::Milliseconds(300));
+  json attached, ack;
+  std::atomic<bool> listen_sent{false};
+  JoiningThread vmm([&] {
+    UniqueFd c = ConnectRaw(path_);
+    ASSERT_TRUE(c.valid());
+    ASSERT_TRUE(SendFrame(c.get(), Attach(2)));
+    attached = ReadFrameJson(c.get());
+    absl::SleepFor(absl::Milliseconds(600));  // twice the hello timeout
+    json h = ValidHello();
+    h["version"] = 2;
+    h["start"] = "listen";
+    const int fds[] = {uffd_.get(), memfd_.get()};
+    ASSERT_TRUE(SendFrame(c.get(), h, fds));
+    ack = ReadFrameJson(c.get());
+    absl::SleepFor(absl::Milliseconds(300));
+    ASSERT_TRUE(SendFrame(c.get(), {{"type", "x-unknown"}}));  // skipped
+    listen_sent.store(true);
+    ASSERT_TRUE(SendFrame(c.get(), {{"type", "listen"}}));
+    ReadFrameJson(c.get());  // until faultline hangs up
+  });
+  auto session = (*server)->Accept(absl::Seconds(10), getuid());
+  ASSERT_TRUE(session.ok()) << session.status();
+  HandoffRequest& req = (*session)->request();
+  EXPECT_EQ(req.version, 2u);
+  EXPECT_TRUE(req.attached);
+  EXPECT_TRUE(req.start_on_listen);
+  EXPECT_EQ(Inode(req.regions[0].fd.get()), Inode(memfd_.get()));
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+  absl::Status s = (*session)->WaitListen();
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(listen_sent.load());  // it waited for "listen"
+  EXPECT_FALSE((*session)->PeerClosed());
+  session->reset();
+  vmm.Join();
+  EXPECT_EQ(attached, (json{{"type", "attached"}, {"version", 2}, {"pager", "faultline"}}));
+  EXPECT_EQ(ack, (json{{"type", "ack"}, {"ok", true}}));
+}
+
+TEST_F(HandoffTest, Version2StartNowAndNoAttachIsVersion1) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  json h = ValidHello();
+  h["version"] = 2;  // "start" left out: "now"
+  JoiningThread vmm([&] {
+    const int fds[] = {uffd_.get(), memfd_.get()};
+    auto c = HandoffClient::ConnectWithHello(path_, h.dump(), fds, absl::Seconds(10));
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE((*c)->WaitComplete(absl::Seconds(10)).ok());
+  });
+  auto session = (*server)->Accept(absl::Seconds(10), getuid());
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ((*session)->request().version, 2u);
+  EXPECT_FALSE((*session)->request().attached);
+  EXPECT_FALSE((*session)->request().start_on_listen);
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+  ASSERT_TRUE((*session)->SendComplete(absl::OkStatus(), json::object()).ok());
+}
+
+// The VMM's migration failed or was cancelled in pre-copy: bye, or just gone, before listen.
+TEST_F(HandoffTest, Version2ByeOrCloseBeforeListen) {
+  for (const bool bye : {true, false}) {
+    SCOPED_TRACE(bye ? "bye" : "close");
+    absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    json ack;
+    JoiningThread vmm([&] {
+      UniqueFd c = ConnectRaw(path_);
+      json h = ValidHello();
+      h["version"] = 2;
+      h["start"] = "listen";
+      const int fds[] = {uffd_.get(), memfd_.get()};
+      ASSERT_TRUE(SendFrame(c.get(), h, fds));
+      ack = ReadFrameJson(c.get());
+      absl::SleepFor(absl::Milliseconds(250));
+      if (bye) {
+        ASSERT_TRUE(SendFrame(c.get(), {{"type", "bye"}}));
+        EXPECT_TRUE(ReadFrameJson(c.get()).is_null());  // faultline sends nothing more
+      }
+    });
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_TRUE(session.ok()) << session.status();
+    ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+    absl::Status s = (*session)->WaitListen();
+    EXPECT_EQ(s.code(), bye ? absl::StatusCode::kAborted : absl::StatusCode::kUnavailable) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), bye ? "said bye before \"listen\""
+                                                   : "closed the hand-off connection before "
+                                                     "\"listen\""))
+        << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "failed or was cancelled before post-copy")) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "placed no page")) << s;
+    EXPECT_TRUE((*session)->PeerClosed());
+    EXPECT_EQ((*session)->bye_received(), bye);
+    session->reset();
+    vmm.Join();
+    EXPECT_TRUE(ack.value("ok", false)) << ack.dump();
+  }
+}
+
+TEST_F(HandoffTest, Version2WaitListenEndsOnStop) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::atomic<bool> done{false};
+  JoiningThread vmm([&] {
+    UniqueFd c = ConnectRaw(path_);
+    json h = ValidHello();
+    h["version"] = 2;
+    h["start"] = "listen";
+    const int fds[] = {uffd_.get(), memfd_.get()};
+    ASSERT_TRUE(SendFrame(c.get(), h, fds));
+    ReadFrameJson(c.get());  // the ack; then a long pre-copy
+    while (!done.load()) absl::SleepFor(absl::Milliseconds(10));
+  });
+  auto session = (*server)->Accept(absl::Seconds(10), getuid());
+  ASSERT_TRUE(session.ok()) << session.status();
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+  const absl::Time t0 = absl::Now();
+  absl::Status s =
+      (*session)->WaitListen([&] { return absl::Now() - t0 > absl::Milliseconds(300); });
+  done.store(true);
+  EXPECT_TRUE(absl::IsCancelled(s)) << s;
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+}
+
+TEST_F(HandoffTest, Version2HelloRightBehindItsAttach) {
+  // Attach and hello in one write burst: the hello's fds are the hello's, not the attach's.
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  JoiningThread vmm([&] {
+    UniqueFd c = ConnectRaw(path_);
+    json h = ValidHello();
+    h["version"] = 2;
+    ASSERT_TRUE(SendFrame(c.get(), Attach(2)));
+    const int fds[] = {uffd_.get(), memfd_.get()};
+    ASSERT_TRUE(SendFrame(c.get(), h, fds));
+    EXPECT_EQ(ReadFrameJson(c.get()).value("type", ""), "attached");
+    EXPECT_TRUE(ReadFrameJson(c.get()).value("ok", false));
+  });
+  absl::SleepFor(absl::Milliseconds(100));  // both messages are queued before faultline reads
+  auto session = (*server)->Accept(absl::Seconds(10), getuid());
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_TRUE((*session)->request().attached);
+  ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+}
+
+TEST_F(HandoffTest, Version2WaitForHelloAfterAttachEndsOnStop) {
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::atomic<bool> done{false};
+  json attached, reply;
+  JoiningThread vmm([&] {
+    UniqueFd c = ConnectRaw(path_);
+    ASSERT_TRUE(SendFrame(c.get(), Attach(2)));
+    attached = ReadFrameJson(c.get());
+    reply = ReadFrameJson(c.get());  // faultline stops: its refusal
+  });
+  absl::StatusOr<AcceptedConnection> conn;
+  for (int i = 0; i < 500 && !conn.ok(); ++i) {
+    conn = (*server)->AcceptConnection();
+    if (!conn.ok()) absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  const absl::Time t0 = absl::Now();
+  auto session =
+      HandoffSession::Open(std::move(*conn), absl::Now() + absl::Milliseconds(100), nullptr,
+                           [&] { return absl::Now() - t0 > absl::Milliseconds(400); });
+  ASSERT_FALSE(session.ok());
+  EXPECT_TRUE(absl::IsCancelled(session.status())) << session.status();  // not the 100 ms
+  EXPECT_GE(absl::Now() - t0, absl::Milliseconds(400));
+  vmm.Join();
+  EXPECT_EQ(attached.value("type", ""), "attached");
+  EXPECT_FALSE(reply.value("ok", true)) << reply.dump();
+  EXPECT_EQ(reply.value("code", ""), "CANCELLED") << reply.dump();
+}
+
+TEST_F(HandoffTest, Version2Refusals) {
+  struct Case {
+    const char* name;
+    std::vector<json> messages;  // the last one carries {uffd_, memfd_} when it is a hello
+    const char* error;
+    const char* code;
+  };
+  json h2 = ValidHello();
+  h2["version"] = 2;
+  json h3 = ValidHello();
+  h3["version"] = 3;
+  json resume_listen = h2;
+  resume_listen["resume"] = true;
+  resume_listen["start"] = "listen";
+  std::vector<Case> cases = {
+      {"hello of version 3",
+       {h3},
+       "the VMM speaks version 3, faultline speaks versions 1 to 2",
+       "FAILED_PRECONDITION"},
+      {"attach of version 3",
+       {Attach(3)},
+       "the VMM speaks version 3, faultline speaks versions 1 to 2",
+       "FAILED_PRECONDITION"},
+      {"attach of version 1", {Attach(1)}, "version 1 has no attach", "FAILED_PRECONDITION"},
+      {"version 1 hello after an attach",
+       {Attach(2), ValidHello()},
+       "hello: version 1 after an attach of version 2",
+       "INVALID_ARGUMENT"},
+      {"two attaches",
+       {Attach(2), Attach(2)},
+       "expected a hello message first, got type \"attach\"",
+       "INVALID_ARGUMENT"},
+      {"resume with start listen",
+       {resume_listen},
+       "\"resume\" with \"start\":\"listen\"",
+       "INVALID_ARGUMENT"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const int before = CountFds();
+    absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    json reply;
+    {
+      JoiningThread vmm([&] {
+        UniqueFd fd = ConnectRaw(path_);
+        for (const json& m : c.messages) {
+          if (m.value("type", "") == "hello") {
+            const int fds[] = {uffd_.get(), memfd_.get()};
+            ASSERT_TRUE(SendFrame(fd.get(), m, fds));
+          } else {
+            ASSERT_TRUE(SendFrame(fd.get(), m));
+          }
+          reply = ReadFrameJson(fd.get());
+          if (reply.value("type", "") != "attached") break;
+        }
+      });
+      auto session = (*server)->Accept(absl::Seconds(10), getuid());
+      ASSERT_FALSE(session.ok());
+    }
+    EXPECT_EQ(reply.value("type", ""), "ack") << reply.dump();
+    EXPECT_FALSE(reply.value("ok", true));
+    EXPECT_TRUE(absl::StrContains(reply.value("error", ""), c.error)) << reply.dump();
+    EXPECT_EQ(reply.value("code", ""), c.code) << reply.dump();
+    server->reset();
+    EXPECT_EQ(CountFds(), before);  // every fd received was closed
+  }
+}
+
+TEST_F(HandoffTest, AttachWithFdsIsRefusedAndLeaksNone) {
+  const int before = CountFds();
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  json reply;
+  {
+    JoiningThread vmm([&] {
+      UniqueFd c = ConnectRaw(path_);
+      const int fds[] = {memfd_.get()};
+      ASSERT_TRUE(SendFrame(c.get(), Attach(2), fds));
+      reply = ReadFrameJson(c.get());
+    });
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_FALSE(session.ok());
+  }
+  EXPECT_TRUE(absl::StrContains(reply.value("error", ""), "attach: carries 1 fds")) << reply.dump();
+  server->reset();
+  EXPECT_EQ(CountFds(), before);
+}
+
+TEST(HandoffParse, Attach) {
+  EXPECT_EQ(*ParseFaultlineAttach(R"({"type":"attach","version":2})", 0), 2u);
+  EXPECT_EQ(*ParseFaultlineAttach(R"({"type":"attach","version":2,"vmm":"q","x":1})", 0), 2u);
+  EXPECT_FALSE(ParseFaultlineAttach(R"({"type":"attach","version":"2"})", 0).ok());
+  EXPECT_FALSE(ParseFaultlineAttach(R"({"type":"attach"})", 0).ok());
+  EXPECT_FALSE(ParseFaultlineAttach(R"({"type":"attach","version":2,"vmm":""})", 0).ok());
+  EXPECT_FALSE(ParseFaultlineAttach(R"({"type":"hello","version":2})", 0).ok());
+  EXPECT_FALSE(ParseFaultlineAttach(R"([1])", 0).ok());
+  EXPECT_FALSE(ParseFaultlineAttach("{", 0).ok());
+  EXPECT_EQ(ParseFaultlineAttach(R"({"type":"attach","version":3})", 0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
