@@ -67,7 +67,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -76,7 +75,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "qemu-integration", "qemu"))
-from harness import free_port, read, wait_for  # noqa: E402  (helpers shared by the drivers)
+from harness import free_port, pager_connection, read, wait_for  # noqa: E402  (helpers shared by the drivers)
 from qmp import Qmp  # noqa: E402  (the shared QMP client)
 
 MAILBOX_GPA = 0x5000
@@ -533,8 +532,7 @@ def run_qemu(args, work, cell, huge):
         spawn("dst-qemu", qemu_argv("dst", dst_ram, extra))
         dst = EventQmp(os.path.join(work, "dst.qmp"))
         if pager and fd_interface:
-            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            c.connect(sock)
+            c = pager_connection(sock, "qemu-10.2")
             dst.getfd("pager", c.fileno())
             c.close()
             dst.ok("migrate-set-parameters", **{"x-postcopy-external-pager-fd": "pager"})

@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qmp import Qmp  # noqa: E402  (the shared QMP client)
-from harness import free_port, read, wait_for  # noqa: E402
+from harness import free_port, pager_connection, read, wait_for  # noqa: E402
 
 PAGE = 4096
 MAILBOX_GPA = 0x5000
@@ -129,6 +128,10 @@ def main():
     procs = []
     result = {}
 
+    def qfile(name):
+        """A QEMU's serial file or QMP socket: the unprivileged destination's in its own dir."""
+        return os.path.join(pub if a.dest_user and name.startswith('dst') else work, name)
+
     def spawn(name, argv):
         if name == 'dst-qemu' and a.dest_user:
             argv = ['setpriv', '--reuid=' + a.dest_user, '--regid=%d' % pw.pw_gid,
@@ -145,8 +148,8 @@ def main():
                 '-object', 'memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on%s'
                 % (a.size_mib, ram, prealloc),
                 '-machine', 'pc,memory-backend=mem', '-kernel', a.guest,
-                '-serial', 'file:' + os.path.join(work, name + '.serial'),
-                '-qmp', 'unix:%s,server=on,wait=off' % os.path.join(work, name + '.qmp')]
+                '-serial', 'file:' + qfile(name + '.serial'),
+                '-qmp', 'unix:%s,server=on,wait=off' % qfile(name + '.qmp')]
         if a.accel == 'tcg':
             argv[argv.index('-m'):argv.index('-m')] = ['-cpu', 'max']
         for fw in a.firmware:
@@ -154,6 +157,7 @@ def main():
         return argv + extra
 
     uffd_dev_restore = None
+    pub = None
     if a.dest_user:
         import pwd
         pw = pwd.getpwnam(a.dest_user)
@@ -170,7 +174,7 @@ def main():
             shutil.copy(getattr(a, attr), dst_copy)
             os.chmod(dst_copy, 0o755)
             setattr(a, attr, dst_copy)
-        os.chmod(work, 0o777)  # its serial file and QMP socket
+        os.chmod(pub, 0o777)  # its serial file and QMP socket (work may be out of its reach)
         st = os.stat('/dev/userfaultfd')
         uffd_dev_restore = (st.st_mode & 0o7777, st.st_gid)
         os.chown('/dev/userfaultfd', -1, pw.pw_gid)
@@ -222,7 +226,7 @@ def main():
             spawn('dst-qemu', qemu_argv('dst', dst_ram, [
                 '-incoming', 'defer',
                 '-global', 'migration.x-postcopy-external-pager-socket=' + sock]))
-        dst = Qmp(os.path.join(work, 'dst.qmp'))
+        dst = Qmp(qfile('dst.qmp'))
         caps = [{'capability': c, 'state': True} for c in cap_names]
         if fd_interface:
             # The pager's connection: management connects and passes it with getfd; the
@@ -237,8 +241,7 @@ def main():
                 raise RuntimeError('a pipe was accepted as the pager connection')
             print('refused a pipe as the pager connection: %s' % e['error']['desc'], flush=True)
             if not a.no_pager:
-                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                c.connect(sock)
+                c = pager_connection(sock, 'qemu-' + qver)
                 dst.getfd('pager', c.fileno())
                 c.close()
                 dst.ok('migrate-set-parameters', **{'x-postcopy-external-pager-fd': 'pager'})
@@ -275,7 +278,7 @@ def main():
                      120, 'the destination to refuse')
             time.sleep(1)
             err = [l for l in read(dlog).splitlines() if 'external-pager' in l]
-            ran = 'phase=' in read(os.path.join(work, 'dst.serial'))
+            ran = 'phase=' in read(qfile('dst.serial'))
             # The destination checks the pager at ADVISE, the first command in the stream:
             # the migration must fail while it is still pre-copy, the source guest running.
             try:
@@ -345,10 +348,10 @@ def main():
         time.sleep(a.run_after)
         # A touch phase prints its line when it ends: under this machine's emulated KVM one
         # phase of 16384 touches takes ~3 s, longer than run_after — wait for the first one.
-        wait_for(lambda: 'phase=' in read(os.path.join(work, 'dst.serial')), 120,
+        wait_for(lambda: 'phase=' in read(qfile('dst.serial')), 120,
                  'the guest to finish a touch phase on the destination')
         dst.ok('stop')
-        dserial = read(os.path.join(work, 'dst.serial'))
+        dserial = read(qfile('dst.serial'))
         guest_lines = [l for l in dserial.splitlines() if 'phase=' in l]
         guest_bad = sum(int(x) for x in re.findall(r' bad=(\d+)', dserial))
         # dst.serial is the destination QEMU's own file: every line in it was printed there
@@ -416,6 +419,8 @@ def main():
                 print('  [%s] %s' % (name, l))
         return 1
     finally:
+        if pub:
+            shutil.rmtree(pub, ignore_errors=True)
         if uffd_dev_restore:
             os.chmod('/dev/userfaultfd', uffd_dev_restore[0])
             os.chown('/dev/userfaultfd', -1, uffd_dev_restore[1])
