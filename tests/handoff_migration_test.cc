@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -26,14 +27,16 @@ std::string SocketPath(const char* name) {
   return absl::StrCat("/tmp/faultline-test-", name, "-", getpid(), ".sock");
 }
 
-// faultline's side, on a thread: accept one VMM, serve it from `src`.
+// faultline's side, on a thread: accept one VMM, serve it from `src` (with `tweak`'s changes to
+// the run's options, when given).
 class FaultlineSide {
  public:
-  FaultlineSide(const std::string& path, TestSource* src) {
+  FaultlineSide(const std::string& path, TestSource* src,
+                std::function<void(HandoffRunOptions&)> tweak = nullptr) {
     auto server = HandoffServer::Listen(path);
     EXPECT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
-    thread_ = std::thread([this, src] {
+    thread_ = std::thread([this, src, tweak = std::move(tweak)] {
       auto session = server_->Accept(absl::Seconds(20), getuid());
       if (!session.ok()) {
         status_ = session.status();
@@ -41,6 +44,7 @@ class FaultlineSide {
       }
       HandoffRunOptions ho;
       ho.source = src->options();
+      if (tweak) tweak(ho);
       status_ = RunHandoff(**session, ho, &stats_);
     });
   }
@@ -180,6 +184,16 @@ std::string Version2Hello(const GuestRegion& ram, const Userfaultfd& uffd) {
       .dump();
 }
 
+// The VMM's version 2 hand-off: `ram` (memfd) registered MISSING|MINOR on `uffd`, the hello sent,
+// faultline's ack read.
+absl::StatusOr<std::unique_ptr<HandoffClient>> HandOverVersion2(const std::string& path,
+                                                                GuestRegion& ram,
+                                                                Userfaultfd& uffd) {
+  if (absl::Status s = uffd.Register(ram.base(), ram.size(), true, true); !s.ok()) return s;
+  const int fds[] = {uffd.fd(), ram.fd()};
+  return HandoffClient::ConnectWithHello(path, Version2Hello(ram, uffd), fds, absl::Seconds(20));
+}
+
 // Whether the memfd holds any data (a placed page, or a stale one).
 bool HoldsData(int fd) { return lseek(fd, 0, SEEK_DATA) >= 0; }
 
@@ -202,10 +216,7 @@ TEST(HandoffMigration, Version2PlacesNothingBeforeListen) {
   ASSERT_TRUE(HoldsData((*ram)->fd()));
   auto uffd = Userfaultfd::Open();
   ASSERT_TRUE(uffd.ok());
-  ASSERT_TRUE(uffd->Register((*ram)->base(), kV2Size, true, true).ok());
-  const int fds[] = {uffd->fd(), (*ram)->fd()};
-  auto client =
-      HandoffClient::ConnectWithHello(path, Version2Hello(**ram, *uffd), fds, absl::Seconds(20));
+  auto client = HandOverVersion2(path, **ram, *uffd);
   ASSERT_TRUE(client.ok()) << client.status();
   // Acknowledged: the stale pages are gone already (before the switch-over, not in it)...
   EXPECT_FALSE(HoldsData((*ram)->fd()));
@@ -244,10 +255,7 @@ TEST(HandoffMigration, Version2EndedBeforeListenPlacesNothing) {
     ASSERT_TRUE(ram.ok());
     auto uffd = Userfaultfd::Open();
     ASSERT_TRUE(uffd.ok());
-    ASSERT_TRUE(uffd->Register((*ram)->base(), kV2Size, true, true).ok());
-    const int fds[] = {uffd->fd(), (*ram)->fd()};
-    auto client =
-        HandoffClient::ConnectWithHello(path, Version2Hello(**ram, *uffd), fds, absl::Seconds(20));
+    auto client = HandOverVersion2(path, **ram, *uffd);
     ASSERT_TRUE(client.ok()) << client.status();
     absl::SleepFor(absl::Milliseconds(200));
     if (bye) {
@@ -275,30 +283,19 @@ TEST(HandoffMigration, Version2CancelledBeforeListen) {
   auto src = TestSource::Start(kV2Size, 4096);
   ASSERT_TRUE(src.ok()) << src.status();
   const std::string path = SocketPath("v2cancel");
-  auto server = HandoffServer::Listen(path);
-  ASSERT_TRUE(server.ok()) << server.status();
-  absl::Status served;
-  std::thread t([&] {
-    auto session = (*server)->Accept(absl::Seconds(20), getuid());
-    ASSERT_TRUE(session.ok()) << session.status();
-    HandoffRunOptions ho;
-    ho.source = (*src)->options();
+  FaultlineSide faultline(path, src->get(), [](HandoffRunOptions& ho) {
     ho.on_engine = [](Engine* e) {
       if (e != nullptr) e->Cancel();  // as Migration::Cancel does
     };
-    served = RunHandoff(**session, ho);
   });
   auto ram = GuestRegion::Create("ram", RegionKind::kMemfd, kV2Size);
   ASSERT_TRUE(ram.ok());
   auto uffd = Userfaultfd::Open();
   ASSERT_TRUE(uffd.ok());
-  ASSERT_TRUE(uffd->Register((*ram)->base(), kV2Size, true, true).ok());
-  const int fds[] = {uffd->fd(), (*ram)->fd()};
-  auto client =
-      HandoffClient::ConnectWithHello(path, Version2Hello(**ram, *uffd), fds, absl::Seconds(20));
+  auto client = HandOverVersion2(path, **ram, *uffd);
   ASSERT_TRUE(client.ok()) << client.status();
   auto complete = (*client)->WaitComplete(absl::Seconds(10));
-  t.join();
+  absl::Status served = faultline.Join();
   EXPECT_TRUE(absl::IsCancelled(served)) << served;
   EXPECT_TRUE(absl::IsCancelled(complete.status())) << complete.status();
   EXPECT_FALSE(HoldsData((*ram)->fd()));

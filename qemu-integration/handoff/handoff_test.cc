@@ -137,6 +137,14 @@ class HandoffTest : public ::testing::Test {
             {"anon", anon_addr(), kAnonSize, 4096, MemoryKind::kAnonymous, -1, 0}};
   }
 
+  // QEMU 10.2's hello at post-copy ADVISE (version 2, no page before "listen"), same fds.
+  json ListenHello() const {
+    json h = ValidHello();
+    h["version"] = 2;
+    h["start"] = "listen";
+    return h;
+  }
+
   // A valid hello for fds {uffd_, memfd_}.
   json ValidHello() const {
     return json{{"type", "hello"},
@@ -1182,11 +1190,8 @@ TEST_F(HandoffTest, Version2AttachThenHelloThenListen) {
     ASSERT_TRUE(SendFrame(c.get(), Attach(2)));
     attached = ReadFrameJson(c.get());
     absl::SleepFor(absl::Milliseconds(600));  // twice the hello timeout
-    json h = ValidHello();
-    h["version"] = 2;
-    h["start"] = "listen";
     const int fds[] = {uffd_.get(), memfd_.get()};
-    ASSERT_TRUE(SendFrame(c.get(), h, fds));
+    ASSERT_TRUE(SendFrame(c.get(), ListenHello(), fds));
     ack = ReadFrameJson(c.get());
     absl::SleepFor(absl::Milliseconds(300));
     ASSERT_TRUE(SendFrame(c.get(), {{"type", "x-unknown"}}));  // skipped
@@ -1241,11 +1246,8 @@ TEST_F(HandoffTest, Version2ByeOrCloseBeforeListen) {
     json ack;
     JoiningThread vmm([&] {
       UniqueFd c = ConnectRaw(path_);
-      json h = ValidHello();
-      h["version"] = 2;
-      h["start"] = "listen";
       const int fds[] = {uffd_.get(), memfd_.get()};
-      ASSERT_TRUE(SendFrame(c.get(), h, fds));
+      ASSERT_TRUE(SendFrame(c.get(), ListenHello(), fds));
       ack = ReadFrameJson(c.get());
       absl::SleepFor(absl::Milliseconds(250));
       if (bye) {
@@ -1278,11 +1280,8 @@ TEST_F(HandoffTest, Version2WaitListenEndsOnStop) {
   std::atomic<bool> done{false};
   JoiningThread vmm([&] {
     UniqueFd c = ConnectRaw(path_);
-    json h = ValidHello();
-    h["version"] = 2;
-    h["start"] = "listen";
     const int fds[] = {uffd_.get(), memfd_.get()};
-    ASSERT_TRUE(SendFrame(c.get(), h, fds));
+    ASSERT_TRUE(SendFrame(c.get(), ListenHello(), fds));
     ReadFrameJson(c.get());  // the ack; then a long pre-copy
     while (!done.load()) absl::SleepFor(absl::Milliseconds(10));
   });
@@ -1355,13 +1354,10 @@ TEST_F(HandoffTest, Version2Refusals) {
     const char* error;
     const char* code;
   };
-  json h2 = ValidHello();
-  h2["version"] = 2;
   json h3 = ValidHello();
   h3["version"] = 3;
-  json resume_listen = h2;
+  json resume_listen = ListenHello();
   resume_listen["resume"] = true;
-  resume_listen["start"] = "listen";
   std::vector<Case> cases = {
       {"hello of version 3",
        {h3},
