@@ -75,7 +75,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "qemu-integration", "qemu"))
-from harness import free_port, pager_connection, read, wait_for  # noqa: E402  (helpers shared by the drivers)
+from harness import free_port, give_pager, read, wait_for  # noqa: E402  (helpers shared by the drivers)
 from qmp import Qmp  # noqa: E402  (the shared QMP client)
 
 MAILBOX_GPA = 0x5000
@@ -179,23 +179,10 @@ class EventQmp(Qmp):
         self.events = []
         super().__init__(path, **kw)
 
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.f.write(json.dumps(msg) + "\n")
-        self.f.flush()
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise RuntimeError("%s: QEMU closed the QMP connection" % name)
-            r = json.loads(line)
-            if "event" in r:
-                ts = r.get("timestamp") or {}
-                self.events.append((r["event"], ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6,
-                                    r.get("data")))
-                continue
-            return r
+    def event(self, r):
+        ts = r.get("timestamp") or {}
+        self.events.append((r["event"], ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6,
+                            r.get("data")))
 
     def first_event(self, name, after):
         return next((t for e, t, _ in self.events if e == name and t >= after), None)
@@ -532,10 +519,7 @@ def run_qemu(args, work, cell, huge):
         spawn("dst-qemu", qemu_argv("dst", dst_ram, extra))
         dst = EventQmp(os.path.join(work, "dst.qmp"))
         if pager and fd_interface:
-            c = pager_connection(sock, "qemu-10.2")
-            dst.getfd("pager", c.fileno())
-            c.close()
-            dst.ok("migrate-set-parameters", **{"x-postcopy-external-pager-fd": "pager"})
+            give_pager(dst, sock, "qemu-10.2")
         dcaps = caps + (["postcopy-blocktime"] if sc.get("blocktime") else [])
         dst.ok("migrate-set-capabilities",
                capabilities=[{"capability": c, "state": True} for c in dcaps])

@@ -33,6 +33,16 @@ def wait_for(pred, timeout, what, interval=0.05):
     raise TimeoutError('timed out (%d s) waiting for %s' % (timeout, what))
 
 
+def _recv_exact(s, n, what):
+    data = b''
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise RuntimeError('faultline closed the hand-off connection %s' % what)
+        data += chunk
+    return data
+
+
 def pager_connection(path, vmm, timeout=30):
     """A connection to faultline's hand-off socket for a QEMU that will get it with getfd.
 
@@ -46,21 +56,20 @@ def pager_connection(path, vmm, timeout=30):
     s.connect(path)
     body = json.dumps({'type': 'attach', 'version': 2, 'vmm': vmm}).encode()
     s.sendall(struct.pack('<I', len(body)) + body)
-    hdr = b''
-    while len(hdr) < 4:
-        chunk = s.recv(4 - len(hdr))
-        if not chunk:
-            raise RuntimeError('faultline closed the hand-off connection after attach')
-        hdr += chunk
-    n = struct.unpack('<I', hdr)[0]
-    data = b''
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise RuntimeError('faultline closed the hand-off connection after attach')
-        data += chunk
-    reply = json.loads(data)
+    n = struct.unpack('<I', _recv_exact(s, 4, 'after attach'))[0]
+    reply = json.loads(_recv_exact(s, n, 'after attach'))
     if reply.get('type') != 'attached':
         raise RuntimeError('faultline answered attach with %s' % reply)
     s.settimeout(None)
     return s
+
+
+def give_pager(qmp, path, vmm):
+    """The QEMU 10.2 series' destination gets its pager: a connection to faultline's socket
+    (attached), passed with getfd, named in the x-postcopy-external-pager-fd parameter."""
+    c = pager_connection(path, vmm)
+    try:
+        qmp.getfd('pager', c.fileno())
+    finally:
+        c.close()
+    qmp.ok('migrate-set-parameters', **{'x-postcopy-external-pager-fd': 'pager'})

@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qmp import Qmp  # noqa: E402  (the shared QMP client)
-from harness import free_port, pager_connection, read, wait_for  # noqa: E402
+from harness import free_port, give_pager, read, wait_for  # noqa: E402
 
 PAGE = 4096
 MAILBOX_GPA = 0x5000
@@ -241,10 +241,7 @@ def main():
                 raise RuntimeError('a pipe was accepted as the pager connection')
             print('refused a pipe as the pager connection: %s' % e['error']['desc'], flush=True)
             if not a.no_pager:
-                c = pager_connection(sock, 'qemu-' + qver)
-                dst.getfd('pager', c.fileno())
-                c.close()
-                dst.ok('migrate-set-parameters', **{'x-postcopy-external-pager-fd': 'pager'})
+                give_pager(dst, sock, 'qemu-' + qver)
         # migrate_caps_check refuses impossible combinations, with reasons:
         for bad in (['x-postcopy-external-pager'],
                     ['postcopy-ram', 'x-postcopy-external-pager'],

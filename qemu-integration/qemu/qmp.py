@@ -35,33 +35,34 @@ class Qmp:
             msg['arguments'] = args
         self.f.write(json.dumps(msg) + '\n')
         self.f.flush()
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise RuntimeError('%s: QEMU closed the QMP connection' % name)
-            r = json.loads(line)
-            if 'event' in r:
-                continue
-            return r
+        return self._reply(name)
 
     def getfd(self, fdname, fd):
         """Passes `fd` to QEMU under `fdname` (QMP getfd, the fd as SCM_RIGHTS)."""
         msg = json.dumps({'execute': 'getfd', 'arguments': {'fdname': fdname}}) + '\n'
         self.f.flush()
         socket.send_fds(self.s, [msg.encode()], [fd])
+        return self._ok('getfd', self._reply('getfd'))
+
+    def ok(self, name, **args):
+        return self._ok(name, self.cmd(name, **args))
+
+    def event(self, r):
+        """Called with each event read while waiting for a reply; ignored here."""
+
+    def _reply(self, name):
         while True:
             line = self.f.readline()
             if not line:
-                raise RuntimeError('getfd: QEMU closed the QMP connection')
+                raise RuntimeError('%s: QEMU closed the QMP connection' % name)
             r = json.loads(line)
             if 'event' in r:
+                self.event(r)
                 continue
-            if 'error' in r:
-                raise RuntimeError('getfd: %s' % r['error']['desc'])
-            return r['return']
+            return r
 
-    def ok(self, name, **args):
-        r = self.cmd(name, **args)
+    @staticmethod
+    def _ok(name, r):
         if 'error' in r:
             raise RuntimeError('%s: %s' % (name, r['error']['desc']))
         return r['return']
