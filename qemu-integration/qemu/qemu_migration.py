@@ -168,7 +168,6 @@ def main():
                 return 1
         # The user's own copies: /root is not reachable for it.
         pub = tempfile.mkdtemp(prefix='faultline-qemu-user-')
-        os.chmod(pub, 0o755)
         for attr in ('qemu', 'guest'):
             dst_copy = os.path.join(pub, os.path.basename(getattr(a, attr)))
             shutil.copy(getattr(a, attr), dst_copy)
@@ -326,9 +325,9 @@ def main():
                   'userfaultfds came from /dev/userfaultfd' % (uids, a.dest_user), flush=True)
             if int(uids) == 0:
                 raise RuntimeError('the destination QEMU runs as root')
-        pager_info = dst.ok('query-migrate').get('x-external-pager')
         if fd_interface:
             # QEMU's own view of the pager (query-migrate on the destination).
+            pager_info = dst.ok('query-migrate').get('x-external-pager')
             print('destination query-migrate x-external-pager: %s' % json.dumps(pager_info),
                   flush=True)
             if (not pager_info or pager_info.get('status') != 'completed' or
