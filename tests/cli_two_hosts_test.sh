@@ -9,6 +9,24 @@ if [[ ! -r /dev/userfaultfd && $(id -u) -ne 0 ]]; then
   echo "SKIP: userfaultfd needs root here"; exit 0
 fi
 fail() { echo "FAIL: $*"; exit 1; }
+# Starts `faultline source` (its arguments after the log file) on a random port; sets PORT and
+# SRC once it serves. Another port when it exits first (one in use by a test running beside
+# this one); up to 30 s per try (a sanitizer build on a busy machine starts slowly).
+start_source() {
+  local log=$1; shift
+  for _ in 1 2 3 4 5; do
+    PORT=$((20000 + RANDOM % 20000))
+    "$BIN" source --listen=127.0.0.1:$PORT "$@" > "$log" 2>&1 &
+    SRC=$!
+    for _ in $(seq 300); do
+      grep -q serving "$log" && return 0
+      kill -0 $SRC 2> /dev/null || break
+      sleep 0.1
+    done
+    kill $SRC 2> /dev/null; wait $SRC 2> /dev/null
+  done
+  cat "$log"; fail "faultline source did not start serving"
+}
 HELP=$("$BIN" --help 2>&1); [[ "$HELP" == *"faultline source"* ]] || fail "--help does not explain source"
 
 RAM="$TEST_TMPDIR/vm-ram"
@@ -16,11 +34,8 @@ RAM="$TEST_TMPDIR/vm-ram"
 head -c $((24 << 20)) /dev/urandom > "$RAM"
 truncate -s $((32 << 20)) "$RAM"
 TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-PORT=$((20000 + RANDOM % 20000))
 
-"$BIN" source --listen=127.0.0.1:$PORT --token=$TOKEN --region=ram=$RAM > "$TEST_TMPDIR/src.log" 2>&1 &
-SRC=$!
-for _ in $(seq 50); do grep -q serving "$TEST_TMPDIR/src.log" && break; sleep 0.1; done
+start_source "$TEST_TMPDIR/src.log" --token=$TOKEN --region=ram=$RAM
 
 BAD=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 if "$BIN" dest --connect=127.0.0.1:$PORT --token=$BAD --kind=anon --progress=false \
@@ -57,24 +72,20 @@ for who in source dest; do
     -days 1 -extfile <(printf "subjectAltName=IP:127.0.0.1,DNS:localhost\n") \
     -out "$PKI/$who.crt" 2>> "$PKI/log" || { cat "$PKI/log"; fail "openssl x509 ($who)"; }
 done
-PORT2=$((PORT + 1))
-"$BIN" source --listen=127.0.0.1:$PORT2 --token=$TOKEN --region=ram=$RAM \
-  --tls_cert="$PKI/source.crt" --tls_key="$PKI/source.key" --tls_ca="$PKI/ca.crt" \
-  > "$TEST_TMPDIR/tls-src.log" 2>&1 &
-SRC=$!
-for _ in $(seq 50); do grep -q serving "$TEST_TMPDIR/tls-src.log" && break; sleep 0.1; done
+start_source "$TEST_TMPDIR/tls-src.log" --token=$TOKEN --region=ram=$RAM \
+  --tls_cert="$PKI/source.crt" --tls_key="$PKI/source.key" --tls_ca="$PKI/ca.crt"
 grep -q "TLS 1.3, client certificates required" "$TEST_TMPDIR/tls-src.log" || fail "source does not say it serves mutual TLS"
-if timeout 20 "$BIN" dest --connect=127.0.0.1:$PORT2 --token=$TOKEN --kind=anon --progress=false \
+if timeout 20 "$BIN" dest --connect=127.0.0.1:$PORT --token=$TOKEN --kind=anon --progress=false \
     > "$TEST_TMPDIR/tls-plain.log" 2>&1; then
   fail "a plain destination was accepted by a TLS source"
 fi
 grep -q "requires TLS" "$TEST_TMPDIR/tls-plain.log" || { cat "$TEST_TMPDIR/tls-plain.log"; fail "no clear message for plain vs TLS"; }
-if timeout 20 "$BIN" dest --connect=127.0.0.1:$PORT2 --token=$TOKEN --kind=anon --progress=false \
+if timeout 20 "$BIN" dest --connect=127.0.0.1:$PORT --token=$TOKEN --kind=anon --progress=false \
     --tls_ca="$PKI/ca.crt" > "$TEST_TMPDIR/tls-nocert.log" 2>&1; then
   fail "a destination without a client certificate was accepted"
 fi
 grep -q "certificate required" "$TEST_TMPDIR/tls-nocert.log" || { cat "$TEST_TMPDIR/tls-nocert.log"; fail "no clear message for a missing client certificate"; }
-timeout 120 "$BIN" dest --connect=127.0.0.1:$PORT2 --token=$TOKEN --kind=memfd --progress=false \
+timeout 120 "$BIN" dest --connect=127.0.0.1:$PORT --token=$TOKEN --kind=memfd --progress=false \
   --touches=2000 --tls_ca="$PKI/ca.crt" --tls_cert="$PKI/dest.crt" --tls_key="$PKI/dest.key" \
   > "$TEST_TMPDIR/tls-dest.log" 2>&1
 RC=$?
