@@ -31,7 +31,9 @@ class WpDirtyTracker : public DirtyTracker {
     uint32_t page_size = 4096;  // the page server region's page size
   };
   // Range i is the page server's region i. `stop_writers` (final Collect) stops every writer
-  // for good; `switched` (optional) runs on Switched().
+  // for good and returns only when none can write any more (join it; a flag alone leaves a
+  // writer past its check free to write after the final scan); `switched` (optional) runs on
+  // Switched().
   static absl::StatusOr<std::unique_ptr<WpDirtyTracker>> Create(
       std::vector<Range> ranges, std::function<void()> stop_writers,
       std::function<void()> switched = nullptr);

@@ -70,14 +70,21 @@ TEST(WpDirtyTracker, NoWriteIsLostWhileAWriterRuns) {
   Memfd m;
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> written_after{0};
+  std::thread writer;
+  // The contract: the final Collect's stop_writers returns only once no writer can write any
+  // more. Setting the flag alone is not that — a writer past its check still writes after the
+  // final scan (seen under TSan, where the window is wide).
   absl::StatusOr<std::unique_ptr<WpDirtyTracker>> t =
-      WpDirtyTracker::Create({{m.base, kPages * 4096, 4096}}, [&] { stop = true; });
+      WpDirtyTracker::Create({{m.base, kPages * 4096, 4096}}, [&] {
+        stop = true;
+        if (writer.joinable()) writer.join();
+      });
   if (absl::IsUnimplemented(t.status())) GTEST_SKIP() << t.status();
   ASSERT_TRUE(t.ok()) << t.status();
   // The writer records, per page, the generation it last wrote; a collection that ends after a
   // write must report that page in it or a later one.
   std::vector<std::atomic<uint64_t>> last_write(kPages);
-  std::thread writer([&] {
+  writer = std::thread([&] {
     uint64_t x = 88172645463325252ull, gen = 0;
     while (!stop.load()) {
       x ^= x << 13;
@@ -90,6 +97,14 @@ TEST(WpDirtyTracker, NoWriteIsLostWhileAWriterRuns) {
       written_after.fetch_add(1);
     }
   });
+  struct JoinOnExit {  // a failed ASSERT below must not leave the writer running
+    std::atomic<bool>& stop;
+    std::thread& writer;
+    ~JoinOnExit() {
+      stop = true;
+      if (writer.joinable()) writer.join();
+    }
+  } join_on_exit{stop, writer};
   std::set<uint64_t> reported;
   std::vector<PageRange> out;
   for (int round = 0; round < 50; ++round) {
@@ -99,8 +114,8 @@ TEST(WpDirtyTracker, NoWriteIsLostWhileAWriterRuns) {
     usleep(200);
   }
   out.clear();
-  ASSERT_TRUE((*t)->Collect(true, &out).ok());  // stops the writer first
-  writer.join();
+  ASSERT_TRUE((*t)->Collect(true, &out).ok());  // stops (joins) the writer first
+  ASSERT_FALSE(writer.joinable());
   for (uint64_t p : Pages(out)) reported.insert(p);
   ASSERT_GT(written_after.load(), 0u);
   for (uint64_t p = 0; p < kPages; ++p) {
