@@ -458,6 +458,10 @@ def run_qemu(args, work, cell, huge):
         if sc["bin"] != "qemu72":  # a source build has no firmware of its own
             for fw in QEMU_FIRMWARE:
                 argv += ["-L", fw]
+        if args.qemu_trace:  # QEMU's trace events with timestamps, in <work>/<name>.log
+            argv += ["-msg", "timestamp=on"]
+            for ev in args.qemu_trace.split(","):
+                argv += ["-trace", ev]
         return argv + extra
 
     def alive():
@@ -1217,6 +1221,10 @@ def main():
                     help="multifd-channels of the *-mfd scenarios")
     ap.add_argument("--faultline-label", default="",
                     help="what the faultline binary is (for the report; default: the tree's rev)")
+    ap.add_argument("--qemu-trace", default="",
+                    help="comma-separated QEMU trace event patterns for both QEMUs (e.g. "
+                    "'vmstate_downtime*,loadvm_postcopy_handle*'); logs kept in the cell's "
+                    "work directory")
     ap.add_argument("--touches", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default="bench-out")
@@ -1290,7 +1298,10 @@ def main():
                                   f"p99 {fmt_us(f['p99'])}, max {fmt_us(f['max'])}, urgent "
                                   f"{f['urgent']}, verified: {cell['verified']} "
                                   f"({time.time() - t:.0f} s wall)", flush=True)
-                            shutil.rmtree(work, ignore_errors=True)
+                            if args.qemu_trace:
+                                print(f"   traces kept in {work}", flush=True)
+                            else:
+                                shutil.rmtree(work, ignore_errors=True)
                         except NotApplicable as e:
                             cell["na"] = str(e)
                             print("   n/a:", e, flush=True)
