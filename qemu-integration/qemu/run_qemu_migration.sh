@@ -116,10 +116,11 @@ EOF
     qrc=0
     tests=(/x86_64/migration/postcopy/plain /x86_64/migration/postcopy/recovery/plain
            /x86_64/migration/postcopy/preempt/plain)
-    # The 10.2 series brings its own cases (a stub pager in the test; capability on).
-    QTEST_QEMU_BINARY="$WORK/wrap/qemu-system-x86_64" "$MT" -l 2>/dev/null |
-      grep -q external-pager &&
-      tests+=(/x86_64/migration/postcopy/external-pager)
+    # The 10.2 series brings its own cases: patch 1's LISTEN-without-discard case (upstream
+    # QEMU alone, capability off) and a stub pager (capability on).
+    listed=$(QTEST_QEMU_BINARY="$WORK/wrap/qemu-system-x86_64" "$MT" -l 2>/dev/null)
+    grep -q postcopy/no-discard <<<"$listed" && tests+=(/x86_64/migration/postcopy/no-discard)
+    grep -q external-pager <<<"$listed" && tests+=(/x86_64/migration/postcopy/external-pager)
     for t in "${tests[@]}"; do
       what="capability off"
       [[ $t == */external-pager ]] && what="capability on, the series' stub pager"
