@@ -260,6 +260,14 @@ def main():
 
         # 4. Migrate. The switch to post-copy happens on migrate-start-postcopy or, with the
         # pager, by itself once the (small) stream has converged.
+        prealloc_bytes = 0
+        if a.dest_prealloc:
+            # The precondition the part is about: every page of the destination's RAM is
+            # present before the hand-off (else it would prove nothing).
+            prealloc_bytes = os.stat(dst_ram).st_blocks * 512
+            if prealloc_bytes < size * 9 // 10:
+                raise RuntimeError('prealloc=on left the destination RAM file %d of %d bytes '
+                                   'allocated' % (prealloc_bytes, size))
         t0 = time.time()
         step("src.ok('migrate', uri")
         src.ok('migrate', uri='tcp:127.0.0.1:%d' % mig_port)
@@ -402,8 +410,10 @@ def main():
                (stats.get('fault_latency') or {}).get('p50_ns', 0) // 1000,
                (stats.get('fault_latency') or {}).get('p99_ns', 0) // 1000,
                t_done - t0, src_info.get('downtime'),
-               ('; destination RAM preallocated (prealloc=on): %s before the guest ran' %
-                ('QEMU discarded it at ADVISE, faultline dropped %d stale pages' % dropped
+               ('; destination RAM preallocated (prealloc=on: %d MiB allocated before '
+                'migrate): %s before the guest ran' %
+                (prealloc_bytes >> 20,
+                 'QEMU discarded it at ADVISE, faultline dropped %d stale pages' % dropped
                  if fd_interface else '%d stale pages punched out' % dropped))
                if a.dest_prealloc else ''), flush=True)
         return 0 if ok else 1
