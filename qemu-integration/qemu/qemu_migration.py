@@ -97,6 +97,11 @@ def main():
                     help='negative test: nobody listens on the socket; the destination must '
                          'refuse at ADVISE with a clear error (never run the guest), the '
                          'source migration fail in pre-copy and the source guest keep running')
+    ap.add_argument('--kill_pager', action='store_true',
+                    help='(10.2 series) SIGKILL faultline serve while it places pages; the '
+                         'destination must wait (pager "lost", migration still post-copy) '
+                         'until a new faultline serve, given with x-postcopy-external-pager-fd, '
+                         'resumes from the dead one\'s state file')
     ap.add_argument('--dest_prealloc', action='store_true',
                     help='the destination\'s memory backend with prealloc=on: every page is '
                          'present before the hand-off; faultline must punch them out (the guest '
@@ -208,11 +213,15 @@ def main():
                                    '--token=' + token, '--region=mem=%s:%dM' % (src_ram, a.size_mib)])
         wait_for(lambda: 'serving' in read(os.path.join(work, 'faultline-source.log')), 30,
                  'faultline source')
+        serve_argv = [a.faultline, 'serve', '--handoff=' + sock,
+                      '--connect=127.0.0.1:%d' % fl_port, '--token=' + token,
+                      '--state_dir=' + os.path.join(work, 'state')]
+        serve_name = 'faultline-serve'
         if not a.no_pager:
-            serve = spawn('faultline-serve', [a.faultline, 'serve', '--handoff=' + sock,
-                                              '--connect=127.0.0.1:%d' % fl_port,
-                                              '--token=' + token,
-                                              '--state_dir=' + os.path.join(work, 'state')])
+            # --kill_pager: the first serve pulls slowly (4 KiB at a time), so that it is
+            # killed while pages are still missing.
+            serve = spawn(serve_name, serve_argv + (['--bulk_batch_kib=4', '--bulk_window=1']
+                                                    if a.kill_pager else []))
             wait_for(lambda: 'waiting for a VMM' in
                      read(os.path.join(work, 'faultline-serve.log')), 30, 'faultline serve')
 
@@ -309,6 +318,30 @@ def main():
         resumed = wait_for(lambda: dst.ok('query-status')['status'] == 'running', 120,
                            'the destination guest to run')
         t_run = time.time()
+        if a.kill_pager:
+            def pager_info():
+                return dst.ok('query-migrate').get('x-external-pager') or {}
+            wait_for(lambda: pager_info().get('done-pages', 0) >= npages // 20, 60,
+                     'the pager to place 5 % of the pages')
+            serve.kill()
+            serve.wait()
+            killed_at = pager_info().get('done-pages', 0)
+            if killed_at >= npages:
+                raise RuntimeError('the pager completed before it was killed')
+            lost = wait_for(lambda: (lambda i: i if i.get('status') == 'lost' else None)(
+                pager_info()), 30, 'the destination to report the pager lost')
+            time.sleep(1)  # the guest waits; the migration must not fail meanwhile
+            if dst_status() != 'postcopy-active':
+                raise RuntimeError('with the pager lost the destination migration is %s'
+                                   % dst_status())
+            print('pager killed with %d of %d pages placed: destination still %s, '
+                  'x-external-pager %s' % (killed_at, npages, dst_status(), json.dumps(lost)),
+                  flush=True)
+            serve_name = 'faultline-serve-2'
+            serve = spawn(serve_name, serve_argv)
+            wait_for(lambda: 'waiting for a VMM' in
+                     read(os.path.join(work, serve_name + '.log')), 30, 'faultline serve (2)')
+            give_pager(dst, sock, 'qemu-' + qver)
         step('final = wait_for')
         final = wait_for(lambda: dst_status() in ('completed', 'failed') and dst_status(), 600,
                          'the destination migration to complete')
@@ -346,7 +379,7 @@ def main():
         # 5. faultline's report; the guest keeps reading on the destination for a while.
         step('serve.wait(timeout=60)')
         serve.wait(timeout=60)
-        serve_log = read(os.path.join(work, 'faultline-serve.log'))
+        serve_log = read(os.path.join(work, serve_name + '.log'))
         start = re.search(r'^\{$', serve_log, re.M)  # serve prints its stats last
         stats = json.loads(serve_log[start.start():]) if start else {}
         time.sleep(a.run_after)
@@ -392,6 +425,11 @@ def main():
             print_report(a, result, stats, t_run - t_switch, low_diff, data_mismatch)
         ok = (not data_mismatch and guest_bad == 0 and new_lines > 0 and
               stats.get('pages') == npages and len(low_diff) <= 64)
+        if a.kill_pager and not (stats.get('resumed') or {}).get('present'):
+            # The second faultline must have continued from the first one's state file.
+            print('FAIL: the restarted faultline did not resume (stats resumed: %s)' %
+                  stats.get('resumed'))
+            ok = False
         dropped = stats.get('stale_pages_dropped') or 0
         # The 10.2 series discards the handed-over blocks itself at ADVISE (so faultline
         # finds nothing stale); with 7.2, faultline punches the preallocated pages out.
@@ -415,7 +453,10 @@ def main():
                 (prealloc_bytes >> 20,
                  'QEMU discarded it at ADVISE, faultline dropped %d stale pages' % dropped
                  if fd_interface else '%d stale pages punched out' % dropped))
-               if a.dest_prealloc else ''), flush=True)
+               if a.dest_prealloc else '') +
+              ('; faultline SIGKILLed mid-post-copy, the destination waited (pager lost), a '
+               'new faultline resumed with %s pages already present' %
+               (stats.get('resumed') or {}).get('present') if a.kill_pager else ''), flush=True)
         return 0 if ok else 1
     except Exception as e:  # the logs say more
         print('FAIL: %s (logs in %s)' % (e, work), flush=True)

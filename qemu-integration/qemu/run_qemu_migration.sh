@@ -2,7 +2,9 @@
 # A real QEMU-to-QEMU post-copy migration through faultline on this machine, with every page of
 # guest memory checksummed afterwards (qemu_migration.py does the migration; this script builds
 # what it needs); the same with the destination's RAM preallocated (prealloc=on: faultline
-# must punch the stale pages out) and without a pager (refused at ADVISE). Then QEMU's own
+# must punch the stale pages out), without a pager (refused at ADVISE), and with the 10.2 series
+# also with an unprivileged destination QEMU and with faultline killed mid-post-copy (the
+# destination waits, a restarted faultline resumes). Then QEMU's own
 # migration-test post-copy cases on the same patched build, with the capability off, to show
 # nothing else changed.
 #
@@ -92,6 +94,12 @@ if ! "$QEMU" --version | grep -q 'version 7\.'; then
   python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
     --guest="$WORK/faultline-guest" --accel=tcg --size_mib=128 --workdir="$WORK/unprivileged" \
     --dest_user=nobody "${FW[@]}" | grep -E '^(destination QEMU ran|PASS|FAIL)'
+  (( PIPESTATUS[0] == 0 )) || rc=1
+  # A pager that dies mid-post-copy: the destination waits ("lost"), a new one resumes.
+  echo "== the same with faultline SIGKILLed while it places pages, then restarted"
+  python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+    --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/kill-pager" \
+    --kill_pager "${FW[@]}" | grep -E '^(pager killed|PASS|FAIL)'
   (( PIPESTATUS[0] == 0 )) || rc=1
 fi
 
