@@ -74,11 +74,12 @@ TEST(WpDirtyTracker, NoWriteIsLostWhileAWriterRuns) {
   // The contract: the final Collect's stop_writers returns only once no writer can write any
   // more. Setting the flag alone is not that — a writer past its check still writes after the
   // final scan (seen under TSan, where the window is wide).
+  auto stop_writer = [&] {
+    stop = true;
+    if (writer.joinable()) writer.join();
+  };
   absl::StatusOr<std::unique_ptr<WpDirtyTracker>> t =
-      WpDirtyTracker::Create({{m.base, kPages * 4096, 4096}}, [&] {
-        stop = true;
-        if (writer.joinable()) writer.join();
-      });
+      WpDirtyTracker::Create({{m.base, kPages * 4096, 4096}}, stop_writer);
   if (absl::IsUnimplemented(t.status())) GTEST_SKIP() << t.status();
   ASSERT_TRUE(t.ok()) << t.status();
   // The writer records, per page, the generation it last wrote; a collection that ends after a
@@ -98,13 +99,9 @@ TEST(WpDirtyTracker, NoWriteIsLostWhileAWriterRuns) {
     }
   });
   struct JoinOnExit {  // a failed ASSERT below must not leave the writer running
-    std::atomic<bool>& stop;
-    std::thread& writer;
-    ~JoinOnExit() {
-      stop = true;
-      if (writer.joinable()) writer.join();
-    }
-  } join_on_exit{stop, writer};
+    decltype(stop_writer)& stop;
+    ~JoinOnExit() { stop(); }
+  } join_on_exit{stop_writer};
   std::set<uint64_t> reported;
   std::vector<PageRange> out;
   for (int round = 0; round < 50; ++round) {
