@@ -216,14 +216,19 @@ def main():
         serve_argv = [a.faultline, 'serve', '--handoff=' + sock,
                       '--connect=127.0.0.1:%d' % fl_port, '--token=' + token,
                       '--state_dir=' + os.path.join(work, 'state')]
+
+        def start_serve(name, extra=()):
+            p = spawn(name, serve_argv + list(extra))
+            wait_for(lambda: 'waiting for a VMM' in read(os.path.join(work, name + '.log')), 30,
+                     name)
+            return p
+
         serve_name = 'faultline-serve'
         if not a.no_pager:
             # --kill_pager: the first serve pulls slowly (4 KiB at a time), so that it is
             # killed while pages are still missing.
-            serve = spawn(serve_name, serve_argv + (['--bulk_batch_kib=4', '--bulk_window=1']
-                                                    if a.kill_pager else []))
-            wait_for(lambda: 'waiting for a VMM' in
-                     read(os.path.join(work, 'faultline-serve.log')), 30, 'faultline serve')
+            serve = start_serve(serve_name, ['--bulk_batch_kib=4', '--bulk_window=1']
+                                if a.kill_pager else [])
 
         # 3. Destination QEMU, waiting for the stream, the pager socket named.
         cap_names = ['postcopy-ram', 'x-ignore-shared', 'x-postcopy-external-pager']
@@ -310,6 +315,9 @@ def main():
 
         def dst_status():
             return dst.ok('query-migrate').get('status')
+
+        def pager_view():  # QEMU's own view of the pager (10.2 series: query-migrate)
+            return dst.ok('query-migrate').get('x-external-pager') or {}
         wait_for(lambda: src.ok('query-status')['status'] in ('postmigrate', 'finish-migrate')
                  or src.ok('query-migrate').get('status') == 'postcopy-active', 120,
                  'the source to stop')
@@ -319,28 +327,24 @@ def main():
                            'the destination guest to run')
         t_run = time.time()
         if a.kill_pager:
-            def pager_info():
-                return dst.ok('query-migrate').get('x-external-pager') or {}
-            wait_for(lambda: pager_info().get('done-pages', 0) >= npages // 20, 60,
+            wait_for(lambda: pager_view().get('done-pages', 0) >= npages // 20, 60,
                      'the pager to place 5 % of the pages')
             serve.kill()
             serve.wait()
-            killed_at = pager_info().get('done-pages', 0)
+            killed_at = pager_view().get('done-pages', 0)
             if killed_at >= npages:
                 raise RuntimeError('the pager completed before it was killed')
-            lost = wait_for(lambda: (lambda i: i if i.get('status') == 'lost' else None)(
-                pager_info()), 30, 'the destination to report the pager lost')
+            wait_for(lambda: pager_view().get('status') == 'lost', 30,
+                     'the destination to report the pager lost')
             time.sleep(1)  # the guest waits; the migration must not fail meanwhile
-            if dst_status() != 'postcopy-active':
-                raise RuntimeError('with the pager lost the destination migration is %s'
-                                   % dst_status())
+            st = dst_status()
+            if st != 'postcopy-active':
+                raise RuntimeError('with the pager lost the destination migration is %s' % st)
             print('pager killed with %d of %d pages placed: destination still %s, '
-                  'x-external-pager %s' % (killed_at, npages, dst_status(), json.dumps(lost)),
+                  'x-external-pager %s' % (killed_at, npages, st, json.dumps(pager_view())),
                   flush=True)
             serve_name = 'faultline-serve-2'
-            serve = spawn(serve_name, serve_argv)
-            wait_for(lambda: 'waiting for a VMM' in
-                     read(os.path.join(work, serve_name + '.log')), 30, 'faultline serve (2)')
+            serve = start_serve(serve_name)
             give_pager(dst, sock, 'qemu-' + qver)
         step('final = wait_for')
         final = wait_for(lambda: dst_status() in ('completed', 'failed') and dst_status(), 600,
@@ -368,7 +372,7 @@ def main():
                 raise RuntimeError('the destination QEMU runs as root')
         if fd_interface:
             # QEMU's own view of the pager (query-migrate on the destination).
-            pager_info = dst.ok('query-migrate').get('x-external-pager')
+            pager_info = pager_view()
             print('destination query-migrate x-external-pager: %s' % json.dumps(pager_info),
                   flush=True)
             if (not pager_info or pager_info.get('status') != 'completed' or
