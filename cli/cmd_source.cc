@@ -13,6 +13,7 @@
 #include "cli/common.h"
 #include "cli/setup.h"
 #include "nlohmann/json.hpp"
+#include "qemu-integration/handoff/vmm_dirty_tracker.h"
 #include "transport/page_server.h"
 #include "transport/rdma_page_server.h"
 #include "transport/socket.h"
@@ -22,6 +23,10 @@ ABSL_FLAG(std::vector<std::string>, region, {},
           "source: NAME=PATH[:SIZE[:PAGE_SIZE[:OFFSET]]], a file, memfd (/proc/PID/fd/N) or "
           "hugetlbfs file holding the frozen VM's RAM; repeat or comma-separate for more.");
 
+ABSL_FLAG(std::string, vmm_dirty_socket, "",
+          "source: warm-up of a QEMU guest — listen on this Unix socket for the source QEMU's "
+          "dirty-log connection (hand it to QEMU with getfd + x-postcopy-external-pager-fd "
+          "before migrate); pages are served live and the destination must run --warmup.");
 ABSL_FLAG(
     std::string, migrations, "",
     "source: serve several VMs' memory from this one process (a host being drained): a "
@@ -119,7 +124,19 @@ int RunSource() {
   if (!tls.ok()) return Fail(tls.status());
   absl::StatusOr<UniqueFd> listen = ListenTcp(absl::GetFlag(FLAGS_listen));
   if (!listen.ok()) return Fail(listen.status());
-  PageServer server(std::move(*regions), token, *tls);
+  std::unique_ptr<VmmDirtyTracker> tracker;
+  if (const std::string path = absl::GetFlag(FLAGS_vmm_dirty_socket); !path.empty()) {
+    std::vector<RegionInfo> table;
+    for (const SourceRegion& r : *regions) table.push_back(r.info());
+    absl::StatusOr<std::unique_ptr<VmmDirtyTracker>> t = VmmDirtyTracker::Listen(path, table);
+    if (!t.ok()) {
+      return Fail(absl::Status(t.status().code(),
+                               absl::StrCat("--vmm_dirty_socket: ", t.status().message())));
+    }
+    tracker = std::move(*t);
+    std::printf("warm-up: waiting for the source VMM's dirty-log connection on %s\n", path.c_str());
+  }
+  PageServer server(std::move(*regions), token, *tls, tracker.get());
   absl::StatusOr<std::unique_ptr<RdmaPageServer>> rdma = RdmaServerFromFlags(&server);
   if (!rdma.ok()) return Fail(rdma.status());
   std::printf("serving %zu region(s) on %s (%s)\n", server.region_table().size(),

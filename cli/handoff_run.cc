@@ -259,7 +259,13 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   // guest and changes its memory, so nothing is placed or fetched before the VMM's "listen".
   // Everything above (stale pages dropped, source reached) is done: the switch-over pays none
   // of it. No time limit: the VMM's connection says whether it is still there.
-  if (req.start_on_listen) {
+  // Unless the source serves live memory (warm-up: the source QEMU tracks its guest's writes,
+  // vmm_dirty_tracker.h): then pages are placed now, and every page written after it was read
+  // is dropped again before the source QEMU lets the guest run here (engine/warmup.h); the
+  // VMM's "listen" is then not waited for.
+  if (req.start_on_listen && (*source)->live()) {
+    if (opts.log) opts.log("acknowledged; the source is live: warming up before the switch-over");
+  } else if (req.start_on_listen) {
     if (opts.log) opts.log("acknowledged; waiting for the VMM's \"listen\" (its switch-over)");
     absl::Status s = session.WaitListen([&] { return (*engine)->stopped(); });
     if (!s.ok()) {

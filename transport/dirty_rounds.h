@@ -32,6 +32,9 @@ class DirtyRounds {
   // at the destination. For the final round, the tracker is told Switched() (once).
   void Applied(uint64_t round);
 
+  // DirtyTracker::WaitTracking (without the mutex).
+  absl::Status WaitTracking(absl::Time deadline) { return tracker_->WaitTracking(deadline); }
+
   uint64_t round() const;
   bool switched() const;
   // Pages sent in rounds not yet confirmed.

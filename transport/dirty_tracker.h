@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "transport/protocol.h"
 
 namespace faultline {
@@ -26,6 +27,9 @@ class DirtyTracker {
   // the source), then collect — the result is then the last set there will be.
   // Called from one thread at a time.
   virtual absl::Status Collect(bool final, std::vector<PageRange>* out) = 0;
+  // Blocks until tracking has begun (the page server reads no page before), or `deadline`
+  // (DeadlineExceeded). Trackers whose tracking begins with them return at once. Any thread.
+  virtual absl::Status WaitTracking(absl::Time deadline) { return absl::OkStatus(); }
   // The destination has dropped every page of the final set: the guest may run there now.
   // Called at most once, after a final Collect().
   virtual void Switched() {}

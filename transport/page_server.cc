@@ -235,6 +235,14 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
     sched_param none = {};
     (void)sched_setscheduler(0, SCHED_IDLE, &none);
   }
+  if ((*tenant)->rounds != nullptr) {
+    // A live source: no page may be read before the guest's writes are tracked (a VMM that
+    // begins tracking when its migration starts, e.g. QEMU, may not have yet).
+    if (absl::Status s = (*tenant)->rounds->WaitTracking(absl::Now() + kHandshakeTimeout);
+        !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("the source VMM's dirty tracking: ", s.message()));
+    }
+  }
   Welcome w;
   w.regions = (*tenant)->table;
   if ((*tenant)->rounds != nullptr) w.flags |= kWelcomeLive;

@@ -101,6 +101,14 @@ if ! "$QEMU" --version | grep -q 'version 7\.'; then
     --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/kill-pager" \
     --kill_pager "${FW[@]}" | grep -E '^(pager killed|PASS|FAIL)'
   (( PIPESTATUS[0] == 0 )) || rc=1
+  # Warm-up (series patch 7): faultline copies RAM during pre-copy, the source QEMU reports
+  # what its guest (rewriting a hot tenth all along) wrote since; every page checked before
+  # the destination's guest runs.
+  echo "== warm-up: faultline copies RAM while the guest still runs on the source"
+  python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+    --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/warmup" \
+    --warmup "${FW[@]}" | grep -E '^(warm-up:|PASS|FAIL)'
+  (( PIPESTATUS[0] == 0 )) || rc=1
 fi
 
 echo "== the same without a pager listening: the destination must refuse at ADVISE, the source keep running"
