@@ -51,7 +51,11 @@ nlohmann::json StatusJson(const MigrationStatus& m) {
           {"fault_latency_p99_us", h.Percentile(0.99) / 1000.0},
           {"fault_latency_max_us", h.max() / 1000.0},
           {"reconnects", m.reconnects},
-          {"engine_restarts", m.engine_restarts}};
+          {"engine_restarts", m.engine_restarts},
+          {"warmup", m.warmup ? nlohmann::json{{"rounds", m.warmup_rounds},
+                                               {"last_set_pages", m.warmup_last_set_pages},
+                                               {"switched", m.warmup_switched}}
+                              : nlohmann::json()}};
 }
 }  // namespace
 

@@ -134,6 +134,15 @@ std::string RenderMetrics(const std::vector<MigrationStatus>& ms, const DaemonCo
   per("faultline_migration_engine_restarts_total", "counter",
       "Times this migration was continued by a new engine after the previous one died.",
       [](const MigrationStatus& m) { return static_cast<double>(m.engine_restarts); });
+  per("faultline_migration_warmup_rounds", "gauge",
+      "Warm-up rounds applied (pages rewritten on the source dropped and fetched again).",
+      [](const MigrationStatus& m) { return static_cast<double>(m.warmup_rounds); });
+  per("faultline_migration_warmup_last_set_pages", "gauge",
+      "Pages in the latest warm-up round's set.",
+      [](const MigrationStatus& m) { return static_cast<double>(m.warmup_last_set_pages); });
+  per("faultline_migration_warmup_switched", "gauge",
+      "1 once warm-up's final set is dropped here (the guest may run here).",
+      [](const MigrationStatus& m) { return m.warmup_switched ? 1.0 : 0.0; });
   w.Family("faultline_migration_fault_latency_seconds", "histogram",
            "From the fault's event read to its page placed and the faulting thread woken. "
            "Buckets are QEMU's postcopy-latency-dist: [2^N, 2^(N+1)) microseconds.");

@@ -38,6 +38,13 @@ void Refresh(const Engine& e, MigrationStatus* s) {
   s->engine_restarts = e.adopted() ? 1 : 0;
   s->fault_latency = e.fault_stats().Overall();
   s->fault_latency_per_thread = e.fault_stats().PerThread();
+  if (const WarmUp* w = e.warmup()) {
+    const std::vector<WarmUpRound> rounds = w->rounds();
+    s->warmup = true;
+    s->warmup_switched = w->switched();
+    s->warmup_rounds = rounds.size();
+    s->warmup_last_set_pages = rounds.empty() ? 0 : rounds.back().pages;
+  }
   const double secs = absl::ToDoubleSeconds(absl::Now() - s->started);
   if (secs > 0) s->bytes_per_second = (s->urgent_bytes + s->bulk_bytes) / secs;
 }

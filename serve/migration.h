@@ -57,6 +57,10 @@ struct MigrationStatus {
   uint64_t urgent_bytes = 0, bulk_bytes = 0;
   uint64_t faults = 0, reconnects = 0, engine_restarts = 0;
   double bytes_per_second = 0;  // over the run so far
+  // Warm-up (the source still runs its guest): rounds applied so far, the latest round's set,
+  // and whether the final round is applied (the guest may run here).
+  bool warmup = false, warmup_switched = false;
+  uint64_t warmup_rounds = 0, warmup_last_set_pages = 0;
   LatencyHistogram fault_latency;
   std::map<uint32_t, LatencyHistogram> fault_latency_per_thread;  // by faulting thread id
 };

@@ -102,7 +102,9 @@ def main():
                     help='(10.2 series) SIGKILL faultline serve while it places pages; the '
                          'destination must wait (pager "lost", migration still post-copy) '
                          'until a new faultline serve, given with x-postcopy-external-pager-fd, '
-                         'resumes from the dead one\'s state file')
+                         'resumes from the dead one\'s state file. With --warmup: killed during '
+                         'warm-up (pre-copy), the migration must fail and the guest keep running '
+                         'on the source')
     ap.add_argument('--dest_prealloc', action='store_true',
                     help='the destination\'s memory backend with prealloc=on: every page is '
                          'present before the hand-off; faultline must punch them out (the guest '
@@ -345,6 +347,26 @@ def main():
 
         def pager_view():  # QEMU's own view of the pager (10.2 series: query-migrate)
             return dst.ok('query-migrate').get('x-external-pager') or {}
+        if a.warmup and a.kill_pager:
+            # faultline serve SIGKILLed while it warms up (pre-copy): the destination's pager
+            # connection ends before listen, so its incoming migration fails, the source's
+            # return path with it — the source must never stop its guest for good.
+            slog = os.path.join(work, serve_name + '.log')
+            wait_for(lambda: 'warming up' in read(slog), 120, 'faultline to start warming up')
+            time.sleep(0.5)
+            serve.kill()
+            serve.wait()
+            src_state = wait_for(lambda: (lambda st: st if st in ('failed', 'completed',
+                                                                 'postcopy-active') else None)(
+                src.ok('query-migrate').get('status')), 120, 'the source migration to end')
+            src_run = src.ok('query-status')['status']
+            ran = 'phase=' in read(qfile('dst.serial'))
+            ok = src_state == 'failed' and src_run == 'running' and not ran
+            print('%s: faultline killed during warm-up: source migration %s (%s), source guest '
+                  '%s, guest ran on the destination: %s' %
+                  ('PASS' if ok else 'FAIL', src_state,
+                   src.ok('query-migrate').get('error-desc', '-'), src_run, ran), flush=True)
+            return 0 if ok else 1
         wait_for(lambda: src.ok('query-status')['status'] in ('postmigrate', 'finish-migrate')
                  or src.ok('query-migrate').get('status') == 'postcopy-active', 120,
                  'the source to stop')

@@ -109,6 +109,11 @@ if ! "$QEMU" --version | grep -q 'version 7\.'; then
     --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/warmup" \
     --warmup "${FW[@]}" | grep -E '^(warm-up:|PASS|FAIL)'
   (( PIPESTATUS[0] == 0 )) || rc=1
+  echo "== warm-up with faultline SIGKILLed while it warms up: the migration fails, the guest keeps running on the source"
+  python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+    --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/warmup-kill" \
+    --warmup --kill_pager "${FW[@]}" | grep -E '^(PASS|FAIL)'
+  (( PIPESTATUS[0] == 0 )) || rc=1
 fi
 
 echo "== the same without a pager listening: the destination must refuse at ADVISE, the source keep running"
