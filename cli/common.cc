@@ -42,6 +42,10 @@ ABSL_FLAG(bool, warmup, false,
 ABSL_FLAG(int32_t, warmup_rounds, 8, "Warm-up rounds before the final one, at most.");
 ABSL_FLAG(int32_t, warmup_rate_mib, 0,
           "Warm-up's bandwidth limit, MiB/s (0: none); lifted at the switch.");
+ABSL_FLAG(absl::Duration, warmup_final_copy, absl::Milliseconds(20),
+          "Warm-up: fetch the final set before the guest resumes here when that takes at most "
+          "this long at the measured pull rate (adds it to the downtime; 0: never, post-copy "
+          "fetches it).");
 ABSL_FLAG(absl::Duration, warmup_deadline, absl::Minutes(10),
           "Switch to post-copy after this long even if the rounds have not converged.");
 ABSL_FLAG(int32_t, churn_permille, -1,
@@ -131,6 +135,7 @@ EngineOptions EngineOptionsFromFlags() {
   o.warmup.rate_bytes_per_s =
       static_cast<uint64_t>(std::max(0, absl::GetFlag(FLAGS_warmup_rate_mib))) << 20;
   o.warmup.deadline = absl::GetFlag(FLAGS_warmup_deadline);
+  o.warmup.final_copy = std::max(absl::ZeroDuration(), absl::GetFlag(FLAGS_warmup_final_copy));
   return o;
 }
 

@@ -92,9 +92,13 @@ std::string DemoReportTable(const DemoReport& r) {
       const nlohmann::json& w = e["warmup"];
       std::string rounds;
       for (const nlohmann::json& rd : w.value("rounds", nlohmann::json::array())) {
-        absl::StrAppendFormat(&rounds, "%s%d%s", rounds.empty() ? "" : ", ",
-                              rd.value("pages", uint64_t{0}),
-                              rd.value("final", false) ? " (final)" : "");
+        absl::StrAppendFormat(
+            &rounds, "%s%d%s", rounds.empty() ? "" : ", ", rd.value("pages", uint64_t{0}),
+            !rd.value("final", false) ? ""
+            : rd.value("final_copied", false)
+                ? absl::StrFormat(" (final, fetched before the resume in %.1f ms)",
+                                  rd.value("final_copy_ms", 0.0))
+                : " (final)");
       }
       Report(&s, "warm-up rounds: pages rewritten", rounds);
       Report(&s, "faults after the switch",

@@ -126,7 +126,9 @@ nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
                         {"pulled_ms", r.pulled_ns / 1e6},
                         {"apply_ms", r.apply_ns / 1e6},
                         {"answer_ms", r.answer_ns / 1e6},
-                        {"drop_ms", r.drop_ns / 1e6}});
+                        {"drop_ms", r.drop_ns / 1e6},
+                        {"final_copied", r.final_copied},
+                        {"final_copy_ms", r.final_copy_ns / 1e6}});
     }
     warmup = {{"rounds", rounds},
               {"switched", e.warmup()->switched()},

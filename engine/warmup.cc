@@ -71,6 +71,10 @@ void WarmUp::Loop() {
     const bool all = WaitAllPresent(deadline);
     if (stop_->stopped()) return;
     r.pulled_ns = FaultStats::NowNs() - t0;
+    if (k == 0 && all && r.pulled_ns > 0) {
+      // Every page pulled once: the rate the final stop-and-copy is estimated with.
+      pull_bytes_per_ns_ = static_cast<double>(table_->total_bytes()) / r.pulled_ns;
+    }
     const bool converged =
         k > 0 && (last <= opts_.converge_pages ||
                   static_cast<double>(last) > opts_.shrink * static_cast<double>(prev));
@@ -132,6 +136,21 @@ absl::Status WarmUp::Round(bool final, WarmUpRound* r) {
   if (!evicted.ok()) return evicted.status();
   r->answer_ns = t_answer - t0;
   r->drop_ns = FaultStats::NowNs() - t_answer;
+  if (set.final) {
+    // Stop-and-copy: the source's guest is stopped until we confirm, so what is absent now
+    // (the final set, and anything never pulled) is final too. Fetch it first if it is cheap.
+    const double bytes =
+        static_cast<double>(table_->remaining()) * static_cast<double>(table_->max_page_size());
+    if (bytes > 0 && opts_.final_copy > absl::ZeroDuration() && pull_bytes_per_ns_ > 0 &&
+        bytes / pull_bytes_per_ns_ <= absl::ToDoubleNanoseconds(opts_.final_copy)) {
+      const uint64_t t = FaultStats::NowNs();
+      pull_->Kick();
+      r->final_copied = WaitAllPresent(absl::Now() + 4 * opts_.final_copy);
+      r->final_copy_ns = FaultStats::NowNs() - t;
+      if (stop_->stopped())
+        return stop_->reason().ok() ? absl::CancelledError("stopped") : stop_->reason();
+    }
+  }
   if (set.final && on_switching_) on_switching_();
   if (absl::Status s = source_->ConfirmDirty(set.round); !s.ok() && final) {
     // The source must learn that the final set is applied before it lets the guest run here;

@@ -53,6 +53,12 @@ struct WarmUpOptions {
   absl::Duration deadline = absl::Minutes(10);
   // The background pull's rate limit until the switch (bytes/s; 0: none).
   uint64_t rate_bytes_per_s = 0;
+  // Stop-and-copy of the final set: once it is dropped, fetch what is absent before the guest
+  // may run here (the source keeps it stopped until the confirmation) when, at the rate of
+  // the first pull, that takes at most this long — downtime traded for faults after the
+  // switch, as QEMU's pre-copy does within its downtime-limit. Else (or zero) post-copy
+  // fetches it. The wait is bounded (4x this); what is still absent then is post-copy's.
+  absl::Duration final_copy = absl::Milliseconds(20);
   // No answer to a DIRTY_SYNC this long (a connection was replaced meanwhile): ask again.
   absl::Duration answer_timeout = absl::Seconds(3);
 };
@@ -67,6 +73,10 @@ struct WarmUpRound {
   uint64_t apply_ns = 0;   // asking, receiving and applying this set
   uint64_t answer_ns = 0;  // of which: from the request to the whole answer
   uint64_t drop_ns = 0;    // of which: dropping the pages here
+  // Final round: fetched before the guest ran here (WarmUpOptions::final_copy), how long
+  // that took (part of apply_ns).
+  bool final_copied = false;
+  uint64_t final_copy_ns = 0;
 };
 
 class WarmUp {
@@ -107,6 +117,7 @@ class WarmUp {
   PageSource* source_ = nullptr;
   std::function<void()> on_switching_, on_switched_;
   std::thread thread_;
+  double pull_bytes_per_ns_ = 0;  // the first pull's rate (warm-up thread only)
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

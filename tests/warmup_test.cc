@@ -205,6 +205,35 @@ TEST(WarmUp, HotWriterMemfdEveryPageIdentical) {
   EXPECT_GT((*src)->writes(), 0u);
 }
 
+// Stop-and-copy of the final set (WarmUpOptions::final_copy): with a budget it surely fits,
+// the final set is fetched before the switch is confirmed, so the destination's reader, which
+// starts at the switch, faults on nothing; without one, the final set is left to post-copy.
+TEST(WarmUp, FinalSetCopiedBeforeTheGuestRunsWhenCheap) {
+  absl::StatusOr<std::unique_ptr<LiveSource>> src = LiveSource::Start(32u << 20, 4096, 100);
+  if (absl::IsUnimplemented(src.status())) GTEST_SKIP() << src.status();
+  ASSERT_TRUE(src.ok()) << src.status();
+  EngineOptions eo = WarmUpOptions_();
+  eo.warmup.final_copy = absl::Seconds(5);
+  Outcome o = Migrate(**src, MemoryKind::kMemfd, (*src)->options(), eo);
+  ExpectWarmedUp(o, **src);
+  ASSERT_FALSE(o.rounds.empty());
+  EXPECT_GT(o.rounds.back().pages, 0u) << "an empty final set proves nothing";
+  EXPECT_TRUE(o.rounds.back().final_copied);
+  EXPECT_EQ(o.faults - o.faults_before_switch, 0u);
+}
+
+TEST(WarmUp, FinalSetLeftToPostCopyWithoutABudget) {
+  absl::StatusOr<std::unique_ptr<LiveSource>> src = LiveSource::Start(32u << 20, 4096, 100);
+  if (absl::IsUnimplemented(src.status())) GTEST_SKIP() << src.status();
+  ASSERT_TRUE(src.ok()) << src.status();
+  EngineOptions eo = WarmUpOptions_();
+  eo.warmup.final_copy = absl::ZeroDuration();
+  Outcome o = Migrate(**src, MemoryKind::kMemfd, (*src)->options(), eo);
+  ExpectWarmedUp(o, **src);
+  ASSERT_FALSE(o.rounds.empty());
+  EXPECT_FALSE(o.rounds.back().final_copied);
+}
+
 TEST(WarmUp, IdleGuestConvergesAndNeedsNoRefetch) {
   absl::StatusOr<std::unique_ptr<LiveSource>> src = LiveSource::Start(32u << 20, 4096, 0);
   if (absl::IsUnimplemented(src.status())) GTEST_SKIP() << src.status();

@@ -151,7 +151,8 @@ def run_cell(a, work, scenario, churn):
                           [a.faultline, "serve", "--handoff=" + sock,
                            "--connect=127.0.0.1:%d" % fl_port, "--token=" + token,
                            "--state_dir=" + os.path.join(work, "state"), "--progress=false"] +
-                          (["--warmup"] if how == "warm" else []))
+                          (["--warmup", "--warmup_final_copy=" + a.final_copy]
+                           if how == "warm" else []))
             wait_for(lambda: "waiting for a VMM" in read(os.path.join(work, "faultline-serve.log")),
                      30, "faultline serve")
         spawn("dst-qemu", qemu_argv("dst", dst_ram, extra))
@@ -209,7 +210,9 @@ def run_cell(a, work, scenario, churn):
             stats = json.loads(log[start.start():]) if start else {}
             w = stats.get("warmup") or {}
             res["faults_after_switch"] = w.get("faults_after_switch", stats.get("faults"))
-            res["rounds"] = [r["pages"] for r in w.get("rounds", [])]
+            # A final set fetched before the resume (stop-and-copy) is marked with "*".
+            res["rounds"] = [str(r["pages"]) + ("*" if r.get("final_copied") else "")
+                             for r in w.get("rounds", [])]
         else:
             res["faults_after_switch"] = (info.get("ram") or {}).get("postcopy-requests", 0)
             res["precopy_passes"] = (info.get("ram") or {}).get("dirty-sync-count")
@@ -237,6 +240,9 @@ def main():
     ap.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--churn", default="100,0", help="hot blocks to run, permille of the data")
+    ap.add_argument("--final_copy", default="20ms",
+                    help="faultline serve --warmup_final_copy (the final set fetched before the "
+                         "resume when it takes at most this long; 0: left to post-copy)")
     ap.add_argument("--patched_qemu10", default="", help="default: build_qemu.sh --version=10.2")
     ap.add_argument("--qemu10", default="", help="default: build_qemu.sh --version=10.2 --stock")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/qemu-warmup"))
@@ -289,15 +295,17 @@ def main():
                    c["total_s"], c["downtime_ms"] or 0, [r["rounds"] for r in runs]), flush=True)
     load = os.getloadavg()
     res = {"accel": a.accel, "size_mib": a.size_mib, "reps": a.reps, "loadavg": load,
+           "final_copy": a.final_copy,
            "churn_s": a.churn_s, "cells": cells}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json", "w") as f:
         json.dump(res, f, indent=2)
     fmt = lambda v, f: (f % v) if v is not None else "n/a"
-    lines = ["# Warm-up with QEMU guests (%s, %d MiB, median of %d; load average %.1f)" %
-             (a.accel, a.size_mib, a.reps, load[0]), "",
+    lines = ["# Warm-up with QEMU guests (%s, %d MiB, median of %d; load average %.1f; "
+             "--warmup_final_copy=%s)" % (a.accel, a.size_mib, a.reps, load[0], a.final_copy), "",
              "| guest | scenario | faults after the switch | switch → all present | total | "
-             "downtime | rounds (pages rewritten) |", "|---|---|---|---|---|---|---|"]
+             "downtime | rounds (pages rewritten; *: final set fetched before the resume) |",
+             "|---|---|---|---|---|---|---|"]
     for c in cells:
         guest = "%d‰ rewritten" % c["churn_permille"] if c["churn_permille"] else "idle"
         if "na" in c:
