@@ -6,7 +6,8 @@
 // is reached. Then the final round: the source stops the guest, reports the last set, this
 // side drops it and confirms, and only then may the guest run here (the source learns it from
 // the confirmation; DirtyTracker::Switched). Post-copy then fetches what the final set left
-// absent, as usual.
+// absent, as usual — or, when that is cheap (WarmUpOptions::final_copy), it is fetched before
+// the confirmation, with the guest still stopped: a stop-and-copy of the last set.
 //
 // Why no stale page survives (tested in tests/warmup_test.cc, page for page):
 //  - the source tracks writes from before its first page read (transport/dirty_tracker.h), so a
