@@ -4,6 +4,10 @@
 // engine drops what the rounds report and pulls it again; at the switch the writer is stopped
 // for good, the final set is dropped, and only then does a destination "guest" read — every
 // page of the destination is compared with the source's afterwards, and must be identical.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdio>
 #include <thread>
@@ -14,6 +18,7 @@
 #include "dirty/wp_tracker.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
+#include "qemu-integration/handoff/vmm_dirty_tracker.h"
 #include "tests/testing/flaky_proxy.h"
 #include "tests/testing/hugepages.h"
 #include "tests/testing/test_dest.h"
@@ -232,6 +237,70 @@ TEST(WarmUp, FinalSetLeftToPostCopyWithoutABudget) {
   ExpectWarmedUp(o, **src);
   ASSERT_FALSE(o.rounds.empty());
   EXPECT_FALSE(o.rounds.back().final_copied);
+}
+
+// A source QEMU's tracking (VmmDirtyTracker) begins when its migration starts, after a
+// destination may already have connected: the page server must not answer that destination —
+// not even its WELCOME — before the VMM's hello says the writes are tracked.
+TEST(WarmUp, NoPageIsServedBeforeTheSourceVmmTracks) {
+  absl::StatusOr<std::unique_ptr<PatternMemory>> mem = PatternMemory::Create(1u << 20, 4096);
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  char dir[] = "/tmp/warm-vmm-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/sock";
+  absl::StatusOr<std::unique_ptr<VmmDirtyTracker>> tracker =
+      VmmDirtyTracker::Listen(path, {{"ram", 1u << 20, 4096}});
+  ASSERT_TRUE(tracker.ok()) << tracker.status();
+  absl::StatusOr<std::vector<SourceRegion>> regions = (*mem)->Regions("ram");
+  ASSERT_TRUE(regions.ok()) << regions.status();
+  const Token token = RandomToken();
+  PageServer server(std::move(*regions), token, nullptr, tracker->get());
+  absl::StatusOr<UniqueFd> listen = ListenTcp("127.0.0.1:0");
+  ASSERT_TRUE(listen.ok()) << listen.status();
+  absl::StatusOr<int> port = BoundPort(listen->get());
+  ASSERT_TRUE(port.ok()) << port.status();
+  std::thread serve([&] { (void)server.Serve(listen->get()); });
+
+  TcpSourceOptions to;
+  to.address = absl::StrCat("127.0.0.1:", *port);
+  to.token = token;
+  to.connect_timeout = absl::Seconds(8);
+  std::atomic<bool> connected{false};
+  absl::StatusOr<std::unique_ptr<TcpPageSource>> src = absl::UnknownError("not yet");
+  std::thread dest([&] {
+    src = TcpPageSource::Connect(to);
+    connected.store(true);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_FALSE(connected.load()) << "the page server answered before the VMM tracked";
+
+  // The source VMM: its hello (tracking has begun), and the tracker's ack.
+  const int vmm = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a = {};
+  a.sun_family = AF_UNIX;
+  snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+  ASSERT_EQ(connect(vmm, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  const std::string hello =
+      R"({"type":"hello","version":1,"role":"source","regions":[{"name":"pc.ram",)"
+      R"("length":1048576,"page_size":4096}]})";
+  const uint32_t n = hello.size();
+  const char len[4] = {static_cast<char>(n), static_cast<char>(n >> 8), 0, 0};
+  ASSERT_EQ(write(vmm, len, 4), 4);
+  ASSERT_EQ(write(vmm, hello.data(), n), static_cast<ssize_t>(n));
+  char ack[128] = {};
+  ASSERT_GT(read(vmm, ack, sizeof(ack) - 1), 4);
+  EXPECT_NE(std::string(ack + 4).find("\"ok\":true"), std::string::npos) << ack + 4;
+
+  dest.join();
+  ASSERT_TRUE(src.ok()) << src.status();
+  EXPECT_TRUE((*src)->live());  // a live source: the destination must warm up
+  src->reset();
+  close(vmm);
+  server.Shutdown();
+  serve.join();
+  tracker->reset();
+  unlink(path.c_str());
+  rmdir(dir);
 }
 
 TEST(WarmUp, IdleGuestConvergesAndNeedsNoRefetch) {
