@@ -18,7 +18,6 @@ using handoff_internal::ConnectUnix;
 using handoff_internal::Dump;
 using handoff_internal::Frame;
 using handoff_internal::FrameText;
-using handoff_internal::kPrefix;
 using handoff_internal::kSendTimeout;
 using handoff_internal::PeerStatus;
 using handoff_internal::SendAll;
@@ -33,32 +32,7 @@ HandoffClient::~HandoffClient() = default;
 namespace {
 
 absl::StatusOr<json> NextMessage(StreamReader& rd, absl::Time deadline) {
-  for (;;) {
-    std::string payload;
-    absl::StatusOr<bool> got = rd.PopFrame(&payload);
-    if (!got.ok()) {
-      return absl::DataLossError(
-          absl::StrCat("faultline sent a malformed frame: ", got.status().message()));
-    }
-    if (*got) {
-      json m = json::parse(payload, nullptr, /*allow_exceptions=*/false);
-      if (m.is_discarded() || !m.is_object() || !m.contains("type") || !m["type"].is_string()) {
-        return absl::DataLossError(
-            "faultline sent a message that is not a JSON object with a string \"type\"");
-      }
-      return m;
-    }
-    absl::Status s = rd.Fill(deadline, kPrefix + kMaxHandoffMessage);
-    rd.fds().clear();  // faultline sends none; close any that come
-    if (absl::IsDeadlineExceeded(s)) {
-      return absl::DeadlineExceededError("no message from faultline in time");
-    }
-    if (absl::IsUnavailable(s)) {
-      return absl::UnavailableError(absl::StrCat("faultline went away (", s.message(),
-                                                 rd.buffer().empty() ? ")" : ", mid-message)"));
-    }
-    if (!s.ok()) return s;
-  }
+  return handoff_internal::NextMessage(rd, deadline, "faultline");
 }
 
 }  // namespace

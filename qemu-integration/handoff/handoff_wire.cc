@@ -100,6 +100,35 @@ absl::StatusOr<bool> StreamReader::PopFrame(std::string* payload) {
   return true;
 }
 
+absl::StatusOr<json> NextMessage(StreamReader& rd, absl::Time deadline, absl::string_view peer) {
+  for (;;) {
+    std::string payload;
+    absl::StatusOr<bool> got = rd.PopFrame(&payload);
+    if (!got.ok()) {
+      return absl::DataLossError(
+          absl::StrCat(peer, " sent a malformed frame: ", got.status().message()));
+    }
+    if (*got) {
+      json m = json::parse(payload, nullptr, /*allow_exceptions=*/false);
+      if (m.is_discarded() || !m.is_object() || !m.contains("type") || !m["type"].is_string()) {
+        return absl::DataLossError(
+            absl::StrCat(peer, " sent a message that is not a JSON object with a string \"type\""));
+      }
+      return m;
+    }
+    absl::Status s = rd.Fill(deadline, kPrefix + kMaxHandoffMessage);
+    rd.fds().clear();  // nothing we read this way carries fds; close any that come
+    if (absl::IsDeadlineExceeded(s)) {
+      return absl::DeadlineExceededError(absl::StrCat("no message from ", peer, " in time"));
+    }
+    if (absl::IsUnavailable(s)) {
+      return absl::UnavailableError(absl::StrCat(peer, " went away (", s.message(),
+                                                 rd.buffer().empty() ? ")" : ", mid-message)"));
+    }
+    if (!s.ok()) return s;
+  }
+}
+
 // ---- sockets ----
 
 int PollMillis(absl::Duration left) {

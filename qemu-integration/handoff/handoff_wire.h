@@ -68,6 +68,13 @@ class StreamReader {
   bool fds_truncated_ = false;
 };
 
+// The next whole message from `rd` — a JSON object with a string "type" — waiting until
+// `deadline` (InfiniteFuture: as long as the connection lasts); fds that arrive are closed.
+// Errors name `peer`: DataLoss (a malformed frame or message), DeadlineExceeded, Unavailable
+// (it went away).
+absl::StatusOr<nlohmann::json> NextMessage(StreamReader& rd, absl::Time deadline,
+                                           absl::string_view peer);
+
 // ---- sockets ----
 
 // poll()'s timeout for what is left until a deadline: rounded up, capped at an hour.

@@ -14,8 +14,6 @@
 namespace faultline {
 
 using handoff_internal::Frame;
-using handoff_internal::kPrefix;
-using handoff_internal::PeerStatus;
 using handoff_internal::SendAll;
 using handoff_internal::StatusMessage;
 using handoff_internal::StreamReader;
@@ -31,27 +29,14 @@ absl::Status Send(int fd, const json& m) {
   return SendAll(fd, *f, {});
 }
 
-// The next whole message (a JSON object with a string "type") from `rd`, waiting until
-// `deadline` (InfiniteFuture: as long as the connection lasts).
+// The next message from the VMM, errors naming the connection.
 absl::StatusOr<json> Next(StreamReader& rd, absl::Time deadline) {
-  for (;;) {
-    std::string payload;
-    absl::StatusOr<bool> got = rd.PopFrame(&payload);
-    if (!got.ok()) return got.status();
-    if (*got) {
-      json m = json::parse(payload, nullptr, /*allow_exceptions=*/false);
-      if (!m.is_object() || !m.contains("type") || !m["type"].is_string()) {
-        return absl::InvalidArgumentError(
-            "the VMM sent a message that is not a JSON object with a string \"type\"");
-      }
-      return m;
-    }
-    absl::Status s = rd.Fill(deadline, kPrefix + kMaxHandoffMessage);
-    if (absl::IsDeadlineExceeded(s) && deadline == absl::InfiniteFuture()) continue;
-    if (!s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("the VMM's dirty-log connection: ", s.message()));
-    }
+  absl::StatusOr<json> m = handoff_internal::NextMessage(rd, deadline, "the source VMM");
+  if (!m.ok()) {
+    return absl::Status(m.status().code(),
+                        absl::StrCat("the VMM's dirty-log connection: ", m.status().message()));
   }
+  return m;
 }
 
 }  // namespace
