@@ -75,7 +75,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "qemu-integration", "qemu"))
-from harness import free_port, give_pager, read, wait_for  # noqa: E402  (helpers shared by the drivers)
+from harness import (free_port, give_pager, read, remove_files, stop_processes,  # noqa: E402
+                     wait_for)  # (helpers shared by the drivers)
 from qmp import Qmp  # noqa: E402  (the shared QMP client)
 
 MAILBOX_GPA = 0x5000
@@ -140,9 +141,11 @@ def meminfo(key):
     return 0
 
 
-def mailbox(ram, seed, touches, vcpus, rounds):
-    # guest_abi.h: magic, version, ram_size, seed, touches, slow_cycles, mode, rounds, num_cpus
-    return struct.pack("<IIQQQQIII", 0x4D544C46, 1, ram, seed, touches, 0, 0xF, rounds, vcpus)
+def mailbox(ram, seed, touches, vcpus, rounds, mode=0xF, churn_permille=0):
+    # guest_abi.h: magic, version, ram_size, seed, touches, slow_cycles, mode, rounds, num_cpus,
+    # churn_permille, churn_stop
+    return struct.pack("<IIQQQQIIIII", 0x4D544C46, 1, ram, seed, touches, 0, mode, rounds, vcpus,
+                       churn_permille, 0)
 
 
 def kvm_state():
@@ -470,9 +473,7 @@ def run_qemu(args, work, cell, huge):
                 raise RuntimeError(f"{name} exited with status {p.returncode}")
 
     try:
-        for f in (src_ram, dst_ram):
-            if os.path.exists(f):
-                os.unlink(f)
+        remove_files(src_ram, dst_ram)
         spawn("src-qemu", qemu_argv("src", src_ram, ["-S"]))
         src = EventQmp(os.path.join(work, "src.qmp"))
         with open(src_ram, "r+b") as f:  # the mailbox, before the guest runs (mmap: hugetlbfs)
@@ -634,17 +635,8 @@ def run_qemu(args, work, cell, huge):
             tails += [f"[{name}] {l}" for l in read(os.path.join(work, name + ".log")).splitlines()[-4:]]
         raise RuntimeError(f"{e}\n" + "\n".join(tails)) from e
     finally:
-        for _, p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        for f in (src_ram, dst_ram):
-            if os.path.exists(f):
-                os.unlink(f)
+        stop_processes(procs)
+        remove_files(src_ram, dst_ram)
 
 
 # ---- faultline demo (reference VMM) ----

@@ -42,7 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "bench", "e2e"))
 sys.path.insert(0, os.path.join(ROOT, "qemu-integration", "qemu"))
 import compare_postcopy as cp  # noqa: E402  (QEMU binaries, QMP with events, accelerator)
-from harness import free_port, give_pager, read, wait_for  # noqa: E402
+from harness import (free_port, give_dirty_log, give_pager, read, remove_files,  # noqa: E402
+                     stop_processes, wait_for)
 
 PAGE = 4096
 SCENARIOS = {  # name -> (binary key, how)
@@ -51,13 +52,6 @@ SCENARIOS = {  # name -> (binary key, how)
     "qemu10-hybrid": ("qemu10", "hybrid"),
     "qemu72-hybrid": ("qemu72", "hybrid"),
 }
-
-
-def mailbox(ram, churn):
-    # guest_abi.h: magic, version, ram_size, seed, touches, slow_cycles, mode (default phases
-    # | FLT_MODE_CHURN), rounds, num_cpus, churn_permille, churn_stop
-    return struct.pack("<IIQQQQIIIII", 0x4D544C46, 1, ram, 0x5eed, 16384, 0, 0x1F, 1 << 30, 1,
-                       churn, 0)
 
 
 CHURN_STOP = 56  # offset of churn_stop in the mailbox
@@ -123,7 +117,8 @@ def run_cell(a, work, scenario, churn):
         src = cp.EventQmp(os.path.join(work, "src.qmp"))
         with open(src_ram, "r+b") as f:
             f.seek(cp.MAILBOX_GPA)
-            f.write(mailbox(size, churn))
+            # The default phases | FLT_MODE_CHURN (0x10), rewriting until churn_stop.
+            f.write(cp.mailbox(size, 0x5eed, 16384, 1, 1 << 30, mode=0x1F, churn_permille=churn))
         src.ok("cont")
         serial = os.path.join(work, "src.serial")
         boot = wait_for(lambda: re.search(r"FLT cpu=0 boot .*data=0x([0-9a-f]+)-", read(serial)),
@@ -163,14 +158,7 @@ def run_cell(a, work, scenario, churn):
             q.ok("migrate-set-capabilities",
                  capabilities=[{"capability": c, "state": True} for c in caps])
         if how == "warm":
-            import socket
-            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            c.connect(warm_sock)
-            try:
-                src.getfd("pager", c.fileno())
-            finally:
-                c.close()
-            src.ok("migrate-set-parameters", **{"x-postcopy-external-pager-fd": "pager"})
+            give_dirty_log(src, warm_sock)
         port = free_port()
         dst.ok("migrate-incoming", uri="tcp:127.0.0.1:%d" % port)
         time.sleep(a.churn_s)  # the guest churns meanwhile
@@ -219,17 +207,8 @@ def run_cell(a, work, scenario, churn):
         res["mismatches"] = len(compare(src_ram, dst_ram, size, first, hot_end))
         return res
     finally:
-        for _, p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        for f in (src_ram, dst_ram):
-            if os.path.exists(f):
-                os.unlink(f)
+        stop_processes(procs)
+        remove_files(src_ram, dst_ram)
 
 
 def main():

@@ -1,6 +1,9 @@
 """Small helpers the Python test and bench drivers share (qemu_migration.py,
-bench/e2e/compare_postcopy.py, tests/libvirt/libvirt_migration_test.py)."""
+bench/e2e/compare_postcopy.py, bench/warmup/compare_qemu_warmup.py,
+tests/libvirt/libvirt_migration_test.py)."""
+import os
 import socket
+import subprocess
 import time
 
 
@@ -64,12 +67,44 @@ def pager_connection(path, vmm, timeout=30):
     return s
 
 
-def give_pager(qmp, path, vmm):
-    """The QEMU 10.2 series' destination gets its pager: a connection to faultline's socket
-    (attached), passed with getfd, named in the x-postcopy-external-pager-fd parameter."""
-    c = pager_connection(path, vmm)
+def _give_connection(qmp, c):
+    """Passes connection `c` to QEMU with getfd and names it in x-postcopy-external-pager-fd;
+    closes our copy."""
     try:
         qmp.getfd('pager', c.fileno())
     finally:
         c.close()
     qmp.ok('migrate-set-parameters', **{'x-postcopy-external-pager-fd': 'pager'})
+
+
+def give_pager(qmp, path, vmm):
+    """The QEMU 10.2 series' destination gets its pager: a connection to faultline's socket
+    (attached), passed with getfd, named in the x-postcopy-external-pager-fd parameter."""
+    _give_connection(qmp, pager_connection(path, vmm))
+
+
+def give_dirty_log(qmp, path):
+    """Warm-up (the 10.2 series' patch 7): the source QEMU gets its connection to faultline
+    source's --vmm_dirty_socket, passed the same way as the destination's pager connection."""
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(path)
+    _give_connection(qmp, c)
+
+
+def stop_processes(procs, timeout=15):
+    """Terminates every process of (name, Popen) `procs` still running, newest first; kills
+    one that does not exit within `timeout` seconds."""
+    for _, p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def remove_files(*paths):
+    for f in paths:
+        if os.path.exists(f):
+            os.unlink(f)

@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -36,7 +35,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qmp import Qmp  # noqa: E402  (the shared QMP client)
-from harness import free_port, give_pager, read, wait_for  # noqa: E402
+from harness import (free_port, give_dirty_log, give_pager, read, remove_files,  # noqa: E402
+                     stop_processes, wait_for)
 
 PAGE = 4096
 MAILBOX_GPA = 0x5000
@@ -195,9 +195,7 @@ def main():
         os.chown('/dev/userfaultfd', -1, pw.pw_gid)
         os.chmod('/dev/userfaultfd', 0o660)
     try:
-        for f in (src_ram, dst_ram):
-            if os.path.exists(f):
-                os.unlink(f)
+        remove_files(src_ram, dst_ram)
         # 1. Source: boot paused, give the guest its inputs (the mailbox, in RAM), run it.
         spawn('src-qemu', qemu_argv('src', src_ram, ['-S']))
         src = Qmp(os.path.join(work, 'src.qmp'))
@@ -293,13 +291,7 @@ def main():
         if a.warmup:
             # The source QEMU's dirty-log connection: management connects to faultline
             # source's socket and passes it like the destination's pager connection.
-            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            c.connect(warm_sock)
-            try:
-                src.getfd('pager', c.fileno())
-            finally:
-                c.close()
-            src.ok('migrate-set-parameters', **{'x-postcopy-external-pager-fd': 'pager'})
+            give_dirty_log(src, warm_sock)
 
         # 4. Migrate. The switch to post-copy happens on migrate-start-postcopy or, with the
         # pager, by itself once the (small) stream has converged.
@@ -577,16 +569,8 @@ def main():
         if uffd_dev_restore:
             os.chmod('/dev/userfaultfd', uffd_dev_restore[0])
             os.chown('/dev/userfaultfd', -1, uffd_dev_restore[1])
-        for name, p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        for f in (src_ram, dst_ram):
-            if os.path.exists(f):
-                os.unlink(f)
+        stop_processes(procs, timeout=10)
+        remove_files(src_ram, dst_ram)
 
 
 if __name__ == '__main__':
