@@ -106,6 +106,11 @@ nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
   nlohmann::json per_thread = nlohmann::json::object();
   for (const auto& [tid, h] : e.fault_stats().PerThread())
     per_thread[std::to_string(tid)] = Hist(h);
+  nlohmann::json by_kind = nlohmann::json::object();
+  const std::array<LatencyHistogram, kFaultKinds> kinds = e.fault_stats().ByKind();
+  for (int k = 0; k < kFaultKinds; ++k) {
+    if (kinds[k].count() > 0) by_kind[FaultKindName(static_cast<FaultKind>(k))] = Hist(kinds[k]);
+  }
   nlohmann::json resumed = nullptr;
   if (e.adopted()) {
     const AdoptedStates& a = e.adopted_states();
@@ -155,6 +160,7 @@ nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
           {"seconds", seconds},
           {"fault_latency", Hist(e.fault_stats().Overall())},
           {"fault_latency_per_thread", per_thread},
+          {"fault_latency_by_kind", by_kind},
           {"engine_footprint_bytes", e.footprint_bytes()}};
 }
 

@@ -18,25 +18,32 @@ FaultLoop::Decision FaultLoop::OnFault(const struct uffd_msg& msg, uint64_t now_
   // Recorded before the state is read: a placement completing in between always finds it.
   stats_->FaultPending(table_->Key(region, page), msg.arg.pagefault.feat.ptid, now_ns);
 
+  const uint64_t key = table_->Key(region, page);
+  const uint32_t tid = msg.arg.pagefault.feat.ptid;
   PageState seen;
   if (e.state.MarkUrgent(page, &seen)) {
     // Absent, or asked for in a bulk batch (don't wait behind it: the first answer wins).
     // → the urgent receive thread's Lander places it and its placement wakes this vCPU.
+    stats_->Classify(
+        key, tid, seen == PageState::kAbsent ? FaultKind::kFetched : FaultKind::kFetchedOverBulk);
     requester_->RequestUrgent(region, page);
     return Decision::kRequested;
   }
   switch (seen) {
     case PageState::kUrgentRequested:
       counters_->duplicate_faults.fetch_add(1, std::memory_order_relaxed);
+      stats_->Classify(key, tid, FaultKind::kJoinedUrgent);
       return Decision::kAlreadyRequested;  // → woken by the placement already under way
     case PageState::kPlacing:
     case PageState::kPlacingDiscarded:
     case PageState::kLanded:
       counters_->duplicate_faults.fetch_add(1, std::memory_order_relaxed);
+      stats_->Classify(key, tid, FaultKind::kJoinedPlacing);
       return Decision::kBeingPlaced;  // → woken by that receive thread's placement or run wake
     case PageState::kPresent: {
       // Placed between the fault and now; a DONTWAKE placement may not have woken it yet.
       counters_->stale_faults.fetch_add(1, std::memory_order_relaxed);
+      stats_->Classify(key, tid, FaultKind::kImmediate);
       if (opts_.adopted) {
         // After a restart the map may call present a page a lost REMOVE dropped: fill the
         // hole if there is one; a mapped page says EEXIST and is only woken.
@@ -46,7 +53,7 @@ FaultLoop::Decision FaultLoop::OnFault(const struct uffd_msg& msg, uint64_t now_
       } else {
         (void)e.placer.Wake(page, 1);
       }
-      stats_->Resolved(table_->Key(region, page));
+      stats_->Resolved(key);
       return Decision::kWoken;
     }
     case PageState::kDiscarded: {
@@ -54,6 +61,7 @@ FaultLoop::Decision FaultLoop::OnFault(const struct uffd_msg& msg, uint64_t now_
       // (shmem after MADV_DONTNEED, which only unmaps): the page cache still holds it — map it.
       PageState prev;
       if (!e.state.Claim(page, &prev, /*discarded_too=*/true)) return OnFault(msg, now_ns);
+      stats_->Classify(key, tid, FaultKind::kImmediate);
       PlaceResult r = e.placer.FillHole(page, minor, Caller::kFaultLoop);
       if (r.outcome == PlaceOutcome::kRetryAfterEvents) {
         e.state.Release(page);

@@ -75,6 +75,27 @@ TEST_F(FaultLoopTest, PageBeingPlacedIsLeftToItsPlacer) {
   EXPECT_FALSE(uffd_.WokenAt(page(6)));
 }
 
+// Each fault's latency is also kept under how it was served (stats JSON: fault_latency_by_kind).
+TEST_F(FaultLoopTest, FaultsAreClassifiedByHowTheyAreServed) {
+  uint64_t first;
+  ASSERT_EQ(state().ClaimBulkRun(8, 2, &first), 2u);  // pages 8, 9 in a bulk batch
+  PageState prev;
+  ASSERT_TRUE(state().Claim(10, &prev));  // page 10 being placed
+  uffd_.QueueFault(page(3));
+  uffd_.QueueFault(page(3), false, 2);  // joins the first fault's request
+  uffd_.QueueFault(page(8));
+  uffd_.QueueFault(page(10));
+  ASSERT_TRUE(loop_->Poll().ok());
+  for (uint64_t p : {3, 8, 10}) stats_.Resolved(table_->Key(0, p));
+  const auto kinds = stats_.ByKind();
+  EXPECT_EQ(kinds[static_cast<int>(FaultKind::kFetched)].count(), 1u);
+  EXPECT_EQ(kinds[static_cast<int>(FaultKind::kJoinedUrgent)].count(), 1u);
+  EXPECT_EQ(kinds[static_cast<int>(FaultKind::kFetchedOverBulk)].count(), 1u);
+  EXPECT_EQ(kinds[static_cast<int>(FaultKind::kJoinedPlacing)].count(), 1u);
+  EXPECT_EQ(kinds[static_cast<int>(FaultKind::kRaced)].count(), 0u);
+  EXPECT_EQ(stats_.Overall().count(), 4u);
+}
+
 // Placed between the fault and the read (a DONTWAKE placement not woken yet): woken now.
 TEST_F(FaultLoopTest, PresentPageIsWoken) {
   PageState prev;

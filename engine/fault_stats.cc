@@ -6,10 +6,34 @@ namespace faultline {
 
 uint64_t FaultStats::NowNs() { return MonotonicNowNs(); }
 
+const char* FaultKindName(FaultKind k) {
+  switch (k) {
+    case FaultKind::kFetched: return "fetched";
+    case FaultKind::kFetchedOverBulk: return "fetched_over_bulk";
+    case FaultKind::kJoinedUrgent: return "joined_urgent";
+    case FaultKind::kJoinedPlacing: return "joined_placing";
+    case FaultKind::kImmediate: return "immediate";
+    case FaultKind::kRaced: return "raced";
+  }
+  return "?";
+}
+
 void FaultStats::FaultPending(uint64_t key, uint32_t tid, uint64_t t_ns) {
   std::lock_guard<std::mutex> l(mu_);
-  pending_[key].push_back({t_ns, tid});
+  pending_[key].push_back({t_ns, tid, FaultKind::kRaced});
   pending_count_.fetch_add(1, std::memory_order_acq_rel);
+}
+
+void FaultStats::Classify(uint64_t key, uint32_t tid, FaultKind kind) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = pending_.find(key);
+  if (it == pending_.end()) return;  // resolved meanwhile: stays kRaced
+  for (Pending& p : it->second) {
+    if (p.tid == tid && p.kind == FaultKind::kRaced) {
+      p.kind = kind;
+      return;
+    }
+  }
 }
 
 void FaultStats::ResolveLocked(uint64_t key, uint64_t now) {
@@ -19,6 +43,7 @@ void FaultStats::ResolveLocked(uint64_t key, uint64_t now) {
     uint64_t ns = now > p.t_ns ? now - p.t_ns : 0;
     overall_.Record(ns);
     per_thread_[p.tid].Record(ns);
+    by_kind_[static_cast<int>(p.kind)].Record(ns);
   }
   pending_count_.fetch_sub(it->second.size(), std::memory_order_acq_rel);
   pending_.erase(it);
@@ -55,6 +80,11 @@ bool FaultStats::IsPending(uint64_t key) {
 LatencyHistogram FaultStats::Overall() const {
   std::lock_guard<std::mutex> l(mu_);
   return overall_;
+}
+
+std::array<LatencyHistogram, kFaultKinds> FaultStats::ByKind() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return by_kind_;
 }
 
 std::map<uint32_t, LatencyHistogram> FaultStats::PerThread() const {

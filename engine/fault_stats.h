@@ -4,6 +4,7 @@
 #ifndef FAULTLINE_ENGINE_FAULT_STATS_H_
 #define FAULTLINE_ENGINE_FAULT_STATS_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -27,11 +28,23 @@ struct EngineCounters {
   std::atomic<uint64_t> zero_pages{0};          // placed from a zero marker
   std::atomic<uint64_t> duplicate_arrivals{0};  // arrived for a page already placed: dropped
   std::atomic<uint64_t> corrupt_pages{0};       // CRC mismatch: dropped, fetched again
-  std::atomic<uint64_t> bytes_received{0};    // page bytes placed (urgent + bulk)
+  std::atomic<uint64_t> bytes_received{0};      // page bytes placed (urgent + bulk)
   std::atomic<uint64_t> urgent_bytes{0}, bulk_bytes{0};
   std::atomic<uint64_t> remove_events{0}, unmap_events{0}, discarded_pages{0};
   std::atomic<uint64_t> reconnects{0}, resent_requests{0};
 };
+
+// How a fault was served, as the fault loop decided it (FaultStats::Classify).
+enum class FaultKind : uint8_t {
+  kFetched,          // absent: an urgent request fetched it
+  kFetchedOverBulk,  // asked for in a bulk batch still under way: fetched urgently anyway
+  kJoinedUrgent,     // another fault's urgent request was under way: waited for its answer
+  kJoinedPlacing,    // a receive thread was placing it: waited for that placement
+  kImmediate,        // present (a stale fault) or a discarded page filled at once
+  kRaced,            // placed before the fault loop had classified it
+};
+inline constexpr int kFaultKinds = 6;
+const char* FaultKindName(FaultKind k);
 
 class FaultStats {
  public:
@@ -39,6 +52,9 @@ class FaultStats {
 
   // The fault loop read a fault on `key` (a global page number) at `t_ns`.
   void FaultPending(uint64_t key, uint32_t tid, uint64_t t_ns);
+  // What the fault loop decided for the pending fault of `tid` on `key` (its latency is
+  // recorded under that kind too when it resolves; one already resolved counts as kRaced).
+  void Classify(uint64_t key, uint32_t tid, FaultKind kind);
   // The page `key` was placed and woken: completes its pending faults. Cheap when none.
   void Resolved(uint64_t key);
   void ResolvedRange(uint64_t first_key, uint64_t count);
@@ -47,11 +63,13 @@ class FaultStats {
 
   LatencyHistogram Overall() const;
   std::map<uint32_t, LatencyHistogram> PerThread() const;
+  std::array<LatencyHistogram, kFaultKinds> ByKind() const;
 
  private:
   struct Pending {
     uint64_t t_ns;
     uint32_t tid;
+    FaultKind kind;
   };
   void ResolveLocked(uint64_t key, uint64_t now);
 
@@ -60,6 +78,7 @@ class FaultStats {
   std::atomic<uint64_t> pending_count_{0};
   LatencyHistogram overall_;
   std::map<uint32_t, LatencyHistogram> per_thread_;
+  std::array<LatencyHistogram, kFaultKinds> by_kind_;
 };
 
 }  // namespace faultline

@@ -55,9 +55,23 @@ absl::Status Lander::PlaceStretch(RegionTable::Entry& e, const PageRun& run, uin
   const uint64_t first = run.first + i;
   const uint32_t n = j - i;
   const uint32_t ps = run.page_size;
-  std::vector<std::pair<uint32_t, uint32_t>> failed;  // [from, to) run indexes handed back
   PlaceResult r;
-  if (e.region->places_via_alias()) {
+  bool placed = false;
+  if (e.region->places_via_alias() && run.urgency == Urgency::kUrgent && n == 1) {
+    // A fault's page on shmem goes in with UFFDIO_COPY (the kernel allocates, copies and maps
+    // it in one step), not pwritev + CONTINUE: a shmem write holds the inode's lock for the
+    // whole write, so one page behind a bulk lane's 256 KiB pwritev — whose thread may be
+    // preempted holding it — waited milliseconds. EEXIST: the page cache holds a page there
+    // that is not ours (we claimed the page absent): it is overwritten through the cache below.
+    // One page only: a multi-page COPY that met EEXIST part-way has mapped the rest already,
+    // and writing through the cache over a mapped page could undo a guest's write.
+    r = CopyOrZero(e, run, i, j, wake);
+    placed = !r.done() || r.already_present == 0;
+    if (!placed) r = PlaceResult();
+  }
+  if (placed) {
+    // r says how the COPY went.
+  } else if (e.region->places_via_alias()) {
     if (absl::Status s = WritePageCache(e, run, i, j); !s.ok()) {
       for (uint64_t p = first; p < first + n; ++p) e.state.Release(p);
       return s;
@@ -65,18 +79,7 @@ absl::Status Lander::PlaceStretch(RegionTable::Entry& e, const PageRun& run, uin
     for (uint64_t p = first; p < first + n; ++p) e.state.MarkLanded(p);
     r = e.placer.Continue(first, n, wake, Caller::kOther);
   } else {
-    // Sub-stretches of data pages (COPY from the run's bytes) and of zero pages (ZEROPAGE).
-    for (uint32_t a = i; a < j && r.done();) {
-      const bool zero = run.is_zero(a);
-      uint32_t b = a;
-      while (b < j && run.is_zero(b) == zero) ++b;
-      PlaceResult sub = zero ? e.placer.Zero(run.first + a, b - a, wake, Caller::kOther)
-                             : e.placer.Copy(run.first + a, b - a, run.data + size_t{a} * ps, wake,
-                                             Caller::kOther);
-      sub.already_present += r.already_present;
-      r = sub;
-      a = b;
-    }
+    r = CopyOrZero(e, run, i, j, wake);
   }
   switch (r.outcome) {
     case PlaceOutcome::kDone: break;
@@ -101,6 +104,25 @@ absl::Status Lander::PlaceStretch(RegionTable::Entry& e, const PageRun& run, uin
   (run.urgency == Urgency::kUrgent ? counters_->urgent_bytes : counters_->bulk_bytes)
       .fetch_add(uint64_t{n - zeros} * ps, std::memory_order_relaxed);
   return absl::OkStatus();
+}
+
+PlaceResult Lander::CopyOrZero(RegionTable::Entry& e, const PageRun& run, uint32_t i, uint32_t j,
+                               bool wake) {
+  // Sub-stretches of data pages (COPY from the run's bytes) and of zero pages (ZEROPAGE).
+  PlaceResult r;
+  for (uint32_t a = i; a < j && r.done();) {
+    const bool zero = run.is_zero(a);
+    uint32_t b = a;
+    while (b < j && run.is_zero(b) == zero) ++b;
+    PlaceResult sub =
+        zero ? e.placer.Zero(run.first + a, b - a, wake, Caller::kOther)
+             : e.placer.Copy(run.first + a, b - a, run.data + size_t{a} * run.page_size, wake,
+                             Caller::kOther);
+    sub.already_present += r.already_present;
+    r = sub;
+    a = b;
+  }
+  return r;
 }
 
 absl::Status Lander::WritePageCache(RegionTable::Entry& e, const PageRun& run, uint32_t i,

@@ -43,6 +43,9 @@ class Lander {
   // Places run pages [i, j), all claimed by this call.
   absl::Status PlaceStretch(RegionTable::Entry& e, const PageRun& run, uint32_t i, uint32_t j,
                             bool wake);
+  // COPY (data pages) and ZEROPAGE (zero pages) of run pages [i, j) into the guest mapping.
+  PlaceResult CopyOrZero(RegionTable::Entry& e, const PageRun& run, uint32_t i, uint32_t j,
+                         bool wake);
   // memfd: writes run pages [i, j) into the page cache (pwritev, or the alias mapping where the
   // fd takes no writes).
   absl::Status WritePageCache(RegionTable::Entry& e, const PageRun& run, uint32_t i, uint32_t j);

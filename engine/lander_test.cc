@@ -3,11 +3,15 @@
 // (anonymous and memfd regions), a scripted userfaultfd.
 #include "engine/lander.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <thread>
 #include <vector>
 
 #include "engine/testing/fake_uffd.h"
+#include "engine/uffd.h"
 #include "gtest/gtest.h"
 
 namespace faultline {
@@ -81,6 +85,42 @@ TEST_P(MemfdLanderTest, BytesGoThroughThePageCacheBeforeTheMapping) {
   EXPECT_EQ(memcmp(back.data(), src_.data() + 2 * 4096, 4096), 0);
 }
 
+// A fault's page on shmem: one UFFDIO_COPY (no pwritev, whose inode lock a bulk lane's write
+// may hold for long), which maps and wakes.
+TEST_P(MemfdLanderTest, UrgentPageIsCopiedInOneStep) {
+  ASSERT_TRUE(lander_->Deliver(Run(30, 1, Urgency::kUrgent)).ok());
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kCopy), 1);
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 0);
+  EXPECT_TRUE(uffd_.WokenAt(region_->page(30)));
+  EXPECT_EQ(state().Get(30), PageState::kPresent);
+  std::vector<uint8_t> back(4096);
+  ASSERT_EQ(pread(region_->fd(), back.data(), 4096, 30 * 4096), 4096);
+  EXPECT_EQ(memcmp(back.data(), src_.data() + 30 * 4096, 4096), 0);
+}
+
+// COPY says EEXIST: the page cache holds a page there that is not the source's (we claimed
+// the page absent) — the source's bytes go in through the cache and CONTINUE maps them.
+TEST_P(MemfdLanderTest, UrgentPageOverAForeignCachePageGoesThroughTheCache) {
+  uffd_.FailNext(FakeUffd::Op::kCopy, absl::AlreadyExistsError("EEXIST"));
+  std::vector<uint8_t> foreign(4096, 0xee);
+  ASSERT_EQ(pwrite(region_->fd(), foreign.data(), 4096, 31 * 4096), 4096);
+  ASSERT_TRUE(lander_->Deliver(Run(31, 1, Urgency::kUrgent)).ok());
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 1);
+  EXPECT_TRUE(uffd_.WokenAt(region_->page(31)));
+  EXPECT_EQ(state().Get(31), PageState::kPresent);
+  std::vector<uint8_t> back(4096);
+  ASSERT_EQ(pread(region_->fd(), back.data(), 4096, 31 * 4096), 4096);
+  EXPECT_EQ(memcmp(back.data(), src_.data() + 31 * 4096, 4096), 0);
+}
+
+// An urgent run of several pages keeps the two-step placement: a COPY that met EEXIST part-way
+// would have mapped the rest, and writing through the cache over them could undo guest writes.
+TEST_P(MemfdLanderTest, UrgentRunOfSeveralPagesGoesThroughTheCache) {
+  ASSERT_TRUE(lander_->Deliver(Run(32, 2, Urgency::kUrgent)).ok());
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kCopy), 0);
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 1);
+}
+
 TEST_P(LanderTest, UrgentPageWakesWithItsPlacement) {
   PageState seen;
   ASSERT_TRUE(state().MarkUrgent(30, &seen));
@@ -128,6 +168,64 @@ TEST_P(LanderTest, DiscardedPageIsNotPlaced) {
   EXPECT_FALSE(uffd_.mapped(region_->page(50)));
   EXPECT_TRUE(uffd_.mapped(region_->page(49)));
   EXPECT_TRUE(uffd_.mapped(region_->page(51)));
+}
+
+// Whether this process has a page mapped at `addr` (/proc/self/pagemap's present bit).
+bool MappedHere(const void* addr) {
+  int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  uint64_t entry = 0;
+  const off_t off = static_cast<off_t>(reinterpret_cast<uintptr_t>(addr) / 4096 * 8);
+  const bool ok = pread(fd, &entry, sizeof(entry), off) == sizeof(entry);
+  close(fd);
+  return ok && (entry >> 63) & 1;
+}
+
+// The same on the real kernel: a shmem region registered MISSING|MINOR, one page absent and
+// one whose page cache holds foreign bytes (written, never mapped); both urgent deliveries
+// must leave the source's bytes mapped.
+TEST(LanderRealUffdTest, UrgentShmemPagesOnTheRealKernel) {
+  absl::StatusOr<Userfaultfd> u = Userfaultfd::Open();
+  if (!u.ok()) GTEST_SKIP() << "userfaultfd unavailable here: " << u.status();
+  if (!u->has(UFFD_FEATURE_MINOR_SHMEM) || !u->has(UFFD_FEATURE_MISSING_SHMEM)) {
+    GTEST_SKIP() << "this kernel lacks userfaultfd on shmem (MISSING_SHMEM, MINOR_SHMEM)";
+  }
+  constexpr uint64_t kPages = 8;
+  auto r = GuestRegion::Create("ram", RegionKind::kMemfd, kPages * 4096);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(u->Register((*r)->base(), (*r)->size(), /*missing=*/true, /*minor=*/true).ok());
+  // Unregistered before the region is unmapped, also when an assertion returns early: with
+  // EVENT_UNMAP an munmap of a registered range waits for its event to be read.
+  struct Unregister {
+    ~Unregister() { (void)u->Unregister(r->base(), r->size()); }
+    Userfaultfd* u;
+    GuestRegion* r;
+  } unregister{&*u, r->get()};
+  PlacerCounters pc;
+  EngineCounters ec;
+  FaultStats stats;
+  auto t = RegionTable::Create({r->get()}, &*u, &pc);
+  ASSERT_TRUE(t.ok());
+  Lander lander(t->get(), &stats, &ec);
+  std::vector<uint8_t> src(kPages * 4096);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + 3);
+  std::vector<uint8_t> foreign(4096, 0xee);
+  ASSERT_EQ(pwrite((*r)->fd(), foreign.data(), 4096, 5 * 4096), 4096);
+  for (uint64_t p : {uint64_t{4}, uint64_t{5}}) {
+    PageRun run;
+    run.first = p;
+    run.count = 1;
+    run.page_size = 4096;
+    run.data = src.data() + p * 4096;
+    run.urgency = Urgency::kUrgent;
+    ASSERT_TRUE(lander.Deliver(run).ok()) << p;
+    EXPECT_EQ((**t)[0].state.Get(p), PageState::kPresent) << p;
+    // Mapped now (checked first: reading an unmapped page here would wait for a fault reader
+    // that does not exist), with the source's bytes.
+    ASSERT_TRUE(MappedHere((*r)->page(p))) << p;
+    EXPECT_EQ(memcmp((*r)->page(p), src.data() + p * 4096, 4096), 0) << p;
+  }
+  EXPECT_EQ(pc.eexist.load(), 1u) << "page 5's COPY met the foreign page";
 }
 
 // ENOENT: the VMM unmapped the range meanwhile; the pages are gone (discarded), not missing.

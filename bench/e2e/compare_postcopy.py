@@ -621,6 +621,8 @@ def run_qemu(args, work, cell, huge):
             res["bytes_on_wire"] += stats.get("bytes_received", 0)
             res["qemu_stream_bytes"] = ram.get("transferred", 0)
             res["fault_latency"] = trim_latency(stats.get("fault_latency"))
+            res["fault_latency_by_kind"] = {
+                k: trim_latency(v) for k, v in (stats.get("fault_latency_by_kind") or {}).items()}
             res["engine"] = {k: stats.get(k) for k in ENGINE_KEYS}
         res["guest"] = parse_guest(picker.text())
         res["guest_round"] = dict(picker.report(), cpu0_round_at_migrate=trigger)
