@@ -57,17 +57,26 @@ absl::Status Lander::PlaceStretch(RegionTable::Entry& e, const PageRun& run, uin
   const uint32_t ps = run.page_size;
   PlaceResult r;
   bool placed = false;
-  if (e.region->places_via_alias() && run.urgency == Urgency::kUrgent && n == 1) {
+  if (e.region->places_via_alias() && run.urgency == Urgency::kUrgent && n == 1 &&
+      e.state.MarkLanded(first)) {
     // A fault's page on shmem goes in with UFFDIO_COPY (the kernel allocates, copies and maps
     // it in one step), not pwritev + CONTINUE: a shmem write holds the inode's lock for the
     // whole write, so one page behind a bulk lane's 256 KiB pwritev — whose thread may be
-    // preempted holding it — waited milliseconds. EEXIST: the page cache holds a page there
-    // that is not ours (we claimed the page absent): it is overwritten through the cache below.
+    // preempted holding it — waited milliseconds.
+    // kLanded first, for a restart (engine.cc): a dead engine's kLanded page is CONTINUE'd,
+    // which says EEXIST if our COPY mapped it (the guest may have written it since: kept) and
+    // fails on the hole if the COPY never ran (fetched again).
+    // EEXIST from the COPY: the page cache holds a page we did not put there (the engine
+    // punched every page out at the start, so the VMM wrote it since, through a mapping we
+    // were not given): back to kPlacing, and the source's bytes go in through the cache.
     // One page only: a multi-page COPY that met EEXIST part-way has mapped the rest already,
     // and writing through the cache over a mapped page could undo a guest's write.
     r = CopyOrZero(e, run, i, j, wake);
     placed = !r.done() || r.already_present == 0;
-    if (!placed) r = PlaceResult();
+    if (!placed) {
+      r = PlaceResult();
+      if (!e.state.Unland(first)) return absl::OkStatus();  // discarded meanwhile: not ours
+    }
   }
   if (placed) {
     // r says how the COPY went.

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/fault_loop.h"
 #include "engine/testing/fake_uffd.h"
 #include "engine/uffd.h"
 #include "gtest/gtest.h"
@@ -88,9 +89,15 @@ TEST_P(MemfdLanderTest, BytesGoThroughThePageCacheBeforeTheMapping) {
 // A fault's page on shmem: one UFFDIO_COPY (no pwritev, whose inode lock a bulk lane's write
 // may hold for long), which maps and wakes.
 TEST_P(MemfdLanderTest, UrgentPageIsCopiedInOneStep) {
+  // Landed before the COPY runs: what a restart needs (ARestartAfterAnUrgentCopy… below).
+  PageState at_copy = PageState::kAbsent;
+  uffd_.OnPlace([&](FakeUffd::Op op, const void* dst) {
+    if (op == FakeUffd::Op::kCopy && dst == region_->page(30)) at_copy = state().Get(30);
+  });
   ASSERT_TRUE(lander_->Deliver(Run(30, 1, Urgency::kUrgent)).ok());
   EXPECT_EQ(uffd_.calls(FakeUffd::Op::kCopy), 1);
   EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 0);
+  EXPECT_EQ(at_copy, PageState::kLanded);
   EXPECT_TRUE(uffd_.WokenAt(region_->page(30)));
   EXPECT_EQ(state().Get(30), PageState::kPresent);
   std::vector<uint8_t> back(4096);
@@ -226,6 +233,57 @@ TEST(LanderRealUffdTest, UrgentShmemPagesOnTheRealKernel) {
     EXPECT_EQ(memcmp((*r)->page(p), src.data() + p * 4096, 4096), 0) << p;
   }
   EXPECT_EQ(pc.eexist.load(), 1u) << "page 5's COPY met the foreign page";
+}
+
+// An engine that died around an urgent COPY on shmem left the page kLanded; its successor
+// CONTINUEs such pages (FaultLoop::ResolveLanded). Real kernel: died before the COPY (the
+// cache holds nothing: CONTINUE fails, the page is fetched again, nothing is mapped) and after
+// it (mapped, and written by the guest since: CONTINUE says EEXIST, the guest's bytes stay).
+TEST(LanderRealUffdTest, ARestartAfterAnUrgentCopyKeepsTheGuestsBytes) {
+  absl::StatusOr<Userfaultfd> u = Userfaultfd::Open();
+  if (!u.ok()) GTEST_SKIP() << "userfaultfd unavailable here: " << u.status();
+  if (!u->has(UFFD_FEATURE_MINOR_SHMEM) || !u->has(UFFD_FEATURE_MISSING_SHMEM)) {
+    GTEST_SKIP() << "this kernel lacks userfaultfd on shmem (MISSING_SHMEM, MINOR_SHMEM)";
+  }
+  auto r = GuestRegion::Create("ram", RegionKind::kMemfd, 8 * 4096);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(u->Register((*r)->base(), (*r)->size(), /*missing=*/true, /*minor=*/true).ok());
+  struct Unregister {
+    ~Unregister() { (void)u->Unregister(r->base(), r->size()); }
+    Userfaultfd* u;
+    GuestRegion* r;
+  } unregister{&*u, r->get()};
+  PlacerCounters pc;
+  EngineCounters ec;
+  FaultStats stats;
+  auto t = RegionTable::Create({r->get()}, &*u, &pc);
+  ASSERT_TRUE(t.ok());
+  PageStateMap& state = (**t)[0].state;
+  // The dead engine, as Lander runs it: page 2 claimed and landed, dead before its COPY;
+  // page 3 landed and COPY'd, dead before marking it present.
+  PageState prev;
+  for (uint64_t p : {uint64_t{2}, uint64_t{3}}) {
+    ASSERT_TRUE(state.Claim(p, &prev));
+    ASSERT_TRUE(state.MarkLanded(p));
+  }
+  std::vector<uint8_t> src(4096, 0x33);
+  ASSERT_TRUE(u->Copy((*r)->page(3), src.data(), 4096, /*wake=*/true).ok());
+  ASSERT_TRUE(MappedHere((*r)->page(3)));
+  memset((*r)->page(3), 0x77, 4096);  // the guest writes it
+  std::vector<uint64_t> landed;
+  ASSERT_TRUE(state.AdoptAfterRestart(&landed).ok());
+  ASSERT_EQ(landed, (std::vector<uint64_t>{2, 3}));
+  struct NoRequests : UrgentRequester {
+    void RequestUrgent(uint32_t, uint64_t) override { ADD_FAILURE() << "nothing is faulted"; }
+  } none;
+  FaultLoop loop(&*u, t->get(), &stats, &ec, &none, FaultLoop::Options{});
+  for (uint64_t p : landed) loop.AddLanded(0, p);
+  ASSERT_TRUE(loop.Poll().ok());
+  EXPECT_EQ(state.Get(2), PageState::kAbsent) << "the COPY never ran: fetched again";
+  EXPECT_FALSE(MappedHere((*r)->page(2)));
+  EXPECT_EQ(state.Get(3), PageState::kPresent);
+  ASSERT_TRUE(MappedHere((*r)->page(3)));
+  EXPECT_EQ((*r)->page(3)[100], 0x77) << "the guest's write survives the restart";
 }
 
 // ENOENT: the VMM unmapped the range meanwhile; the pages are gone (discarded), not missing.

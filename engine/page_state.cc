@@ -160,6 +160,11 @@ bool PageStateMap::MarkLanded(uint64_t p) {
   return Cas(p, s, PageState::kLanded);
 }
 
+bool PageStateMap::Unland(uint64_t p) {
+  PageState s = PageState::kLanded;
+  return Cas(p, s, PageState::kPlacing);
+}
+
 void PageStateMap::Release(uint64_t p) {
   PageState s = PageState::kPlacing;
   if (Cas(p, s, PageState::kAbsent)) return;

@@ -90,6 +90,9 @@ class PageStateMap {
   // Alias kinds: every byte of the claimed page is in the page cache: kPlacing → kLanded.
   // Must precede the UFFDIO_CONTINUE that maps it. False if the page was discarded meanwhile.
   bool MarkLanded(uint64_t p);
+  // kLanded → kPlacing: the claimer will rewrite the page's bytes (an urgent COPY that met a
+  // page it did not put there; lander.cc). False if the page was discarded meanwhile.
+  bool Unland(uint64_t p);
   // Warm-up, after the caller dropped the page's bytes: kPresent → kAbsent, no longer done
   // (remaining() grows by one). False in any other state.
   bool Evict(uint64_t p);

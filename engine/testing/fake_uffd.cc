@@ -34,6 +34,7 @@ bool FakeUffd::ScriptedFailure(Op op, absl::Status* out) {
 
 absl::Status FakeUffd::Place(Op op, void* dst, const void* src, size_t len, bool wake,
                              size_t* done) {
+  if (on_place_) on_place_(op, dst);
   std::lock_guard<std::mutex> l(mu_);
   ++calls_[op];
   if (done) *done = 0;

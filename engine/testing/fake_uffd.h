@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -56,6 +57,9 @@ class FakeUffd : public UffdOps {
   // Marks pages mapped without a placement (a page the VMM touched, a dead engine placed).
   void MarkMapped(const void* addr, size_t len);
   void Unmap(const void* addr, size_t len);  // as MADV_DONTNEED: no longer mapped
+  // Called at the start of every COPY, ZEROPAGE and CONTINUE (without the fake's lock held),
+  // to observe what the caller had done by then.
+  void OnPlace(std::function<void(Op, const void* dst)> f) { on_place_ = std::move(f); }
 
   // Observations.
   bool mapped(const void* addr) const;
@@ -74,6 +78,7 @@ class FakeUffd : public UffdOps {
   const uint64_t features_;
   UniqueFd event_fd_;
   mutable std::mutex mu_;
+  std::function<void(Op, const void*)> on_place_;
   std::set<uintptr_t> mapped_;  // page addresses
   std::map<Op, std::deque<absl::Status>> script_;
   std::map<Op, int> calls_;
