@@ -163,13 +163,13 @@ absl::Status Engine::DropStalePages() {
 //                cannot have read or written it. kAbsent: fetched again and written again,
 //                overwriting only our own partial bytes, then CONTINUE'd.
 //   kLanded      (page-cache kinds) the bytes were complete in the page cache before the
-//                state changed — or, for a fault's page placed with one UFFDIO_COPY (lander.cc),
-//                the COPY was about to run: then the cache holds either nothing (CONTINUE fails
-//                on the hole, mfill_atomic_pte_continue(): no folio → -EFAULT, and the page is
-//                fetched again) or the COPY's page, mapped (EEXIST below). CONTINUE may or may
-//                not have run. UFFDIO_CONTINUE it, without
-//                a fetch (FaultLoop::ResolveLanded()): success means it was not mapped and
-//                now is, with the complete bytes; EEXIST means it was mapped
+//                state changed — or, for pages placed with UFFDIO_COPY (lander.cc: how memfd
+//                pages go in unless the VMM's registration refuses COPY), the COPY was about to
+//                run: then the cache holds either nothing (CONTINUE fails on the hole,
+//                mfill_atomic_pte_continue(): no folio → -EFAULT, and the page is fetched again) or
+//                the COPY's page, mapped (EEXIST below). CONTINUE may or may not have run.
+//                UFFDIO_CONTINUE it, without a fetch (FaultLoop::ResolveLanded()): success means it
+//                was not mapped and now is, with the complete bytes; EEXIST means it was mapped
 //                (mfill_atomic_pte_continue(): the PTE is not none → -EEXIST) and the guest may
 //                have written it since — left alone. Either way kPresent.
 //   kDiscarded, kPlacingDiscarded

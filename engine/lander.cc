@@ -56,38 +56,55 @@ absl::Status Lander::PlaceStretch(RegionTable::Entry& e, const PageRun& run, uin
   const uint32_t n = j - i;
   const uint32_t ps = run.page_size;
   PlaceResult r;
-  bool placed = false;
-  if (e.region->places_via_alias() && run.urgency == Urgency::kUrgent && n == 1 &&
-      e.state.MarkLanded(first)) {
-    // A fault's page on shmem goes in with UFFDIO_COPY (the kernel allocates, copies and maps
-    // it in one step), not pwritev + CONTINUE: a shmem write holds the inode's lock for the
-    // whole write, so one page behind a bulk lane's 256 KiB pwritev — whose thread may be
-    // preempted holding it — waited milliseconds.
+  std::atomic<bool>& no_copy = no_copy_[run.region];
+  const bool alias = e.region->places_via_alias();
+  bool via_cache = alias && no_copy.load(std::memory_order_relaxed);  // decided once per stretch
+  if (alias && !via_cache) {
+    // memfd: UFFDIO_COPY (ZEROPAGE for zero pages) allocates each page in the page cache,
+    // copies and maps it in one step — cheaper than pwritev + CONTINUE (bench/RESULTS.md), and
+    // without the inode lock a shmem write holds for the whole write, behind which a fault's
+    // page waited milliseconds while a bulk lane's 256 KiB pwritev ran (its thread preempted).
     // kLanded first, for a restart (engine.cc): a dead engine's kLanded page is CONTINUE'd,
-    // which says EEXIST if our COPY mapped it (the guest may have written it since: kept) and
-    // fails on the hole if the COPY never ran (fetched again).
-    // EEXIST from the COPY: the page cache holds a page we did not put there (the engine
-    // punched every page out at the start, so the VMM wrote it since, through a mapping we
-    // were not given): back to kPlacing, and the source's bytes go in through the cache.
-    // One page only: a multi-page COPY that met EEXIST part-way has mapped the rest already,
-    // and writing through the cache over a mapped page could undo a guest's write.
+    // which says EEXIST where our COPY mapped it (the guest may have written it since: kept)
+    // and fails on the hole where the COPY never ran (fetched again).
+    for (uint64_t p = first; p < first + n; ++p) e.state.MarkLanded(p);
     r = CopyOrZero(e, run, i, j, wake);
-    placed = !r.done() || r.already_present == 0;
-    if (!placed) {
-      r = PlaceResult();
-      if (!e.state.Unland(first)) return absl::OkStatus();  // discarded meanwhile: not ours
+    if (r.outcome == PlaceOutcome::kFailed &&
+        r.error.code() == absl::StatusCode::kInvalidArgument) {
+      // EINVAL: the VMM registered the range without MISSING (no COPY there); nothing was
+      // placed. Through the page cache from now on.
+      no_copy.store(true, std::memory_order_relaxed);
+      via_cache = true;
+      for (uint64_t p = first; p < first + n; ++p) e.state.Unland(p);
+    } else {
+      // EEXIST: the page cache holds a page we did not put there (the engine punched every
+      // page out at its start, so the VMM wrote it since, through a mapping we were not
+      // given). The source's bytes go in through the cache, that page alone (the others are
+      // mapped now: writing over them could undo a guest's write).
+      for (uint64_t p : r.present) {
+        if (!r.done()) break;
+        if (!e.state.Unland(p)) continue;  // discarded meanwhile: not ours
+        const uint32_t k = static_cast<uint32_t>(p - run.first);
+        if (absl::Status s = WritePageCache(e, run, k, k + 1); !s.ok()) {
+          e.state.Release(p);
+          r.outcome = PlaceOutcome::kFailed;
+          r.error = s;
+          break;
+        }
+        e.state.MarkLanded(p);
+        PlaceResult c = e.placer.Continue(p, 1, wake, Caller::kOther);
+        if (!c.done()) r = std::move(c);
+      }
     }
   }
-  if (placed) {
-    // r says how the COPY went.
-  } else if (e.region->places_via_alias()) {
+  if (via_cache) {
     if (absl::Status s = WritePageCache(e, run, i, j); !s.ok()) {
       for (uint64_t p = first; p < first + n; ++p) e.state.Release(p);
       return s;
     }
     for (uint64_t p = first; p < first + n; ++p) e.state.MarkLanded(p);
     r = e.placer.Continue(first, n, wake, Caller::kOther);
-  } else {
+  } else if (!alias) {
     r = CopyOrZero(e, run, i, j, wake);
   }
   switch (r.outcome) {
@@ -128,7 +145,8 @@ PlaceResult Lander::CopyOrZero(RegionTable::Entry& e, const PageRun& run, uint32
              : e.placer.Copy(run.first + a, b - a, run.data + size_t{a} * run.page_size, wake,
                              Caller::kOther);
     sub.already_present += r.already_present;
-    r = sub;
+    sub.present.insert(sub.present.begin(), r.present.begin(), r.present.end());
+    r = std::move(sub);
     a = b;
   }
   return r;

@@ -55,6 +55,9 @@ class Lander {
   EngineCounters* counters_;
   // Per region: its fd refused pwritev once (EINVAL, EBADF...): write the alias mapping instead.
   std::atomic<bool> no_pwrite_[kMaxEngineRegions] = {};
+  // Per region (memfd): COPY was refused (EINVAL: registered without MISSING): place through
+  // the page cache (pwritev + CONTINUE) instead.
+  std::atomic<bool> no_copy_[kMaxEngineRegions] = {};
 };
 
 }  // namespace faultline

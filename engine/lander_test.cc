@@ -76,14 +76,31 @@ TEST_P(LanderTest, BulkRunIsPlacedMappedAndWokenOnce) {
 // Cases that concern memfd's two-step placement (page cache, then CONTINUE) only.
 using MemfdLanderTest = LanderTest;
 
-TEST_P(MemfdLanderTest, BytesGoThroughThePageCacheBeforeTheMapping) {
+TEST_P(MemfdLanderTest, BulkPagesAreCopiedInOneStep) {
   ASSERT_TRUE(lander_->Deliver(Run(0, 4, Urgency::kBulk)).ok());
-  // pwritev into the memfd, then UFFDIO_CONTINUE: no COPY, one CONTINUE for the stretch.
-  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 1);
-  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kCopy), 0);
+  // One UFFDIO_COPY for the stretch: no pwritev, no CONTINUE.
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kCopy), 1);
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 0);
   std::vector<uint8_t> back(4096);
   ASSERT_EQ(pread(region_->fd(), back.data(), 4096, 2 * 4096), 4096);
   EXPECT_EQ(memcmp(back.data(), src_.data() + 2 * 4096, 4096), 0);
+}
+
+// A VMM that registered its RAM without MISSING: COPY says EINVAL (nothing placed); that
+// stretch and every later one go through the page cache (pwritev, then CONTINUE).
+TEST_P(MemfdLanderTest, RegistrationWithoutCopyFallsBackToThePageCache) {
+  uffd_.FailNext(FakeUffd::Op::kCopy, absl::InvalidArgumentError("EINVAL"));
+  ASSERT_TRUE(lander_->Deliver(Run(0, 4, Urgency::kBulk)).ok());
+  ASSERT_TRUE(lander_->Deliver(Run(4, 4, Urgency::kBulk)).ok());
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kCopy), 1);
+  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 2);
+  for (uint64_t p = 0; p < 8; ++p) {
+    EXPECT_EQ(state().Get(p), PageState::kPresent) << p;
+    EXPECT_TRUE(uffd_.mapped(region_->page(p))) << p;
+  }
+  std::vector<uint8_t> back(4096);
+  ASSERT_EQ(pread(region_->fd(), back.data(), 4096, 6 * 4096), 4096);
+  EXPECT_EQ(memcmp(back.data(), src_.data() + 6 * 4096, 4096), 0);
 }
 
 // A fault's page on shmem: one UFFDIO_COPY (no pwritev, whose inode lock a bulk lane's write
@@ -120,12 +137,24 @@ TEST_P(MemfdLanderTest, UrgentPageOverAForeignCachePageGoesThroughTheCache) {
   EXPECT_EQ(memcmp(back.data(), src_.data() + 31 * 4096, 4096), 0);
 }
 
-// An urgent run of several pages keeps the two-step placement: a COPY that met EEXIST part-way
-// would have mapped the rest, and writing through the cache over them could undo guest writes.
-TEST_P(MemfdLanderTest, UrgentRunOfSeveralPagesGoesThroughTheCache) {
-  ASSERT_TRUE(lander_->Deliver(Run(32, 2, Urgency::kUrgent)).ok());
-  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kCopy), 0);
-  EXPECT_EQ(uffd_.calls(FakeUffd::Op::kContinue), 1);
+// A stretch whose COPY met EEXIST part-way: the others are mapped by the COPY, the foreign page
+// alone is rewritten through the cache and CONTINUE'd — never a mapped page written over.
+TEST_P(MemfdLanderTest, ForeignPageInsideABulkStretchIsFixedAlone) {
+  std::vector<uint8_t> foreign(4096, 0xee);
+  ASSERT_EQ(pwrite(region_->fd(), foreign.data(), 4096, 34 * 4096), 4096);
+  uffd_.MarkMapped(region_->page(34), 4096);  // how the fake says EEXIST to the COPY
+  std::vector<const void*> continued;
+  uffd_.OnPlace([&](FakeUffd::Op op, const void* dst) {
+    if (op == FakeUffd::Op::kContinue) continued.push_back(dst);
+  });
+  ASSERT_TRUE(lander_->Deliver(Run(32, 4, Urgency::kBulk)).ok());
+  EXPECT_EQ(continued, std::vector<const void*>{region_->page(34)});
+  for (uint64_t p = 32; p < 36; ++p) {
+    EXPECT_EQ(state().Get(p), PageState::kPresent) << p;
+    std::vector<uint8_t> back(4096);
+    ASSERT_EQ(pread(region_->fd(), back.data(), 4096, static_cast<off_t>(p * 4096)), 4096);
+    EXPECT_EQ(memcmp(back.data(), src_.data() + p * 4096, 4096), 0) << p;
+  }
 }
 
 TEST_P(LanderTest, UrgentPageWakesWithItsPlacement) {
@@ -190,7 +219,7 @@ bool MappedHere(const void* addr) {
 
 // The same on the real kernel: a shmem region registered MISSING|MINOR, one page absent and
 // one whose page cache holds foreign bytes (written, never mapped); both urgent deliveries
-// must leave the source's bytes mapped.
+// must leave the source's bytes mapped — and so must a bulk stretch with a foreign page inside.
 TEST(LanderRealUffdTest, UrgentShmemPagesOnTheRealKernel) {
   absl::StatusOr<Userfaultfd> u = Userfaultfd::Open();
   if (!u.ok()) GTEST_SKIP() << "userfaultfd unavailable here: " << u.status();
@@ -232,7 +261,21 @@ TEST(LanderRealUffdTest, UrgentShmemPagesOnTheRealKernel) {
     ASSERT_TRUE(MappedHere((*r)->page(p))) << p;
     EXPECT_EQ(memcmp((*r)->page(p), src.data() + p * 4096, 4096), 0) << p;
   }
-  EXPECT_EQ(pc.eexist.load(), 1u) << "page 5's COPY met the foreign page";
+  // A bulk stretch over pages 0-3 with a foreign page at 1: all mapped with the source's bytes.
+  ASSERT_EQ(pwrite((*r)->fd(), foreign.data(), 4096, 1 * 4096), 4096);
+  PageRun bulk;
+  bulk.first = 0;
+  bulk.count = 4;
+  bulk.page_size = 4096;
+  bulk.data = src.data();
+  bulk.urgency = Urgency::kBulk;
+  ASSERT_TRUE(lander.Deliver(bulk).ok());
+  for (uint64_t p = 0; p < 4; ++p) {
+    EXPECT_EQ((**t)[0].state.Get(p), PageState::kPresent) << p;
+    ASSERT_TRUE(MappedHere((*r)->page(p))) << p;
+    EXPECT_EQ(memcmp((*r)->page(p), src.data() + p * 4096, 4096), 0) << p;
+  }
+  EXPECT_EQ(pc.eexist.load(), 2u) << "pages 5's and 1's COPY met the foreign pages";
 }
 
 // An engine that died around an urgent COPY on shmem left the page kLanded; its successor
@@ -288,8 +331,7 @@ TEST(LanderRealUffdTest, ARestartAfterAnUrgentCopyKeepsTheGuestsBytes) {
 
 // ENOENT: the VMM unmapped the range meanwhile; the pages are gone (discarded), not missing.
 TEST_P(LanderTest, UnmappedRangeDiscardsThePages) {
-  const auto op = GetParam() == RegionKind::kMemfd ? FakeUffd::Op::kContinue : FakeUffd::Op::kCopy;
-  uffd_.FailNext(op, absl::NotFoundError("ENOENT"));
+  uffd_.FailNext(FakeUffd::Op::kCopy, absl::NotFoundError("ENOENT"));
   ASSERT_TRUE(lander_->Deliver(Run(0, 4, Urgency::kBulk)).ok());
   for (uint64_t p = 0; p < 4; ++p) EXPECT_EQ(state().Get(p), PageState::kDiscarded);
   EXPECT_EQ(table_->remaining(), kPages - 4);
@@ -298,8 +340,7 @@ TEST_P(LanderTest, UnmappedRangeDiscardsThePages) {
 // A real placement error: the pages go back to absent (asked for again) and the error says
 // which pages of which region.
 TEST_P(LanderTest, PlacementErrorHandsThePagesBack) {
-  const auto op = GetParam() == RegionKind::kMemfd ? FakeUffd::Op::kContinue : FakeUffd::Op::kCopy;
-  uffd_.FailNext(op, absl::ResourceExhaustedError("ENOMEM"));
+  uffd_.FailNext(FakeUffd::Op::kCopy, absl::ResourceExhaustedError("ENOMEM"));
   absl::Status s = lander_->Deliver(Run(20, 4, Urgency::kBulk));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(s.message().find("pages [20, 24) of region 'ram'"), absl::string_view::npos) << s;

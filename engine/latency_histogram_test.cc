@@ -39,10 +39,10 @@ TEST(LatencyHistogram, EmptyIsZero) {
 // QEMU's postcopy-latency-dist buckets: [2^N µs, 2^(N+1) µs).
 TEST(LatencyHistogram, QemuLog2MicrosecondBuckets) {
   EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(0), 0);
-  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(999), 0);        // < 1 µs
-  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(1999), 0);       // 1.999 µs
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(999), 0);   // < 1 µs
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(1999), 0);  // 1.999 µs
   EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(2000), 1);
-  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(256000), 8);     // [256 µs, 512 µs)
+  EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(256000), 8);  // [256 µs, 512 µs)
   EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(511999), 8);
   EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(512000), 9);
   EXPECT_EQ(LatencyHistogram::Log2UsBucketOf(uint64_t{1} << 50), 23);  // open-ended

@@ -45,6 +45,7 @@ PlaceResult Placer::Run(Op op, uint64_t first, uint32_t count, const uint8_t* sr
       case absl::StatusCode::kAlreadyExists:  // EEXIST: present; skip the page, place the rest
         counters_->eexist.fetch_add(1, std::memory_order_relaxed);
         ++r.already_present;
+        r.present.push_back(first + off / ps);
         off += ps;
         break;
       case absl::StatusCode::kUnavailable:  // EAGAIN: a REMOVE/UNMAP event is unread
@@ -95,8 +96,10 @@ PlaceResult Placer::Zero(uint64_t first, uint32_t count, bool wake, Caller c) {
     }
     PlaceResult r = Run(Op::kCopy, first + i, 1, z, wake, c);
     sum.already_present += r.already_present;
+    sum.present.insert(sum.present.end(), r.present.begin(), r.present.end());
     if (!r.done()) {
       r.already_present = sum.already_present;
+      r.present = std::move(sum.present);
       return r;
     }
   }

@@ -30,6 +30,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "engine/region.h"
@@ -50,8 +51,9 @@ enum class PlaceOutcome : uint8_t {
 
 struct PlaceResult {
   PlaceOutcome outcome = PlaceOutcome::kDone;
-  uint32_t already_present = 0;  // pages the kernel said EEXIST for
-  absl::Status error;            // kFailed only
+  uint32_t already_present = 0;   // pages the kernel said EEXIST for
+  std::vector<uint64_t> present;  // which: their page numbers (COPY, ZEROPAGE, CONTINUE)
+  absl::Status error;             // kFailed only
   bool done() const { return outcome == PlaceOutcome::kDone; }
 };
 
