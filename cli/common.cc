@@ -32,6 +32,11 @@ ABSL_FLAG(int32_t, bulk_channels, 1,
           "Bulk connections to the source (1..16), each with its own receiving thread here and "
           "serving thread there: more cores for the background stream. Urgent faults always "
           "have a connection of their own.");
+ABSL_FLAG(absl::Duration, bulk_solo_after_fault, absl::ZeroDuration(),
+          "With --bulk_channels > 1: for this long after a fault only the first bulk channel "
+          "takes new requests, so on a host short of cores the other channels' threads do not "
+          "delay the fault's (e.g. 2ms; 0: every channel always). Faster faults, slower "
+          "total where it matters: bench/RESULTS.md.");
 ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
           "When the connection to the source breaks, keep the guest waiting and reconnect "
           "for up to this long (0: fail at once).");
@@ -128,6 +133,7 @@ EngineOptions EngineOptionsFromFlags() {
   EngineOptions o;
   o.bulk_batch_bytes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_batch_kib)) << 10;
   o.bulk_window = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_window));
+  o.bulk_solo_after_fault = absl::GetFlag(FLAGS_bulk_solo_after_fault);
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
   o.reconnect_deadline = absl::GetFlag(FLAGS_reconnect_deadline);
   o.warmup.enabled = absl::GetFlag(FLAGS_warmup);

@@ -113,20 +113,37 @@ bool BackgroundPull::ClaimNext(uint32_t* region, uint64_t* first, uint32_t* coun
   return false;
 }
 
+size_t BackgroundPull::ActiveLanes() const {
+  if (opts_.solo_after_fault_ns == 0 || outstanding_.size() <= 1) return outstanding_.size();
+  const uint64_t last = last_fault_ns_.load(std::memory_order_relaxed);
+  const bool recent = last != 0 && FaultStats::NowNs() - last < opts_.solo_after_fault_ns;
+  return recent ? 1 : outstanding_.size();
+}
+
 void BackgroundPull::Loop() {
   std::unique_lock<std::mutex> l(mu_);
   while (true) {
-    // The lane with the fewest bytes in flight, if it has room.
+    // The lane with the fewest bytes in flight among those active now, if it has room. While
+    // only the first is active and full, its own completions (BulkDone) wake this loop again.
     const uint64_t window_bytes = uint64_t{opts_.window} * opts_.batch_bytes;
     auto least = [&] {
-      return std::min_element(outstanding_.begin(), outstanding_.end(),
+      return std::min_element(outstanding_.begin(),
+                              outstanding_.begin() + static_cast<ptrdiff_t>(ActiveLanes()),
                               [](const Lane& a, const Lane& b) { return a.bytes < b.bytes; });
     };
     auto has_room = [&] {
       const Lane& ln = *least();
       return ln.bytes < window_bytes && ln.sizes.size() < kMaxRequestsPerLane;
     };
-    cv_.wait(l, [&] { return stop_ || (enabled_ && !paused_ && !idle_ && has_room()); });
+    while (!(stop_ || (enabled_ && !paused_ && !idle_ && has_room()))) {
+      if (ActiveLanes() < outstanding_.size()) {
+        // Lanes held back after a fault: look again once that has passed, whether or not the
+        // first lane's answers come meanwhile.
+        cv_.wait_for(l, std::chrono::nanoseconds(opts_.solo_after_fault_ns));
+      } else {
+        cv_.wait(l);
+      }
+    }
     if (stop_) return;
     const uint32_t lane = static_cast<uint32_t>(least() - outstanding_.begin());
     uint32_t region = 0, count = 0;

@@ -32,6 +32,11 @@ class BackgroundPull {
     uint32_t window = 4;              // batches' bytes in flight per lane
     bool enabled = true;              // false: nothing is pulled until Enable()
     uint64_t rate_bytes_per_s = 0;    // a limit on the bytes asked for per second; 0: none
+    // With several lanes: for this long after a fault only the first lane takes new requests.
+    // Every lane's receive thread here and sender at the source wants a core; on a host short
+    // of cores they delay the fault's own threads (bench/RESULTS.md: on 2 cores a second lane
+    // made the mean fault 2-4x slower and the switch-over's faults with it). 0: never.
+    uint64_t solo_after_fault_ns = 0;
   };
   BackgroundPull(RegionTable* table, EngineCounters* counters, const Options& opts)
       : table_(table),
@@ -53,6 +58,7 @@ class BackgroundPull {
   // The latest urgent fault: continue from there.
   void Hint(uint32_t region, uint64_t page) {
     hint_.store(table_->Key(region, page) + 1, std::memory_order_relaxed);
+    last_fault_ns_.store(FaultStats::NowNs(), std::memory_order_relaxed);
   }
   // Changes the rate limit (0: none), e.g. lifted when warm-up ends.
   void SetRate(uint64_t bytes_per_s);
@@ -70,6 +76,8 @@ class BackgroundPull {
 
  private:
   void Loop();
+  // How many lanes (from the first) may take a new request now (solo_after_fault_ns).
+  size_t ActiveLanes() const;
   // Claims the next batch from the cursor (under mu_). False: nothing absent is left.
   bool ClaimNext(uint32_t* region, uint64_t* first, uint32_t* count);
 
@@ -91,12 +99,13 @@ class BackgroundPull {
     std::deque<uint64_t> sizes;  // bytes of each request in flight, oldest first
     uint64_t bytes = 0;
   };
-  std::vector<Lane> outstanding_;  // guarded by mu_: per lane
-  uint32_t cursor_region_ = 0;     // guarded by mu_
-  uint64_t cursor_page_ = 0;       // guarded by mu_
-  std::atomic<uint64_t> hint_{0};  // key + 1 of the latest urgent fault
-  uint64_t rate_;                  // guarded by mu_: bytes per second, 0: no limit
-  uint64_t next_request_ns_ = 0;   // guarded by mu_: the rate limit's clock
+  std::vector<Lane> outstanding_;           // guarded by mu_: per lane
+  uint32_t cursor_region_ = 0;              // guarded by mu_
+  uint64_t cursor_page_ = 0;                // guarded by mu_
+  std::atomic<uint64_t> hint_{0};           // key + 1 of the latest urgent fault
+  std::atomic<uint64_t> last_fault_ns_{0};  // when Hint() was last called (0: never)
+  uint64_t rate_;                           // guarded by mu_: bytes per second, 0: no limit
+  uint64_t next_request_ns_ = 0;            // guarded by mu_: the rate limit's clock
 };
 
 }  // namespace faultline

@@ -66,6 +66,30 @@ TEST_F(PullTest, KeepsTheWindowFullOnEveryLane) {
   pull_->Stop();
 }
 
+// After a fault only the first lane takes new requests for solo_after_fault_ns; then all do.
+TEST_F(PullTest, AFaultLeavesOnlyTheFirstLaneForAWhile) {
+  BackgroundPull::Options o;
+  o.batch_bytes = 16 * 4096;
+  o.window = 2;
+  o.solo_after_fault_ns = 300'000'000;  // 300 ms: longer than the checks below take
+  Make(1024, 2, o);
+  source_->HoldBulk(true);
+  pull_->Hint(0, 500);  // a fault just now
+  pull_->Start(source_.get());
+  ASSERT_TRUE(WaitFor([&] { return source_->bulk_requests() == 2; }));
+  absl::SleepFor(absl::Milliseconds(30));
+  EXPECT_EQ(source_->bulk_requests_on(0), 2);
+  EXPECT_EQ(source_->bulk_requests_on(1), 0) << "lane 1 took a request right after a fault";
+  // Lane 0 frees room while the fault is still recent: it takes the request, lane 1 not.
+  pull_->BulkDone(0);
+  ASSERT_TRUE(WaitFor([&] { return source_->bulk_requests_on(0) == 3; }));
+  EXPECT_EQ(source_->bulk_requests_on(1), 0);
+  // Once the quiet time has passed lane 1 fills too, with no answer on lane 0 to wake the pull.
+  ASSERT_TRUE(WaitFor([&] { return source_->bulk_requests_on(1) == 2; }));
+  EXPECT_EQ(source_->bulk_requests_on(0), 3);
+  pull_->Stop();
+}
+
 TEST_F(PullTest, BatchesRespectTheSourceLimits) {
   BackgroundPull::Options o;
   o.batch_bytes = 64u << 20;  // more than the fake's 1 MiB per request

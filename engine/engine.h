@@ -48,7 +48,12 @@ namespace faultline {
 struct EngineOptions {
   uint32_t bulk_batch_bytes = 1u << 20;  // bytes per background request
   uint32_t bulk_window = 4;              // background requests in flight per bulk lane
-  bool busy_poll = false;                // the fault loop spins on the uffd instead of poll()
+  // With several bulk lanes: for this long after a fault only the first takes new requests
+  // (BackgroundPull::Options::solo_after_fault_ns). Zero: every lane always — right where
+  // cores are plenty; on 2 cores 2 ms halved the mean fault and cost total time
+  // (bench/RESULTS.md).
+  absl::Duration bulk_solo_after_fault = absl::ZeroDuration();
+  bool busy_poll = false;  // the fault loop spins on the uffd instead of poll()
   absl::Duration tick = absl::Milliseconds(20);
   // False when the VMM registered the ranges itself (a hand-off); the engine then leaves the
   // registration to its owner too.

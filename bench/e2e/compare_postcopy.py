@@ -511,7 +511,8 @@ def run_qemu(args, work, cell, huge):
             serve = spawn("faultline-serve", [args.faultline, "serve", "--handoff=" + sock,
                                               f"--connect=127.0.0.1:{fl_port}", "--token=" + token,
                                               "--state_dir=" + os.path.join(work, "state"),
-                                              f"--bulk_channels={nbulk}", "--progress=false"])
+                                              f"--bulk_channels={nbulk}", "--progress=false"]
+                          + args.faultline_flag)
             wait_for(lambda: "waiting for a VMM" in read(os.path.join(work, "faultline-serve.log")),
                      30, "faultline serve")
             # The 10.2 series (v3) takes the pager's connection as an fd over QMP and hands
@@ -660,7 +661,8 @@ def run_demo(args, work, cell, huge):
     r = subprocess.run([args.faultline, "demo", f"--size={demo_mib}M",
                         f"--vcpus={cell['vcpus']}", f"--guest_touches={args.touches}",
                         f"--bulk_channels={nbulk}",
-                        "--progress=false", "--guest_serial", f"--stats_json={out}"],
+                        "--progress=false", "--guest_serial", f"--stats_json={out}"]
+                       + args.faultline_flag,
                        env=env, capture_output=True, text=True, timeout=3600)
     with open(os.path.join(work, "demo.log"), "w") as f:
         f.write(r.stdout + r.stderr)
@@ -1209,6 +1211,9 @@ def main():
                     help="cells to run as SIZE:PAGE (e.g. 1024:4K,4096:4K); default: every one")
     ap.add_argument("--bulk-channels", type=int, default=1,
                     help="faultline serve/demo --bulk_channels for the faultline cells")
+    ap.add_argument("--faultline-flag", action="append", default=[],
+                    help="an extra flag for faultline serve/demo in the faultline cells, e.g. "
+                         "--faultline-flag=--bulk_solo_after_fault=0 (repeatable)")
     ap.add_argument("--bulk-channels-2m", type=int, default=0,
                     help="the same for 2 MiB-page cells (default: --bulk-channels)")
     ap.add_argument("--multifd-channels", type=int, default=2,
@@ -1260,6 +1265,7 @@ def main():
                "qemu_versions": {k: qemu_version(p) for k, p in sorted(args.bins.items())},
                "qemu_paths": args.bins, "qemu_missing": args.bin_why,
                "git": git_rev(), "faultline_label": args.faultline_label,
+               "faultline_flags": args.faultline_flag,
                "date": time.strftime("%Y-%m-%d %H:%M"),
                "uptime_before": uptime()}
     print(f"accelerator: {args.accel} ({args.accel_why}); load before: {machine['uptime_before']}",

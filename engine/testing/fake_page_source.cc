@@ -58,6 +58,7 @@ absl::Status FakePageSource::RequestBulk(uint32_t lane, uint32_t region, uint64_
                                          uint32_t count) {
   std::lock_guard<std::mutex> l(mu_);
   ++bulk_count_;
+  ++lane_count_[lane];
   if (broken_) return absl::UnavailableError("fake: connection broken");
   if (lane >= lanes_) return absl::InvalidArgumentError("fake: no such lane");
   bulk_q_[lane].push_back({lane, first, count});
@@ -132,6 +133,11 @@ std::vector<uint64_t> FakePageSource::urgent_requests() {
 int FakePageSource::bulk_requests() {
   std::lock_guard<std::mutex> l(mu_);
   return bulk_count_;
+}
+
+int FakePageSource::bulk_requests_on(uint32_t lane) {
+  std::lock_guard<std::mutex> l(mu_);
+  return lane_count_[lane];
 }
 
 void FakePageSource::Serve(const Req& r, Urgency u) {

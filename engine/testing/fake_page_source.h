@@ -11,6 +11,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -45,6 +46,7 @@ class FakePageSource : public PageSource {
   // Observations.
   std::vector<uint64_t> urgent_requests();
   int bulk_requests();
+  int bulk_requests_on(uint32_t lane);
   int reconnects() const { return reconnects_.load(); }
   bool finished() const { return finished_.load(); }
   const uint8_t* mem() const { return mem_.data(); }
@@ -80,6 +82,7 @@ class FakePageSource : public PageSource {
   std::vector<std::deque<Req>> bulk_q_;  // guarded by mu_
   std::vector<uint64_t> urgent_log_;     // guarded by mu_
   int bulk_count_ = 0;                   // guarded by mu_
+  std::map<uint32_t, int> lane_count_;   // guarded by mu_
 };
 
 }  // namespace faultline
