@@ -37,6 +37,10 @@ ABSL_FLAG(absl::Duration, bulk_solo_after_fault, absl::ZeroDuration(),
           "takes new requests, so on a host short of cores the other channels' threads do not "
           "delay the fault's (e.g. 2ms; 0: every channel always). Faster faults, slower "
           "total where it matters: bench/RESULTS.md.");
+ABSL_FLAG(absl::Duration, bulk_solo_at_start, absl::Milliseconds(20),
+          "With --bulk_channels > 1: only the first bulk channel for this long after the "
+          "background pull begins, while the VMM's switch-over (device state that reads guest "
+          "RAM) faults (0: every channel from the start).");
 ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
           "When the connection to the source breaks, keep the guest waiting and reconnect "
           "for up to this long (0: fail at once).");
@@ -134,6 +138,7 @@ EngineOptions EngineOptionsFromFlags() {
   o.bulk_batch_bytes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_batch_kib)) << 10;
   o.bulk_window = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_window));
   o.bulk_solo_after_fault = absl::GetFlag(FLAGS_bulk_solo_after_fault);
+  o.bulk_solo_at_start = absl::GetFlag(FLAGS_bulk_solo_at_start);
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
   o.reconnect_deadline = absl::GetFlag(FLAGS_reconnect_deadline);
   o.warmup.enabled = absl::GetFlag(FLAGS_warmup);

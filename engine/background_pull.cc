@@ -11,6 +11,7 @@ void BackgroundPull::Start(PageSource* source) {
     std::lock_guard<std::mutex> l(mu_);
     outstanding_.assign(std::max<uint32_t>(1, limits_.bulk_lanes), Lane());
     stop_ = false;
+    if (enabled_ && began_ns_ == 0) began_ns_ = FaultStats::NowNs();
   }
   thread_ = std::thread([this] { Loop(); });
 }
@@ -28,6 +29,7 @@ void BackgroundPull::Enable() {
   {
     std::lock_guard<std::mutex> l(mu_);
     enabled_ = true;
+    if (began_ns_ == 0) began_ns_ = FaultStats::NowNs();
   }
   cv_.notify_all();
 }
@@ -113,11 +115,19 @@ bool BackgroundPull::ClaimNext(uint32_t* region, uint64_t* first, uint32_t* coun
   return false;
 }
 
-size_t BackgroundPull::ActiveLanes() const {
-  if (opts_.solo_after_fault_ns == 0 || outstanding_.size() <= 1) return outstanding_.size();
+size_t BackgroundPull::ActiveLanes(uint64_t* wait_ns) const {
+  if (outstanding_.size() <= 1) return outstanding_.size();
+  const uint64_t now = FaultStats::NowNs();
+  uint64_t solo_until = 0;
+  if (opts_.solo_at_start_ns != 0 && began_ns_ != 0)
+    solo_until = began_ns_ + opts_.solo_at_start_ns;
   const uint64_t last = last_fault_ns_.load(std::memory_order_relaxed);
-  const bool recent = last != 0 && FaultStats::NowNs() - last < opts_.solo_after_fault_ns;
-  return recent ? 1 : outstanding_.size();
+  if (opts_.solo_after_fault_ns != 0 && last != 0) {
+    solo_until = std::max(solo_until, last + opts_.solo_after_fault_ns);
+  }
+  if (now >= solo_until) return outstanding_.size();
+  if (wait_ns != nullptr) *wait_ns = solo_until - now;
+  return 1;
 }
 
 void BackgroundPull::Loop() {
@@ -136,10 +146,11 @@ void BackgroundPull::Loop() {
       return ln.bytes < window_bytes && ln.sizes.size() < kMaxRequestsPerLane;
     };
     while (!(stop_ || (enabled_ && !paused_ && !idle_ && has_room()))) {
-      if (ActiveLanes() < outstanding_.size()) {
-        // Lanes held back after a fault: look again once that has passed, whether or not the
-        // first lane's answers come meanwhile.
-        cv_.wait_for(l, std::chrono::nanoseconds(opts_.solo_after_fault_ns));
+      uint64_t wait_ns = 0;
+      if (ActiveLanes(&wait_ns) < outstanding_.size()) {
+        // Lanes held back (the start, a fault): look again once that has passed, whether or
+        // not the first lane's answers come meanwhile.
+        cv_.wait_for(l, std::chrono::nanoseconds(wait_ns));
       } else {
         cv_.wait(l);
       }

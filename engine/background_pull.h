@@ -37,6 +37,12 @@ class BackgroundPull {
     // of cores they delay the fault's own threads (bench/RESULTS.md: on 2 cores a second lane
     // made the mean fault 2-4x slower and the switch-over's faults with it). 0: never.
     uint64_t solo_after_fault_ns = 0;
+    // With several lanes: for this long after the pull begins (Start() if enabled, else
+    // Enable()) only the first lane takes requests. A VMM's switch-over — QEMU loading device
+    // state, which reads guest RAM through faults — happens then, and every extra lane's
+    // threads delayed those faults (bench/RESULTS.md: kvm-tpr-opt's load 3.0 ms with one lane,
+    // 9.6 ms with two). 0: none.
+    uint64_t solo_at_start_ns = 0;
   };
   BackgroundPull(RegionTable* table, EngineCounters* counters, const Options& opts)
       : table_(table),
@@ -76,8 +82,9 @@ class BackgroundPull {
 
  private:
   void Loop();
-  // How many lanes (from the first) may take a new request now (solo_after_fault_ns).
-  size_t ActiveLanes() const;
+  // How many lanes (from the first) may take a new request now (solo_at_start_ns,
+  // solo_after_fault_ns); *wait_ns: how long until that may change (when fewer than all).
+  size_t ActiveLanes(uint64_t* wait_ns = nullptr) const;
   // Claims the next batch from the cursor (under mu_). False: nothing absent is left.
   bool ClaimNext(uint32_t* region, uint64_t* first, uint32_t* count);
 
@@ -95,6 +102,7 @@ class BackgroundPull {
   bool paused_ = false;      // guarded by mu_
   bool idle_ = false;        // guarded by mu_: nothing absent at the last scan
   uint64_t generation_ = 0;  // guarded by mu_: bumped by Resume()
+  uint64_t began_ns_ = 0;    // guarded by mu_: when the pull was first enabled (0: not yet)
   struct Lane {
     std::deque<uint64_t> sizes;  // bytes of each request in flight, oldest first
     uint64_t bytes = 0;

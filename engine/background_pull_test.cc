@@ -90,6 +90,27 @@ TEST_F(PullTest, AFaultLeavesOnlyTheFirstLaneForAWhile) {
   pull_->Stop();
 }
 
+// For solo_at_start_ns after the pull begins only the first lane takes requests; then all do,
+// with no answer needed to wake the pull.
+TEST_F(PullTest, OnlyTheFirstLaneAtTheStart) {
+  BackgroundPull::Options o;
+  o.batch_bytes = 16 * 4096;
+  o.window = 2;
+  o.enabled = false;
+  o.solo_at_start_ns = 300'000'000;
+  Make(1024, 2, o);
+  source_->HoldBulk(true);
+  pull_->Start(source_.get());
+  absl::SleepFor(absl::Milliseconds(350));  // not begun yet: the window counts from Enable()
+  pull_->Enable();
+  ASSERT_TRUE(WaitFor([&] { return source_->bulk_requests_on(0) == 2; }));
+  absl::SleepFor(absl::Milliseconds(30));
+  EXPECT_EQ(source_->bulk_requests_on(1), 0) << "lane 1 took a request during the start";
+  ASSERT_TRUE(WaitFor([&] { return source_->bulk_requests_on(1) == 2; }));
+  EXPECT_EQ(source_->bulk_requests_on(0), 2);
+  pull_->Stop();
+}
+
 TEST_F(PullTest, BatchesRespectTheSourceLimits) {
   BackgroundPull::Options o;
   o.batch_bytes = 64u << 20;  // more than the fake's 1 MiB per request

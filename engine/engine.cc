@@ -58,6 +58,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
   po.rate_bytes_per_s = opts.warmup.enabled ? opts.warmup.rate_bytes_per_s : 0;
   po.batch_bytes = opts.bulk_batch_bytes;
   po.window = opts.bulk_window;
+  po.solo_at_start_ns = static_cast<uint64_t>(
+      absl::ToInt64Nanoseconds(std::max(absl::ZeroDuration(), opts.bulk_solo_at_start)));
   po.solo_after_fault_ns = static_cast<uint64_t>(
       absl::ToInt64Nanoseconds(std::max(absl::ZeroDuration(), opts.bulk_solo_after_fault)));
   po.enabled = opts.background_pull && opts.pull_start_delay <= absl::ZeroDuration();

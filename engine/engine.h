@@ -53,6 +53,9 @@ struct EngineOptions {
   // cores are plenty; on 2 cores 2 ms halved the mean fault and cost total time
   // (bench/RESULTS.md).
   absl::Duration bulk_solo_after_fault = absl::ZeroDuration();
+  // With several bulk lanes: only the first for this long after the pull begins, while a VMM's
+  // switch-over faults (BackgroundPull::Options::solo_at_start_ns). Zero: none.
+  absl::Duration bulk_solo_at_start = absl::Milliseconds(20);
   bool busy_poll = false;  // the fault loop spins on the uffd instead of poll()
   absl::Duration tick = absl::Milliseconds(20);
   // False when the VMM registered the ranges itself (a hand-off); the engine then leaves the
