@@ -396,6 +396,7 @@ TEST_F(DaemonTest, Version2ByeBeforeListenFailsOnlyThatHandOff) {
   EXPECT_EQ((*src)->server().stats().bytes.load(), 0u);
   // The daemon serves on: the migration handed over again (a version 1 VMM) completes.
   ExpectMigrates(Vmm(own, ""));
+  AwaitSettled();  // the VMM's side ends first; the daemon's engine finishes a moment later
   EXPECT_EQ(daemon_->Find("v2")->Snapshot().phase, MigrationPhase::kComplete);
 
   // An attached VMM waiting to send its hello, left connected: TearDown's Stop() ends the wait.
