@@ -144,7 +144,6 @@ PlaceResult Lander::CopyOrZero(RegionTable::Entry& e, const PageRun& run, uint32
         zero ? e.placer.Zero(run.first + a, b - a, wake, Caller::kOther)
              : e.placer.Copy(run.first + a, b - a, run.data + size_t{a} * run.page_size, wake,
                              Caller::kOther);
-    sub.already_present += r.already_present;
     sub.present.insert(sub.present.begin(), r.present.begin(), r.present.end());
     r = std::move(sub);
     a = b;

@@ -44,7 +44,6 @@ PlaceResult Placer::Run(Op op, uint64_t first, uint32_t count, const uint8_t* sr
     switch (s.code()) {
       case absl::StatusCode::kAlreadyExists:  // EEXIST: present; skip the page, place the rest
         counters_->eexist.fetch_add(1, std::memory_order_relaxed);
-        ++r.already_present;
         r.present.push_back(first + off / ps);
         off += ps;
         break;
@@ -74,7 +73,7 @@ PlaceResult Placer::Run(Op op, uint64_t first, uint32_t count, const uint8_t* sr
     }
   }
   // A waiter on a page skipped for EEXIST is woken by whoever mapped it; wake anyway.
-  if (wake && r.already_present > 0) (void)Wake(first, count);
+  if (wake && !r.present.empty()) (void)Wake(first, count);
   return r;
 }
 
@@ -95,10 +94,8 @@ PlaceResult Placer::Zero(uint64_t first, uint32_t count, bool wake, Caller c) {
       return sum;
     }
     PlaceResult r = Run(Op::kCopy, first + i, 1, z, wake, c);
-    sum.already_present += r.already_present;
     sum.present.insert(sum.present.end(), r.present.begin(), r.present.end());
     if (!r.done()) {
-      r.already_present = sum.already_present;
       r.present = std::move(sum.present);
       return r;
     }

@@ -51,10 +51,10 @@ enum class PlaceOutcome : uint8_t {
 
 struct PlaceResult {
   PlaceOutcome outcome = PlaceOutcome::kDone;
-  uint32_t already_present = 0;   // pages the kernel said EEXIST for
-  std::vector<uint64_t> present;  // which: their page numbers (COPY, ZEROPAGE, CONTINUE)
+  std::vector<uint64_t> present;  // pages the kernel said EEXIST for (COPY, ZEROPAGE, CONTINUE)
   absl::Status error;             // kFailed only
   bool done() const { return outcome == PlaceOutcome::kDone; }
+  uint32_t already_present() const { return static_cast<uint32_t>(present.size()); }
 };
 
 // Which thread calls: only the fault loop may be told to read events first.

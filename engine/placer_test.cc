@@ -30,7 +30,7 @@ TEST_F(PlacerTest, CopyPlacesAndWakes) {
   std::vector<uint8_t> src(4 * 4096, 0x3c);
   PlaceResult r = p.Copy(2, 4, src.data(), /*wake=*/true, Caller::kOther);
   EXPECT_TRUE(r.done());
-  EXPECT_EQ(r.already_present, 0u);
+  EXPECT_EQ(r.already_present(), 0u);
   EXPECT_EQ(region_->page(5)[100], 0x3c);
   EXPECT_TRUE(uffd_.mapped(region_->page(2)));
   EXPECT_TRUE(uffd_.WokenAt(region_->page(5)));
@@ -45,7 +45,7 @@ TEST_F(PlacerTest, AlreadyMappedPageIsSkippedAndTheRunGoesOn) {
   std::vector<uint8_t> src(4 * 4096, 0x11);
   PlaceResult r = p.Copy(2, 4, src.data(), /*wake=*/true, Caller::kOther);
   EXPECT_TRUE(r.done());
-  EXPECT_EQ(r.already_present, 1u);
+  EXPECT_EQ(r.already_present(), 1u);
   EXPECT_EQ(counters_.eexist.load(), 1u);
   EXPECT_EQ(region_->page(3)[0], 0x77);
   EXPECT_EQ(region_->page(4)[0], 0x11);
@@ -107,7 +107,7 @@ TEST_F(PlacerTest, FillHoleFollowsTheFaultKind) {
   region_->page(5)[0] = 9;  // the guest writes the mapped page
   PlaceResult again = p.FillHole(5, false, Caller::kFaultLoop);
   EXPECT_TRUE(again.done());
-  EXPECT_EQ(again.already_present, 1u);
+  EXPECT_EQ(again.already_present(), 1u);
   EXPECT_EQ(region_->page(5)[0], 9);
 }
 
