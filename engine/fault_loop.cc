@@ -15,11 +15,10 @@ FaultLoop::Decision FaultLoop::OnFault(const struct uffd_msg& msg, uint64_t now_
   if (!table_->Locate(msg.arg.pagefault.address, &region, &page)) return Decision::kNotOurs;
   RegionTable::Entry& e = (*table_)[region];
   const bool minor = msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
-  // Recorded before the state is read: a placement completing in between always finds it.
-  stats_->FaultPending(table_->Key(region, page), msg.arg.pagefault.feat.ptid, now_ns);
-
   const uint64_t key = table_->Key(region, page);
   const uint32_t tid = msg.arg.pagefault.feat.ptid;
+  // Recorded before the state is read: a placement completing in between always finds it.
+  stats_->FaultPending(key, tid, now_ns);
   PageState seen;
   if (e.state.MarkUrgent(page, &seen)) {
     // Absent, or asked for in a bulk batch (don't wait behind it: the first answer wins).
