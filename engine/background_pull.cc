@@ -126,7 +126,7 @@ size_t BackgroundPull::ActiveLanes(uint64_t* wait_ns) const {
     solo_until = std::max(solo_until, last + opts_.solo_after_fault_ns);
   }
   if (now >= solo_until) return outstanding_.size();
-  if (wait_ns != nullptr) *wait_ns = solo_until - now;
+  *wait_ns = solo_until - now;
   return 1;
 }
 
@@ -135,19 +135,24 @@ void BackgroundPull::Loop() {
   while (true) {
     // The lane with the fewest bytes in flight among those active now, if it has room. While
     // only the first is active and full, its own completions (BulkDone) wake this loop again.
+    // The active lanes are counted once per look, so the lane checked for room is the lane
+    // then asked (a fault in between must not turn it into a full one).
     const uint64_t window_bytes = uint64_t{opts_.window} * opts_.batch_bytes;
+    size_t active = 0;
+    uint64_t wait_ns = 0;
     auto least = [&] {
       return std::min_element(outstanding_.begin(),
-                              outstanding_.begin() + static_cast<ptrdiff_t>(ActiveLanes()),
+                              outstanding_.begin() + static_cast<ptrdiff_t>(active),
                               [](const Lane& a, const Lane& b) { return a.bytes < b.bytes; });
     };
     auto has_room = [&] {
       const Lane& ln = *least();
       return ln.bytes < window_bytes && ln.sizes.size() < kMaxRequestsPerLane;
     };
-    while (!(stop_ || (enabled_ && !paused_ && !idle_ && has_room()))) {
-      uint64_t wait_ns = 0;
-      if (ActiveLanes(&wait_ns) < outstanding_.size()) {
+    while (true) {
+      active = ActiveLanes(&wait_ns);
+      if (stop_ || (enabled_ && !paused_ && !idle_ && has_room())) break;
+      if (active < outstanding_.size()) {
         // Lanes held back (the start, a fault): look again once that has passed, whether or
         // not the first lane's answers come meanwhile.
         cv_.wait_for(l, std::chrono::nanoseconds(wait_ns));

@@ -84,7 +84,7 @@ class BackgroundPull {
   void Loop();
   // How many lanes (from the first) may take a new request now (solo_at_start_ns,
   // solo_after_fault_ns); *wait_ns: how long until that may change (when fewer than all).
-  size_t ActiveLanes(uint64_t* wait_ns = nullptr) const;
+  size_t ActiveLanes(uint64_t* wait_ns) const;
   // Claims the next batch from the cursor (under mu_). False: nothing absent is left.
   bool ClaimNext(uint32_t* region, uint64_t* first, uint32_t* count);
 
