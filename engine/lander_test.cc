@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -217,36 +218,54 @@ bool MappedHere(const void* addr) {
   return ok && (entry >> 63) & 1;
 }
 
-// The same on the real kernel: a shmem region registered MISSING|MINOR, one page absent and
-// one whose page cache holds foreign bytes (written, never mapped); both urgent deliveries
-// must leave the source's bytes mapped — and so must a bulk stretch with a foreign page inside.
-TEST(LanderRealUffdTest, UrgentShmemPagesOnTheRealKernel) {
-  absl::StatusOr<Userfaultfd> u = Userfaultfd::Open();
-  if (!u.ok()) GTEST_SKIP() << "userfaultfd unavailable here: " << u.status();
-  if (!u->has(UFFD_FEATURE_MINOR_SHMEM) || !u->has(UFFD_FEATURE_MISSING_SHMEM)) {
-    GTEST_SKIP() << "this kernel lacks userfaultfd on shmem (MISSING_SHMEM, MINOR_SHMEM)";
+// The real kernel: a shmem region of kPages pages registered MISSING|MINOR on a userfaultfd,
+// and its table; unregistered before the region is unmapped, also when an assertion returned
+// early (with EVENT_UNMAP an munmap of a registered range waits for its event to be read).
+class LanderRealUffdTest : public ::testing::Test {
+ protected:
+  static constexpr uint64_t kPages = 8;
+  void SetUp() override {
+    absl::StatusOr<Userfaultfd> u = Userfaultfd::Open();
+    if (!u.ok()) GTEST_SKIP() << "userfaultfd unavailable here: " << u.status();
+    if (!u->has(UFFD_FEATURE_MINOR_SHMEM) || !u->has(UFFD_FEATURE_MISSING_SHMEM)) {
+      GTEST_SKIP() << "this kernel lacks userfaultfd on shmem (MISSING_SHMEM, MINOR_SHMEM)";
+    }
+    uffd_.emplace(std::move(*u));
+    auto r = GuestRegion::Create("ram", RegionKind::kMemfd, kPages * 4096);
+    ASSERT_TRUE(r.ok()) << r.status();
+    region_ = std::move(*r);
+    ASSERT_TRUE(uffd_
+                    ->Register(region_->base(), region_->size(), /*missing=*/true,
+                               /*minor=*/true)
+                    .ok());
+    registered_ = true;
+    auto t = RegionTable::Create({region_.get()}, &*uffd_, &pc_);
+    ASSERT_TRUE(t.ok());
+    table_ = std::move(*t);
   }
-  constexpr uint64_t kPages = 8;
-  auto r = GuestRegion::Create("ram", RegionKind::kMemfd, kPages * 4096);
-  ASSERT_TRUE(r.ok()) << r.status();
-  ASSERT_TRUE(u->Register((*r)->base(), (*r)->size(), /*missing=*/true, /*minor=*/true).ok());
-  // Unregistered before the region is unmapped, also when an assertion returns early: with
-  // EVENT_UNMAP an munmap of a registered range waits for its event to be read.
-  struct Unregister {
-    ~Unregister() { (void)u->Unregister(r->base(), r->size()); }
-    Userfaultfd* u;
-    GuestRegion* r;
-  } unregister{&*u, r->get()};
-  PlacerCounters pc;
-  EngineCounters ec;
-  FaultStats stats;
-  auto t = RegionTable::Create({r->get()}, &*u, &pc);
-  ASSERT_TRUE(t.ok());
-  Lander lander(t->get(), &stats, &ec);
+  void TearDown() override {
+    if (registered_) (void)uffd_->Unregister(region_->base(), region_->size());
+  }
+  PageStateMap& state() { return (*table_)[0].state; }
+
+  std::optional<Userfaultfd> uffd_;
+  std::unique_ptr<GuestRegion> region_;
+  bool registered_ = false;
+  PlacerCounters pc_;
+  EngineCounters ec_;
+  FaultStats stats_;
+  std::unique_ptr<RegionTable> table_;
+};
+
+// A shmem region, one page absent and one whose page cache holds foreign bytes (written, never
+// mapped); both urgent deliveries must leave the source's bytes mapped — and so must a bulk
+// stretch with a foreign page inside.
+TEST_F(LanderRealUffdTest, UrgentShmemPagesOnTheRealKernel) {
+  Lander lander(table_.get(), &stats_, &ec_);
   std::vector<uint8_t> src(kPages * 4096);
   for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + 3);
   std::vector<uint8_t> foreign(4096, 0xee);
-  ASSERT_EQ(pwrite((*r)->fd(), foreign.data(), 4096, 5 * 4096), 4096);
+  ASSERT_EQ(pwrite(region_->fd(), foreign.data(), 4096, 5 * 4096), 4096);
   for (uint64_t p : {uint64_t{4}, uint64_t{5}}) {
     PageRun run;
     run.first = p;
@@ -255,14 +274,14 @@ TEST(LanderRealUffdTest, UrgentShmemPagesOnTheRealKernel) {
     run.data = src.data() + p * 4096;
     run.urgency = Urgency::kUrgent;
     ASSERT_TRUE(lander.Deliver(run).ok()) << p;
-    EXPECT_EQ((**t)[0].state.Get(p), PageState::kPresent) << p;
+    EXPECT_EQ(state().Get(p), PageState::kPresent) << p;
     // Mapped now (checked first: reading an unmapped page here would wait for a fault reader
     // that does not exist), with the source's bytes.
-    ASSERT_TRUE(MappedHere((*r)->page(p))) << p;
-    EXPECT_EQ(memcmp((*r)->page(p), src.data() + p * 4096, 4096), 0) << p;
+    ASSERT_TRUE(MappedHere(region_->page(p))) << p;
+    EXPECT_EQ(memcmp(region_->page(p), src.data() + p * 4096, 4096), 0) << p;
   }
   // A bulk stretch over pages 0-3 with a foreign page at 1: all mapped with the source's bytes.
-  ASSERT_EQ(pwrite((*r)->fd(), foreign.data(), 4096, 1 * 4096), 4096);
+  ASSERT_EQ(pwrite(region_->fd(), foreign.data(), 4096, 1 * 4096), 4096);
   PageRun bulk;
   bulk.first = 0;
   bulk.count = 4;
@@ -271,37 +290,19 @@ TEST(LanderRealUffdTest, UrgentShmemPagesOnTheRealKernel) {
   bulk.urgency = Urgency::kBulk;
   ASSERT_TRUE(lander.Deliver(bulk).ok());
   for (uint64_t p = 0; p < 4; ++p) {
-    EXPECT_EQ((**t)[0].state.Get(p), PageState::kPresent) << p;
-    ASSERT_TRUE(MappedHere((*r)->page(p))) << p;
-    EXPECT_EQ(memcmp((*r)->page(p), src.data() + p * 4096, 4096), 0) << p;
+    EXPECT_EQ(state().Get(p), PageState::kPresent) << p;
+    ASSERT_TRUE(MappedHere(region_->page(p))) << p;
+    EXPECT_EQ(memcmp(region_->page(p), src.data() + p * 4096, 4096), 0) << p;
   }
-  EXPECT_EQ(pc.eexist.load(), 2u) << "pages 5's and 1's COPY met the foreign pages";
+  EXPECT_EQ(pc_.eexist.load(), 2u) << "pages 5's and 1's COPY met the foreign pages";
 }
 
 // An engine that died around an urgent COPY on shmem left the page kLanded; its successor
 // CONTINUEs such pages (FaultLoop::ResolveLanded). Real kernel: died before the COPY (the
 // cache holds nothing: CONTINUE fails, the page is fetched again, nothing is mapped) and after
 // it (mapped, and written by the guest since: CONTINUE says EEXIST, the guest's bytes stay).
-TEST(LanderRealUffdTest, ARestartAfterAnUrgentCopyKeepsTheGuestsBytes) {
-  absl::StatusOr<Userfaultfd> u = Userfaultfd::Open();
-  if (!u.ok()) GTEST_SKIP() << "userfaultfd unavailable here: " << u.status();
-  if (!u->has(UFFD_FEATURE_MINOR_SHMEM) || !u->has(UFFD_FEATURE_MISSING_SHMEM)) {
-    GTEST_SKIP() << "this kernel lacks userfaultfd on shmem (MISSING_SHMEM, MINOR_SHMEM)";
-  }
-  auto r = GuestRegion::Create("ram", RegionKind::kMemfd, 8 * 4096);
-  ASSERT_TRUE(r.ok()) << r.status();
-  ASSERT_TRUE(u->Register((*r)->base(), (*r)->size(), /*missing=*/true, /*minor=*/true).ok());
-  struct Unregister {
-    ~Unregister() { (void)u->Unregister(r->base(), r->size()); }
-    Userfaultfd* u;
-    GuestRegion* r;
-  } unregister{&*u, r->get()};
-  PlacerCounters pc;
-  EngineCounters ec;
-  FaultStats stats;
-  auto t = RegionTable::Create({r->get()}, &*u, &pc);
-  ASSERT_TRUE(t.ok());
-  PageStateMap& state = (**t)[0].state;
+TEST_F(LanderRealUffdTest, ARestartAfterAnUrgentCopyKeepsTheGuestsBytes) {
+  PageStateMap& state = this->state();
   // The dead engine, as Lander runs it: page 2 claimed and landed, dead before its COPY;
   // page 3 landed and COPY'd, dead before marking it present.
   PageState prev;
@@ -310,23 +311,23 @@ TEST(LanderRealUffdTest, ARestartAfterAnUrgentCopyKeepsTheGuestsBytes) {
     ASSERT_TRUE(state.MarkLanded(p));
   }
   std::vector<uint8_t> src(4096, 0x33);
-  ASSERT_TRUE(u->Copy((*r)->page(3), src.data(), 4096, /*wake=*/true).ok());
-  ASSERT_TRUE(MappedHere((*r)->page(3)));
-  memset((*r)->page(3), 0x77, 4096);  // the guest writes it
+  ASSERT_TRUE(uffd_->Copy(region_->page(3), src.data(), 4096, /*wake=*/true).ok());
+  ASSERT_TRUE(MappedHere(region_->page(3)));
+  memset(region_->page(3), 0x77, 4096);  // the guest writes it
   std::vector<uint64_t> landed;
   ASSERT_TRUE(state.AdoptAfterRestart(&landed).ok());
   ASSERT_EQ(landed, (std::vector<uint64_t>{2, 3}));
   struct NoRequests : UrgentRequester {
     void RequestUrgent(uint32_t, uint64_t) override { ADD_FAILURE() << "nothing is faulted"; }
   } none;
-  FaultLoop loop(&*u, t->get(), &stats, &ec, &none, FaultLoop::Options{});
+  FaultLoop loop(&*uffd_, table_.get(), &stats_, &ec_, &none, FaultLoop::Options{});
   for (uint64_t p : landed) loop.AddLanded(0, p);
   ASSERT_TRUE(loop.Poll().ok());
   EXPECT_EQ(state.Get(2), PageState::kAbsent) << "the COPY never ran: fetched again";
-  EXPECT_FALSE(MappedHere((*r)->page(2)));
+  EXPECT_FALSE(MappedHere(region_->page(2)));
   EXPECT_EQ(state.Get(3), PageState::kPresent);
-  ASSERT_TRUE(MappedHere((*r)->page(3)));
-  EXPECT_EQ((*r)->page(3)[100], 0x77) << "the guest's write survives the restart";
+  ASSERT_TRUE(MappedHere(region_->page(3)));
+  EXPECT_EQ(region_->page(3)[100], 0x77) << "the guest's write survives the restart";
 }
 
 // ENOENT: the VMM unmapped the range meanwhile; the pages are gone (discarded), not missing.
