@@ -282,6 +282,16 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
     std::string hint;
     if (absl::StrContains(migrate_error, "property") && absl::StrContains(migrate_error, kCap)) {
       hint = " — the destination's emulator must be QEMU with faultline's series";
+    } else if (absl::StrContains(migrate_error, "Postcopy is not supported") ||
+               absl::StrContains(migrate_error, "userfaultfd")) {
+      // QEMU's post-copy check at ADVISE: it could not make a userfaultfd. libvirt runs QEMU
+      // unprivileged, and with vm.unprivileged_userfaultfd=0 only /dev/userfaultfd gives one
+      // that handles the kernel's faults (KVM's and QEMU's own accesses to guest RAM).
+      hint =
+          " — the destination's QEMU could not make a userfaultfd: give the user libvirt runs "
+          "QEMU as access to /dev/userfaultfd (e.g. group kvm, mode 0660; Linux >= 6.1, and "
+          "QEMU with faultline's series, whose last patch opens it), or set "
+          "vm.unprivileged_userfaultfd=1 on the destination";
     } else if (o.pager && !postcopy) {
       // The destination QEMU checks its pager at the start of the stream and fails the
       // incoming migration without one; the source then sees only a broken connection.

@@ -17,6 +17,15 @@ shared memfd, the emulator QEMU with faultline's series. Cases (each prints PASS
                  in the message, the domain still running.
   stock-qemu     a domain on Debian's QEMU: refused (no x-postcopy-external-pager), still running.
   no-domain      an unknown domain: a clear error.
+  no-uffd-access (QEMU unprivileged only) /dev/userfaultfd not open to QEMU's user: the
+                 destination QEMU cannot make a userfaultfd at ADVISE, the migration fails in
+                 pre-copy with the reason, the domain keeps running on the source.
+
+QEMU runs as --qemu_user (default libvirt-qemu, as Debian's libvirt runs it): its binary and
+the guest are copied where that user can read them, /dev/kvm and /dev/userfaultfd are opened to
+its group for the run (and restored), vm.unprivileged_userfaultfd stays 0 — so both QEMU's own
+post-copy and the pager's userfaultfd must come from /dev/userfaultfd — and `faultline serve`
+lets that uid hand over (--allow_uids).
 
 Usage: libvirt_migration_test.py --faultline BIN --guest ELF --qemu PATCHED_QEMU [--workdir DIR]
        [--size_mib 256] [--cases pager,plain,...]
@@ -46,11 +55,11 @@ NAME = 'flt-guest'
 class Daemon:
     """One private libvirtd (a "host")."""
 
-    def __init__(self, work, tag):
+    def __init__(self, work, tag, qemu_user):
         self.dir = os.path.join(work, 'libvirt-' + tag)
         self.uri = 'qemu+unix:///system?socket=%s/sock/libvirt-sock' % self.dir
         subprocess.run([os.path.join(HERE, 'libvirtd_instance.sh'), 'start', self.dir,
-                        str(uuid.uuid4())], check=True)
+                        str(uuid.uuid4()), qemu_user], check=True)
 
     def stop(self):
         subprocess.run([os.path.join(HERE, 'libvirtd_instance.sh'), 'stop', self.dir])
@@ -117,12 +126,49 @@ def domain_xml(a, emulator, serial, ram='memfd'):
                for t in os.environ.get('FAULTLINE_QEMU_TRACE', '').split(',') if t))
 
 
+class DeviceAccess:
+    """Gives a device node group `gid` and `mode` for a while; restores owner and mode after."""
+
+    def __init__(self, path, gid, mode):
+        self.path, self.gid, self.mode = path, gid, mode
+
+    def __enter__(self):
+        st = os.stat(self.path)
+        self.saved = (st.st_gid, st.st_mode & 0o7777)
+        os.chown(self.path, -1, self.gid)
+        os.chmod(self.path, self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        os.chown(self.path, -1, self.saved[0])
+        os.chmod(self.path, self.saved[1])
+
+
+def reachable_copies(a):
+    """For an unprivileged QEMU: its binary and the guest where its user can read them (the
+    build cache is under /root), and a directory it can write its serial files into."""
+    import pwd
+    pw = pwd.getpwnam(a.qemu_user)
+    os.chmod(a.workdir, 0o711)  # traversable; the logs stay unreadable to others
+    a.io_dir = os.path.join(a.workdir, 'qemu-user')
+    os.makedirs(a.io_dir, exist_ok=True)
+    os.chown(a.io_dir, pw.pw_uid, pw.pw_gid)
+    os.chmod(a.io_dir, 0o755)
+    for attr in ('qemu', 'guest'):
+        copy = os.path.join(a.io_dir, os.path.basename(getattr(a, attr)))
+        shutil.copy(getattr(a, attr), copy)
+        os.chmod(copy, 0o755)
+        setattr(a, attr, copy)
+    return pw
+
+
 class Run:
     def __init__(self, a):
         self.a = a
         self.results = []
         self.procs = []
         self.held = []  # fds keeping source RAM memfds alive after their QEMU exits
+        self.skipped = []
 
     def record(self, case, ok, detail):
         self.results.append((case, ok))
@@ -140,7 +186,7 @@ class Run:
     def boot(self, host, emulator=None, ram='memfd'):
         """Starts the domain paused on `host`, gives the guest its mailbox, runs it until it has
         dirtied its memory. Returns (serial path, data start GPA)."""
-        serial = os.path.join(self.a.workdir, 'serial-%d.log' % len(self.results))
+        serial = os.path.join(self.a.io_dir, 'serial-%d.log' % len(self.results))
         xml = os.path.join(self.a.workdir, 'domain.xml')
         with open(xml, 'w') as f:
             f.write(domain_xml(self.a, emulator or self.a.qemu, serial, ram))
@@ -183,10 +229,15 @@ class Run:
             new_lines = len(re.findall(r'phase=', text[len(serial_before):]))
         else:  # the destination's libvirt truncated the serial file when it opened it
             new_lines = len(re.findall(r'phase=', text))
-        ok = mism == 0 and bad == 0 and new_lines > 0
+        # The destination QEMU ran as the user libvirt was told (its real and effective uid).
+        uids = re.search(r'^Uid:\s+(\d+)\s+(\d+)', read('/proc/%d/status' % dst.qemu_pid()), re.M)
+        as_user = uids is not None and {int(uids.group(1)), int(uids.group(2))} == {self.a.qemu_uid}
+        ok = mism == 0 and bad == 0 and new_lines > 0 and as_user
         return ok, ('%d/%d data pages identical, %d low pages rewritten by the running guest, '
-                    'guest bad=%d, %d guest phases ran on the destination' %
-                    (npages - first - mism, npages - first, low, bad, new_lines))
+                    'guest bad=%d, %d guest phases ran on the destination, destination QEMU '
+                    'uid %s (want %d)' %
+                    (npages - first - mism, npages - first, low, bad, new_lines,
+                     uids.group(1) if uids else '?', self.a.qemu_uid))
 
     def migrate(self, src, dst, *extra):
         port = free_port()
@@ -217,6 +268,7 @@ class Run:
                  30, 'faultline source')
         serve = self.spawn('faultline-serve', [self.a.faultline, 'serve', '--handoff=' + sock,
                                                '--connect=127.0.0.1:%d' % port, '--token=' + token,
+                                               '--allow_uids=%d' % self.a.qemu_uid,
                                                '--state_dir=' + os.path.join(self.a.workdir,
                                                                              'state')])
         wait_for(lambda: 'waiting for a VMM' in
@@ -287,6 +339,35 @@ class Run:
         A.virsh('destroy', NAME, check=False)
         B.virsh('destroy', NAME, check=False)
 
+    def case_no_uffd_access(self, A, B):
+        if self.a.qemu_uid == 0:
+            print('SKIP: no-uffd-access — QEMU runs as root here (--qemu_user=root)', flush=True)
+            self.skipped.append('no-uffd-access')
+            return
+        self.boot(A)
+        sock = os.path.join(self.a.workdir, 'pager.sock')
+        serve = self.spawn('faultline-serve-nouffd', [
+            self.a.faultline, 'serve', '--handoff=' + sock, '--connect=127.0.0.1:1',
+            '--token=' + secrets.token_hex(32), '--allow_uids=%d' % self.a.qemu_uid])
+        wait_for(lambda: 'waiting for a VMM' in
+                 read(os.path.join(self.a.workdir, 'faultline-serve-nouffd.log')), 30,
+                 'faultline serve')
+        with DeviceAccess('/dev/userfaultfd', 0, 0o600):  # root's alone, as a fresh boot has it
+            r, _ = self.migrate(A, B, '--handoff=' + sock)
+        out = r.stdout + r.stderr
+        time.sleep(1)
+        state = A.state()
+        dlog = read(os.path.join(B.dir, 'log', 'qemu', NAME + '.log'))
+        why = re.search(r'.*userfaultfd.*(Operation not permitted|Permission denied).*', dlog)
+        ok = (r.returncode != 0 and state == 'running' and why is not None and
+              serve.poll() is None and 'access to /dev/userfaultfd' in out)
+        self.record('no-uffd-access', ok, 'exit %d, source domain %s, destination QEMU: %s; '
+                    'faultline serve still waiting: %s; error: %s' %
+                    (r.returncode, state, why.group(0).strip() if why else 'no userfaultfd error',
+                     serve.poll() is None, out.strip().splitlines()[-1] if out.strip() else ''))
+        A.virsh('destroy', NAME, check=False)
+        B.virsh('destroy', NAME, check=False)
+
     def case_anon_ram(self, A, B):
         self.boot(A, ram='anon')
         r, _ = self.migrate(A, B)
@@ -329,21 +410,36 @@ def main():
     ap.add_argument('--size_mib', type=int, default=256)
     ap.add_argument('--accel', default='kvm', choices=['kvm', 'tcg'],
                     help="domain type 'kvm', or 'qemu' (TCG) on a host without /dev/kvm")
-    ap.add_argument('--cases', default='no-domain,anon-ram,stock-qemu,pager,no-pager,plain')
+    ap.add_argument('--cases', default='no-domain,anon-ram,stock-qemu,pager,no-pager,plain,'
+                                       'no-uffd-access')
+    ap.add_argument('--qemu_user', default='libvirt-qemu',
+                    help="the user libvirt runs QEMU as (qemu.conf's user; 'root' for none)")
     a = ap.parse_args()
     a.workdir = a.workdir or subprocess.run(['mktemp', '-d', '/var/tmp/faultline-libvirt.XXXXXX'],
                                             capture_output=True, text=True).stdout.strip()
     os.makedirs(a.workdir, exist_ok=True)
+    a.io_dir, a.qemu_uid = a.workdir, 0
+    grants = []
+    if a.qemu_user != 'root':
+        with open('/proc/sys/vm/unprivileged_userfaultfd') as f:
+            if f.read().strip() != '0':
+                print('libvirt tests: 0 passed, 1 failed (vm.unprivileged_userfaultfd is not 0: '
+                      'the run would not show that QEMU uses /dev/userfaultfd)')
+                return 1
+        pw = reachable_copies(a)
+        a.qemu_uid = pw.pw_uid
+        # What an operator grants the QEMU user (udev rules do it on a full install).
+        for dev in ['/dev/userfaultfd'] + (['/dev/kvm'] if a.accel == 'kvm' else []):
+            grants.append(DeviceAccess(dev, pw.pw_gid, 0o660).__enter__())
     run = Run(a)
     daemons = []
     try:
-        A = Daemon(a.workdir, 'A')
+        A = Daemon(a.workdir, 'A', a.qemu_user)
         daemons.append(A)
-        B = Daemon(a.workdir, 'B')
+        B = Daemon(a.workdir, 'B', a.qemu_user)
         daemons.append(B)
-        print('two libvirtd "hosts": %s and %s (logs in %s; %s)' % (A.uri, B.uri, a.workdir,
-                                                                     a.accel),
-              flush=True)
+        print('two libvirtd "hosts": %s and %s (logs in %s; %s; QEMU runs as %s)' %
+              (A.uri, B.uri, a.workdir, a.accel, a.qemu_user), flush=True)
         for case in a.cases.split(','):
             fn = getattr(run, 'case_' + case.replace('-', '_'))
             try:
@@ -362,9 +458,13 @@ def main():
             d.stop()
         for fd in run.held:
             os.close(fd)
+        for g in grants:
+            g.__exit__()
     passed = sum(1 for _, ok in run.results if ok)
     failed = len(run.results) - passed
-    print('libvirt tests: %d passed, %d failed' % (passed, failed), flush=True)
+    print('libvirt tests: %d passed, %d failed%s' %
+          (passed, failed, ', %d skipped (%s)' % (len(run.skipped), ', '.join(run.skipped))
+           if run.skipped else ''), flush=True)
     return 0 if failed == 0 and passed > 0 else 1
 
 

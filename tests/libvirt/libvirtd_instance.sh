@@ -6,9 +6,11 @@
 # client socket is DIR/sock/libvirt-sock, reachable from outside the namespace as
 #   qemu+unix:///system?socket=DIR/sock/libvirt-sock
 # No systemd, no virtlogd (stdio_handler = "file"), no cgroups, no security driver: the test
-# machine has none of these set up, and none matters to a migration's memory path.
+# machine has none of these set up, and none matters to a migration's memory path. QEMU runs as
+# QEMU_USER (qemu.conf's user and group; default root) — Debian's libvirt runs it as
+# libvirt-qemu:kvm; the files that user must reach are the caller's business.
 #
-#   libvirtd_instance.sh start DIR HOST_UUID   # returns when the socket answers
+#   libvirtd_instance.sh start DIR HOST_UUID [QEMU_USER]   # returns when the socket answers
 #   libvirtd_instance.sh stop DIR              # stops the daemon and every QEMU it started
 set -euo pipefail
 
@@ -16,6 +18,8 @@ cmd=${1:?start|stop} dir=${2:?DIR}
 case "$cmd" in
   start)
     uuid=${3:?HOST_UUID}
+    qemu_user=${4:-root}
+    qemu_group=$(id -gn "$qemu_user") || { echo "no user '$qemu_user'" >&2; exit 1; }
     mkdir -p "$dir"/{etc,run,lib,log,cache,sock}
     cat >"$dir/etc/libvirtd.conf" <<CONF
 unix_sock_dir = "$dir/sock"
@@ -27,8 +31,8 @@ log_outputs = "1:file:$dir/libvirtd.log"
 log_filters = "1:qemu.qemu_migration 1:qemu.qemu_monitor_json 3:*"
 CONF
     cat >"$dir/etc/qemu.conf" <<CONF
-user = "root"
-group = "root"
+user = "$qemu_user"
+group = "$qemu_group"
 dynamic_ownership = 0
 remember_owner = 0
 security_driver = "none"
