@@ -421,6 +421,14 @@ def main():
     a.io_dir, a.qemu_uid = a.workdir, 0
     grants = []
     if a.qemu_user != 'root':
+        import pwd
+        try:
+            pwd.getpwnam(a.qemu_user)
+        except KeyError:
+            print("libvirt tests: 0 passed, 1 failed (no user '%s' [setup]: Debian's "
+                  "libvirt-daemon-system creates libvirt-qemu; or pass --qemu_user=root)" %
+                  a.qemu_user)
+            return 1
         with open('/proc/sys/vm/unprivileged_userfaultfd') as f:
             if f.read().strip() != '0':
                 print('libvirt tests: 0 passed, 1 failed (vm.unprivileged_userfaultfd is not 0: '
