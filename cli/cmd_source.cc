@@ -53,6 +53,7 @@ int RunMultiSource(const std::string& file) {
   absl::StatusOr<std::shared_ptr<const TlsContext>> tls = TlsFromFlags(TlsContext::Role::kServer);
   if (!tls.ok()) return Fail(tls.status());
   PageServer server(*tls);
+  server.SetUrgentSlice(absl::GetFlag(FLAGS_fault_slice));
   for (const nlohmann::json& m : list) {
     const std::string id = m.value("id", std::string());
     absl::StatusOr<Token> token = ParseToken(m.value("token", std::string()));
@@ -137,6 +138,7 @@ int RunSource() {
     std::printf("warm-up: waiting for the source VMM's dirty-log connection on %s\n", path.c_str());
   }
   PageServer server(std::move(*regions), token, *tls, tracker.get());
+  server.SetUrgentSlice(absl::GetFlag(FLAGS_fault_slice));
   absl::StatusOr<std::unique_ptr<RdmaPageServer>> rdma = RdmaServerFromFlags(&server);
   if (!rdma.ok()) return Fail(rdma.status());
   std::printf("serving %zu region(s) on %s (%s)\n", server.region_table().size(),

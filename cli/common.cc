@@ -41,6 +41,10 @@ ABSL_FLAG(absl::Duration, bulk_solo_at_start, absl::Milliseconds(20),
           "With --bulk_channels > 1: only the first bulk channel for this long after the "
           "background pull begins, while the VMM's switch-over (device state that reads guest "
           "RAM) faults (0: every channel from the start).");
+ABSL_FLAG(absl::Duration, fault_slice, faultline::kDefaultFaultSlice,
+          "Scheduler time slice of the fault path's threads (destination: uffd reader and "
+          "urgent receiver; source: urgent server), Linux >= 6.12: a fault's wake-up then "
+          "preempts bulk work at once. 0: the kernel's default.");
 ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
           "When the connection to the source breaks, keep the guest waiting and reconnect "
           "for up to this long (0: fail at once).");
@@ -140,6 +144,7 @@ EngineOptions EngineOptionsFromFlags() {
   o.bulk_solo_after_fault = absl::GetFlag(FLAGS_bulk_solo_after_fault);
   o.bulk_solo_at_start = absl::GetFlag(FLAGS_bulk_solo_at_start);
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
+  o.fault_slice = absl::GetFlag(FLAGS_fault_slice);
   o.reconnect_deadline = absl::GetFlag(FLAGS_reconnect_deadline);
   o.warmup.enabled = absl::GetFlag(FLAGS_warmup);
   o.warmup.max_rounds = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_warmup_rounds)));
@@ -182,6 +187,7 @@ absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags() {
   o.address = absl::GetFlag(FLAGS_connect);
   o.token = *token;
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
+  o.urgent_slice = absl::GetFlag(FLAGS_fault_slice);
   const int32_t lanes = absl::GetFlag(FLAGS_bulk_channels);
   if (lanes < 1 || lanes > static_cast<int32_t>(kMaxBulkLanes)) {
     return absl::InvalidArgumentError(

@@ -38,6 +38,7 @@ ABSL_DECLARE_FLAG(int32_t, churn_permille);
 ABSL_DECLARE_FLAG(int32_t, warmup_rounds);
 ABSL_DECLARE_FLAG(int32_t, warmup_rate_mib);
 ABSL_DECLARE_FLAG(absl::Duration, reconnect_deadline);
+ABSL_DECLARE_FLAG(absl::Duration, fault_slice);
 ABSL_DECLARE_FLAG(std::string, handoff);
 ABSL_DECLARE_FLAG(std::string, transport);
 ABSL_DECLARE_FLAG(std::string, rdma_device);

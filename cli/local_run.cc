@@ -76,7 +76,9 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
     if (absl::Status s = start_live_source(); !s.ok()) return s;
     absl::StatusOr<std::vector<SourceRegion>> regions = (*src)->Regions("ram");
     if (!regions.ok()) return regions.status();
-    return std::make_unique<PageServer>(std::move(*regions), token, nullptr, tracker.get());
+    auto server = std::make_unique<PageServer>(std::move(*regions), token, nullptr, tracker.get());
+    server->SetUrgentSlice(opts.engine.fault_slice);  // one knob for the whole fault path
+    return server;
   };
 
   pid_t child = -1;
@@ -129,6 +131,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   topts.address = absl::StrCat("127.0.0.1:", *port);
   topts.token = token;
   topts.busy_poll = opts.transport_busy_poll;
+  topts.urgent_slice = opts.engine.fault_slice;
   topts.bulk_lanes = opts.bulk_lanes;
   absl::StatusOr<std::unique_ptr<TcpPageSource>> source = TcpPageSource::Connect(topts);
   if (!source.ok()) {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/errno_status.h"
+#include "base/thread_slice.h"
 
 namespace faultline {
 
@@ -326,7 +327,12 @@ absl::Status Engine::Run(PageSource* source) {
   }
   if (adopted_) WakeAllAfterRestart();  // the dead engine's read faults: see "Restart"
   CheckComplete();
+  // This thread is the fault loop's until the loop ends, then the caller's again; a kernel
+  // without custom slices (< 6.12) leaves it at the default, which only costs latency.
+  const bool sliced =
+      SetThreadSlice(opts_.fault_slice).ok() && opts_.fault_slice > absl::ZeroDuration();
   absl::Status status = loop_->Run(&stop_, [this] { OnTick(); });
+  if (sliced) (void)ClearThreadSlice();
   running_.store(false);
   if (warmup_on()) warmup_->Join();
   pull_->Stop();

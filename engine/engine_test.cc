@@ -6,11 +6,13 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <thread>
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "base/thread_slice.h"
 #include "engine/testing/fake_page_source.h"
 #include "engine/testing/fake_uffd.h"
 #include "gtest/gtest.h"
@@ -149,6 +151,33 @@ TEST_P(EngineTest, CancelEndsTheRun) {
   absl::SleepFor(absl::Milliseconds(20));
   engine_->Cancel();
   EXPECT_EQ(Join().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_P(EngineTest, TheFaultLoopThreadRunsWithTheFaultSlice) {
+  EngineOptions o;
+  o.background_pull = false;
+  o.fault_slice = absl::Microseconds(250);
+  Make(o);
+  std::atomic<pid_t> tid{0};
+  runner_ = std::thread([this, &tid] {
+    tid.store(gettid());
+    result_ = engine_->Run(source_.get());
+  });
+  absl::StatusOr<absl::Duration> slice;
+  for (int i = 0; i < 2000; ++i) {  // Run() sets it before its fault loop starts
+    if (tid.load() != 0) slice = ThreadSlice(tid.load());
+    if (slice.ok() && *slice == o.fault_slice) break;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  engine_->Cancel();
+  (void)Join();
+  bool supported = true;  // probed on a thread of its own: the slice stays with the thread
+  std::thread([&] {
+    supported = !absl::IsInvalidArgument(SetThreadSlice(absl::Microseconds(250)));
+  }).join();
+  if (!supported) GTEST_SKIP() << "kernel without custom slices (< 6.12)";
+  ASSERT_TRUE(slice.ok()) << slice.status();
+  EXPECT_EQ(*slice, o.fault_slice);
 }
 
 TEST_P(EngineTest, SourceWithOtherRegionsIsRefused) {

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/crc32c.h"
 #include "base/errno_status.h"
+#include "base/thread_slice.h"
 #include "transport/socket.h"
 
 namespace faultline {
@@ -223,6 +224,12 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (*ch == Channel::kUrgent) {
+    absl::Duration slice;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      slice = urgent_slice_;
+    }
+    (void)SetThreadSlice(slice);  // this connection's thread; a kernel < 6.12 leaves it as is
     int prio = 6;
     setsockopt(fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio));
   } else {

@@ -30,6 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
 #include "transport/dirty_rounds.h"
@@ -140,6 +141,13 @@ class PageServer {
     std::lock_guard<std::mutex> l(mu_);
     ext_ = ext;
   }
+  // The scheduler slice of the threads serving urgent connections (base/thread_slice.h): a
+  // fault's request then preempts a bulk sender at once. For connections accepted from now on
+  // (default 100 us). Zero: the kernel's default.
+  void SetUrgentSlice(absl::Duration slice) {
+    std::lock_guard<std::mutex> l(mu_);
+    urgent_slice_ = slice;
+  }
   // Tests: connections accepted from now on misbehave as `f` says; `f` must outlive Serve().
   // Null: none (the default).
   void SetFaultInjector(FaultInjector* f) {
@@ -187,7 +195,8 @@ class PageServer {
   std::shared_ptr<const TlsContext> tls_;
   ServerExtension* ext_ = nullptr;
   FaultInjector* faults_ = nullptr;  // guarded by mu_; read once per connection
-  UniqueFd stop_fd_;                 // eventfd
+  absl::Duration urgent_slice_ = absl::Microseconds(100);  // guarded by mu_
+  UniqueFd stop_fd_;                                       // eventfd
   std::atomic<bool> done_{false};
   mutable std::mutex mu_;
   std::vector<std::thread> threads_;

@@ -2,6 +2,7 @@
 // connection closed, and the server keeps serving everyone else.
 #include "transport/page_server.h"
 
+#include <dirent.h>
 #include <linux/memfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/crc32c.h"
+#include "base/thread_slice.h"
 #include "gtest/gtest.h"
 #include "transport/socket.h"
 #include "transport/tcp_page_source.h"
@@ -183,6 +185,54 @@ TEST_F(PageServerTest, TruncatedFrameThenCloseLeavesServerServing) {
   EXPECT_FALSE((*descs)[1].zero());
   EXPECT_EQ((*descs)[1].crc, Crc32c(mem_ + 4096, 4096));
   EXPECT_EQ(memcmp(body.data() + kPagesHeadSize + 32, mem_ + 4096, 4096), 0);
+}
+
+// How many of this process's threads run with `slice` (base/thread_slice.h).
+int ThreadsWithSlice(absl::Duration slice) {
+  int n = 0;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return -1;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    absl::StatusOr<absl::Duration> s = ThreadSlice(static_cast<pid_t>(atoi(e->d_name)));
+    if (s.ok() && *s == slice) ++n;
+  }
+  closedir(d);
+  return n;
+}
+
+TEST_F(PageServerTest, UrgentThreadsOnBothSidesGetTheirSlice) {
+  // Slices nothing else here uses: the server's urgent thread 300 us, the client's urgent
+  // receive thread 200 us; the bulk lanes' threads keep the default.
+  std::thread probe([] {
+    if (absl::IsInvalidArgument(SetThreadSlice(absl::Microseconds(200)))) {
+      GTEST_SKIP() << "kernel without custom slices (< 6.12)";
+    }
+  });
+  probe.join();
+  if (IsSkipped()) return;
+  server_->SetUrgentSlice(absl::Microseconds(300));
+  TcpSourceOptions o;
+  o.address = Addr();
+  o.token = token_;
+  o.bulk_lanes = 2;
+  o.urgent_slice = absl::Microseconds(200);
+  auto src = TcpPageSource::Connect(o);
+  ASSERT_TRUE(src.ok()) << src.status();
+  struct NoSink : PageSink {
+    void Deliver(const PageRun&) override {}
+    void Rejected(uint32_t, uint64_t, Urgency) override {}
+    void BulkDone(uint32_t) override {}
+    void Failed(const SourceError&) override {}
+  } sink;
+  ASSERT_TRUE((*src)->Start(&sink).ok());
+  // The receive threads set theirs when they start, which may be after Start returns.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (ThreadsWithSlice(absl::Microseconds(200)) != 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(ThreadsWithSlice(absl::Microseconds(200)), 1);  // the urgent receive thread only
+  EXPECT_EQ(ThreadsWithSlice(absl::Microseconds(300)), 1);  // the urgent server thread only
 }
 
 TEST_F(PageServerTest, DoneEndsServing) {

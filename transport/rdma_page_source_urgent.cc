@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/thread_slice.h"
 #include "transport/rdma_page_source.h"
 
 namespace faultline {
@@ -37,6 +38,7 @@ bool RdmaPageSource::WaitUrgent(ibv_wc* wc) {
 }
 
 void RdmaPageSource::UrgentLoop() {
+  (void)SetThreadSlice(opts_.control.urgent_slice);  // as TCP's urgent receive thread
   while (true) {
     std::pair<uint32_t, uint64_t> req;
     {

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "base/crc32c.h"
 #include "base/fix.h"
+#include "base/thread_slice.h"
 #include "transport/socket.h"
 
 namespace faultline {
@@ -289,6 +290,7 @@ void TcpPageSource::ReceiveLoop(Conn* c) {
     sched_param none = {};
     (void)sched_setscheduler(0, SCHED_IDLE, &none);  // this thread only (Linux: per task)
   }
+  if (c->urgency == Urgency::kUrgent) (void)SetThreadSlice(opts_.urgent_slice);  // < 6.12: as is
   absl::Status status;
   bool peer_error = false;
   while (status.ok()) {

@@ -45,6 +45,9 @@ struct TcpSourceOptions {
   // host daemon sets it). Not strict: CFS still gives an idle-class thread a sliver of CPU
   // under full load, so bulk slows there but never stops.
   bool bulk_idle = false;
+  // The urgent receive thread's scheduler slice (base/thread_slice.h): a page's arrival then
+  // preempts a bulk thread at once. Zero: the kernel's default.
+  absl::Duration urgent_slice = absl::Microseconds(100);
   // A receive thread checks and delivers a frame this many bytes at a time (at least one
   // page): small enough to stay in cache between the read, the check and the placement.
   uint32_t deliver_chunk_bytes = 256u << 10;

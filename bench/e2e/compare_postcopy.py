@@ -505,7 +505,8 @@ def run_qemu(args, work, cell, huge):
             sock = os.path.join(work, "pager.sock")
             region = f"mem={src_ram}:{size_mib}M" + (":2M" if page == "2M" else "")
             spawn("faultline-source", [args.faultline, "source", f"--listen=127.0.0.1:{fl_port}",
-                                       "--token=" + token, "--region=" + region])
+                                       "--token=" + token, "--region=" + region]
+                  + args.faultline_flag)  # a flag the source has no use for is ignored
             wait_for(lambda: "serving" in read(os.path.join(work, "faultline-source.log")), 60,
                      "faultline source")
             serve = spawn("faultline-serve", [args.faultline, "serve", "--handoff=" + sock,
@@ -1212,7 +1213,8 @@ def main():
     ap.add_argument("--bulk-channels", type=int, default=1,
                     help="faultline serve/demo --bulk_channels for the faultline cells")
     ap.add_argument("--faultline-flag", action="append", default=[],
-                    help="an extra flag for faultline serve/demo in the faultline cells, e.g. "
+                    help="an extra flag for faultline source, serve and demo in the faultline "
+                         "cells (each ignores what it has no use for), e.g. "
                          "--faultline-flag=--bulk_solo_after_fault=0 (repeatable)")
     ap.add_argument("--bulk-channels-2m", type=int, default=0,
                     help="the same for 2 MiB-page cells (default: --bulk-channels)")
