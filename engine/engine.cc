@@ -106,7 +106,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
 // continuing a dead engine's run, whose map says what is present) punches out whatever the
 // file holds in the region's range; the VMM's mappings of those pages go with them, and the
 // next access faults as it must. Anonymous memory has no file to inspect from here: its owner
-// must hand it over untouched (the hand-off's contract).
+// must hand it over untouched (the hand-off's contract). guest_memfd cannot say where its data
+// is (no llseek: SEEK_DATA fails with ESPIPE), and a page it holds — fallocated, or written by
+// the VMM before the hand-off — would be mapped without a MISSING fault (the kernel/ series
+// fills such a fault from the folio that is there): its whole range is punched, which costs
+// next to nothing where it holds nothing, and is not counted.
 absl::Status Engine::DropStalePages() {
   for (size_t i = 0; i < table_->size(); ++i) {
     const GuestRegion& r = *(*table_)[i].region;
@@ -114,19 +118,26 @@ absl::Status Engine::DropStalePages() {
     const off_t lo = static_cast<off_t>(r.fd_offset());
     const off_t hi = lo + static_cast<off_t>(r.size());
     uint64_t bytes = 0;
+    bool unknown = false;  // the file cannot tell where its data is
     for (off_t at = lo; at < hi;) {
       off_t data = lseek(r.fd(), at, SEEK_DATA);
+      if (data < 0 && errno == ESPIPE) {
+        unknown = true;
+        break;
+      }
       if (data < 0 || data >= hi) break;  // ENXIO: no data after `at`
       off_t hole = lseek(r.fd(), data, SEEK_HOLE);
       if (hole < 0 || hole > hi) hole = hi;
       bytes += static_cast<uint64_t>(hole - data);
       at = hole;
     }
-    if (bytes == 0) continue;
+    if (bytes == 0 && !unknown) continue;
     if (fallocate(r.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, lo, hi - lo) < 0) {
-      return ErrnoStatus(absl::StrCat("region '", r.name(), "' already holds ", bytes,
-                                      " bytes before post-copy started, and punching them out "
-                                      "failed"));
+      return ErrnoStatus(
+          absl::StrCat("region '", r.name(), "' ",
+                       unknown ? "(a file that cannot tell whether it holds pages) may hold pages"
+                               : absl::StrCat("already holds ", bytes, " bytes"),
+                       " before post-copy started, and punching them out failed"));
     }
     stale_pages_dropped_ += bytes / r.page_size();
   }
