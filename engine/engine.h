@@ -46,9 +46,9 @@
 namespace faultline {
 
 // The scheduler slice of the fault path's threads (uffd reader, urgent receive thread, the
-// source's urgent server). On this 2-core machine, 9 alternating runs of a 1 GiB QEMU guest
-// with two bulk lanes: fault-latency mean 128 -> 69 us (1 vCPU), 154 -> 67 us (2 vCPUs), total
-// time unchanged (bench/RESULTS.md).
+// source's urgent server). On this 2-core machine, a 1 GiB QEMU guest with two bulk lanes,
+// alternating runs: fault-latency mean with 2 vCPUs 154 -> 67 us and 183 -> 73 us (two
+// series), with 1 vCPU 128 -> 69 us and 72 -> 81 us; total time unchanged (bench/RESULTS.md).
 inline constexpr absl::Duration kDefaultFaultSlice = absl::Microseconds(100);
 
 struct EngineOptions {
