@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <thread>
 
@@ -233,6 +234,33 @@ TEST_F(PageServerTest, UrgentThreadsOnBothSidesGetTheirSlice) {
   }
   EXPECT_EQ(ThreadsWithSlice(absl::Microseconds(200)), 1);  // the urgent receive thread only
   EXPECT_EQ(ThreadsWithSlice(absl::Microseconds(300)), 1);  // the urgent server thread only
+}
+
+TEST_F(PageServerTest, FinishReturnsOnceTheSourceReadDoneAndItsCloseIsNoFailure) {
+  TcpSourceOptions o;
+  o.address = Addr();
+  o.token = token_;
+  o.bulk_lanes = 2;
+  auto src = TcpPageSource::Connect(o);
+  ASSERT_TRUE(src.ok()) << src.status();
+  struct CountingSink : PageSink {
+    void Deliver(const PageRun&) override {}
+    void Rejected(uint32_t, uint64_t, Urgency) override {}
+    void BulkDone(uint32_t) override {}
+    void Failed(const SourceError&) override { failures.fetch_add(1); }
+    std::atomic<int> failures{0};
+  } sink;
+  ASSERT_TRUE((*src)->Start(&sink).ok());
+  ASSERT_TRUE((*src)->Finish().ok());
+  // Finish waited for the source to close the urgent connection, which it does once it has
+  // read DONE: closing first could reset the connection under a DONE not yet read.
+  EXPECT_TRUE(server_->MigrationDone(""));
+  absl::SleepFor(absl::Milliseconds(200));  // the source closes every connection meanwhile
+  EXPECT_EQ(sink.failures.load(), 0) << "the source's close after DONE is the end we asked for";
+  (*src)->Stop();
+  thread_.join();
+  EXPECT_TRUE(served_.ok()) << served_;
+  thread_ = std::thread([] {});
 }
 
 TEST_F(PageServerTest, DoneEndsServing) {

@@ -139,6 +139,7 @@ SourceLimits TcpPageSource::limits() const {
 
 void TcpPageSource::StartThreads() {
   stopping_.store(false);
+  urgent_closed_.store(false);
   for (auto& c : conns_) {
     Conn* raw = c.get();
     raw->dirty_open = false;  // a round cut by a reconnect is asked for again
@@ -181,7 +182,18 @@ absl::Status TcpPageSource::SendControl(const std::string& frame) {
 absl::Status TcpPageSource::Finish() {
   std::string out;
   EncodeDone(&out);
-  return SendControl(out);
+  finishing_.store(true);
+  if (absl::Status s = SendControl(out); !s.ok()) return s;
+  // Close only after the source has: it closes the urgent connection once it has read DONE.
+  // Closing first, with bytes the source sent still unread here (answers to requests the pull
+  // overtook, a warm-up round's frames), resets the connection; a source thread blocked
+  // writing such an answer then fails with the reset and never reads the DONE queued behind
+  // it — and a source serves until DONE. (Seen: a warm-up migration whose engine was replaced
+  // mid-way left its source serving for good.) The receive thread reads on meanwhile, so the
+  // source's writes never block; bounded, because a source gone silent must not hold us.
+  const absl::Time deadline = absl::Now() + absl::Seconds(2);
+  while (!urgent_closed_.load() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  return absl::OkStatus();
 }
 
 absl::Status TcpPageSource::RequestDirty(bool final) {
@@ -327,7 +339,8 @@ void TcpPageSource::ReceiveLoop(Conn* c) {
           absl::StrCat("unexpected ", FrameTypeName(h->type), " frame from the source"));
     }
   }
-  if (stopping_.load()) return;
+  if (c->urgency == Urgency::kUrgent) urgent_closed_.store(true);
+  if (stopping_.load() || finishing_.load()) return;  // the end we asked for
   SourceError err = Classify(status, peer_error);
   if (err.kind == SourceError::Kind::kProtocol) {
     // Tell the source why we are hanging up (best effort).

@@ -104,6 +104,9 @@ class TcpPageSource : public PageSource {
   std::vector<std::unique_ptr<Conn>> conns_;  // [0] urgent, [1 + lane] bulk
   PageSink* sink_ = nullptr;
   std::atomic<bool> stopping_{false};
+  // Finish() sent DONE: the source closing the connections is the end now, not a failure.
+  std::atomic<bool> finishing_{false};
+  std::atomic<bool> urgent_closed_{false};  // the urgent receive thread saw the end
   std::atomic<int> reconnects_{0};
   std::mutex reconnect_mu_;  // one Reconnect() at a time
 };
