@@ -17,6 +17,13 @@
 
 namespace faultline {
 
+// The slice faultline's fault-path threads ask for (the engine's fault loop, the transports'
+// urgent receive threads, the page server's urgent threads). On this 2-core machine, a 1 GiB
+// QEMU guest with two bulk lanes, alternating runs: fault-latency mean with 2 vCPUs 154 -> 67 us
+// and 183 -> 73 us (two series), with 1 vCPU 128 -> 69 us and 72 -> 81 us; total time
+// unchanged (bench/RESULTS.md, 2026-12-05).
+inline constexpr absl::Duration kDefaultFaultSlice = absl::Microseconds(100);
+
 // Sets the calling thread's slice (the kernel clamps it to 0.1..100 ms); keeps its policy
 // (SCHED_OTHER only) and nice value. Zero: nothing is changed. Errors (an older kernel: E2BIG
 // or EINVAL; another policy: FailedPrecondition) leave the thread as it was.

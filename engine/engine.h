@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "base/thread_slice.h"
 #include "engine/background_pull.h"
 #include "engine/fault_loop.h"
 #include "engine/fault_stats.h"
@@ -44,12 +45,6 @@
 #include "transport/page_source.h"
 
 namespace faultline {
-
-// The scheduler slice of the fault path's threads (uffd reader, urgent receive thread, the
-// source's urgent server). On this 2-core machine, a 1 GiB QEMU guest with two bulk lanes,
-// alternating runs: fault-latency mean with 2 vCPUs 154 -> 67 us and 183 -> 73 us (two
-// series), with 1 vCPU 128 -> 69 us and 72 -> 81 us; total time unchanged (bench/RESULTS.md).
-inline constexpr absl::Duration kDefaultFaultSlice = absl::Microseconds(100);
 
 struct EngineOptions {
   uint32_t bulk_batch_bytes = 1u << 20;  // bytes per background request

@@ -32,6 +32,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/thread_slice.h"
 #include "base/unique_fd.h"
 #include "transport/dirty_rounds.h"
 #include "transport/dirty_tracker.h"
@@ -194,9 +195,9 @@ class PageServer {
   std::vector<std::shared_ptr<Tenant>> tenants_;  // guarded by mu_ (multi_), fixed otherwise
   std::shared_ptr<const TlsContext> tls_;
   ServerExtension* ext_ = nullptr;
-  FaultInjector* faults_ = nullptr;  // guarded by mu_; read once per connection
-  absl::Duration urgent_slice_ = absl::Microseconds(100);  // guarded by mu_
-  UniqueFd stop_fd_;                                       // eventfd
+  FaultInjector* faults_ = nullptr;                   // guarded by mu_; read once per connection
+  absl::Duration urgent_slice_ = kDefaultFaultSlice;  // guarded by mu_
+  UniqueFd stop_fd_;                                  // eventfd
   std::atomic<bool> done_{false};
   mutable std::mutex mu_;
   std::vector<std::thread> threads_;

@@ -7,7 +7,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstring>
 #include <thread>
 
@@ -17,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "transport/socket.h"
 #include "transport/tcp_page_source.h"
+#include "transport/testing/recording_sink.h"
 
 namespace faultline {
 namespace {
@@ -53,6 +53,13 @@ class PageServerTest : public ::testing::Test {
     munmap(mem_, kSize);
   }
   std::string Addr() const { return absl::StrCat("127.0.0.1:", port_); }
+  // A destination's options for this server's migration.
+  TcpSourceOptions Client() const {
+    TcpSourceOptions o;
+    o.address = Addr();
+    o.token = token_;
+    return o;
+  }
   UniqueFd Raw() {
     auto fd = ConnectTcp(Addr(), absl::Seconds(5));
     EXPECT_TRUE(fd.ok());
@@ -213,19 +220,12 @@ TEST_F(PageServerTest, UrgentThreadsOnBothSidesGetTheirSlice) {
   probe.join();
   if (IsSkipped()) return;
   server_->SetUrgentSlice(absl::Microseconds(300));
-  TcpSourceOptions o;
-  o.address = Addr();
-  o.token = token_;
+  TcpSourceOptions o = Client();
   o.bulk_lanes = 2;
   o.urgent_slice = absl::Microseconds(200);
   auto src = TcpPageSource::Connect(o);
   ASSERT_TRUE(src.ok()) << src.status();
-  struct NoSink : PageSink {
-    void Deliver(const PageRun&) override {}
-    void Rejected(uint32_t, uint64_t, Urgency) override {}
-    void BulkDone(uint32_t) override {}
-    void Failed(const SourceError&) override {}
-  } sink;
+  RecordingSink sink(kSize / 4096);
   ASSERT_TRUE((*src)->Start(&sink).ok());
   // The receive threads set theirs when they start, which may be after Start returns.
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
@@ -237,27 +237,20 @@ TEST_F(PageServerTest, UrgentThreadsOnBothSidesGetTheirSlice) {
 }
 
 TEST_F(PageServerTest, FinishReturnsOnceTheSourceReadDoneAndItsCloseIsNoFailure) {
-  TcpSourceOptions o;
-  o.address = Addr();
-  o.token = token_;
+  TcpSourceOptions o = Client();
   o.bulk_lanes = 2;
   auto src = TcpPageSource::Connect(o);
   ASSERT_TRUE(src.ok()) << src.status();
-  struct CountingSink : PageSink {
-    void Deliver(const PageRun&) override {}
-    void Rejected(uint32_t, uint64_t, Urgency) override {}
-    void BulkDone(uint32_t) override {}
-    void Failed(const SourceError&) override { failures.fetch_add(1); }
-    std::atomic<int> failures{0};
-  } sink;
+  RecordingSink sink(kSize / 4096);
   ASSERT_TRUE((*src)->Start(&sink).ok());
   ASSERT_TRUE((*src)->Finish().ok());
   // Finish waited for the source to close the urgent connection, which it does once it has
   // read DONE: closing first could reset the connection under a DONE not yet read.
   EXPECT_TRUE(server_->MigrationDone(""));
   absl::SleepFor(absl::Milliseconds(200));  // the source closes every connection meanwhile
-  EXPECT_EQ(sink.failures.load(), 0) << "the source's close after DONE is the end we asked for";
-  (*src)->Stop();
+  (*src)->Stop();  // joins the receive threads: what they reported is all there is
+  EXPECT_FALSE(sink.failed_.has_value())
+      << "the source's close after DONE is the end we asked for: " << sink.failed_->status;
   thread_.join();
   EXPECT_TRUE(served_.ok()) << served_;
   thread_ = std::thread([] {});
@@ -326,10 +319,7 @@ class Misbehave : public FaultInjector {
 TEST_F(PageServerTest, FaultInjectorRefusesHello) {
   Misbehave& m = Injector<Misbehave>();
   m.refuse = true;
-  TcpSourceOptions o;
-  o.address = Addr();
-  o.token = token_;
-  auto src = TcpPageSource::Connect(o);
+  auto src = TcpPageSource::Connect(Client());
   ASSERT_FALSE(src.ok());
   EXPECT_EQ(src.status().code(), absl::StatusCode::kPermissionDenied) << src.status();
   EXPECT_NE(src.status().message().find("refused by the injector"), std::string::npos);
@@ -416,9 +406,7 @@ TEST_F(PageServerTest, FaultInjectorTruncatesAndClosesEveryConnection) {
 }
 
 TEST_F(PageServerTest, VerifyAnswersPageChecksums) {
-  TcpSourceOptions o;
-  o.address = Addr();
-  o.token = token_;
+  TcpSourceOptions o = Client();
   uint64_t verified = 0;
   auto bad = VerifyAgainstSource(o, {mem_}, &verified, false);
   ASSERT_TRUE(bad.ok()) << bad.status();

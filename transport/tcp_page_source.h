@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "base/thread_slice.h"
 #include "base/unique_fd.h"
 #include "transport/page_source.h"
 #include "transport/protocol.h"
@@ -47,7 +48,7 @@ struct TcpSourceOptions {
   bool bulk_idle = false;
   // The urgent receive thread's scheduler slice (base/thread_slice.h): a page's arrival then
   // preempts a bulk thread at once. Zero: the kernel's default.
-  absl::Duration urgent_slice = absl::Microseconds(100);
+  absl::Duration urgent_slice = kDefaultFaultSlice;
   // A receive thread checks and delivers a frame this many bytes at a time (at least one
   // page): small enough to stay in cache between the read, the check and the placement.
   uint32_t deliver_chunk_bytes = 256u << 10;
