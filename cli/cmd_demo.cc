@@ -61,7 +61,9 @@ int RunDemo() {
     o.client_tls = *client;
     o.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   }
-  o.engine = EngineOptionsFromFlags();
+  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
+  if (!engine_opts.ok()) return Fail(engine_opts.status());
+  o.engine = *engine_opts;
   if (absl::GetFlag(FLAGS_progress)) {
     o.progress = [](uint64_t done, uint64_t total) { ProgressBar(done * 4096, total * 4096); };
   }

@@ -29,7 +29,9 @@ int RunDest() {
   absl::StatusOr<std::unique_ptr<PageSource>> source = ConnectSource(topts);
   if (!source.ok()) return Fail(source.status());
   // Destination memory matching the source's regions.
-  EngineOptions eo = EngineOptionsFromFlags();
+  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
+  if (!engine_opts.ok()) return Fail(engine_opts.status());
+  EngineOptions eo = *engine_opts;
   eo.finish_source = false;
   absl::StatusOr<Destination> dest = CreateDestination((*source)->regions(), *kind, eo);
   if (!dest.ok()) return Fail(dest.status());

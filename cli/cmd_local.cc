@@ -35,7 +35,9 @@ int RunLocal() {
     o.size = *size;
     o.guest = *guest;
     o.run_guest = !guest->threads.empty();
-    o.engine = EngineOptionsFromFlags();
+    absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
+    if (!engine_opts.ok()) return Fail(engine_opts.status());
+    o.engine = *engine_opts;
     const int32_t churn = absl::GetFlag(FLAGS_churn_permille);
     o.churn_permille = churn < 0 ? 100 : static_cast<uint32_t>(std::min(churn, 1000));
     o.transport_busy_poll = absl::GetFlag(FLAGS_busy_poll);

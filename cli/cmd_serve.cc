@@ -68,7 +68,9 @@ int RunServe() {
   o.handoff_socket = absl::GetFlag(FLAGS_handoff);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.state_dir = absl::GetFlag(FLAGS_state_dir);
-  o.engine = EngineOptionsFromFlags();
+  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
+  if (!engine_opts.ok()) return Fail(engine_opts.status());
+  o.engine = *engine_opts;
   const bool daemon = absl::GetFlag(FLAGS_daemon);
   o.control_socket = daemon ? absl::GetFlag(FLAGS_control) : "";
   o.exit_when_done = !daemon;

@@ -59,6 +59,13 @@ ABSL_FLAG(absl::Duration, warmup_final_copy, absl::Milliseconds(20),
           "Warm-up: fetch the final set before the guest resumes here when that takes at most "
           "this long at the measured pull rate (adds it to the downtime; 0: never, post-copy "
           "fetches it).");
+ABSL_FLAG(int32_t, warmup_throttle, 0,
+          "Warm-up: when a round's set stops shrinking (the guest rewrites pages as fast as "
+          "they move), ask the source to slow its guest down instead of switching — 20 % of "
+          "its vCPU time, --warmup_throttle_step more each such round, up to this percent "
+          "(1..99; QEMU's auto-converge). 0: never.");
+ABSL_FLAG(int32_t, warmup_throttle_step, 10,
+          "Warm-up: percent added to the throttle each round that still does not shrink.");
 ABSL_FLAG(absl::Duration, warmup_deadline, absl::Minutes(10),
           "Switch to post-copy after this long even if the rounds have not converged.");
 ABSL_FLAG(int32_t, churn_permille, -1,
@@ -137,7 +144,7 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-EngineOptions EngineOptionsFromFlags() {
+absl::StatusOr<EngineOptions> EngineOptionsFromFlags() {
   EngineOptions o;
   o.bulk_batch_bytes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_batch_kib)) << 10;
   o.bulk_window = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_window));
@@ -152,6 +159,19 @@ EngineOptions EngineOptionsFromFlags() {
       static_cast<uint64_t>(std::max(0, absl::GetFlag(FLAGS_warmup_rate_mib))) << 20;
   o.warmup.deadline = absl::GetFlag(FLAGS_warmup_deadline);
   o.warmup.final_copy = std::max(absl::ZeroDuration(), absl::GetFlag(FLAGS_warmup_final_copy));
+  const int32_t throttle = absl::GetFlag(FLAGS_warmup_throttle);
+  const int32_t step = absl::GetFlag(FLAGS_warmup_throttle_step);
+  if (throttle < 0 || throttle > static_cast<int32_t>(kMaxThrottle)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--warmup_throttle=", throttle, ": expected a percent of the guest's vCPU time, 0..",
+        kMaxThrottle, " (0: never slow it down)"));
+  }
+  if (step < 1 || step > static_cast<int32_t>(kMaxThrottle)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--warmup_throttle_step=", step, ": expected 1..", kMaxThrottle));
+  }
+  o.warmup.throttle_max = static_cast<uint32_t>(throttle);
+  o.warmup.throttle_step = static_cast<uint32_t>(step);
   return o;
 }
 

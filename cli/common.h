@@ -55,8 +55,9 @@ void ProgressBar(uint64_t done, uint64_t total);
 // returns the exit status 1.
 int Fail(const absl::Status& s);
 
-// --bulk_batch_kib, --bulk_window, --busy_poll, --reconnect_deadline.
-EngineOptions EngineOptionsFromFlags();
+// --bulk_batch_kib, --bulk_window, --busy_poll, --reconnect_deadline, --warmup*: an error
+// names the flag.
+absl::StatusOr<EngineOptions> EngineOptionsFromFlags();
 // --guest, --touches.
 absl::StatusOr<GuestOptions> GuestOptionsFromFlags();
 // --tls_cert/--tls_key/--tls_ca for one side; null without any of them (plain TCP).

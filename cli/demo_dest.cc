@@ -76,6 +76,8 @@ absl::StatusOr<nlohmann::json> ReplaceEngine(const DemoOptions& o, const SourceS
     args.push_back("--warmup");
     args.push_back(absl::StrCat("--warmup_rounds=", o.engine.warmup.max_rounds));
     args.push_back(absl::StrCat("--warmup_rate_mib=", o.engine.warmup.rate_bytes_per_s >> 20));
+    args.push_back(absl::StrCat("--warmup_throttle=", o.engine.warmup.throttle_max));
+    args.push_back(absl::StrCat("--warmup_throttle_step=", o.engine.warmup.throttle_step));
   }
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());

@@ -132,6 +132,8 @@ nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
                         {"apply_ms", r.apply_ns / 1e6},
                         {"answer_ms", r.answer_ns / 1e6},
                         {"drop_ms", r.drop_ns / 1e6},
+                        {"throttle", r.throttle},
+                        {"no_throttle", r.no_throttle},
                         {"final_copied", r.final_copied},
                         {"final_copy_ms", r.final_copy_ns / 1e6}});
     }

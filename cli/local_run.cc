@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "base/errno_status.h"
+#include "base/writer_throttle.h"
 #include "cli/setup.h"
 #include "dirty/wp_tracker.h"
 #include "nlohmann/json.hpp"
@@ -50,6 +51,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   const bool warm = opts.engine.warmup.enabled;
   std::atomic<bool> writer_stop{false};
   std::thread writer;
+  WriterThrottle throttle;  // warm-up may ask the source to slow its writer down
   auto stop_writer = [&] {
     writer_stop.store(true);
     if (writer.joinable()) writer.join();
@@ -58,7 +60,8 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   auto start_live_source = [&]() -> absl::Status {
     if (!warm) return absl::OkStatus();
     absl::StatusOr<std::unique_ptr<WpDirtyTracker>> t =
-        WpDirtyTracker::Create({{(*src)->base(), opts.size, ps}}, stop_writer);
+        WpDirtyTracker::Create({{(*src)->base(), opts.size, ps}}, stop_writer, nullptr,
+                               [&](uint32_t percent) { throttle.Set(percent); });
     if (!t.ok()) return t.status();
     tracker = std::move(*t);
     const uint64_t hot = opts.size / ps * opts.churn_permille / 1000;
@@ -66,6 +69,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
       for (uint64_t gen = 1; !writer_stop.load(std::memory_order_relaxed); ++gen) {
         for (uint64_t p = 0; p < hot && !writer_stop.load(std::memory_order_relaxed); ++p) {
           reinterpret_cast<volatile uint64_t*>((*src)->base() + p * ps)[1] = gen;
+          if (p % 64 == 0) throttle.Pace();
         }
         if (hot == 0) absl::SleepFor(absl::Milliseconds(1));
       }
@@ -213,7 +217,10 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   }
   r.engine_footprint = e.footprint_bytes();
   if (e.warmup() != nullptr) {
-    for (const WarmUpRound& w : e.warmup()->rounds()) r.warmup_rounds.push_back(w.pages);
+    for (const WarmUpRound& w : e.warmup()->rounds()) {
+      r.warmup_rounds.push_back(w.pages);
+      r.warmup_throttle.push_back(w.throttle);
+    }
     r.warmup_seconds = absl::ToDoubleSeconds(switched_at - t0);
     r.faults_after_switch = c.faults.load() - e.faults_before_switch();
   }
@@ -263,7 +270,13 @@ std::string ReportTable(const LocalRunReport& r) {
   }
   if (!r.warmup_rounds.empty()) {
     std::string rounds;
-    for (uint64_t n : r.warmup_rounds) absl::StrAppend(&rounds, rounds.empty() ? "" : ", ", n);
+    for (size_t i = 0; i < r.warmup_rounds.size(); ++i) {
+      absl::StrAppend(&rounds, rounds.empty() ? "" : ", ", r.warmup_rounds[i]);
+      // The throttle asked for with the round governs the writes of the next.
+      if (i < r.warmup_throttle.size() && r.warmup_throttle[i] > 0) {
+        absl::StrAppend(&rounds, " (then ", r.warmup_throttle[i], " % throttle)");
+      }
+    }
     row("warm-up rounds (pages rewritten)", rounds + " (the last: final)");
     row("warm-up / faults after switch",
         absl::StrFormat("%.3f s / %d", r.warmup_seconds, r.faults_after_switch));
@@ -308,6 +321,7 @@ std::string ReportJson(const std::vector<LocalRunReport>& reports) {
                     {"verified_pages", r.verified_pages},
                     {"mismatches", r.mismatches},
                     {"warmup_rounds", r.warmup_rounds},
+                    {"warmup_throttle", r.warmup_throttle},
                     {"warmup_seconds", r.warmup_seconds},
                     {"faults_after_switch", r.faults_after_switch},
                     {"engine_footprint_bytes", r.engine_footprint},

@@ -49,8 +49,10 @@ struct LocalRunReport {
   LatencyHistogram guest_latency;  // guest-observed slow touches
   uint64_t guest_touches = 0;
   uint64_t verified_pages = 0, mismatches = 0;
-  // Warm-up: rounds (pages in each set), the time before the switch, faults after it.
+  // Warm-up: rounds (pages in each set; the throttle each asked for), the time before the
+  // switch, faults after it.
   std::vector<uint64_t> warmup_rounds;
+  std::vector<uint32_t> warmup_throttle;
   double warmup_seconds = 0;
   uint64_t faults_after_switch = 0;
   uint64_t engine_footprint = 0;

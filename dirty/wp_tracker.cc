@@ -40,11 +40,13 @@ struct pm_scan_arg {
 namespace faultline {
 
 absl::StatusOr<std::unique_ptr<WpDirtyTracker>> WpDirtyTracker::Create(
-    std::vector<Range> ranges, std::function<void()> stop_writers, std::function<void()> switched) {
+    std::vector<Range> ranges, std::function<void()> stop_writers, std::function<void()> switched,
+    std::function<void(uint32_t)> throttle) {
   std::unique_ptr<WpDirtyTracker> t(new WpDirtyTracker());
   t->ranges_ = std::move(ranges);
   t->stop_writers_ = std::move(stop_writers);
   t->switched_ = std::move(switched);
+  t->throttle_ = std::move(throttle);
   // User-mode-only is enough (and needs no privilege): WP_ASYNC resolves write faults inside
   // the kernel's fault path, for user and kernel accesses alike, and never raises an event.
   t->uffd_.reset(
@@ -127,6 +129,12 @@ absl::Status WpDirtyTracker::Collect(bool final, std::vector<PageRange>* out) {
   for (uint32_t i = 0; i < ranges_.size(); ++i) {
     if (absl::Status s = Scan(i, out); !s.ok()) return s;
   }
+  return absl::OkStatus();
+}
+
+absl::Status WpDirtyTracker::Throttle(uint32_t percent) {
+  if (!throttle_) return DirtyTracker::Throttle(percent);
+  throttle_(percent);
   return absl::OkStatus();
 }
 

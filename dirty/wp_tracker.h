@@ -33,16 +33,19 @@ class WpDirtyTracker : public DirtyTracker {
   // Range i is the page server's region i. `stop_writers` (final Collect) stops every writer
   // for good and returns only when none can write any more (join it; a flag alone leaves a
   // writer past its check free to write after the final scan); `switched` (optional) runs on
-  // Switched().
+  // Switched(); `throttle` (optional) slows the writers down (Throttle(); without it,
+  // Unimplemented).
   static absl::StatusOr<std::unique_ptr<WpDirtyTracker>> Create(
       std::vector<Range> ranges, std::function<void()> stop_writers,
-      std::function<void()> switched = nullptr);
+      std::function<void()> switched = nullptr,
+      std::function<void(uint32_t percent)> throttle = nullptr);
   ~WpDirtyTracker() override;
 
   absl::Status Collect(bool final, std::vector<PageRange>* out) override;
   void Switched() override {
     if (switched_) switched_();
   }
+  absl::Status Throttle(uint32_t percent) override;
 
  private:
   WpDirtyTracker() = default;
@@ -50,6 +53,7 @@ class WpDirtyTracker : public DirtyTracker {
 
   std::vector<Range> ranges_;
   std::function<void()> stop_writers_, switched_;
+  std::function<void(uint32_t)> throttle_;
   UniqueFd uffd_, pagemap_;
   bool stopped_ = false;
 };

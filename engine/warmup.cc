@@ -65,6 +65,8 @@ bool WarmUp::WaitAllPresent(absl::Time until) {
 void WarmUp::Loop() {
   const absl::Time deadline = absl::Now() + opts_.deadline;
   uint64_t prev = UINT64_MAX, last = UINT64_MAX;
+  uint32_t throttle = 0;
+  bool no_throttle = false;  // the source said it cannot slow its guest
   for (uint32_t k = 0;; ++k) {
     WarmUpRound r;
     const uint64_t t0 = FaultStats::NowNs();
@@ -75,17 +77,31 @@ void WarmUp::Loop() {
       // Every page pulled once: the rate the final stop-and-copy is estimated with.
       pull_bytes_per_ns_ = static_cast<double>(table_->total_bytes()) / r.pulled_ns;
     }
-    const bool converged =
-        k > 0 && (last <= opts_.converge_pages ||
-                  static_cast<double>(last) > opts_.shrink * static_cast<double>(prev));
-    const bool final = !all || k >= opts_.max_rounds || converged;
-    if (absl::Status s = Round(final, &r); !s.ok()) {
+    const bool small = k > 0 && last <= opts_.converge_pages;
+    // The guest writes about as fast as we pull: more rounds alone would not help.
+    const bool stuck =
+        k > 0 && static_cast<double>(last) > opts_.shrink * static_cast<double>(prev);
+    bool final = !all || k >= opts_.max_rounds || small;
+    if (!final && stuck) {
+      if (!no_throttle && throttle < opts_.throttle_max) {
+        // Slow the guest down (more) and go on.
+        throttle = std::min(opts_.throttle_max, throttle == 0 ? opts_.throttle_initial
+                                                              : throttle + opts_.throttle_step);
+      } else {
+        final = true;
+      }
+    }
+    if (absl::Status s = Round(final, final ? 0 : throttle, &r); !s.ok()) {
       if (!stop_->stopped()) stop_->Stop(s);
       return;
     }
     {
       std::lock_guard<std::mutex> l(mu_);
       rounds_.push_back(r);
+    }
+    if (r.no_throttle) {
+      no_throttle = true;
+      throttle = 0;
     }
     if (r.final) {
       switched_at_ns_.store(FaultStats::NowNs());
@@ -98,7 +114,7 @@ void WarmUp::Loop() {
   }
 }
 
-absl::Status WarmUp::Round(bool final, WarmUpRound* r) {
+absl::Status WarmUp::Round(bool final, uint32_t throttle, WarmUpRound* r) {
   const uint64_t t0 = FaultStats::NowNs();
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -107,7 +123,7 @@ absl::Status WarmUp::Round(bool final, WarmUpRound* r) {
   DirtySet set;
   bool have = false;
   while (!have) {
-    if (absl::Status s = source_->RequestDirty(final); !s.ok()) {
+    if (absl::Status s = source_->RequestDirty(final, throttle); !s.ok()) {
       // The connection is gone; the engine reconnects (or fails). Ask again after a while.
       if (absl::IsUnimplemented(s) || absl::IsFailedPrecondition(s)) return s;
     }
@@ -161,6 +177,8 @@ absl::Status WarmUp::Round(bool final, WarmUpRound* r) {
   pull_->Kick();
   r->round = set.round;
   r->final = set.final;
+  r->no_throttle = set.no_throttle;
+  r->throttle = set.no_throttle ? 0 : throttle;
   r->pages = set.pages();
   r->evicted = *evicted;
   r->apply_ns = FaultStats::NowNs() - t0;

@@ -3,9 +3,10 @@
 // rounds which pages were written since they were sent (PageSource::RequestDirty), drops those
 // here (evicted: their bytes punched out of the region's file, absent again) and pulls them
 // again — until a round's set is small or stops shrinking, or the round limit or the deadline
-// is reached. Then the final round: the source stops the guest, reports the last set, this
-// side drops it and confirms, and only then may the guest run here (the source learns it from
-// the confirmation; DirtyTracker::Switched). Post-copy then fetches what the final set left
+// is reached (or, with a throttle, until slowing the guest down no longer helps: see
+// WarmUpOptions::throttle_max). Then the final round: the source stops the guest, reports the last
+// set, this side drops it and confirms, and only then may the guest run here (the source learns it
+// from the confirmation; DirtyTracker::Switched). Post-copy then fetches what the final set left
 // absent, as usual — or, when that is cheap (WarmUpOptions::final_copy), it is fetched before
 // the confirmation, with the guest still stopped: a stop-and-copy of the last set.
 //
@@ -50,6 +51,13 @@ struct WarmUpOptions {
   // previous round's (the guest writes as fast as we pull: more rounds would not help).
   uint64_t converge_pages = 256;
   double shrink = 0.8;
+  // Auto-converge, as QEMU's: when a round's set does not shrink (above), ask the source to
+  // slow its guest down instead of switching — `throttle_initial` percent of its vCPU time,
+  // `throttle_step` more each round that still does not shrink, up to `throttle_max` (then
+  // switch). 0: never (the default; a source that cannot slow its guest ends it too).
+  uint32_t throttle_max = 0;
+  uint32_t throttle_initial = 20;
+  uint32_t throttle_step = 10;
   // From Start(): switch even if the rounds have not converged.
   absl::Duration deadline = absl::Minutes(10);
   // The background pull's rate limit until the switch (bytes/s; 0: none).
@@ -74,6 +82,10 @@ struct WarmUpRound {
   uint64_t apply_ns = 0;   // asking, receiving and applying this set
   uint64_t answer_ns = 0;  // of which: from the request to the whole answer
   uint64_t drop_ns = 0;    // of which: dropping the pages here
+  // The throttle in force at the source from this round's request on (percent; 0: none, or
+  // the source cannot slow its guest — then no_throttle).
+  uint32_t throttle = 0;
+  bool no_throttle = false;
   // Final round: fetched before the guest ran here (WarmUpOptions::final_copy), how long
   // that took (part of apply_ns).
   bool final_copied = false;
@@ -107,7 +119,7 @@ class WarmUp {
   // Until every page is present (true) or the run stops or `until` passes (false).
   bool WaitAllPresent(absl::Time until);
   // One round: ask, wait for the answer (asking again after a silence), apply, confirm.
-  absl::Status Round(bool final, WarmUpRound* r);
+  absl::Status Round(bool final, uint32_t throttle, WarmUpRound* r);
   // Drops every page of `set` that is present (waits for pages in flight); returns how many.
   absl::StatusOr<uint64_t> Apply(const DirtySet& set);
 

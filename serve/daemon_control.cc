@@ -54,6 +54,7 @@ nlohmann::json StatusJson(const MigrationStatus& m) {
           {"engine_restarts", m.engine_restarts},
           {"warmup", m.warmup ? nlohmann::json{{"rounds", m.warmup_rounds},
                                                {"last_set_pages", m.warmup_last_set_pages},
+                                               {"throttle_percent", m.warmup_throttle},
                                                {"switched", m.warmup_switched}}
                               : nlohmann::json()}};
 }

@@ -140,6 +140,9 @@ std::string RenderMetrics(const std::vector<MigrationStatus>& ms, const DaemonCo
   per("faultline_migration_warmup_last_set_pages", "gauge",
       "Pages in the latest warm-up round's set.",
       [](const MigrationStatus& m) { return static_cast<double>(m.warmup_last_set_pages); });
+  per("faultline_migration_warmup_throttle_percent", "gauge",
+      "Share of the source guest's vCPU time warm-up has it throttled by (0: full speed).",
+      [](const MigrationStatus& m) { return static_cast<double>(m.warmup_throttle); });
   per("faultline_migration_warmup_switched", "gauge",
       "1 once warm-up's final set is dropped here (the guest may run here).",
       [](const MigrationStatus& m) { return m.warmup_switched ? 1.0 : 0.0; });

@@ -44,6 +44,7 @@ void Refresh(const Engine& e, MigrationStatus* s) {
     s->warmup_switched = w->switched();
     s->warmup_rounds = rounds.size();
     s->warmup_last_set_pages = rounds.empty() ? 0 : rounds.back().pages;
+    s->warmup_throttle = rounds.empty() ? 0 : rounds.back().throttle;
   }
   const double secs = absl::ToDoubleSeconds(absl::Now() - s->started);
   if (secs > 0) s->bytes_per_second = (s->urgent_bytes + s->bulk_bytes) / secs;

@@ -58,9 +58,11 @@ struct MigrationStatus {
   uint64_t faults = 0, reconnects = 0, engine_restarts = 0;
   double bytes_per_second = 0;  // over the run so far
   // Warm-up (the source still runs its guest): rounds applied so far, the latest round's set,
-  // and whether the final round is applied (the guest may run here).
+  // whether the final round is applied (the guest may run here), and the throttle the
+  // source's guest is under (percent of its vCPU time; 0: full speed).
   bool warmup = false, warmup_switched = false;
   uint64_t warmup_rounds = 0, warmup_last_set_pages = 0;
+  uint32_t warmup_throttle = 0;
   LatencyHistogram fault_latency;
   std::map<uint32_t, LatencyHistogram> fault_latency_per_thread;  // by faulting thread id
 };

@@ -8,12 +8,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/writer_throttle.h"
 #include "cli/setup.h"
 #include "dirty/wp_tracker.h"
 #include "engine/engine.h"
@@ -33,18 +37,27 @@ namespace {
 class LiveSource {
  public:
   // `hot_permille` of the pages are rewritten in a loop (0: an idle guest).
+  // `throttleable`: the tracker slows the writer down when asked (else it cannot).
   static absl::StatusOr<std::unique_ptr<LiveSource>> Start(uint64_t size, uint32_t page_size,
-                                                           uint32_t hot_permille,
-                                                           bool track = true) {
+                                                           uint32_t hot_permille, bool track = true,
+                                                           bool throttleable = true) {
     std::unique_ptr<LiveSource> s(new LiveSource());
     absl::StatusOr<std::unique_ptr<PatternMemory>> mem = PatternMemory::Create(size, page_size);
     if (!mem.ok()) return mem.status();
     s->mem_ = std::move(*mem);
     s->hot_pages_ = std::max<uint64_t>(1, size / page_size * hot_permille / 1000);
     if (track) {
+      std::function<void(uint32_t)> throttle;
+      if (throttleable) {
+        throttle = [raw = s.get()](uint32_t percent) {
+          raw->throttle_.Set(percent);
+          std::lock_guard<std::mutex> l(raw->mu_);
+          raw->throttles_.push_back(percent);
+        };
+      }
       absl::StatusOr<std::unique_ptr<WpDirtyTracker>> t = WpDirtyTracker::Create(
           {{s->mem_->base(), size, page_size}}, [raw = s.get()] { raw->StopWriter(); },
-          [raw = s.get()] { raw->switched_.store(true); });
+          [raw = s.get()] { raw->switched_.store(true); }, std::move(throttle));
       if (!t.ok()) return t.status();
       s->tracker_ = std::move(*t);
     }
@@ -81,6 +94,12 @@ class LiveSource {
     if (writer_.joinable()) writer_.join();
   }
   uint64_t writes() const { return writes_.load(); }
+  // Every throttle the tracker was asked for, in order, and the one in force.
+  std::vector<uint32_t> throttles() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return throttles_;
+  }
+  uint32_t throttle() const { return throttle_.percent(); }
   bool switched() const { return switched_.load(); }
   const PatternMemory& mem() const { return *mem_; }
 
@@ -97,6 +116,7 @@ class LiveSource {
         volatile uint64_t* w = reinterpret_cast<volatile uint64_t*>(mem_->base() + p * ps + 8);
         *w = gen;
         writes_.fetch_add(1, std::memory_order_relaxed);
+        if (i % 64 == 0) throttle_.Pace();
       }
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
@@ -112,6 +132,9 @@ class LiveSource {
   std::thread writer_, serve_;
   std::atomic<bool> stop_{false}, switched_{false};
   std::atomic<uint64_t> writes_{0};
+  WriterThrottle throttle_;
+  mutable std::mutex mu_;
+  std::vector<uint32_t> throttles_;  // guarded by mu_
 };
 
 EngineOptions WarmUpOptions_() {
@@ -175,10 +198,13 @@ Outcome Migrate(LiveSource& src, MemoryKind kind, const TcpSourceOptions& to,
 void Print(const Outcome& o) {
   for (const WarmUpRound& r : o.rounds) {
     std::printf(
-        "  round %llu%s: %llu pages (%llu evicted), pulled in %.1f ms, applied in %.1f ms\n",
+        "  round %llu%s: %llu pages (%llu evicted), pulled in %.1f ms, applied in %.1f ms%s\n",
         static_cast<unsigned long long>(r.round), r.final ? " (final)" : "",
         static_cast<unsigned long long>(r.pages), static_cast<unsigned long long>(r.evicted),
-        r.pulled_ns / 1e6, r.apply_ns / 1e6);
+        r.pulled_ns / 1e6, r.apply_ns / 1e6,
+        r.throttle > 0  ? absl::StrCat(", then throttled ", r.throttle, " %").c_str()
+        : r.no_throttle ? ", the source cannot throttle"
+                        : "");
   }
   std::printf(
       "  faults after the switch: %llu; pages that changed while sent: %llu; bulk "
@@ -314,6 +340,63 @@ TEST(WarmUp, IdleGuestConvergesAndNeedsNoRefetch) {
   EXPECT_EQ(o.rounds[0].pages, 0u);
   EXPECT_EQ(o.rounds[1].pages, 0u);
   EXPECT_EQ(o.faults, 0u);  // the reader found every page present
+}
+
+// Auto-converge: every round counts as not shrinking (shrink 0), so the engine asks for a
+// throttle each round instead of switching — 20 %, then 10 % more per round — until the round
+// limit; the source's writer is slowed down accordingly, and once the destination is done
+// (its connection closed) the throttle is lifted. Every page still identical.
+TEST(WarmUp, RoundsThatDoNotShrinkThrottleTheWriterUntilTheSwitch) {
+  absl::StatusOr<std::unique_ptr<LiveSource>> src = LiveSource::Start(32u << 20, 4096, 100);
+  if (absl::IsUnimplemented(src.status())) GTEST_SKIP() << src.status();
+  ASSERT_TRUE(src.ok()) << src.status();
+  EngineOptions eo = WarmUpOptions_();
+  eo.warmup.shrink = 0;
+  eo.warmup.converge_pages = 0;
+  eo.warmup.throttle_max = 45;
+  Outcome o = Migrate(**src, MemoryKind::kMemfd, (*src)->options(), eo);
+  ExpectWarmedUp(o, **src);
+  // What each round asked for: nothing with the first pull's round, then 20, 30, 40, 45 (the
+  // cap) for as long as the rounds found pages written (an empty one ends warm-up).
+  std::vector<uint32_t> asked;
+  for (const WarmUpRound& r : o.rounds) {
+    EXPECT_FALSE(r.no_throttle);
+    if (!r.final && r.throttle > 0) asked.push_back(r.throttle);
+  }
+  ASSERT_FALSE(asked.empty()) << "no round asked for a throttle: nothing was tested";
+  const std::vector<uint32_t> ramp = {20, 30, 40, 45};
+  for (size_t i = 0; i < asked.size(); ++i) EXPECT_EQ(asked[i], ramp[std::min<size_t>(i, 3)]);
+  EXPECT_EQ(o.rounds.back().throttle, 0u);  // the final round: the guest is stopped
+  // The source saw the same ramp, then 0: lifted when the destination's connection closed.
+  std::vector<uint32_t> want = asked;
+  want.erase(std::unique(want.begin(), want.end()), want.end());
+  want.push_back(0);
+  for (int i = 0; i < 500 && (*src)->throttles().size() < want.size(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ((*src)->throttles(), want);
+  EXPECT_EQ((*src)->throttle(), 0u);
+}
+
+// A source whose guest cannot be slowed down says so; warm-up then switches at the first
+// round that does not shrink, as without a throttle.
+TEST(WarmUp, ASourceThatCannotThrottleEndsWarmUpAtTheFirstStuckRound) {
+  absl::StatusOr<std::unique_ptr<LiveSource>> src =
+      LiveSource::Start(32u << 20, 4096, 100, /*track=*/true, /*throttleable=*/false);
+  if (absl::IsUnimplemented(src.status())) GTEST_SKIP() << src.status();
+  ASSERT_TRUE(src.ok()) << src.status();
+  EngineOptions eo = WarmUpOptions_();
+  eo.warmup.shrink = 0;
+  eo.warmup.converge_pages = 0;
+  eo.warmup.throttle_max = 99;
+  Outcome o = Migrate(**src, MemoryKind::kMemfd, (*src)->options(), eo);
+  ExpectWarmedUp(o, **src);
+  // The first pull's round, the round that asked (answered: cannot), the final round.
+  ASSERT_EQ(o.rounds.size(), 3u);
+  EXPECT_FALSE(o.rounds[0].no_throttle);
+  EXPECT_TRUE(o.rounds[1].no_throttle);
+  EXPECT_EQ(o.rounds[1].throttle, 0u);
+  EXPECT_TRUE(o.rounds[2].final);
 }
 
 TEST(WarmUp, ConnectionCutsLoseNoDirtyRound) {

@@ -14,7 +14,7 @@ void DirtyRounds::Set(uint32_t region, uint64_t first, uint64_t count) {
   for (uint64_t p = first; p < first + count; ++p) bits[p / 64] |= uint64_t{1} << (p % 64);
 }
 
-absl::StatusOr<std::vector<DirtyFrame>> DirtyRounds::Sync(bool final) {
+absl::StatusOr<std::vector<DirtyFrame>> DirtyRounds::Sync(bool final, uint32_t throttle) {
   std::lock_guard<std::mutex> l(mu_);
   if (switched_) {
     // The guest runs at the destination already (an engine restarted after the switch asks):
@@ -23,6 +23,17 @@ absl::StatusOr<std::vector<DirtyFrame>> DirtyRounds::Sync(bool final) {
     f.round = ++round_;
     f.flags = kDirtyFinal;
     return std::vector<DirtyFrame>{f};
+  }
+  // The throttle first: it governs the writes of the round that begins with this collection.
+  // A failure to throttle is no failure of warm-up (the guest only writes faster than asked);
+  // the destination learns it from kDirtyNoThrottle and stops asking for more.
+  if (!final && !no_throttle_ && throttle != throttle_) {
+    if (tracker_->Throttle(throttle).ok()) {
+      throttle_ = throttle;
+    } else {
+      no_throttle_ = true;
+      if (throttle_ != 0 && tracker_->Throttle(0).ok()) throttle_ = 0;
+    }
   }
   std::vector<PageRange> written;
   if (absl::Status s = tracker_->Collect(final, &written); !s.ok()) {
@@ -58,9 +69,15 @@ absl::StatusOr<std::vector<DirtyFrame>> DirtyRounds::Sync(bool final) {
   }
   for (size_t i = 0; i < frames.size(); ++i) {
     frames[i].round = round_;
-    frames[i].flags = (final ? kDirtyFinal : 0) | (i + 1 < frames.size() ? kDirtyMore : 0);
+    frames[i].flags = (final ? kDirtyFinal : 0) | (i + 1 < frames.size() ? kDirtyMore : 0) |
+                      (!final && throttle != 0 && no_throttle_ ? kDirtyNoThrottle : 0);
   }
   return frames;
+}
+
+void DirtyRounds::ReleaseThrottle() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (throttle_ != 0 && tracker_->Throttle(0).ok()) throttle_ = 0;
 }
 
 void DirtyRounds::Applied(uint64_t round) {

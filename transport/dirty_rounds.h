@@ -27,7 +27,14 @@ class DirtyRounds {
   DirtyRounds(DirtyTracker* tracker, std::vector<RegionInfo> regions);
 
   // A DIRTY_SYNC: the round's frames (at least one; every one but the last has kDirtyMore).
-  absl::StatusOr<std::vector<DirtyFrame>> Sync(bool final);
+  // `throttle` (percent; not for the final round, whose guest is stopped) is passed to the
+  // tracker when it differs from the one in force; a tracker that cannot slow its guest (or
+  // fails to) leaves the guest at full speed, and every frame from then on that answers a
+  // request for a throttle says so (kDirtyNoThrottle).
+  absl::StatusOr<std::vector<DirtyFrame>> Sync(bool final, uint32_t throttle = 0);
+  // The destination that asked for a throttle is gone (its connection closed): the guest runs
+  // at full speed again until a DIRTY_SYNC asks otherwise.
+  void ReleaseThrottle();
   // A DIRTY_APPLIED for `round`: if it is the latest round, every page sent so far is dropped
   // at the destination. For the final round, the tracker is told Switched() (once).
   void Applied(uint64_t round);
@@ -49,6 +56,8 @@ class DirtyRounds {
   uint64_t round_ = 0;                              // guarded by mu_
   uint64_t final_round_ = 0;                        // guarded by mu_; 0: no final round yet
   bool switched_ = false;                           // guarded by mu_
+  uint32_t throttle_ = 0;                           // guarded by mu_: in force at the tracker
+  bool no_throttle_ = false;                        // guarded by mu_: the tracker has none
   std::vector<std::vector<uint64_t>> unconfirmed_;  // guarded by mu_: a bitset per region
 };
 

@@ -17,9 +17,14 @@ class ScriptedTracker : public DirtyTracker {
     return status;
   }
   void Switched() override { ++switched; }
+  absl::Status Throttle(uint32_t percent) override {
+    throttles.push_back(percent);
+    return throttle_status;
+  }
   std::vector<PageRange> next;
-  absl::Status status;
+  absl::Status status, throttle_status;
   int finals = 0, switched = 0;
+  std::vector<uint32_t> throttles;  // every Throttle() call
 };
 
 std::vector<PageRange> Ranges(const std::vector<DirtyFrame>& frames) {
@@ -124,6 +129,43 @@ TEST(DirtyRounds, TrackerErrorsAndBadRangesAreReported) {
   t.status = absl::OkStatus();
   t.next = {{0, 5, 98}};
   EXPECT_EQ(rounds.Sync(false).status().code(), absl::StatusCode::kInternal);
+}
+
+TEST(DirtyRounds, ThrottleIsPassedOnWhenItChangesAndLiftedWhenTheDestinationLeaves) {
+  ScriptedTracker t;
+  DirtyRounds rounds(&t, kRegions);
+  ASSERT_TRUE(rounds.Sync(false, 0).ok());
+  ASSERT_TRUE(rounds.Sync(false, 20).ok());
+  absl::StatusOr<std::vector<DirtyFrame>> f = rounds.Sync(false, 20);  // unchanged: not again
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ((*f)[0].flags & kDirtyNoThrottle, 0u);
+  ASSERT_TRUE(rounds.Sync(false, 30).ok());
+  EXPECT_EQ(t.throttles, (std::vector<uint32_t>{20, 30}));
+  rounds.ReleaseThrottle();  // the destination's connection closed
+  EXPECT_EQ(t.throttles, (std::vector<uint32_t>{20, 30, 0}));
+  rounds.ReleaseThrottle();  // nothing in force: nothing to lift
+  EXPECT_EQ(t.throttles.size(), 3u);
+  // The final round stops the guest; it is never throttled for it.
+  ASSERT_TRUE(rounds.Sync(true, 40).ok());
+  EXPECT_EQ(t.throttles.size(), 3u);
+}
+
+TEST(DirtyRounds, ASourceThatCannotThrottleSaysSoInEveryAnswerThatAsks) {
+  ScriptedTracker t;
+  t.throttle_status = absl::UnimplementedError("no throttle here");
+  DirtyRounds rounds(&t, kRegions);
+  t.next = {{0, 1, 5}};
+  absl::StatusOr<std::vector<DirtyFrame>> f = rounds.Sync(false, 20);
+  ASSERT_TRUE(f.ok()) << f.status();  // warm-up goes on, unthrottled
+  EXPECT_NE((*f)[0].flags & kDirtyNoThrottle, 0u);
+  EXPECT_TRUE(Same(Ranges(*f), {{0, 1, 5}}));
+  f = rounds.Sync(false, 30);  // asked once only
+  ASSERT_TRUE(f.ok());
+  EXPECT_NE((*f)[0].flags & kDirtyNoThrottle, 0u);
+  EXPECT_EQ(t.throttles, (std::vector<uint32_t>{20}));
+  f = rounds.Sync(false, 0);  // not asked: not flagged
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ((*f)[0].flags & kDirtyNoThrottle, 0u);
 }
 
 }  // namespace

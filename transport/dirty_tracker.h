@@ -30,6 +30,13 @@ class DirtyTracker {
   // Blocks until tracking has begun (the page server reads no page before), or `deadline`
   // (DeadlineExceeded). Trackers whose tracking begins with them return at once. Any thread.
   virtual absl::Status WaitTracking(absl::Time deadline) { return absl::OkStatus(); }
+  // Slows the guest down until called again: `percent` (1–99) of its vCPUs' time is taken
+  // away, so that it writes less per round (QEMU's auto-converge); 0 lets it run at full
+  // speed. Trackers whose guest cannot be slowed return Unimplemented. Called from one thread
+  // at a time, never after a final Collect().
+  virtual absl::Status Throttle(uint32_t percent) {
+    return absl::UnimplementedError("this source cannot slow its guest down");
+  }
   // The destination has dropped every page of the final set: the guest may run there now.
   // Called at most once, after a final Collect().
   virtual void Switched() {}

@@ -347,6 +347,11 @@ void PageServer::ServeConnection(UniqueFd fd) {
     EncodeError(s, &out);
     (void)stream.WriteAll(out.data(), out.size());
   }
+  // A throttle asked for by a destination lasts only as long as its urgent connection: a
+  // destination that is gone must not leave the guest slowed down.
+  if (tenant != nullptr && tenant->rounds != nullptr && ch == Channel::kUrgent) {
+    tenant->rounds->ReleaseThrottle();
+  }
   std::lock_guard<std::mutex> l(mu_);
   live_fds_.erase(std::remove(live_fds_.begin(), live_fds_.end(), raw_fd), live_fds_.end());
   // `stream` closes the socket after it left live_fds_ (Shutdown never touches a reused fd).
@@ -365,9 +370,10 @@ absl::Status PageServer::HandleDirty(Tenant& t, Stream& stream, FrameType type,
     t.rounds->Applied(*round);
     return absl::OkStatus();
   }
-  absl::StatusOr<uint32_t> flags = DecodeDirtySync(payload);
-  if (!flags.ok()) return flags.status();
-  absl::StatusOr<std::vector<DirtyFrame>> frames = t.rounds->Sync(*flags & kDirtyFinal);
+  absl::StatusOr<DirtySync> sync = DecodeDirtySync(payload);
+  if (!sync.ok()) return sync.status();
+  absl::StatusOr<std::vector<DirtyFrame>> frames =
+      t.rounds->Sync(sync->flags & kDirtyFinal, sync->throttle);
   if (!frames.ok()) return frames.status();
   std::string out;
   for (const DirtyFrame& f : *frames) EncodeDirty(f, &out);

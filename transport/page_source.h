@@ -55,9 +55,14 @@ struct DirtyRange {
   uint64_t first = 0;
   uint64_t count = 0;
 };
+// The most of a guest's vCPU time warm-up may ask the source to take away (percent).
+inline constexpr uint32_t kMaxThrottle = 99;
+
 struct DirtySet {
   uint64_t round = 0;
   bool final = false;  // the source stopped the guest before collecting: the last set
+  // A throttle was asked for and the source cannot slow its guest (its tracker has none).
+  bool no_throttle = false;
   std::vector<DirtyRange> ranges;
   uint64_t pages() const {
     uint64_t n = 0;
@@ -125,8 +130,10 @@ class PageSource {
                                    uint32_t count) = 0;
   // Warm-up. Thread-safe. Asks the source which pages were written since the last round;
   // answered once by PageSink::Dirty() (a request lost with a connection is simply not
-  // answered: ask again). `final`: the source first stops the guest for good.
-  virtual absl::Status RequestDirty(bool final) {
+  // answered: ask again). `final`: the source first stops the guest for good. `throttle`
+  // (0..kMaxThrottle percent): the share of the guest's vCPU time the source takes away from
+  // now on, so that its writes fall behind the transfer (0: full speed).
+  virtual absl::Status RequestDirty(bool final, uint32_t throttle) {
     return absl::UnimplementedError(
         "this transport cannot warm up (ask which pages changed while the guest runs)");
   }

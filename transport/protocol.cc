@@ -129,9 +129,12 @@ void EncodeVerified(const PageRange& r, absl::Span<const uint32_t> crcs, std::st
 
 void EncodeDone(std::string* out) { PutHeader(out, FrameType::kDone, 0); }
 
-void EncodeDirtySync(uint32_t flags, std::string* out) {
-  PutHeader(out, FrameType::kDirtySync, 4);
-  Put32(out, flags);
+void EncodeDirtySync(const DirtySync& d, std::string* out) {
+  // Without a throttle the frame is the original four bytes: a source that predates the
+  // throttle still understands every request that does not ask for one.
+  PutHeader(out, FrameType::kDirtySync, d.throttle == 0 ? 4 : 8);
+  Put32(out, d.flags);
+  if (d.throttle != 0) Put32(out, d.throttle);
 }
 
 void EncodeDirty(const DirtyFrame& d, std::string* out) {
@@ -187,7 +190,7 @@ uint64_t MaxPayload(FrameType t) {
     case FrameType::kError: return 6 + kMaxErrorMessage;
     case FrameType::kRdmaConnect: return kRdmaEndpointSize;
     case FrameType::kRdmaAccept: return kRdmaEndpointSize + 4 + 24ull * kMaxRegions;
-    case FrameType::kDirtySync: return 4;
+    case FrameType::kDirtySync: return 8;
     case FrameType::kDirty: return 16 + 16ull * kMaxDirtyRanges;
     case FrameType::kDirtyApplied: return 8;
   }
@@ -370,14 +373,21 @@ absl::Status PeerError(const ErrorFrame& e) {
   return absl::Status(code, absl::StrCat("peer reported: ", e.message));
 }
 
-absl::StatusOr<uint32_t> DecodeDirtySync(absl::Span<const uint8_t> payload) {
+absl::StatusOr<DirtySync> DecodeDirtySync(absl::Span<const uint8_t> payload) {
   Reader r(payload);
-  uint32_t flags;
-  if (payload.size() != 4 || !r.Get(&flags)) {
+  DirtySync d;
+  if ((payload.size() != 4 && payload.size() != 8) || !r.Get(&d.flags) ||
+      (payload.size() == 8 && !r.Get(&d.throttle))) {
     return Malformed("DIRTY_SYNC", absl::StrCat("length ", payload.size()));
   }
-  if (flags & ~kDirtyFinal) return Malformed("DIRTY_SYNC", absl::StrCat("unknown flags ", flags));
-  return flags;
+  if (d.flags & ~kDirtyFinal) {
+    return Malformed("DIRTY_SYNC", absl::StrCat("unknown flags ", d.flags));
+  }
+  if (d.throttle > kMaxThrottle) {
+    return Malformed("DIRTY_SYNC",
+                     absl::StrCat("throttle ", d.throttle, " % (at most ", kMaxThrottle, ")"));
+  }
+  return d;
 }
 
 absl::StatusOr<DirtyFrame> DecodeDirty(absl::Span<const uint8_t> payload) {
@@ -385,7 +395,7 @@ absl::StatusOr<DirtyFrame> DecodeDirty(absl::Span<const uint8_t> payload) {
   DirtyFrame d;
   uint32_t n;
   if (!r.Get(&d.round) || !r.Get(&d.flags) || !r.Get(&n)) return Malformed("DIRTY", "truncated");
-  if (d.flags & ~(kDirtyFinal | kDirtyMore)) {
+  if (d.flags & ~(kDirtyFinal | kDirtyMore | kDirtyNoThrottle)) {
     return Malformed("DIRTY", absl::StrCat("unknown flags ", d.flags));
   }
   if (n > kMaxDirtyRanges || r.left() != 16ull * n) {

@@ -25,10 +25,14 @@
 // Warm-up (the guest still runs on the source; transport/dirty_tracker.h), on the urgent
 // connection:
 //   DIRTY_SYNC    dest→src  u32 flags (kDirtyFinal: stop the guest, then report the last set)
+//                           [| u32 throttle, present only when not zero: slow the guest down —
+//                           take this share (1–99 %) of its vCPUs' time — until told otherwise,
+//                           so that its writes fall behind the transfer (QEMU's auto-converge)]
 //   DIRTY         src→dest  u64 round | u32 flags (kDirtyFinal, kDirtyMore: more frames of this
-//                           round follow) | u32 n | n × {u32 region | u32 count | u64 first}:
-//                           the pages written since the previous round, plus every page of a
-//                           round the destination has not confirmed applying
+//                           round follow; kDirtyNoThrottle: a throttle was asked for and this
+//                           source cannot slow its guest) | u32 n | n × {u32 region | u32 count |
+//                           u64 first}: the pages written since the previous round, plus every page
+//                           of a round the destination has not confirmed applying
 //   DIRTY_APPLIED dest→src  u64 round: every page of that round was dropped at the destination
 //                           (for the final round: the guest may run there)
 //
@@ -79,6 +83,7 @@ enum class FrameType : uint8_t {
 
 inline constexpr uint32_t kDirtyFinal = 1;  // DIRTY_SYNC / DIRTY flag
 inline constexpr uint32_t kDirtyMore = 2;   // DIRTY flag: the round continues in the next frame
+inline constexpr uint32_t kDirtyNoThrottle = 4;    // DIRTY flag: the guest cannot be slowed here
 inline constexpr uint32_t kMaxDirtyRanges = 4096;  // ranges in one DIRTY frame
 
 enum class Channel : uint8_t { kUrgent = 0, kBulk = 1 };
@@ -160,6 +165,12 @@ struct RdmaAccept {
   std::vector<RdmaRegionKey> regions;
 };
 
+// One DIRTY_SYNC.
+struct DirtySync {
+  uint32_t flags = 0;
+  uint32_t throttle = 0;  // percent, 0..kMaxThrottle
+};
+
 // One DIRTY frame: a part of a round's set of written pages.
 struct DirtyFrame {
   uint64_t round = 0;
@@ -177,7 +188,7 @@ void EncodeDone(std::string* out);
 void EncodeError(const absl::Status& s, std::string* out);
 void EncodeRdmaConnect(const RdmaEndpoint& e, std::string* out);
 void EncodeRdmaAccept(const RdmaAccept& a, std::string* out);
-void EncodeDirtySync(uint32_t flags, std::string* out);
+void EncodeDirtySync(const DirtySync& d, std::string* out);
 // At most kMaxDirtyRanges ranges.
 void EncodeDirty(const DirtyFrame& d, std::string* out);
 void EncodeDirtyApplied(uint64_t round, std::string* out);
@@ -204,7 +215,7 @@ absl::StatusOr<std::vector<uint32_t>> DecodeVerified(absl::Span<const uint8_t> p
 
 absl::StatusOr<RdmaEndpoint> DecodeRdmaConnect(absl::Span<const uint8_t> payload);
 absl::StatusOr<RdmaAccept> DecodeRdmaAccept(absl::Span<const uint8_t> payload);
-absl::StatusOr<uint32_t> DecodeDirtySync(absl::Span<const uint8_t> payload);
+absl::StatusOr<DirtySync> DecodeDirtySync(absl::Span<const uint8_t> payload);
 // Checks the framing and the flags only; the ranges against the regions with CheckDirtyRange.
 absl::StatusOr<DirtyFrame> DecodeDirty(absl::Span<const uint8_t> payload);
 absl::StatusOr<uint64_t> DecodeDirtyApplied(absl::Span<const uint8_t> payload);

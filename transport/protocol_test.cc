@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace faultline {
@@ -181,16 +182,34 @@ TEST(Protocol, VerifiedRoundTrip) {
 
 TEST(Protocol, DirtyFramesRoundTripAndValidation) {
   std::string f;
-  EncodeDirtySync(kDirtyFinal, &f);
+  EncodeDirtySync({kDirtyFinal, 0}, &f);
   absl::StatusOr<FrameHeader> h = DecodeHeader(Bytes(f));
   ASSERT_TRUE(h.ok());
   EXPECT_EQ(h->type, FrameType::kDirtySync);
-  absl::StatusOr<uint32_t> flags = DecodeDirtySync(Bytes(f, kHeaderSize));
-  ASSERT_TRUE(flags.ok());
-  EXPECT_EQ(*flags, kDirtyFinal);
+  EXPECT_EQ(h->length, 4u);  // no throttle: the original frame, which older sources read
+  absl::StatusOr<DirtySync> sync = DecodeDirtySync(Bytes(f, kHeaderSize));
+  ASSERT_TRUE(sync.ok());
+  EXPECT_EQ(sync->flags, kDirtyFinal);
+  EXPECT_EQ(sync->throttle, 0u);
   std::string bad_flags;
-  EncodeDirtySync(8, &bad_flags);
+  EncodeDirtySync({8, 0}, &bad_flags);
   EXPECT_FALSE(DecodeDirtySync(Bytes(bad_flags, kHeaderSize)).ok());
+  // With a throttle: eight bytes, percent checked.
+  std::string throttled;
+  EncodeDirtySync({0, 40}, &throttled);
+  h = DecodeHeader(Bytes(throttled));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->length, 8u);
+  sync = DecodeDirtySync(Bytes(throttled, kHeaderSize));
+  ASSERT_TRUE(sync.ok());
+  EXPECT_EQ(sync->flags, 0u);
+  EXPECT_EQ(sync->throttle, 40u);
+  std::string too_much;
+  EncodeDirtySync({0, kMaxThrottle + 1}, &too_much);
+  absl::Status s = DecodeDirtySync(Bytes(too_much, kHeaderSize)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("throttle 100 %"));
+  EXPECT_FALSE(DecodeDirtySync(Bytes(throttled.substr(0, throttled.size() - 2), kHeaderSize)).ok());
 
   DirtyFrame d;
   d.round = 7;

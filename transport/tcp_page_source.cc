@@ -196,9 +196,9 @@ absl::Status TcpPageSource::Finish() {
   return absl::OkStatus();
 }
 
-absl::Status TcpPageSource::RequestDirty(bool final) {
+absl::Status TcpPageSource::RequestDirty(bool final, uint32_t throttle) {
   std::string out;
-  EncodeDirtySync(final ? kDirtyFinal : 0, &out);
+  EncodeDirtySync({final ? kDirtyFinal : 0, throttle}, &out);
   return SendControl(out);
 }
 
@@ -222,6 +222,7 @@ absl::Status TcpPageSource::ReceiveDirty(Conn& c, absl::Span<const uint8_t> payl
     c.dirty = DirtySet();
     c.dirty.round = f->round;
     c.dirty.final = f->flags & kDirtyFinal;
+    c.dirty.no_throttle = f->flags & kDirtyNoThrottle;
     c.dirty_open = true;
   }
   for (const PageRange& r : f->ranges) {

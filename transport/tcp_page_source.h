@@ -66,7 +66,7 @@ class TcpPageSource : public PageSource {
   absl::Status Start(PageSink* sink) override;
   absl::Status RequestUrgent(uint32_t region, uint64_t page) override;
   absl::Status RequestBulk(uint32_t lane, uint32_t region, uint64_t first, uint32_t count) override;
-  absl::Status RequestDirty(bool final) override;
+  absl::Status RequestDirty(bool final, uint32_t throttle) override;
   absl::Status ConfirmDirty(uint64_t round) override;
   absl::Status Finish() override;
   void Stop() override;

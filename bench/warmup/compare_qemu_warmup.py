@@ -49,6 +49,8 @@ PAGE = 4096
 SCENARIOS = {  # name -> (binary key, how)
     "faultline-postcopy": ("patched10", "pager"),
     "faultline-warmup": ("patched10", "warm"),
+    # warm-up that slows the source's guest down when its rounds stop shrinking (--throttle)
+    "faultline-warmup-throttle": ("patched10", "warm-throttle"),
     "qemu10-hybrid": ("qemu10", "hybrid"),
     "qemu72-hybrid": ("qemu72", "hybrid"),
 }
@@ -130,7 +132,8 @@ def run_cell(a, work, scenario, churn):
 
         caps = ["postcopy-ram"]
         extra = ["-incoming", "defer"]
-        pager = how in ("pager", "warm")
+        warm = how.startswith("warm")
+        pager = how == "pager" or warm
         if pager:
             caps += ["x-ignore-shared", "x-postcopy-external-pager", "return-path",
                      "switchover-ack"]
@@ -139,7 +142,7 @@ def run_cell(a, work, scenario, churn):
             spawn("faultline-source",
                   [a.faultline, "source", "--listen=127.0.0.1:%d" % fl_port, "--token=" + token,
                    "--region=mem=%s:%dM" % (src_ram, a.size_mib)] +
-                  (["--vmm_dirty_socket=" + warm_sock] if how == "warm" else []))
+                  (["--vmm_dirty_socket=" + warm_sock] if warm else []))
             wait_for(lambda: "serving" in read(os.path.join(work, "faultline-source.log")), 60,
                      "faultline source")
             serve = spawn("faultline-serve",
@@ -147,7 +150,10 @@ def run_cell(a, work, scenario, churn):
                            "--connect=127.0.0.1:%d" % fl_port, "--token=" + token,
                            "--state_dir=" + os.path.join(work, "state"), "--progress=false"] +
                           (["--warmup", "--warmup_final_copy=" + a.final_copy]
-                           if how == "warm" else []))
+                           if warm else []) +
+                          (["--warmup_throttle=%d" % a.throttle,
+                            "--warmup_rounds=%d" % a.throttle_rounds]
+                           if how == "warm-throttle" else []))
             wait_for(lambda: "waiting for a VMM" in read(os.path.join(work, "faultline-serve.log")),
                      30, "faultline serve")
         spawn("dst-qemu", qemu_argv("dst", dst_ram, extra))
@@ -157,7 +163,7 @@ def run_cell(a, work, scenario, churn):
         for q in (src, dst):
             q.ok("migrate-set-capabilities",
                  capabilities=[{"capability": c, "state": True} for c in caps])
-        if how == "warm":
+        if warm:
             give_dirty_log(src, warm_sock)
         port = free_port()
         dst.ok("migrate-incoming", uri="tcp:127.0.0.1:%d" % port)
@@ -199,7 +205,8 @@ def run_cell(a, work, scenario, churn):
             w = stats.get("warmup") or {}
             res["faults_after_switch"] = w.get("faults_after_switch", stats.get("faults"))
             # A final set fetched before the resume (stop-and-copy) is marked with "*".
-            res["rounds"] = [str(r["pages"]) + ("*" if r.get("final_copied") else "")
+            res["rounds"] = [str(r["pages"]) + ("*" if r.get("final_copied") else "") +
+                             ("@%d%%" % r["throttle"] if r.get("throttle") else "")
                              for r in w.get("rounds", [])]
         else:
             res["faults_after_switch"] = (info.get("ram") or {}).get("postcopy-requests", 0)
@@ -222,6 +229,10 @@ def main():
     ap.add_argument("--final_copy", default="20ms",
                     help="faultline serve --warmup_final_copy (the final set fetched before the "
                          "resume when it takes at most this long; 0: left to post-copy)")
+    ap.add_argument("--throttle", type=int, default=99,
+                    help="faultline-warmup-throttle: serve --warmup_throttle (the most percent)")
+    ap.add_argument("--throttle_rounds", type=int, default=12,
+                    help="faultline-warmup-throttle: serve --warmup_rounds (room for the ramp)")
     ap.add_argument("--patched_qemu10", default="", help="default: build_qemu.sh --version=10.2")
     ap.add_argument("--qemu10", default="", help="default: build_qemu.sh --version=10.2 --stock")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/qemu-warmup"))
@@ -283,7 +294,8 @@ def main():
     lines = ["# Warm-up with QEMU guests (%s, %d MiB, median of %d; load average %.1f; "
              "--warmup_final_copy=%s)" % (a.accel, a.size_mib, a.reps, load[0], a.final_copy), "",
              "| guest | scenario | faults after the switch | switch → all present | total | "
-             "downtime | rounds (pages rewritten; *: final set fetched before the resume) |",
+             "downtime | rounds (pages rewritten; *: final set fetched before the resume; "
+             "@N%%: the throttle asked for with it) |",
              "|---|---|---|---|---|---|---|"]
     for c in cells:
         guest = "%d‰ rewritten" % c["churn_permille"] if c["churn_permille"] else "idle"

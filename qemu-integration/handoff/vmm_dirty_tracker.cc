@@ -77,13 +77,15 @@ void VmmDirtyTracker::AcceptLoop() {
     UniqueFd fd(accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!fd.valid()) continue;
     handoff_internal::SetSendTimeout(fd.get(), handoff_internal::kSendTimeout);
-    if (absl::Status s = Greet(fd.get()); !s.ok()) {
+    bool throttle = false;
+    if (absl::Status s = Greet(fd.get(), &throttle); !s.ok()) {
       std::lock_guard<std::mutex> l(mu_);
       refusal_ = std::string(s.message());
       continue;  // a later connection may do better
     }
     std::lock_guard<std::mutex> l(mu_);
     vmm_ = std::move(fd);
+    can_throttle_ = throttle;
     reader_ = std::make_unique<StreamReader>(vmm_.get());
     tracking_ = true;
     cv_.notify_all();
@@ -91,7 +93,7 @@ void VmmDirtyTracker::AcceptLoop() {
   }
 }
 
-absl::Status VmmDirtyTracker::Greet(int fd) {
+absl::Status VmmDirtyTracker::Greet(int fd, bool* throttle) {
   StreamReader rd(fd);
   absl::StatusOr<json> hello = Next(rd, absl::Now() + kHelloTimeout);
   if (!hello.ok()) return hello.status();
@@ -127,6 +129,7 @@ absl::Status VmmDirtyTracker::Greet(int fd) {
   if (!rd.buffer().empty()) {
     return refuse(absl::InvalidArgumentError("the source VMM sent more than its hello"));
   }
+  *throttle = h.contains("throttle") && h["throttle"].is_boolean() && h["throttle"].get<bool>();
   return Send(fd, StatusMessage("ack", absl::OkStatus()));
 }
 
@@ -195,6 +198,30 @@ absl::Status VmmDirtyTracker::Collect(bool final, std::vector<PageRange>* out) {
         f += n;
       }
     }
+  }
+}
+
+absl::Status VmmDirtyTracker::Throttle(uint32_t percent) {
+  if (absl::Status s = WaitTracking(absl::Now() + kHelloTimeout); !s.ok()) return s;
+  if (final_done_) return absl::OkStatus();  // stopped for good: nothing to slow down
+  if (!can_throttle_) {
+    return absl::UnimplementedError(
+        "the source QEMU takes no throttle requests (its hello does not offer them: a series "
+        "older than the throttle)");
+  }
+  if (absl::Status s = Send(vmm_.get(), {{"type", "throttle"}, {"percent", percent}}); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("the VMM's dirty-log connection: ", s.message()));
+  }
+  for (;;) {
+    absl::StatusOr<json> m = Next(*reader_, absl::Now() + absl::Seconds(30));
+    if (!m.ok()) return m.status();
+    if ((*m)["type"] != "throttled") continue;  // unknown types are skipped
+    const uint64_t now = (*m).value("percent", uint64_t{UINT64_MAX});
+    if (now != percent) {
+      return absl::FailedPreconditionError(absl::StrCat("the source QEMU throttles its guest by ",
+                                                        now, " %, not the ", percent, " % asked"));
+    }
+    return absl::OkStatus();
   }
 }
 

@@ -5,12 +5,17 @@
 // QEMU (getfd + x-postcopy-external-pager-fd on the source), before `migrate`. Then, framed as
 // the hand-off (u32 LE length + JSON):
 //
-//   QEMU -> us   hello {version: 1, role: "source", regions: [{name, length, page_size}]}
-//                sent once tracking has begun (migration set-up); WaitTracking() returns then
+//   QEMU -> us   hello {version: 1, role: "source", regions: [{name, length, page_size}]
+//                [, throttle: true]} sent once tracking has begun (migration set-up);
+//                WaitTracking() returns then
 //   us -> QEMU   ack {ok[, error]}   (the blocks must be the page server's regions, in order)
 //   us -> QEMU   collect {final}    Collect(): QEMU answers dirty {region, ranges: [[first,
 //                                   count]...]} (any number), then collected {final}
 //   us -> QEMU   switched           Switched(): the destination dropped the final set
+//   us -> QEMU   throttle {percent} Throttle() (QEMUs whose hello says throttle: true):
+//                                   QEMU answers throttled {percent} — the vCPU throttle of
+//                                   auto-converge, lifted at the switchover and whenever the
+//                                   migration ends
 //
 // A final collect also tells QEMU that warm-up is done: QEMU switches over (stops the guest)
 // whenever it is asked to, or at once if it already was, and only then answers — Collect(true)
@@ -48,6 +53,7 @@ class VmmDirtyTracker : public DirtyTracker {
 
   absl::Status WaitTracking(absl::Time deadline) override;
   absl::Status Collect(bool final, std::vector<PageRange>* out) override;
+  absl::Status Throttle(uint32_t percent) override;
   void Switched() override;
 
   // Why the latest VMM connection was refused (empty: none was).
@@ -57,7 +63,8 @@ class VmmDirtyTracker : public DirtyTracker {
   VmmDirtyTracker(UniqueFd listen, UniqueFd stop, std::vector<RegionInfo> regions);
   // Accept thread: takes the first VMM whose hello matches the regions.
   void AcceptLoop();
-  absl::Status Greet(int fd);  // reads and checks a hello, answers ack
+  // Reads and checks a hello, answers ack; *throttle: the hello offers throttling.
+  absl::Status Greet(int fd, bool* throttle);
 
   const std::vector<RegionInfo> regions_;
   UniqueFd listen_, stop_;  // stop_: an eventfd that ends AcceptLoop
@@ -65,10 +72,11 @@ class VmmDirtyTracker : public DirtyTracker {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  UniqueFd vmm_;             // guarded by mu_ until tracking_; then the Collect thread's
-  bool tracking_ = false;    // guarded by mu_
-  std::string refusal_;      // guarded by mu_
-  bool final_done_ = false;  // Collect thread only
+  UniqueFd vmm_;               // guarded by mu_ until tracking_; then the Collect thread's
+  bool tracking_ = false;      // guarded by mu_
+  bool can_throttle_ = false;  // guarded by mu_ until tracking_; then read-only
+  std::string refusal_;        // guarded by mu_
+  bool final_done_ = false;    // Collect thread only
   std::unique_ptr<handoff_internal::StreamReader> reader_;  // of vmm_; Collect thread only
 };
 

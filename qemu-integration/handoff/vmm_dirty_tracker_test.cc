@@ -46,13 +46,15 @@ class FakeVmm {
     if (!ReadFull(body.data(), n)) return json();
     return json::parse(body);
   }
-  void Hello(uint64_t length0, uint64_t page0) {
-    Send({{"type", "hello"},
-          {"version", 1},
-          {"role", "source"},
-          {"regions",
-           {{{"name", "pc.ram"}, {"length", length0}, {"page_size", page0}},
-            {{"name", "other"}, {"length", 64 * 4096}, {"page_size", 4096}}}}});
+  void Hello(uint64_t length0, uint64_t page0, bool throttle = false) {
+    json h = {{"type", "hello"},
+              {"version", 1},
+              {"role", "source"},
+              {"regions",
+               {{{"name", "pc.ram"}, {"length", length0}, {"page_size", page0}},
+                {{"name", "other"}, {"length", 64 * 4096}, {"page_size", 4096}}}}};
+    if (throttle) h["throttle"] = true;
+    Send(h);
   }
 
  private:
@@ -156,6 +158,47 @@ TEST_F(VmmDirtyTrackerTest, RoundsThenTheFinalSetThenSwitched) {
   ASSERT_TRUE(tracker_->Collect(true, &out).ok());
   EXPECT_TRUE(out.empty());
   tracker_->Switched();
+  qemu.join();
+}
+
+TEST_F(VmmDirtyTrackerTest, ThrottleIsAskedOfAQemuThatOffersIt) {
+  FakeVmm vmm(path_);
+  vmm.Hello(1024 * 4096, 4096, /*throttle=*/true);
+  ASSERT_EQ(vmm.Next()["ok"], true);
+  std::thread qemu([&] {
+    json t = vmm.Next();
+    EXPECT_EQ(t["type"], "throttle");
+    EXPECT_EQ(t["percent"], 30);
+    vmm.Send({{"type", "throttled"}, {"percent", 30}});
+    t = vmm.Next();
+    EXPECT_EQ(t["percent"], 0);
+    vmm.Send({{"type", "throttled"}, {"percent", 0}});
+    t = vmm.Next();  // QEMU clamps what it cannot do: the tracker reports the difference
+    EXPECT_EQ(t["percent"], 50);
+    vmm.Send({{"type", "throttled"}, {"percent", 20}});
+  });
+  EXPECT_TRUE(tracker_->Throttle(30).ok());
+  EXPECT_TRUE(tracker_->Throttle(0).ok());
+  absl::Status s = tracker_->Throttle(50);
+  qemu.join();
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "by 20 %, not the 50 %")) << s;
+}
+
+TEST_F(VmmDirtyTrackerTest, AQemuWithoutThrottleIsNeverAskedForOne) {
+  FakeVmm vmm(path_);
+  vmm.Hello(1024 * 4096, 4096);  // an older series: no throttle in its hello
+  ASSERT_EQ(vmm.Next()["ok"], true);
+  absl::Status s = tracker_->Throttle(30);
+  EXPECT_TRUE(absl::IsUnimplemented(s)) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "no throttle requests")) << s;
+  // Nothing was sent: the next message QEMU reads is the round's collect.
+  std::thread qemu([&] {
+    EXPECT_EQ(vmm.Next()["type"], "collect");
+    vmm.Send({{"type", "collected"}, {"final", false}});
+  });
+  std::vector<PageRange> out;
+  EXPECT_TRUE(tracker_->Collect(false, &out).ok());
   qemu.join();
 }
 
