@@ -29,6 +29,11 @@ for entry in $PARTS; do
   for t in $TARGETS; do
     name=$(echo "$t" | tr / _)
     exe="$bin/$t"
+    if [ -f "$OUT/$part/$name.xml" ]; then
+      # Run in an earlier boot of this run (the VM's kernel died after it: run_kvm_tests.sh).
+      echo "=== $part $t: done in an earlier boot"
+      continue
+    fi
     echo "=== $part $t ($(date +%T))"
     if [ ! -x "$exe" ]; then
       echo "missing binary $exe"
@@ -71,6 +76,11 @@ PY
         ) > "$OUT/$part/$name.retry.log" 2>&1
         echo "$part $t retry exit $?"
       fi
+    fi
+    if [ "${PANIC_ONCE:-0}" = 1 ] && [ ! -e "$OUT/.panicked" ]; then
+      touch "$OUT/.panicked" && sync
+      echo "PANIC_ONCE: crashing the VM's kernel after $part $t"
+      echo c > /proc/sysrq-trigger
     fi
   done
 done
