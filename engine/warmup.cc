@@ -67,6 +67,7 @@ void WarmUp::Loop() {
   uint64_t prev = UINT64_MAX, last = UINT64_MAX;
   uint32_t throttle = 0;
   bool no_throttle = false;  // the source said it cannot slow its guest
+  uint32_t raised = 0;       // rounds that raised the throttle: not counted against max_rounds
   for (uint32_t k = 0;; ++k) {
     WarmUpRound r;
     const uint64_t t0 = FaultStats::NowNs();
@@ -81,12 +82,13 @@ void WarmUp::Loop() {
     // The guest writes about as fast as we pull: more rounds alone would not help.
     const bool stuck =
         k > 0 && static_cast<double>(last) > opts_.shrink * static_cast<double>(prev);
-    bool final = !all || k >= opts_.max_rounds || small;
+    bool final = !all || k >= opts_.max_rounds + raised || small;
     if (!final && stuck) {
       if (!no_throttle && throttle < opts_.throttle_max) {
         // Slow the guest down (more) and go on.
         throttle = std::min(opts_.throttle_max, throttle == 0 ? opts_.throttle_initial
                                                               : throttle + opts_.throttle_step);
+        ++raised;
       } else {
         final = true;
       }

@@ -55,6 +55,8 @@ struct WarmUpOptions {
   // slow its guest down instead of switching — `throttle_initial` percent of its vCPU time,
   // `throttle_step` more each round that still does not shrink, up to `throttle_max` (then
   // switch). 0: never (the default; a source that cannot slow its guest ends it too).
+  // Rounds that raise the throttle do not count against max_rounds (the ramp would use
+  // them up before the throttle is high enough to matter).
   uint32_t throttle_max = 0;
   uint32_t throttle_initial = 20;
   uint32_t throttle_step = 10;

@@ -151,8 +151,7 @@ def run_cell(a, work, scenario, churn):
                            "--state_dir=" + os.path.join(work, "state"), "--progress=false"] +
                           (["--warmup", "--warmup_final_copy=" + a.final_copy]
                            if warm else []) +
-                          (["--warmup_throttle=%d" % a.throttle,
-                            "--warmup_rounds=%d" % a.throttle_rounds]
+                          (["--warmup_throttle=%d" % a.throttle]
                            if how == "warm-throttle" else []))
             wait_for(lambda: "waiting for a VMM" in read(os.path.join(work, "faultline-serve.log")),
                      30, "faultline serve")
@@ -231,8 +230,6 @@ def main():
                          "resume when it takes at most this long; 0: left to post-copy)")
     ap.add_argument("--throttle", type=int, default=99,
                     help="faultline-warmup-throttle: serve --warmup_throttle (the most percent)")
-    ap.add_argument("--throttle_rounds", type=int, default=12,
-                    help="faultline-warmup-throttle: serve --warmup_rounds (room for the ramp)")
     ap.add_argument("--patched_qemu10", default="", help="default: build_qemu.sh --version=10.2")
     ap.add_argument("--qemu10", default="", help="default: build_qemu.sh --version=10.2 --stock")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/qemu-warmup"))

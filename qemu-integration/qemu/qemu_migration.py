@@ -30,6 +30,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import tempfile
 import time
 
@@ -41,6 +42,18 @@ from harness import (free_port, give_dirty_log, give_pager, read, remove_files, 
 PAGE = 4096
 MAILBOX_GPA = 0x5000
 
+
+
+def churn_rate(ram, data_start, seconds):
+    """How often per second the guest rewrites its hot block (word 1 of the first data page:
+    the churn's generation counter), read from its RAM file over `seconds`."""
+    def gen():
+        with open(ram, 'rb') as f:
+            f.seek(data_start + 8)
+            return struct.unpack('<Q', f.read(8))[0]
+    g0, t0 = gen(), time.time()
+    time.sleep(seconds)
+    return (gen() - g0) / (time.time() - t0)
 
 def step(msg):
     if os.environ.get('FAULTLINE_QEMU_DEBUG'):
@@ -122,6 +135,13 @@ def main():
                          'destination is started with -S, so that after the migration every '
                          'page of its RAM must equal the source\'s, which stopped mid-write; '
                          'then it runs and the guest checks its pattern')
+    ap.add_argument('--warmup_throttle', type=int, default=0,
+                    help='(with --warmup; series patch 8) faultline serve --warmup_throttle: '
+                         'rounds that do not shrink ask the source QEMU to throttle its guest. '
+                         'Checked: the source QEMU reports the throttle while warm-up runs (under '
+                         'TCG the rounds never shrink, so it must), and lifts it: at the switch, '
+                         'or with --kill_pager when the migration fails (the guest then rewrites '
+                         'its hot block at its old pace again)')
     ap.add_argument('--report', action='store_true',
                     help='end with the demo\'s report table (tools/demo.sh on a host without '
                          '/dev/kvm)')
@@ -231,7 +251,9 @@ def main():
         serve_argv = [a.faultline, 'serve', '--handoff=' + sock,
                       '--connect=127.0.0.1:%d' % fl_port, '--token=' + token,
                       '--state_dir=' + os.path.join(work, 'state')] + (
-                          ['--warmup'] if a.warmup else [])
+                          ['--warmup'] if a.warmup else []) + (
+                          ['--warmup_throttle=%d' % a.warmup_throttle]
+                          if a.warmup_throttle else [])
 
         def start_serve(name, extra=()):
             p = spawn(name, serve_argv + list(extra))
@@ -339,13 +361,36 @@ def main():
 
         def pager_view():  # QEMU's own view of the pager (10.2 series: query-migrate)
             return dst.ok('query-migrate').get('x-external-pager') or {}
+        throttled = []  # cpu-throttle-percentage values the source QEMU reported
+
+        def watch_throttle():
+            while not throttle_done.is_set():
+                try:
+                    p = watch.ok('query-migrate').get('cpu-throttle-percentage')
+                except Exception:  # the QMP connection closes with the QEMU
+                    return
+                if p and p not in throttled:
+                    throttled.append(p)
+                time.sleep(0.02)
+        throttle_done = threading.Event()
+        if a.warmup_throttle:
+            # Polled by a thread (Qmp is thread-safe; QEMU takes one QMP client).
+            watch = src
+            watcher = threading.Thread(target=watch_throttle, daemon=True)
+            watcher.start()
         if a.warmup and a.kill_pager:
             # faultline serve SIGKILLed while it warms up (pre-copy): the destination's pager
             # connection ends before listen, so its incoming migration fails, the source's
             # return path with it — the source must never stop its guest for good.
             slog = os.path.join(work, serve_name + '.log')
             wait_for(lambda: 'warming up' in read(slog), 120, 'faultline to start warming up')
-            time.sleep(0.5)
+            if a.warmup_throttle:
+                # Killed while the guest is throttled: QEMU must lift the throttle itself.
+                wait_for(lambda: throttled and max(throttled) >= 50, 120,
+                         'the source QEMU to throttle its guest by 50 %% or more')
+                rate_throttled = churn_rate(src_ram, data_start, 0.2)
+            else:
+                time.sleep(0.5)
             serve.kill()
             serve.wait()
             src_state = wait_for(lambda: (lambda st: st if st in ('failed', 'completed',
@@ -354,6 +399,17 @@ def main():
             src_run = src.ok('query-status')['status']
             ran = 'phase=' in read(qfile('dst.serial'))
             ok = src_state == 'failed' and src_run == 'running' and not ran
+            if a.warmup_throttle:
+                # query-migrate shows no throttle for a failed migration: the guest's own pace
+                # does — its hot-block rewrites per second, throttled and after.
+                throttle_done.set()
+                rate_after = churn_rate(src_ram, data_start, 0.5)
+                lifted = rate_after > 1.5 * rate_throttled
+                print('%s: throttle lifted after the failure: the guest rewrote its hot block '
+                      '%.0f times/s throttled at %s %%, %.0f times/s after' %
+                      ('PASS' if lifted else 'FAIL', rate_throttled,
+                       '/'.join(map(str, throttled)), rate_after), flush=True)
+                ok = ok and lifted
             print('%s: faultline killed during warm-up: source migration %s (%s), source guest '
                   '%s, guest ran on the destination: %s' %
                   ('PASS' if ok else 'FAIL', src_state,
@@ -518,6 +574,19 @@ def main():
             # Else the part proves nothing: no round found a page written after it was sent.
             print('FAIL: warm-up did not run rounds that dropped rewritten pages: %s' % warm)
             ok = False
+        if a.warmup_throttle:
+            throttle_done.set()
+            asked = [r.get('throttle') for r in warm.get('rounds') or [] if r.get('throttle')]
+            still = src_info.get('cpu-throttle-percentage')
+            # Under TCG the guest rewrites its whole hot block between any two rounds: the
+            # rounds never shrink, so the throttle must have been asked for and applied.
+            need = a.accel == 'tcg'
+            t_ok = not still and (asked and throttled or not need)
+            print('%s: throttle: rounds asked for %s %%, the source QEMU reported %s %%, after the '
+                  'switch: %s' % ('PASS' if t_ok else 'FAIL', '/'.join(map(str, asked)) or 'none',
+                                  '/'.join(map(str, throttled)) or 'none',
+                                  'still %s %%' % still if still else 'lifted'), flush=True)
+            ok = ok and t_ok
         if a.kill_pager and not (stats.get('resumed') or {}).get('present'):
             # The second faultline must have continued from the first one's state file.
             print('FAIL: the restarted faultline did not resume (stats resumed: %s)' %

@@ -2,6 +2,7 @@
 qemu_migration.py and bench/e2e/compare_postcopy.py."""
 import json
 import socket
+import threading
 import time
 
 
@@ -10,6 +11,7 @@ class Qmp:
 
     cmd() returns QEMU's whole reply ({'return': ...} or {'error': ...}), skipping events;
     ok() returns the 'return' value or raises RuntimeError with QEMU's error text.
+    Thread-safe: one command at a time (QEMU's QMP socket takes one client).
     """
 
     def __init__(self, path, timeout=30, reply_timeout=60):
@@ -25,6 +27,7 @@ class Qmp:
                     raise
                 time.sleep(0.05)
         self.s.settimeout(reply_timeout)  # a QEMU whose main loop is stuck must not hang us
+        self.lock = threading.RLock()
         self.f = self.s.makefile('rw')
         json.loads(self.f.readline())  # greeting
         self.ok('qmp_capabilities')
@@ -33,16 +36,18 @@ class Qmp:
         msg = {'execute': name}
         if args:
             msg['arguments'] = args
-        self.f.write(json.dumps(msg) + '\n')
-        self.f.flush()
-        return self._reply(name)
+        with self.lock:
+            self.f.write(json.dumps(msg) + '\n')
+            self.f.flush()
+            return self._reply(name)
 
     def getfd(self, fdname, fd):
         """Passes `fd` to QEMU under `fdname` (QMP getfd, the fd as SCM_RIGHTS)."""
         msg = json.dumps({'execute': 'getfd', 'arguments': {'fdname': fdname}}) + '\n'
-        self.f.flush()
-        socket.send_fds(self.s, [msg.encode()], [fd])
-        return self._ok('getfd', self._reply('getfd'))
+        with self.lock:
+            self.f.flush()
+            socket.send_fds(self.s, [msg.encode()], [fd])
+            return self._ok('getfd', self._reply('getfd'))
 
     def ok(self, name, **args):
         return self._ok(name, self.cmd(name, **args))

@@ -114,6 +114,20 @@ if ! "$QEMU" --version | grep -q 'version 7\.'; then
     --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 --workdir="$WORK/warmup-kill" \
     --warmup --kill_pager "${FW[@]}" | grep -E '^(PASS|FAIL)'
   (( PIPESTATUS[0] == 0 )) || rc=1
+  # Patch 8: rounds that do not shrink throttle the source's guest; lifted at the switch, and
+  # when faultline dies mid-warm-up (the guest keeps running on the source, at its old pace).
+  echo "== warm-up with the guest throttled while the rounds do not shrink"
+  python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+    --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 \
+    --workdir="$WORK/warmup-throttle" --warmup --warmup_throttle=99 "${FW[@]}" |
+    grep -E '^(warm-up:|PASS|FAIL)'
+  (( PIPESTATUS[0] == 0 )) || rc=1
+  echo "== the same with faultline SIGKILLed while the guest is throttled: QEMU lifts the throttle"
+  python3 "$HERE/qemu_migration.py" --qemu="$QEMU" --faultline="$WORK/faultline" \
+    --guest="$WORK/faultline-guest" --accel="$ACCEL" --size_mib=128 \
+    --workdir="$WORK/warmup-throttle-kill" --warmup --warmup_throttle=99 --kill_pager "${FW[@]}" |
+    grep -E '^(PASS|FAIL)'
+  (( PIPESTATUS[0] == 0 )) || rc=1
 fi
 
 echo "== the same without a pager listening: the destination must refuse at ADVISE, the source keep running"
