@@ -292,7 +292,7 @@ def main():
              "--warmup_final_copy=%s)" % (a.accel, a.size_mib, a.reps, load[0], a.final_copy), "",
              "| guest | scenario | faults after the switch | switch → all present | total | "
              "downtime | rounds (pages rewritten; *: final set fetched before the resume; "
-             "@N%%: the throttle asked for with it) |",
+             "@N%: the throttle asked for with it) |",
              "|---|---|---|---|---|---|---|"]
     for c in cells:
         guest = "%d‰ rewritten" % c["churn_permille"] if c["churn_permille"] else "idle"
