@@ -19,15 +19,19 @@ struct FakeTime {
           now += ns;
         });
   }
+  // The thread runs `us` microseconds, pacing after each.
+  void Run(WriterThrottle& w, int us) {
+    for (int i = 0; i < us; ++i) {
+      now += 1'000;
+      w.Pace();
+    }
+  }
 };
 
 TEST(WriterThrottle, UnthrottledNeverSleeps) {
   FakeTime t;
   WriterThrottle w = t.Make();
-  for (int i = 0; i < 100; ++i) {
-    t.now += 1'000;
-    w.Pace();
-  }
+  t.Run(w, 100);
   EXPECT_TRUE(t.sleeps.empty());
 }
 
@@ -36,25 +40,16 @@ TEST(WriterThrottle, SleepsItsShareAfterEachSlice) {
   WriterThrottle w = t.Make();
   w.Set(50);
   w.Pace();  // the first slice begins
-  for (int i = 0; i < 25; ++i) {
-    t.now += 1'000;
-    w.Pace();
-  }
+  t.Run(w, 25);
   // 25 us of running in 10 us slices: two sleeps of one slice each (50 %).
   EXPECT_EQ(t.sleeps, (std::vector<uint64_t>{10'000, 10'000}));
   t.sleeps.clear();
   w.Set(75);
-  for (int i = 0; i < 10; ++i) {
-    t.now += 1'000;
-    w.Pace();
-  }
+  t.Run(w, 10);
   EXPECT_EQ(t.sleeps, (std::vector<uint64_t>{30'000}));  // 3 slices asleep per slice run
   t.sleeps.clear();
   w.Set(0);
-  for (int i = 0; i < 30; ++i) {
-    t.now += 1'000;
-    w.Pace();
-  }
+  t.Run(w, 30);
   EXPECT_TRUE(t.sleeps.empty());
 }
 

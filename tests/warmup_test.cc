@@ -342,6 +342,16 @@ TEST(WarmUp, IdleGuestConvergesAndNeedsNoRefetch) {
   EXPECT_EQ(o.faults, 0u);  // the reader found every page present
 }
 
+// Warm-up options under which every round counts as not shrinking (any set is more than 0 × the
+// last) and none as small: what a guest that rewrites its pages as fast as they move looks like.
+EngineOptions StuckRounds(uint32_t throttle_max) {
+  EngineOptions eo = WarmUpOptions_();
+  eo.warmup.shrink = 0;
+  eo.warmup.converge_pages = 0;
+  eo.warmup.throttle_max = throttle_max;
+  return eo;
+}
+
 // Auto-converge: every round counts as not shrinking (shrink 0), so the engine asks for a
 // throttle each round instead of switching — 20 %, then 10 % more per round — until the round
 // limit; the source's writer is slowed down accordingly, and once the destination is done
@@ -350,11 +360,7 @@ TEST(WarmUp, RoundsThatDoNotShrinkThrottleTheWriterUntilTheSwitch) {
   absl::StatusOr<std::unique_ptr<LiveSource>> src = LiveSource::Start(32u << 20, 4096, 100);
   if (absl::IsUnimplemented(src.status())) GTEST_SKIP() << src.status();
   ASSERT_TRUE(src.ok()) << src.status();
-  EngineOptions eo = WarmUpOptions_();
-  eo.warmup.shrink = 0;
-  eo.warmup.converge_pages = 0;
-  eo.warmup.throttle_max = 45;
-  Outcome o = Migrate(**src, MemoryKind::kMemfd, (*src)->options(), eo);
+  Outcome o = Migrate(**src, MemoryKind::kMemfd, (*src)->options(), StuckRounds(45));
   ExpectWarmedUp(o, **src);
   // What each round asked for: nothing with the first pull's round, then 20, 30, 40, 45 (the
   // cap) for as long as the rounds found pages written (an empty one ends warm-up).
@@ -385,11 +391,7 @@ TEST(WarmUp, ASourceThatCannotThrottleEndsWarmUpAtTheFirstStuckRound) {
       LiveSource::Start(32u << 20, 4096, 100, /*track=*/true, /*throttleable=*/false);
   if (absl::IsUnimplemented(src.status())) GTEST_SKIP() << src.status();
   ASSERT_TRUE(src.ok()) << src.status();
-  EngineOptions eo = WarmUpOptions_();
-  eo.warmup.shrink = 0;
-  eo.warmup.converge_pages = 0;
-  eo.warmup.throttle_max = 99;
-  Outcome o = Migrate(**src, MemoryKind::kMemfd, (*src)->options(), eo);
+  Outcome o = Migrate(**src, MemoryKind::kMemfd, (*src)->options(), StuckRounds(99));
   ExpectWarmedUp(o, **src);
   // The first pull's round, the round that asked (answered: cannot), the final round.
   ASSERT_EQ(o.rounds.size(), 3u);

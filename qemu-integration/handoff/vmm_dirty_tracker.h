@@ -22,8 +22,8 @@
 // waits for that, as long as the QEMU connection lasts. QEMU sends its post-copy package (the
 // destination's guest runs) only after Switched().
 //
-// Thread-safety: WaitTracking() from any thread; Collect() and Switched() from one thread at a
-// time (DirtyRounds holds its mutex around them).
+// Thread-safety: WaitTracking() from any thread; Collect(), Throttle() and Switched() from one
+// thread at a time (DirtyRounds holds its mutex around them).
 #ifndef FAULTLINE_QEMU_INTEGRATION_HANDOFF_VMM_DIRTY_TRACKER_H_
 #define FAULTLINE_QEMU_INTEGRATION_HANDOFF_VMM_DIRTY_TRACKER_H_
 
