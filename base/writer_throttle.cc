@@ -1,9 +1,8 @@
 #include "base/writer_throttle.h"
 
-#include <time.h>
-
 #include <algorithm>
 
+#include "absl/time/clock.h"
 #include "base/clock.h"
 
 namespace faultline {
@@ -13,12 +12,7 @@ WriterThrottle::WriterThrottle(uint64_t slice_ns, std::function<uint64_t()> now_
     : slice_ns_(slice_ns), now_ns_(std::move(now_ns)), sleep_ns_(std::move(sleep_ns)) {
   if (!now_ns_) now_ns_ = MonotonicNowNs;
   if (!sleep_ns_) {
-    sleep_ns_ = [](uint64_t ns) {
-      struct timespec ts = {static_cast<time_t>(ns / 1'000'000'000),
-                            static_cast<long>(ns % 1'000'000'000)};
-      while (nanosleep(&ts, &ts) != 0) {
-      }
-    };
+    sleep_ns_ = [](uint64_t ns) { absl::SleepFor(absl::Nanoseconds(ns)); };
   }
 }
 

@@ -366,7 +366,7 @@ def main():
         def watch_throttle():
             while not throttle_done.is_set():
                 try:
-                    p = watch.ok('query-migrate').get('cpu-throttle-percentage')
+                    p = src.ok('query-migrate').get('cpu-throttle-percentage')
                 except Exception:  # the QMP connection closes with the QEMU
                     return
                 if p and p not in throttled:
@@ -375,9 +375,7 @@ def main():
         throttle_done = threading.Event()
         if a.warmup_throttle:
             # Polled by a thread (Qmp is thread-safe; QEMU takes one QMP client).
-            watch = src
-            watcher = threading.Thread(target=watch_throttle, daemon=True)
-            watcher.start()
+            threading.Thread(target=watch_throttle, daemon=True).start()
         if a.warmup and a.kill_pager:
             # faultline serve SIGKILLed while it warms up (pre-copy): the destination's pager
             # connection ends before listen, so its incoming migration fails, the source's
