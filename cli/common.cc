@@ -66,6 +66,12 @@ ABSL_FLAG(int32_t, warmup_throttle, 0,
           "(1..99; QEMU's auto-converge). 0: never.");
 ABSL_FLAG(int32_t, warmup_throttle_step, 10,
           "Warm-up: percent added to the throttle each round that still does not shrink.");
+ABSL_FLAG(int64_t, warmup_converge_pages, 256,
+          "Warm-up: switch to post-copy once a round's set is at most this many pages.");
+ABSL_FLAG(double, warmup_shrink, 0.8,
+          "Warm-up: a round whose set is more than this fraction of the previous one's has "
+          "stopped shrinking (then the throttle rises, or warm-up switches). 0..1; 0: every "
+          "round that finds a written page counts as not shrinking.");
 ABSL_FLAG(absl::Duration, warmup_deadline, absl::Minutes(10),
           "Switch to post-copy after this long even if the rounds have not converged.");
 ABSL_FLAG(int32_t, churn_permille, -1,
@@ -170,6 +176,18 @@ absl::StatusOr<EngineOptions> EngineOptionsFromFlags() {
     return absl::InvalidArgumentError(
         absl::StrCat("--warmup_throttle_step=", step, ": expected 1..", kMaxThrottle));
   }
+  const int64_t converge = absl::GetFlag(FLAGS_warmup_converge_pages);
+  if (converge < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--warmup_converge_pages=", converge, ": expected a page count, >= 0"));
+  }
+  const double shrink = absl::GetFlag(FLAGS_warmup_shrink);
+  if (!(shrink >= 0 && shrink <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--warmup_shrink=", shrink, ": expected a fraction of the last set, 0..1"));
+  }
+  o.warmup.converge_pages = static_cast<uint64_t>(converge);
+  o.warmup.shrink = shrink;
   o.warmup.throttle_max = static_cast<uint32_t>(throttle);
   o.warmup.throttle_step = static_cast<uint32_t>(step);
   return o;

@@ -78,6 +78,10 @@ absl::StatusOr<nlohmann::json> ReplaceEngine(const DemoOptions& o, const SourceS
     args.push_back(absl::StrCat("--warmup_rate_mib=", o.engine.warmup.rate_bytes_per_s >> 20));
     args.push_back(absl::StrCat("--warmup_throttle=", o.engine.warmup.throttle_max));
     args.push_back(absl::StrCat("--warmup_throttle_step=", o.engine.warmup.throttle_step));
+    args.push_back(absl::StrCat("--warmup_converge_pages=", o.engine.warmup.converge_pages));
+    args.push_back(absl::StrCat("--warmup_shrink=", o.engine.warmup.shrink));
+    args.push_back("--warmup_final_copy=" + absl::FormatDuration(o.engine.warmup.final_copy));
+    args.push_back("--warmup_deadline=" + absl::FormatDuration(o.engine.warmup.deadline));
   }
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());

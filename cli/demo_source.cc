@@ -185,7 +185,14 @@ absl::Status SourceMain(int ctl, const DemoOptions& o, const std::string& elf) {
   h.port = static_cast<uint32_t>(*port);
   if (absl::Status s = SendMsg(ctl, EncodeSourceHello(h), (*vm)->ram().fd()); !s.ok()) return s;
   // Serve until faultline says every page is present. The paused VM stays as it is.
-  return server.Serve(listen->get());
+  absl::Status served = server.Serve(listen->get());
+  if (tracker != nullptr && tracker->throttle().pauses() > 0) {
+    std::printf("  [source] warm-up throttle: the guest was paused %llu times, %s in all\n",
+                static_cast<unsigned long long>(tracker->throttle().pauses()),
+                absl::FormatDuration(tracker->throttle().paused_time()).c_str());
+    std::fflush(stdout);
+  }
+  return served;
 }
 
 }  // namespace demo_internal

@@ -113,10 +113,18 @@ TEST_F(KvmMigration, EngineKilledMidMigrationIsReplacedTheGuestNeverNotices) {
 // Warm-up: the guest keeps rewriting 10 % of its memory while the destination pulls it in
 // rounds (KVM's dirty log on the source); the source pauses it at the final round, the
 // destination resumes it once that round is dropped. Every page must match the source.
-DemoReport WarmMigrate(const std::string& ram, uint32_t vcpus, double kill_engine_at = 0) {
+// `throttle_max` > 0: every round counts as not shrinking, so the engine asks the source to
+// slow the guest down (20 %, 30 %, … up to it) before it switches.
+DemoReport WarmMigrate(const std::string& ram, uint32_t vcpus, double kill_engine_at = 0,
+                       uint32_t throttle_max = 0) {
   DemoOptions o = GuestOptions(ram, vcpus, kill_engine_at);
   o.churn_permille = 100;
   o.engine.warmup.enabled = true;
+  if (throttle_max > 0) {
+    o.engine.warmup.shrink = 0;
+    o.engine.warmup.converge_pages = 0;
+    o.engine.warmup.throttle_max = throttle_max;
+  }
   if (kill_engine_at > 0) {
     // Slow enough that the kill lands during the first round's pull.
     o.engine.warmup.rate_bytes_per_s = 32ull << 20;
@@ -148,6 +156,26 @@ TEST_F(KvmMigration, WarmUpWithAChurningGuestEveryPageIdentical) {
 }
 
 TEST_F(KvmMigration, WarmUpTwoVcpus) { WarmMigrate("memfd", 2); }
+
+// Auto-converge with the reference VMM: its KVM dirty-log tracker pauses the whole VM for the
+// asked share of its time (qemu-integration/vmm/vm_throttle.h) and lifts that before the
+// final stop. Every round asks for more, 20 % then 30 %, then the engine switches; no round
+// may say the source cannot throttle, and every page still matches.
+TEST_F(KvmMigration, WarmUpThrottlesTheGuestAndEveryPageIdentical) {
+  for (uint32_t vcpus : {1u, 2u}) {
+    SCOPED_TRACE(vcpus);
+    DemoReport r = WarmMigrate("memfd", vcpus, /*kill_engine_at=*/0, /*throttle_max=*/30);
+    ASSERT_TRUE(r.engine.contains("warmup"));
+    std::vector<uint32_t> asked;
+    for (const auto& rd : r.engine["warmup"]["rounds"]) {
+      EXPECT_FALSE(rd.value("no_throttle", false)) << rd.dump();
+      if (!rd.value("final", false) && rd.value("throttle", 0u) > 0) {
+        asked.push_back(rd.value("throttle", 0u));
+      }
+    }
+    EXPECT_EQ(asked, (std::vector<uint32_t>{20, 30})) << r.engine["warmup"].dump();
+  }
+}
 
 TEST_F(KvmMigration, WarmUpEngineKilledDuringWarmUp) {
   DemoReport r = WarmMigrate("memfd", 1, /*kill_engine_at=*/0.3);

@@ -52,6 +52,8 @@ void VmDirtyTracker::MarkDirty(uint64_t gpa, uint64_t len) {
 
 absl::Status VmDirtyTracker::Collect(bool final, std::vector<PageRange>* out) {
   if (final && !stopped_) {
+    // A throttle pause must not hold the vCPUs that `stop_guest` waits for.
+    if (absl::Status s = throttle_.Set(0); !s.ok()) return s;
     if (absl::Status s = stop_guest_(); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("stopping the guest: ", s.message()));
     }
@@ -86,6 +88,11 @@ absl::Status VmDirtyTracker::Collect(bool final, std::vector<PageRange>* out) {
     out->push_back({0, static_cast<uint32_t>(p - first), first});
   }
   return absl::OkStatus();
+}
+
+absl::Status VmDirtyTracker::Throttle(uint32_t percent) {
+  if (stopped_) return absl::FailedPreconditionError("the guest is stopped for good");
+  return throttle_.Set(percent);
 }
 
 void VmDirtyTracker::Switched() {

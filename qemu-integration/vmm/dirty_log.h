@@ -8,8 +8,12 @@
 // model) must be reported with MarkDirty(). The final Collect() first runs `stop_guest` (which
 // pauses the VM for good and may write guest RAM, reporting it with MarkDirty), then takes the
 // log a last time.
-// Thread-safety: Collect()/Switched() from the page server (one at a time); MarkDirty() from
-// any thread.
+//
+// Throttle() pauses the whole VM for a share of its time (vm_throttle.h, QEMU's auto-converge
+// rule); the final Collect() lifts it before `stop_guest` runs (which may need running vCPUs),
+// and so does the destructor.
+// Thread-safety: Collect()/Throttle()/Switched() from the page server (one at a time);
+// MarkDirty() from any thread.
 #ifndef FAULTLINE_QEMU_INTEGRATION_VMM_DIRTY_LOG_H_
 #define FAULTLINE_QEMU_INTEGRATION_VMM_DIRTY_LOG_H_
 
@@ -21,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "qemu-integration/vmm/vm.h"
+#include "qemu-integration/vmm/vm_throttle.h"
 #include "transport/dirty_tracker.h"
 
 namespace faultline {
@@ -32,14 +37,19 @@ class VmDirtyTracker : public DirtyTracker {
       Vm* vm, std::function<absl::Status()> stop_guest, std::function<void()> switched);
 
   absl::Status Collect(bool final, std::vector<PageRange>* out) override;
+  absl::Status Throttle(uint32_t percent) override;
   void Switched() override;
   void MarkDirty(uint64_t gpa, uint64_t len);
 
   uint64_t collections() const { return collections_; }
+  const VmThrottle& throttle() const { return throttle_; }
 
  private:
   VmDirtyTracker(Vm* vm, std::function<absl::Status()> stop_guest, std::function<void()> switched)
-      : vm_(vm), stop_guest_(std::move(stop_guest)), switched_(std::move(switched)) {}
+      : vm_(vm),
+        stop_guest_(std::move(stop_guest)),
+        switched_(std::move(switched)),
+        throttle_([vm] { return vm->Pause(); }, [vm] { return vm->Resume(); }) {}
   absl::Status SetLogging(bool on);
 
   Vm* vm_;
@@ -50,6 +60,7 @@ class VmDirtyTracker : public DirtyTracker {
   uint64_t collections_ = 0;      // Collect() only
   std::mutex mu_;
   std::vector<uint64_t> marked_;  // guarded by mu_: MarkDirty's pages, a bitset
+  VmThrottle throttle_;           // last: ends (VM running) before the rest goes
 };
 
 }  // namespace faultline

@@ -47,7 +47,8 @@ for entry in $PARTS; do
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        python3 "$HERE/run_gtest_cases.py" "$exe" "$OUT/$part/$name.xml" --timeout="$CASE_TIMEOUT"
+        python3 "$HERE/run_gtest_cases.py" "$exe" "$OUT/$part/$name.xml" --timeout="$CASE_TIMEOUT" \
+          ${GTEST_FILTER:+--filter="$GTEST_FILTER"}
     ) > "$OUT/$part/$name.log" 2>&1
     rc=$?
     echo "$part $t exit $rc"

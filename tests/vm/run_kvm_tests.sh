@@ -14,7 +14,8 @@
 # goes there. Ends with "kvm-vm tests: N passed, N failed, N skipped" (exit 0/1), or
 # "kvm-vm suite: SKIP (why)" (exit 2). Environment: KVM_VM_TIMEOUT (s, all boots together;
 # 3600), KVM_VM_PANIC_ONCE=1 crashes the VM's kernel after the first target (to try the
-# second boot that follows a guest kernel's death).
+# second boot that follows a guest kernel's death); KVM_VM_GTEST_FILTER=A.b:C.* runs only
+# those cases of each target (a developer's quick run, never CI's).
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 PARTS=default
@@ -52,6 +53,8 @@ rm -rf "$RESULTS" && mkdir -p "$RESULTS"
   echo "PARTS=\"\""
   # A test of the second boot: the VM's kernel is crashed once, after the first target.
   echo "PANIC_ONCE=${KVM_VM_PANIC_ONCE:-0}"
+  # A developer's run of some cases only (a gtest filter; not for CI: the rest would not run).
+  echo "GTEST_FILTER=\"${KVM_VM_GTEST_FILTER:-}\""
 } > "$RESULTS/env"
 declare -A FLAGS=([default]="" [asan]="--config=asan" [tsan]="--config=tsan")
 for part in ${PARTS//,/ }; do

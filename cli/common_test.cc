@@ -1,0 +1,62 @@
+#include "cli/common.h"
+
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "gtest/gtest.h"
+
+namespace faultline {
+namespace {
+
+class WarmUpFlags : public ::testing::Test {
+  absl::FlagSaver saver_;  // every test starts from the defaults
+};
+
+TEST_F(WarmUpFlags, TheDefaultsAreTheEngineDefaults) {
+  absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  const WarmUpOptions d;
+  EXPECT_EQ(o->warmup.converge_pages, d.converge_pages);
+  EXPECT_EQ(o->warmup.shrink, d.shrink);
+  EXPECT_EQ(o->warmup.throttle_max, 0u);
+  EXPECT_EQ(o->warmup.throttle_step, d.throttle_step);
+}
+
+TEST_F(WarmUpFlags, ConvergenceAndThrottleReachTheEngine) {
+  absl::SetFlag(&FLAGS_warmup_converge_pages, 0);
+  absl::SetFlag(&FLAGS_warmup_shrink, 0.0);
+  absl::SetFlag(&FLAGS_warmup_throttle, 60);
+  absl::SetFlag(&FLAGS_warmup_throttle_step, 5);
+  absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->warmup.converge_pages, 0u);
+  EXPECT_EQ(o->warmup.shrink, 0.0);
+  EXPECT_EQ(o->warmup.throttle_max, 60u);
+  EXPECT_EQ(o->warmup.throttle_step, 5u);
+}
+
+// Each bad value is refused naming its flag.
+TEST_F(WarmUpFlags, OutOfRangeValuesAreRefusedNamingTheFlag) {
+  struct Case {
+    void (*set)();
+    const char* flag;
+  };
+  const Case cases[] = {
+      {[] { absl::SetFlag(&FLAGS_warmup_throttle, 100); }, "--warmup_throttle=100"},
+      {[] { absl::SetFlag(&FLAGS_warmup_throttle, -1); }, "--warmup_throttle=-1"},
+      {[] { absl::SetFlag(&FLAGS_warmup_throttle_step, 0); }, "--warmup_throttle_step=0"},
+      {[] { absl::SetFlag(&FLAGS_warmup_converge_pages, -5); }, "--warmup_converge_pages=-5"},
+      {[] { absl::SetFlag(&FLAGS_warmup_shrink, 1.5); }, "--warmup_shrink=1.5"},
+      {[] { absl::SetFlag(&FLAGS_warmup_shrink, -0.1); }, "--warmup_shrink=-0.1"},
+  };
+  for (const Case& c : cases) {
+    absl::FlagSaver saver;
+    c.set();
+    absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags();
+    ASSERT_FALSE(o.ok()) << c.flag;
+    EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(o.status().message().find(c.flag), std::string::npos) << o.status();
+  }
+}
+
+}  // namespace
+}  // namespace faultline
