@@ -92,13 +92,17 @@ std::string DemoReportTable(const DemoReport& r) {
       const nlohmann::json& w = e["warmup"];
       std::string rounds;
       for (const nlohmann::json& rd : w.value("rounds", nlohmann::json::array())) {
+        const uint32_t throttle = rd.value("throttle", 0u);
         absl::StrAppendFormat(
             &rounds, "%s%d%s", rounds.empty() ? "" : ", ", rd.value("pages", uint64_t{0}),
-            !rd.value("final", false) ? ""
+            !rd.value("final", false)
+                ? (throttle > 0 ? absl::StrFormat(" (then throttled %d %%)", throttle)
+                   : rd.value("no_throttle", false) ? std::string(" (source cannot throttle)")
+                                                    : std::string())
             : rd.value("final_copied", false)
                 ? absl::StrFormat(" (final, fetched before the resume in %.1f ms)",
                                   rd.value("final_copy_ms", 0.0))
-                : " (final)");
+                : std::string(" (final)"));
       }
       Report(&s, "warm-up rounds: pages rewritten", rounds);
       Report(&s, "faults after the switch",
