@@ -22,6 +22,23 @@ echo "huge pages: $(cat /proc/sys/vm/nr_hugepages)"
 # The tests talk over loopback (page servers, hand-off sockets).
 ip link set lo up
 
+# Hold one KVM VM (with one vCPU and no in-kernel irqchip, as the reference VMM's) for the
+# whole run. Every KVM_CREATE_VM/destroy takes the kernel's preempt_notifier_key static key
+# 0 -> 1 -> 0 (and a vCPU without irqchip kvm_has_noapic_vcpu), and each flip live-patches
+# kernel text with int3 (text_poke_bp) while the other vCPU runs __schedule: under TCG's
+# multi-threaded emulation such a patch now and then races the other vCPU, which then
+# executes a stale int3 — the "Oops: int3" in __schedule that killed this VM's kernel in 2 of
+# 3 full runs. With a VM held open the keys stay on, so the tests' VMs flip nothing.
+python3 - <<'PY' &
+import fcntl, os, signal
+kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+vm = fcntl.ioctl(kvm, 0xAE01, 0)    # KVM_CREATE_VM
+vcpu = fcntl.ioctl(vm, 0xAE41, 0)   # KVM_CREATE_VCPU, id 0
+print("kvm pin: holding a VM (fd %d) and a vCPU (fd %d) for the run" % (vm, vcpu), flush=True)
+signal.pause()
+PY
+PIN=$!
+
 for entry in $PARTS; do
   part=${entry%%:*}
   bin=${entry#*:}
@@ -85,4 +102,5 @@ PY
     fi
   done
 done
+kill "$PIN" 2>/dev/null
 echo "kvm suite done"
