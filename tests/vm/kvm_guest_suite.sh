@@ -22,33 +22,6 @@ echo "huge pages: $(cat /proc/sys/vm/nr_hugepages); panic on an RCU stall: $(cat
 # The tests talk over loopback (page servers, hand-off sockets).
 ip link set lo up
 
-# Hold one KVM VM (with one vCPU and no in-kernel irqchip, as the reference VMM's) for the
-# whole run. Every KVM_CREATE_VM/destroy takes the kernel's preempt_notifier_key static key
-# 0 -> 1 -> 0 (and a vCPU without irqchip kvm_has_noapic_vcpu), and each flip live-patches
-# kernel text with int3 (text_poke_bp) while the other vCPU may run __schedule: under TCG's
-# multi-threaded emulation such a patch now and then races the other vCPU, which then
-# executes a stale int3 — the "Oops: int3" at __schedule+0x3f6, a static branch, that killed
-# this VM's kernel in 2 of 3 full runs (and once in the process creating this very VM). So
-# the one flip left happens with the second vCPU offline, and with a VM held open the tests'
-# VMs flip nothing.
-rm -f /tmp/kvm-pin.ready
-cpu1=/sys/devices/system/cpu/cpu1/online
-offline=0
-[ -w $cpu1 ] && echo 0 > $cpu1 2>/dev/null && offline=1
-python3 - <<'PY' &
-import fcntl, os, signal
-kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-vm = fcntl.ioctl(kvm, 0xAE01, 0)    # KVM_CREATE_VM
-vcpu = fcntl.ioctl(vm, 0xAE41, 0)   # KVM_CREATE_VCPU, id 0
-print("kvm pin: holding a VM (fd %d) and a vCPU (fd %d) for the run" % (vm, vcpu), flush=True)
-open("/tmp/kvm-pin.ready", "w").close()
-signal.pause()
-PY
-PIN=$!
-for _ in $(seq 300); do [ -e /tmp/kvm-pin.ready ] && break; sleep 0.1; done
-[ $offline = 1 ] && echo 1 > $cpu1
-echo "cpus online: $(cat /sys/devices/system/cpu/online) (cpu1 offline while the pin was made: $offline)"
-
 for entry in $PARTS; do
   part=${entry%%:*}
   bin=${entry#*:}
@@ -112,5 +85,4 @@ PY
     fi
   done
 done
-kill "$PIN" 2>/dev/null
 echo "kvm suite done"

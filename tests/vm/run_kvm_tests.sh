@@ -74,9 +74,8 @@ log "booting the VM (TCG, nested SVM; slow: each part runs every kvm test)"
 START=$(date +%s)
 BUDGET=${KVM_VM_TIMEOUT:-3600}
 # The VM's kernel now and then dies under TCG on its own (seen: "Oops: int3" in __schedule of
-# rcu_preempt, a text-patching race of the emulation, in the middle of a test; kvm_guest_suite.sh
-# now holds a KVM VM open so that the tests' VMs no longer flip the static key whose patching
-# most likely raced): then it boots
+# rcu_preempt, in the middle of a test: each KVM VM created or destroyed flips
+# preempt_notifier_key, whose int3 text patching races the other vCPU under TCG): then it boots
 # again and runs what has no result yet (kvm_guest_suite.sh skips a part's target whose XML
 # exists), at most twice, within the same time budget. Each boot's console is kept.
 BOOTS=0 PANICS=()
