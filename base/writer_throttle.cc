@@ -1,7 +1,5 @@
 #include "base/writer_throttle.h"
 
-#include <algorithm>
-
 #include "absl/time/clock.h"
 #include "base/clock.h"
 
@@ -17,7 +15,7 @@ WriterThrottle::WriterThrottle(uint64_t slice_ns, std::function<uint64_t()> now_
 }
 
 void WriterThrottle::Set(uint32_t percent) {
-  percent_.store(std::min<uint32_t>(percent, 99), std::memory_order_relaxed);
+  percent_.store(ClampThrottle(percent), std::memory_order_relaxed);
 }
 
 void WriterThrottle::Pace() {
@@ -32,7 +30,7 @@ void WriterThrottle::Pace() {
     return;
   }
   if (now - running_since_ < slice_ns_) return;
-  sleep_ns_(slice_ns_ * p / (100 - p));
+  sleep_ns_(ThrottleSleepNs(slice_ns_, p));
   running_since_ = now_ns_();
 }
 

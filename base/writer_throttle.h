@@ -15,6 +15,15 @@
 
 namespace faultline {
 
+// The rule every throttle here follows (QEMU's cpu_throttle): a percent above 99 is 99, and at
+// `percent` the throttled guest or thread sleeps percent / (100 - percent) slices for every
+// slice it runs. VmThrottle (qemu-integration/vmm/vm_throttle.h) pauses a VM by it too.
+inline uint32_t ClampThrottle(uint32_t percent) { return percent > 99 ? 99 : percent; }
+inline uint64_t ThrottleSleepNs(uint64_t slice_ns, uint32_t percent) {
+  const uint32_t p = ClampThrottle(percent);
+  return slice_ns * p / (100 - p);
+}
+
 class WriterThrottle {
  public:
   // `now_ns` and `sleep_ns` are the monotonic clock and a sleep unless a test swaps them.

@@ -1,9 +1,9 @@
 #include "qemu-integration/vmm/vm_throttle.h"
 
-#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/writer_throttle.h"
 
 namespace faultline {
 
@@ -16,7 +16,7 @@ VmThrottle::~VmThrottle() { (void)Set(0); }
 absl::Status VmThrottle::Set(uint32_t percent) {
   std::lock_guard<std::mutex> s(set_mu_);
   std::unique_lock<std::mutex> l(mu_);
-  percent_ = error_.ok() ? std::min<uint32_t>(percent, 99) : 0;
+  percent_ = error_.ok() ? ClampThrottle(percent) : 0;
   if (percent_ == 0) {
     // The thread resumes the VM before it ends (it pauses and resumes in pairs).
     if (thread_.joinable()) {
@@ -52,7 +52,8 @@ void VmThrottle::Loop() {
     }
     ++pauses_;
     // percent / (100 - percent) slices paused; Set(0) or a lower percent ends the pause now.
-    const absl::Duration pause = slice_ * static_cast<int64_t>(p) / static_cast<int64_t>(100 - p);
+    const absl::Duration pause =
+        absl::Nanoseconds(ThrottleSleepNs(absl::ToInt64Nanoseconds(slice_), p));
     cv_.wait_for(l, absl::ToChronoNanoseconds(pause), [&] { return stop_ || percent_ < p; });
     l.unlock();
     s = resume_();
