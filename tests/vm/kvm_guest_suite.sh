@@ -49,7 +49,7 @@ for entry in $PARTS; do
         TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         python3 "$HERE/run_gtest_cases.py" "$exe" "$OUT/$part/$name.xml" --timeout="$CASE_TIMEOUT" \
           ${GTEST_FILTER:+--filter="$GTEST_FILTER"}
-    ) > "$OUT/$part/$name.log" 2>&1
+    ) >> "$OUT/$part/$name.log" 2>&1  # appended: a boot after a kernel's death resumes the run
     rc=$?
     echo "$part $t exit $rc"
     tail -5 "$OUT/$part/$name.log"

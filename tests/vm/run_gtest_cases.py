@@ -6,11 +6,18 @@ shows; run as one process, that hang would cost the whole binary its results. He
 that does not finish within --timeout is killed and recorded as failed ("timed out"), and the
 other cases still run.
 
+The VM's own kernel also dies now and then under TCG (run_kvm_tests.sh boots it again): each
+case's start and result go to OUT_XML.journal as they happen, so a run started again after a
+boot resumes where the last one stopped — the cases with a result keep it, the case the kernel
+died in runs once more, and a case the kernel died in twice is recorded as failed with that
+reason instead of taking every later boot with it.
+
   run_gtest_cases.py EXE OUT_XML [--timeout=S] [--filter=A.b:C.d] [--log=FILE]
 
 Exit status: 0 when every case passed (or skipped), 1 otherwise.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +36,38 @@ def list_cases(exe, flt):
         else:
             cases.append(suite + line.split('#')[0].strip())
     return cases
+
+
+class Journal:
+    """OUT_XML.journal: one JSON line per event, flushed to disk before the case runs on."""
+
+    def __init__(self, path):
+        self.path = path
+        self.results = {}  # case -> XML text of its <testcase>
+        self.deaths = {}   # case -> boots whose kernel died while it ran
+        started = None
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        e = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by the kernel's death
+                    if e.get('started'):
+                        if started is not None:
+                            self.deaths[started] = self.deaths.get(started, 0) + 1
+                        started = e['started']
+                    elif 'case' in e:
+                        self.results[e['case']] = e['xml']
+                        started = None
+            if started is not None:
+                self.deaths[started] = self.deaths.get(started, 0) + 1
+        self.f = open(path, 'a')
+
+    def write(self, **e):
+        self.f.write(json.dumps(e) + '\n')
+        self.f.flush()
+        os.fsync(self.f.fileno())
 
 
 def main():
@@ -50,41 +89,63 @@ def main():
         suite = ET.SubElement(root, 'testsuite', name='(list)')
         tc = ET.SubElement(suite, 'testcase', classname='(list)', name='gtest_list_tests')
         ET.SubElement(tc, 'failure', message='could not list the cases: %s' % e)
+    journal = Journal(a.out_xml + '.journal')
     suites = {}
     for i, case in enumerate(cases):
-        part_xml = '%s.case%d.xml' % (a.out_xml, i)
-        if os.path.exists(part_xml):
-            os.unlink(part_xml)
-        log.write('--- %s\n' % case)
-        log.flush()
-        try:
-            rc = subprocess.run([a.exe, '--gtest_filter=' + case, '--gtest_output=xml:' + part_xml],
-                                stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout).returncode
-            why = 'exit status %d' % rc
-        except subprocess.TimeoutExpired:
-            rc, why = 124, 'timed out after %d s in the VM (killed; the other cases ran)' % a.timeout
         suite_name, name = case.rsplit('.', 1)
         suite = suites.setdefault(suite_name, ET.SubElement(root, 'testsuite', name=suite_name))
-        got = None
-        if os.path.exists(part_xml):
-            try:
-                for tc in ET.parse(part_xml).getroot().iter('testcase'):
-                    if tc.get('status') != 'notrun':
-                        got = tc
-            except ET.ParseError:
-                got = None
-            os.unlink(part_xml)
-        if got is None:
-            # Killed, crashed or aborted before gtest wrote its XML.
+        if case in journal.results:
+            got = ET.fromstring(journal.results[case])
+            log.write('--- %s: result from an earlier boot\n' % case)
+        elif journal.deaths.get(case, 0) >= 2:
             got = ET.Element('testcase', classname=suite_name, name=name)
-            ET.SubElement(got, 'failure', message='%s: no result written (%s)' % (case, why))
-        elif rc != 0 and got.find('failure') is None:
-            ET.SubElement(got, 'failure', message='%s: %s after the case' % (case, why))
+            ET.SubElement(got, 'failure', message=(
+                '%s: the VM\'s kernel died while this case ran, %d times (see the boots\' '
+                'console logs); not run again' % (case, journal.deaths[case])))
+            log.write('--- %s: the kernel died in it %d times; recorded as failed\n'
+                      % (case, journal.deaths[case]))
+        else:
+            if journal.deaths.get(case):
+                log.write('--- %s: the VM\'s kernel died while it ran; running it again\n' % case)
+            journal.write(started=case)
+            got = run_case(a, log, i, case, suite_name, name)
+            journal.write(case=case, xml=ET.tostring(got, encoding='unicode'))
         if got.find('failure') is not None or got.find('error') is not None:
             ok = False
         suite.append(got)
     ET.ElementTree(root).write(a.out_xml)
     return 0 if ok else 1
+
+
+def run_case(a, log, i, case, suite_name, name):
+    """Runs one case in its own process; returns its <testcase> (a failure when it has none)."""
+    part_xml = '%s.case%d.xml' % (a.out_xml, i)
+    if os.path.exists(part_xml):
+        os.unlink(part_xml)
+    log.write('--- %s\n' % case)
+    log.flush()
+    try:
+        rc = subprocess.run([a.exe, '--gtest_filter=' + case, '--gtest_output=xml:' + part_xml],
+                            stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout).returncode
+        why = 'exit status %d' % rc
+    except subprocess.TimeoutExpired:
+        rc, why = 124, 'timed out after %d s in the VM (killed; the other cases ran)' % a.timeout
+    got = None
+    if os.path.exists(part_xml):
+        try:
+            for tc in ET.parse(part_xml).getroot().iter('testcase'):
+                if tc.get('status') != 'notrun':
+                    got = tc
+        except ET.ParseError:
+            got = None
+        os.unlink(part_xml)
+    if got is None:
+        # Killed, crashed or aborted before gtest wrote its XML.
+        got = ET.Element('testcase', classname=suite_name, name=name)
+        ET.SubElement(got, 'failure', message='%s: no result written (%s)' % (case, why))
+    elif rc != 0 and got.find('failure') is None:
+        ET.SubElement(got, 'failure', message='%s: %s after the case' % (case, why))
+    return got
 
 
 if __name__ == '__main__':
