@@ -109,6 +109,9 @@ def main():
                 log.write('--- %s: the VM\'s kernel died while it ran; running it again\n' % case)
             journal.write(started=case)
             got = run_case(a, log, i, case, suite_name, name)
+            if journal.deaths.get(case):
+                got.set('fl_note', 'second run: the VM\'s kernel died during the first (see the '
+                        'boots\' console logs)')
             journal.write(case=case, xml=ET.tostring(got, encoding='unicode'))
         if got.find('failure') is not None or got.find('error') is not None:
             ok = False

@@ -45,6 +45,8 @@ ran=$(tr '\n' ' ' < "$T/ran")
 [[ $ran == "a b c d " ]] || fail "ran '$ran', want 'a b c d '"
 grep -q "kernel died while it ran; running it again" "$T/log" || fail "no note of the rerun: $(cat "$T/log")"
 [[ $(grep -o '<failure' "$T/out.xml" | wc -l) == 1 ]] || fail "want only S.c failed: $(cat "$T/out.xml")"
+grep -q 'name="b"[^>]*fl_note="second run\|fl_note="second run[^"]*"[^>]*name="b"' "$T/out.xml" ||
+  fail "S.b's pass does not say the kernel died in its first run: $(cat "$T/out.xml")"
 
 # A clean start journals every case: a run after it reuses all four results.
 rm -f "$T/ran" "$T/out.xml" "$J"
