@@ -90,7 +90,11 @@ TEST_P(EngineTest, FaultIsServedAheadOfThePull) {
   Make(o);
   RunAsync();
   uffd_->QueueFault(region_->page(100));
-  for (int i = 0; i < 2000 && engine_->StateOf(0, 100) != PageState::kPresent; ++i) {
+  // The Lander counts a run after marking its pages present: wait for both (a TSan build in
+  // the KVM VM read the counter in between once).
+  for (int i = 0; i < 2000 && (engine_->StateOf(0, 100) != PageState::kPresent ||
+                               engine_->counters().urgent_pages.load() == 0);
+       ++i) {
     absl::SleepFor(absl::Milliseconds(1));
   }
   EXPECT_EQ(engine_->StateOf(0, 100), PageState::kPresent);
