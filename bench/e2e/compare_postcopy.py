@@ -77,7 +77,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "qemu-integration", "qemu"))
 from harness import (free_port, give_pager, read, remove_files, stop_processes,  # noqa: E402
                      wait_for)  # (helpers shared by the drivers)
-from qmp import Qmp  # noqa: E402  (the shared QMP client)
+from qmp import EventQmp, Qmp  # noqa: E402,F401  (the shared QMP client)
 
 MAILBOX_GPA = 0x5000
 PAGE = 4096
@@ -173,22 +173,6 @@ def qemu_version(path):
         return out.splitlines()[0] if out else None
     except (OSError, subprocess.TimeoutExpired):
         return None
-
-
-class EventQmp(Qmp):
-    """Qmp that keeps every event with QEMU's own timestamp (wall clock, µs)."""
-
-    def __init__(self, path, **kw):
-        self.events = []
-        super().__init__(path, **kw)
-
-    def event(self, r):
-        ts = r.get("timestamp") or {}
-        self.events.append((r["event"], ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6,
-                            r.get("data")))
-
-    def first_event(self, name, after):
-        return next((t for e, t, _ in self.events if e == name and t >= after), None)
 
 
 # ---- the guest's serial report ----

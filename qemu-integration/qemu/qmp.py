@@ -1,5 +1,5 @@
 """A minimal QMP client (QEMU Machine Protocol over a Unix socket), shared by
-qemu_migration.py and bench/e2e/compare_postcopy.py."""
+qemu_migration.py and bench/e2e/compare_postcopy.py; EventQmp also keeps QEMU's events."""
 import json
 import socket
 import threading
@@ -77,3 +77,19 @@ class Qmp:
             self.s.close()
         except OSError:
             pass
+
+
+class EventQmp(Qmp):
+    """Qmp that keeps every event with QEMU's own timestamp (wall clock, µs)."""
+
+    def __init__(self, path, **kw):
+        self.events = []
+        super().__init__(path, **kw)
+
+    def event(self, r):
+        ts = r.get("timestamp") or {}
+        self.events.append((r["event"], ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6,
+                            r.get("data")))
+
+    def first_event(self, name, after):
+        return next((t for e, t, _ in self.events if e == name and t >= after), None)
