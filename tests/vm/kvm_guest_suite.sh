@@ -39,6 +39,21 @@ for entry in $PARTS; do
       echo "missing binary $exe"
       continue
     fi
+    # Cases that do not run in a part here, each with its reason (counted as skipped).
+    skip=()
+    if [[ $part == tsan && $t == tests/kvm_migration_test ]]; then
+      # Two CI runs on 2026-12-05: in the TSan build these two warm-up cases took the VM's
+      # kernel down again and again (soft lockups of 22-79 s: CPU 0 stopped answering IPIs
+      # while the nested guest ran with dirty logging) or failed with a corrupted nested vCPU
+      # (KVM_EXIT_INTERNAL_ERROR with the L1 kernel's GDT/IDT in the L2 registers; a triple
+      # fault); the boots they cost left later targets without results. Their plain and ASan
+      # builds pass here, TSan covers the same code in the 1-vCPU warm-up cases here and in
+      # tests/warmup_test and vm_throttle_test on the host.
+      why="not in the TSan build inside the nested-SVM VM: it took that VM's kernel down"
+      why+=" (soft lockups) in 2 of 2 CI runs; runs in its plain and ASan builds"
+      skip=(--skip="KvmMigration.WarmUpTwoVcpus=$why"
+            --skip="KvmMigration.WarmUpThrottlesTheGuestAndEveryPageIdentical=$why")
+    fi
     tmp=/tmp/t/$part/$name
     rm -rf "$tmp" && mkdir -p "$tmp"
     (
@@ -48,7 +63,7 @@ for entry in $PARTS; do
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         python3 "$HERE/run_gtest_cases.py" "$exe" "$OUT/$part/$name.xml" --timeout="$CASE_TIMEOUT" \
-          ${GTEST_FILTER:+--filter="$GTEST_FILTER"}
+          ${GTEST_FILTER:+--filter="$GTEST_FILTER"} "${skip[@]}"
     ) >> "$OUT/$part/$name.log" 2>&1  # appended: a boot after a kernel's death resumes the run
     rc=$?
     echo "$part $t exit $rc"

@@ -53,4 +53,10 @@ rm -f "$T/ran" "$T/out.xml" "$J"
 python3 "$RUNNER" "$T/fake_test" "$T/out.xml" > "$T/log" 2>&1 || true
 python3 "$RUNNER" "$T/fake_test" "$T/out.xml" > "$T/log" 2>&1 || true
 [[ $(wc -l < "$T/ran") == 4 ]] || fail "the second run ran cases again: $(cat "$T/ran")"
+# --skip: recorded as skipped with its reason, never run.
+rm -f "$T/ran" "$T/out.xml" "$J"
+python3 "$RUNNER" "$T/fake_test" "$T/out.xml" --skip="S.c=not here: why" > "$T/log" 2>&1 ||
+  fail "exit $? with S.c (the failing case) skipped"
+grep -q '<skipped message="not here: why"' "$T/out.xml" || fail "no skip for S.c: $(cat "$T/out.xml")"
+! grep -qx c "$T/ran" || fail "S.c ran although skipped"
 echo "PASS"
