@@ -77,7 +77,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "qemu-integration", "qemu"))
 from harness import (free_port, give_pager, read, remove_files, stop_processes,  # noqa: E402
                      wait_for)  # (helpers shared by the drivers)
-from qmp import EventQmp, Qmp  # noqa: E402,F401  (the shared QMP client)
+from qmp import EventQmp  # noqa: E402  (the shared QMP client)
 
 MAILBOX_GPA = 0x5000
 PAGE = 4096

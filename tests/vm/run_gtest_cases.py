@@ -20,6 +20,7 @@ reason instead of taking every later boot with it.
 Exit status: 0 when every case passed (or skipped), 1 otherwise.
 """
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -45,9 +46,9 @@ class Journal:
     """OUT_XML.journal: one JSON line per event, flushed to disk before the case runs on."""
 
     def __init__(self, path):
-        self.path = path
         self.results = {}  # case -> XML text of its <testcase>
-        self.deaths = {}   # case -> boots whose kernel died while it ran
+        # case -> boots whose kernel died while it ran: a start with no result after it
+        self.deaths = collections.Counter()
         started = None
         if os.path.exists(path):
             with open(path) as f:
@@ -58,13 +59,13 @@ class Journal:
                         continue  # a line cut short by the kernel's death
                     if e.get('started'):
                         if started is not None:
-                            self.deaths[started] = self.deaths.get(started, 0) + 1
+                            self.deaths[started] += 1
                         started = e['started']
                     elif 'case' in e:
                         self.results[e['case']] = e['xml']
                         started = None
-            if started is not None:
-                self.deaths[started] = self.deaths.get(started, 0) + 1
+        if started is not None:
+            self.deaths[started] += 1
         self.f = open(path, 'a')
 
     def write(self, **e):
@@ -106,7 +107,7 @@ def main():
         elif case in journal.results:
             got = ET.fromstring(journal.results[case])
             log.write('--- %s: result from an earlier boot\n' % case)
-        elif journal.deaths.get(case, 0) >= 2:
+        elif journal.deaths[case] >= 2:
             got = ET.Element('testcase', classname=suite_name, name=name)
             ET.SubElement(got, 'failure', message=(
                 '%s: the VM\'s kernel died while this case ran, %d times (see the boots\' '
@@ -114,11 +115,11 @@ def main():
             log.write('--- %s: the kernel died in it %d times; recorded as failed\n'
                       % (case, journal.deaths[case]))
         else:
-            if journal.deaths.get(case):
+            if journal.deaths[case]:
                 log.write('--- %s: the VM\'s kernel died while it ran; running it again\n' % case)
             journal.write(started=case)
             got = run_case(a, log, i, case, suite_name, name)
-            if journal.deaths.get(case):
+            if journal.deaths[case]:
                 got.set('fl_note', 'second run: the VM\'s kernel died during the first (see the '
                         'boots\' console logs)')
             journal.write(case=case, xml=ET.tostring(got, encoding='unicode'))
