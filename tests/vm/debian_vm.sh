@@ -161,14 +161,14 @@ INIT
 # vm_run SCRIPT RESULTS TIMEOUT [qemu args...]: boots the VM, runs `bash SCRIPT` chrooted into
 # the host's root with RESULTS as /tmp/results; the script's output goes to RESULTS/guest.log,
 # the console to RESULTS/console.log. Returns QEMU's exit status (124: timed out).
-# VM_APPEND: more kernel command line (ending in a space).
+# VM_APPEND: more kernel command line (ending in a space); VM_ACCEL: QEMU's -accel (tcg).
 vm_run() {
   local script=$1 results=$2 timeout=$3
   shift 3
   local repo
   repo="$(cd "$(dirname "$VM_SELF")/../.." && pwd)"
   mkdir -p "$results"
-  timeout "$timeout" qemu-system-x86_64 -accel tcg -cpu max -m "${VM_MEM:-3072}" -smp 2 \
+  timeout "$timeout" qemu-system-x86_64 -accel "${VM_ACCEL:-tcg}" -cpu max -m "${VM_MEM:-3072}" -smp 2 \
     -nographic -no-reboot -kernel "$VM_KERNEL" -initrd "$VM_INITRD" \
     -append "console=ttyS0 ${VM_QUIET-quiet} panic=-1 tsc_early_khz=2000000 tsc=reliable hugepages=${VM_HUGEPAGES:-0} ${VM_APPEND:-}fl_script=$script fl_repo=$repo" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
