@@ -28,6 +28,12 @@ ABSL_FLAG(bool, pager, true,
           "migrate: post-copy through faultline (the x-postcopy-external-pager capability; "
           "`faultline serve --handoff=SOCKET` must be running on the destination). false: "
           "QEMU's own post-copy.");
+ABSL_FLAG(std::string, warmup_socket, "",
+          "migrate: warm-up — the source host's `faultline source --vmm_dirty_socket` path. The "
+          "source QEMU (10.2 with faultline's series) reports its guest's writes there while "
+          "`faultline serve --warmup` on the destination pulls RAM during pre-copy; post-copy "
+          "then fetches only what changed. Needs a local --source_uri (the connection is passed "
+          "through libvirt's socket).");
 ABSL_FLAG(absl::Duration, postcopy_after, absl::ZeroDuration(),
           "migrate: request post-copy after this long (0: after the first pre-copy pass; "
           "with the pager that pass is only device state and small blocks).");
@@ -57,6 +63,7 @@ int RunMigrate() {
   o.migrate_uri = absl::GetFlag(FLAGS_migrate_uri);
   o.pager = absl::GetFlag(FLAGS_pager);
   o.pager_socket = absl::GetFlag(FLAGS_handoff);
+  o.warmup_socket = absl::GetFlag(FLAGS_warmup_socket);
   o.postcopy_after = absl::GetFlag(FLAGS_postcopy_after);
   o.timeout = absl::GetFlag(FLAGS_migrate_timeout);
   o.bandwidth_mib = absl::GetFlag(FLAGS_bandwidth_mib);
@@ -103,7 +110,10 @@ int RunMigrate() {
   std::printf(
       "\nmigrated '%s' (%s): %.2f s (libvirt: %s), downtime %s, post-copy from %.2f s, "
       "stream %s (memory %s, %lld pre-copy passes, %lld post-copy requests)%s\n",
-      o.domain.c_str(), r->pager ? "post-copy through faultline" : "QEMU's own post-copy",
+      o.domain.c_str(),
+      !r->pager   ? "QEMU's own post-copy"
+      : r->warmup ? "warm-up, then post-copy through faultline"
+                  : "post-copy through faultline",
       r->seconds, ms(r->time_elapsed_ms).c_str(), ms(r->downtime_ms).c_str(), r->postcopy_at,
       mib(r->data_processed).c_str(), mib(r->memory_processed).c_str(),
       static_cast<long long>(r->memory_iteration), static_cast<long long>(r->postcopy_requests),

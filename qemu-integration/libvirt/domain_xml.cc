@@ -61,13 +61,18 @@ const xmlChar* X(const char* s) { return reinterpret_cast<const xmlChar*>(s); }
 
 }  // namespace
 
-std::vector<std::string> PagerGlobals(const std::string& pager_socket) {
-  return {"migration.x-postcopy-ram=on", "migration.x-ignore-shared=on",
-          "migration.x-postcopy-external-pager=on",
-          absl::StrCat("migration.x-postcopy-external-pager-socket=", pager_socket)};
+std::vector<std::string> PagerGlobals(const std::string& pager_socket, bool switchover_ack) {
+  std::vector<std::string> g = {"migration.x-postcopy-ram=on", "migration.x-ignore-shared=on"};
+  if (switchover_ack) {
+    g.push_back("migration.x-return-path=on");
+    g.push_back("migration.x-switchover-ack=on");
+  }
+  g.push_back("migration.x-postcopy-external-pager=on");
+  g.push_back(absl::StrCat("migration.x-postcopy-external-pager-socket=", pager_socket));
+  return g;
 }
 
-absl::Status CheckPagerRam(const std::string& domain_xml) {
+absl::Status CheckPagerRam(const std::string& domain_xml, bool file_only) {
   absl::StatusOr<Doc> doc = Parse(domain_xml);
   if (!doc.ok()) return doc.status();
   xmlNode* root = xmlDocGetRootElement(doc->get());
@@ -97,6 +102,15 @@ absl::Status CheckPagerRam(const std::string& domain_xml) {
   const std::string type = Attr(Child(backing, "source"), "type");
   const bool fd_backed =
       type == "memfd" || type == "file" || Child(backing, "hugepages") != nullptr;
+  if (shared && fd_backed && file_only && type == "memfd") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "domain '", name,
+        "': its RAM is a memfd; QEMU 10.2's x-ignore-shared leaves only shared RAM that is a "
+        "named file (memory-backend-file) out of the migration stream, so its pager would get "
+        "no RAM to fill. Use <source type='file'/> with <access mode='shared'/> (libvirt's "
+        "memory_backing_dir on tmpfs) or hugepages in <memoryBacking>, then restart the "
+        "domain"));
+  }
   if (shared && fd_backed) return absl::OkStatus();
   std::string what;
   if (!fd_backed) what = type.empty() ? "anonymous" : absl::StrCat("'", type, "'-backed");
@@ -110,7 +124,8 @@ absl::Status CheckPagerRam(const std::string& domain_xml) {
 }
 
 absl::StatusOr<std::string> AddPagerCommandline(const std::string& domain_xml,
-                                                const std::string& pager_socket) {
+                                                const std::string& pager_socket,
+                                                bool switchover_ack) {
   if (pager_socket.empty() || pager_socket[0] != '/') {
     return absl::InvalidArgumentError(
         absl::StrCat("the pager socket must be an absolute path on the destination host, got '",
@@ -138,7 +153,9 @@ absl::StatusOr<std::string> AddPagerCommandline(const std::string& domain_xml,
     if (Named(c, "arg") && Attr(c, "value") == "-global" && next != nullptr && Named(next, "arg") &&
         (absl::StartsWith(Attr(next, "value"), "migration.x-postcopy-external-pager") ||
          Attr(next, "value") == "migration.x-postcopy-ram=on" ||
-         Attr(next, "value") == "migration.x-ignore-shared=on")) {
+         Attr(next, "value") == "migration.x-ignore-shared=on" ||
+         Attr(next, "value") == "migration.x-return-path=on" ||
+         Attr(next, "value") == "migration.x-switchover-ack=on")) {
       xmlNode* after = next->next;
       xmlUnlinkNode(c);
       xmlFreeNode(c);
@@ -149,7 +166,7 @@ absl::StatusOr<std::string> AddPagerCommandline(const std::string& domain_xml,
     }
     c = c->next;
   }
-  for (const std::string& g : PagerGlobals(pager_socket)) {
+  for (const std::string& g : PagerGlobals(pager_socket, switchover_ack)) {
     xmlNode* a = xmlNewChild(cmdline, ns, X("arg"), nullptr);
     xmlNewProp(a, X("value"), X("-global"));
     a = xmlNewChild(cmdline, ns, X("arg"), nullptr);

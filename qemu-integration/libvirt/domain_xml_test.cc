@@ -63,6 +63,26 @@ TEST(CheckPagerRamTest, RefusesAnonymousOrPrivateRamAndSaysWhatToAdd) {
   EXPECT_FALSE(s.ok());
 }
 
+// QEMU 10.2's x-ignore-shared skips only named files: a memfd would be migrated in the stream
+// and the pager get nothing, so it is refused there, with the XML to use.
+TEST(CheckPagerRamTest, FileOnlyRefusesAMemfdButTakesAFileOrHugepages) {
+  const std::string shared = "<access mode='shared'/>";
+  absl::Status s = CheckPagerRam(
+      Domain("<memoryBacking><source type='memfd'/>" + shared + "</memoryBacking>"), true);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("<source type='file'/>"));
+  EXPECT_TRUE(
+      CheckPagerRam(Domain("<memoryBacking><source type='memfd'/>" + shared + "</memoryBacking>"))
+          .ok());
+  EXPECT_TRUE(
+      CheckPagerRam(Domain("<memoryBacking><source type='file'/>" + shared + "</memoryBacking>"),
+                    true)
+          .ok());
+  EXPECT_TRUE(
+      CheckPagerRam(Domain("<memoryBacking><hugepages/>" + shared + "</memoryBacking>"), true)
+          .ok());
+}
+
 TEST(CheckPagerRamTest, RefusesWhatIsNotADomain) {
   EXPECT_EQ(CheckPagerRam("<domain").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(CheckPagerRam("<network/>").message()), HasSubstr("not a libvirt"));
@@ -95,6 +115,23 @@ TEST(AddPagerCommandlineTest, KeepsOtherArgumentsAndReplacesEarlierPagerOnes) {
   EXPECT_EQ(Count(*twice, "value=\"-global\""), 4);
   EXPECT_THAT(*twice, HasSubstr("x-postcopy-external-pager-socket=/run/b.sock"));
   EXPECT_FALSE(absl::StrContains(*twice, "/run/a.sock"));
+}
+
+// QEMU 10.2's series gates the switchover on the pager's ack: its destination needs
+// switchover-ack (and return-path, which that needs) too; 7.2 does not know them. A domain
+// migrated with them once and then by a 7.2 pair must lose them again.
+TEST(AddPagerCommandlineTest, AddsSwitchoverAckOnlyWhenAskedAndDropsItAgain) {
+  absl::StatusOr<std::string> x =
+      AddPagerCommandline(Domain(""), "/run/faultline.sock", /*switchover_ack=*/true);
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_THAT(*x, HasSubstr("<qemu:arg value=\"migration.x-switchover-ack=on\"/>"));
+  EXPECT_THAT(*x, HasSubstr("<qemu:arg value=\"migration.x-return-path=on\"/>"));
+  EXPECT_EQ(Count(*x, "<qemu:arg value=\"-global\"/>"), 6);
+  absl::StatusOr<std::string> again = AddPagerCommandline(*x, "/run/faultline.sock");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(absl::StrContains(*again, "switchover-ack"));
+  EXPECT_FALSE(absl::StrContains(*again, "return-path"));
+  EXPECT_EQ(Count(*again, "<qemu:arg value=\"-global\"/>"), 4);
 }
 
 TEST(AddPagerCommandlineTest, RefusesARelativeSocketPath) {

@@ -125,10 +125,28 @@ class Registrations {
 // ---- The QEMU monitor passthrough (libvirt_qemu.cc) ----
 
 absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd);
+
+// What the domain's QEMU offers: the series of 7.2 or of 10.2.
+struct PagerSeries {
+  bool on = false;              // the pager capability is on now
+  bool switchover_ack = false;  // QEMU >= 8.1: the 10.2 series, which gates the switchover on
+                                // the pager's ack (switchover-ack, return-path) and can warm up
+};
+// FailedPrecondition when the QEMU has no pager capability (not faultline's series).
+absl::StatusOr<PagerSeries> QueryPagerSeries(virDomainPtr dom);
 // Whether the domain's QEMU has the pager capability on; FailedPrecondition when it has none.
 absl::StatusOr<bool> HasPagerCapability(virDomainPtr dom);
-// postcopy-ram, x-ignore-shared and the pager capability, on or off.
-absl::Status SetPagerCapabilities(virDomainPtr dom, bool on);
+// postcopy-ram, x-ignore-shared and the pager capability — with switchover_ack also
+// return-path and switchover-ack — on or off.
+absl::Status SetPagerCapabilities(virDomainPtr dom, bool on, bool switchover_ack);
+
+// Warm-up (the 10.2 series): connects to `faultline source --vmm_dirty_socket` at `path` and
+// passes that connection to the source QEMU (getfd with the fd over libvirt's socket, then the
+// x-postcopy-external-pager-fd parameter); its guest's writes are reported there from the
+// migration's start. Drop closes it again in QEMU (the parameter set to "").
+inline constexpr char kWarmupFdName[] = "faultline-warmup";
+absl::Status GiveWarmupConnection(virDomainPtr dom, const std::string& path);
+absl::Status DropWarmupConnection(virDomainPtr dom);
 
 }  // namespace libvirt_internal
 }  // namespace faultline

@@ -24,12 +24,16 @@ namespace {
 
 using libvirt_internal::Conn;
 using libvirt_internal::Dom;
+using libvirt_internal::DropWarmupConnection;
 using libvirt_internal::EventLoop;
+using libvirt_internal::GiveWarmupConnection;
 using libvirt_internal::HasPagerCapability;
 using libvirt_internal::Json;
 using libvirt_internal::kCap;
 using libvirt_internal::LastError;
+using libvirt_internal::PagerSeries;
 using libvirt_internal::ParamsJson;
+using libvirt_internal::QueryPagerSeries;
 using libvirt_internal::Quiet;
 using libvirt_internal::Registrations;
 using libvirt_internal::SetPagerCapabilities;
@@ -46,6 +50,7 @@ std::string MiB(int64_t bytes) { return absl::StrFormat("%.1f MiB", bytes / 1048
 
 std::string ReportJson(const LibvirtMigrateReport& r) {
   Json j = {{"pager", r.pager},
+            {"warmup", r.warmup},
             {"seconds", r.seconds},
             {"postcopy_at_seconds", r.postcopy_at},
             {"time_elapsed_ms", r.time_elapsed_ms},
@@ -103,35 +108,67 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
         absl::StrCat("a domain '", o.domain, "' is already running on ", o.dest_uri));
   }
 
+  if (!o.warmup_socket.empty() && !o.pager) {
+    return absl::InvalidArgumentError(
+        "warm-up (--warmup_socket) needs the pager: it fills the destination's RAM from the "
+        "source's while the guest still runs there");
+  }
   // Pager checks and set-up, before anything moves.
   std::string dest_xml;
+  PagerSeries series;
   if (o.pager) {
     char* xml = virDomainGetXMLDesc(dom.get(), VIR_DOMAIN_XML_MIGRATABLE);
     if (xml == nullptr) return absl::InternalError("virDomainGetXMLDesc: " + LastError());
     const std::string domain_xml = xml;
     free(xml);
-    if (absl::Status s = CheckPagerRam(domain_xml); !s.ok()) return s;
-    absl::StatusOr<bool> has = HasPagerCapability(dom.get());
+    absl::StatusOr<PagerSeries> has = QueryPagerSeries(dom.get());
     if (!has.ok()) return has.status();
-    absl::StatusOr<std::string> x = AddPagerCommandline(domain_xml, o.pager_socket);
+    series = *has;
+    if (absl::Status s = CheckPagerRam(domain_xml, /*file_only=*/series.switchover_ack); !s.ok()) {
+      return s;
+    }
+    if (!o.warmup_socket.empty() && !series.switchover_ack) {
+      return absl::FailedPreconditionError(
+          "warm-up through libvirt needs the domain's emulator to be QEMU 10.2 with faultline's "
+          "series (build_qemu.sh --version=10.2): this QEMU has the 7.2 series, whose source "
+          "cannot report its guest's writes to the pager");
+    }
+    absl::StatusOr<std::string> x =
+        AddPagerCommandline(domain_xml, o.pager_socket, series.switchover_ack);
     if (!x.ok()) return x.status();
     dest_xml = *std::move(x);
-    if (absl::Status s = SetPagerCapabilities(dom.get(), true); !s.ok()) {
+    if (absl::Status s = SetPagerCapabilities(dom.get(), true, series.switchover_ack); !s.ok()) {
       return absl::FailedPreconditionError(
           absl::StrCat("the source QEMU refused the pager capabilities: ", s.message()));
     }
-    say(absl::StrCat("source: postcopy-ram, x-ignore-shared, ", kCap,
+    say(absl::StrCat("source: postcopy-ram, x-ignore-shared, ",
+                     series.switchover_ack ? "return-path, switchover-ack, " : "", kCap,
                      " on (monitor passthrough); destination: the same as -global properties, "
                      "pager socket ",
                      o.pager_socket));
+    if (!o.warmup_socket.empty()) {
+      if (absl::Status s = GiveWarmupConnection(dom.get(), o.warmup_socket); !s.ok()) {
+        (void)SetPagerCapabilities(dom.get(), false, series.switchover_ack);
+        return s;
+      }
+      say(absl::StrCat("source: warm-up connection to ", o.warmup_socket,
+                       " given to QEMU (its guest's writes go to faultline from the start)"));
+    }
   }
+  // Undoes the source's set-up when the migration ends before post-copy.
+  auto undo_source = [&]() -> absl::Status {
+    if (!o.pager) return absl::OkStatus();
+    absl::Status s = o.warmup_socket.empty() ? absl::OkStatus() : DropWarmupConnection(dom.get());
+    absl::Status c = SetPagerCapabilities(dom.get(), false, series.switchover_ack);
+    return s.ok() ? c : s;
+  };
 
   Watch src_watch{&shared, "source"}, dst_watch{&shared, "destination"};
   EventLoop loop;
   Registrations src_reg(src.get(), &src_watch, /*job_events=*/true);
   Registrations dst_reg(dst.get(), &dst_watch, /*job_events=*/false);
   if (!src_reg.ok() || !dst_reg.ok()) {
-    if (o.pager) (void)SetPagerCapabilities(dom.get(), false);
+    (void)undo_source();
     return absl::InternalError("cannot register for libvirt's domain events: " + LastError());
   }
 
@@ -155,7 +192,9 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
 
   say(absl::StrCat("migrating '", o.domain, "' ", o.source_uri, " -> ", o.dest_uri,
                    o.migrate_uri.empty() ? "" : absl::StrCat(" (data: ", o.migrate_uri, ")"),
-                   o.pager ? ", post-copy through faultline" : ", QEMU's own post-copy"));
+                   !o.pager                  ? ", QEMU's own post-copy"
+                   : o.warmup_socket.empty() ? ", post-copy through faultline"
+                                             : ", warm-up then post-copy through faultline"));
   const absl::Time t0 = absl::Now();
   std::atomic<bool> done{false};
   int rc = 0;
@@ -231,6 +270,7 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
   virTypedParamsFree(params, nparams);
   LibvirtMigrateReport r;
   r.pager = o.pager;
+  r.warmup = !o.warmup_socket.empty();
   r.seconds = absl::ToDoubleSeconds(absl::Now() - t0);
 
   // The JOB_COMPLETED event may trail the API's return a little.
@@ -265,7 +305,7 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
     if (!postcopy && virDomainIsActive(dom.get()) == 1) {
       where = "the domain is still running on the source";
       if (o.pager) {
-        absl::Status s = SetPagerCapabilities(dom.get(), false);
+        absl::Status s = undo_source();
         where += s.ok() ? " (pager capabilities turned off again)"
                         : absl::StrCat(" (turning the pager capabilities off failed: ", s.message(),
                                        ")");

@@ -7,7 +7,10 @@
 //     (domain_xml.h) and that its QEMU has `x-postcopy-external-pager`
 //     (query-migrate-capabilities through the monitor passthrough), sets postcopy-ram,
 //     x-ignore-shared and the capability on the source through the passthrough, and gives the
-//     destination an XML carrying them as -global properties (domain_xml.h says why).
+//     destination an XML carrying them as -global properties (domain_xml.h says why). QEMU
+//     10.2's series also needs return-path and switchover-ack (the pager's ack gates the
+//     switch), found by the source QEMU's capabilities. With warm-up (10.2 only) the source
+//     QEMU gets its connection to `faultline source --vmm_dirty_socket` (getfd).
 //  3. virDomainMigrateToURI3(LIVE | PEER2PEER | POSTCOPY) on its own thread. Meanwhile: job
 //     statistics (virDomainGetJobStats) for progress, and virDomainMigrateStartPostCopy after
 //     the first pre-copy pass (MIGRATION_ITERATION event) or `postcopy_after`. With the pager
@@ -40,7 +43,12 @@ struct LibvirtMigrateOptions {
                             // libvirtd connects to it)
   std::string migrate_uri;  // QEMU's data connection, e.g. tcp://10.0.0.2:49152; empty: libvirt's
   bool pager = true;        // false: QEMU's own post-copy
-  std::string pager_socket = "/run/faultline.sock";      // on the destination host
+  std::string pager_socket = "/run/faultline.sock";  // on the destination host
+  // Warm-up (QEMU 10.2 + series only): `faultline source --vmm_dirty_socket` on the source
+  // host. Its connection goes to the source QEMU, which reports its guest's writes there from
+  // the migration's start; the destination's `faultline serve --warmup` pulls RAM during
+  // pre-copy, and QEMU switches to post-copy (when asked) only after the pager's final round.
+  std::string warmup_socket;
   absl::Duration postcopy_after = absl::ZeroDuration();  // 0: after pre-copy pass one
   absl::Duration timeout = absl::Minutes(10);            // abort if still pre-copying after this
   uint64_t bandwidth_mib = 0;  // pre-copy bandwidth limit, MiB/s (0: none); post-copy: none
@@ -51,6 +59,7 @@ struct LibvirtMigrateOptions {
 
 struct LibvirtMigrateReport {
   bool pager = false;
+  bool warmup = false;
   double seconds = 0;       // measured here: virDomainMigrateToURI3's duration
   double postcopy_at = -1;  // seconds after the start when the source reported post-copy
   // From the completed job (JOB_COMPLETED event); -1 when libvirt did not report it.

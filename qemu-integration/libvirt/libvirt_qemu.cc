@@ -1,10 +1,17 @@
 // `faultline migrate`: the QEMU monitor passthrough (virDomainQemuMonitorCommand) for the
-// pager capability, and libvirt's last error.
+// pager capabilities and the warm-up connection, and libvirt's last error.
 #include <libvirt/libvirt-qemu.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "qemu-integration/libvirt/libvirt_internal.h"
@@ -35,25 +42,94 @@ absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd) {
   return reply.value("return", Json());
 }
 
-absl::StatusOr<bool> HasPagerCapability(virDomainPtr dom) {
+absl::StatusOr<PagerSeries> QueryPagerSeries(virDomainPtr dom) {
   absl::StatusOr<Json> caps = Monitor(dom, {{"execute", "query-migrate-capabilities"}});
   if (!caps.ok()) return caps.status();
+  PagerSeries s;
+  bool found = false;
   for (const Json& c : *caps) {
-    if (c.value("capability", "") == kCap) return c.value("state", false);
+    const std::string name = c.value("capability", "");
+    if (name == kCap) {
+      found = true;
+      s.on = c.value("state", false);
+    }
+    if (name == "switchover-ack") s.switchover_ack = true;
   }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the domain's QEMU has no '", kCap,
-      "' migration capability: its emulator must be QEMU with faultline's series "
-      "(qemu-integration/qemu/build_qemu.sh prints the binary to name in <emulator>)"));
+  if (!found) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the domain's QEMU has no '", kCap,
+        "' migration capability: its emulator must be QEMU with faultline's series "
+        "(qemu-integration/qemu/build_qemu.sh prints the binary to name in <emulator>)"));
+  }
+  return s;
 }
 
-absl::Status SetPagerCapabilities(virDomainPtr dom, bool on) {
+absl::StatusOr<bool> HasPagerCapability(virDomainPtr dom) {
+  absl::StatusOr<PagerSeries> s = QueryPagerSeries(dom);
+  if (!s.ok()) return s.status();
+  return s->on;
+}
+
+absl::Status SetPagerCapabilities(virDomainPtr dom, bool on, bool switchover_ack) {
   Json caps = Json::array();
-  for (const char* c : {"postcopy-ram", "x-ignore-shared", kCap}) {
-    caps.push_back({{"capability", c}, {"state", on}});
+  std::vector<const char*> names = {"postcopy-ram", "x-ignore-shared"};
+  if (switchover_ack) {
+    names.push_back("return-path");
+    names.push_back("switchover-ack");
   }
+  names.push_back(kCap);
+  // Off in the reverse order: QEMU checks every step (the pager's capability needs the others).
+  if (!on) std::reverse(names.begin(), names.end());
+  for (const char* c : names) caps.push_back({{"capability", c}, {"state", on}});
   return Monitor(dom,
                  {{"execute", "migrate-set-capabilities"}, {"arguments", {{"capabilities", caps}}}})
+      .status();
+}
+
+absl::Status GiveWarmupConnection(virDomainPtr dom, const std::string& path) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(sa.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("bad warm-up socket path '", path, "'"));
+  }
+  std::memcpy(sa.sun_path, path.data(), path.size());
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    const int e = errno;
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect to the warm-up socket '", path,
+                     "' (faultline source --vmm_dirty_socket): ", std::strerror(e)));
+  }
+  // The connection goes to the source QEMU with getfd; the fd travels over libvirt's own
+  // socket, which only a local connection to libvirtd (qemu:///system, qemu+unix) can do.
+  int in[1] = {fd};
+  char* out = nullptr;
+  const Json getfd = {{"execute", "getfd"}, {"arguments", {{"fdname", kWarmupFdName}}}};
+  const int rc = virDomainQemuMonitorCommandWithFiles(dom, getfd.dump().c_str(), 1, in, nullptr,
+                                                      nullptr, &out, 0);
+  close(fd);
+  if (rc < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("passing the warm-up connection to the source QEMU (getfd through the monitor "
+                     "passthrough; the source libvirt must be a local connection): ",
+                     LastError()));
+  }
+  Json reply = Json::parse(out != nullptr ? out : "", nullptr, /*allow_exceptions=*/false);
+  free(out);
+  if (reply.is_discarded() || reply.contains("error")) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "getfd: ", reply.is_discarded() ? "no JSON reply" : reply["error"].value("desc", "error")));
+  }
+  return Monitor(dom, {{"execute", "migrate-set-parameters"},
+                       {"arguments", {{"x-postcopy-external-pager-fd", kWarmupFdName}}}})
+      .status();
+}
+
+absl::Status DropWarmupConnection(virDomainPtr dom) {
+  return Monitor(dom, {{"execute", "migrate-set-parameters"},
+                       {"arguments", {{"x-postcopy-external-pager-fd", ""}}}})
       .status();
 }
 

@@ -20,6 +20,12 @@ shared memfd, the emulator QEMU with faultline's series. Cases (each prints PASS
   no-uffd-access (QEMU unprivileged only) /dev/userfaultfd not open to QEMU's user: the
                  destination QEMU cannot make a userfaultfd at ADVISE, the migration fails in
                  pre-copy with the reason, the domain keeps running on the source.
+  warmup         (--qemu_version=10.2) `pager` with warm-up: the source QEMU reports its
+                 guest's writes to `faultline source`, `faultline serve --warmup` pulls RAM during
+                 pre-copy, post-copy fetches the rest; verified alike, and the warm-up's rounds
+                 and switch checked in faultline's figures.
+  warmup-refused (the 7.2 series) warm-up asked of a QEMU that cannot report its guest's
+                 writes: refused before anything moves, the domain still running.
 
 QEMU runs as --qemu_user (default libvirt-qemu, as Debian's libvirt runs it): its binary and
 the guest are copied where that user can read them, /dev/kvm and /dev/userfaultfd are opened to
@@ -28,7 +34,9 @@ post-copy and the pager's userfaultfd must come from /dev/userfaultfd — and `f
 lets that uid hand over (--allow_uids).
 
 Usage: libvirt_migration_test.py --faultline BIN --guest ELF --qemu PATCHED_QEMU [--workdir DIR]
-       [--size_mib 256] [--cases pager,plain,...]
+       [--qemu_version 7.2|10.2] [--size_mib 256] [--cases pager,plain,...]
+libvirt 9.0 drives QEMU 10.2 as well: the domain XML has <acpi/> (without it libvirt 9.0 passes
+-no-acpi, which QEMU 10.2 no longer has).
 Exit 0 when every case passed; the last line is "libvirt tests: P passed, F failed".
 """
 import argparse
@@ -79,20 +87,23 @@ class Daemon:
 
 
 def memfd_path(pid):
-    """/proc/PID/fd/N of the QEMU's guest RAM memfd."""
+    """/proc/PID/fd/N of the QEMU's guest RAM: its memfd, or its file in libvirt's
+    memory_backing_dir (a tmpfs, libvirtd_instance.sh)."""
     fd_dir = '/proc/%d/fd' % pid
     for fd in os.listdir(fd_dir):
         try:
-            if 'memfd:memory-backend-memfd' in os.readlink(os.path.join(fd_dir, fd)):
+            target = os.readlink(os.path.join(fd_dir, fd))
+            if 'memfd:memory-backend-memfd' in target or '/qemu/ram/' in target:
                 return os.path.join(fd_dir, fd)
         except OSError:
             pass
-    raise RuntimeError('QEMU %d has no memory-backend-memfd fd' % pid)
+    raise RuntimeError('QEMU %d has no guest RAM fd (memfd or memory_backing_dir file)' % pid)
 
 
 def domain_xml(a, emulator, serial, ram='memfd'):
     backing = {
         'memfd': "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>",
+        'file': "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>",
         'anon': '',
     }[ram]
     # KVM where the host has it; TCG (domain type 'qemu') where it has not: the same guest, the
@@ -106,6 +117,7 @@ def domain_xml(a, emulator, serial, ram='memfd'):
   %s
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel></os>
+  <features><acpi/></features>
   %s
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
@@ -183,15 +195,16 @@ class Run:
     def faultline(self, *args):
         return subprocess.run([self.a.faultline] + list(args), capture_output=True, text=True)
 
-    def boot(self, host, emulator=None, ram='memfd'):
+    def boot(self, host, emulator=None, ram=None):
         """Starts the domain paused on `host`, gives the guest its mailbox, runs it until it has
         dirtied its memory. Returns (serial path, data start GPA)."""
+        ram = ram or self.a.ram
         serial = os.path.join(self.a.io_dir, 'serial-%d.log' % len(self.results))
         xml = os.path.join(self.a.workdir, 'domain.xml')
         with open(xml, 'w') as f:
             f.write(domain_xml(self.a, emulator or self.a.qemu, serial, ram))
         host.virsh('create', xml, '--paused')
-        if ram == 'memfd':
+        if ram != 'anon':
             size = self.a.size_mib << 20
             mailbox = struct.pack('<IIQQQQIII', 0x4D544C46, 1, size, 0x5eed, 8192, 0, 0,
                                   1000000, 1)
@@ -201,7 +214,7 @@ class Run:
         host.virsh('resume', NAME)
         boot = wait_for(lambda: re.search(r'FLT cpu=0 boot .*data=0x([0-9a-f]+)-', read(serial)),
                         120, 'the guest to boot (SeaBIOS under this software KVM: ~15 s)')
-        if ram == 'memfd':
+        if ram != 'anon':
             wait_for(lambda: 'phase=seq' in read(serial), 300, 'the guest to dirty its memory')
         return serial, int(boot.group(1), 16)
 
@@ -254,29 +267,45 @@ class Run:
     # -- cases ---------------------------------------------------------------------------
 
     def case_pager(self, A, B):
+        self.pager_case('pager', A, B, warmup=False)
+
+    def case_warmup(self, A, B):
+        """Warm-up through libvirt (QEMU 10.2 + series): `faultline source` also takes the source
+        QEMU's report of its guest's writes (--vmm_dirty_socket), `faultline serve --warmup`
+        pulls RAM during pre-copy, and `faultline migrate --warmup_socket` passes that
+        connection to the source QEMU; QEMU switches to post-copy once the pager's final round
+        is in. Checked as `pager` is, and faultline's own figures must show the warm-up ran:
+        at least one round, the switch, and faults after it far fewer than the pages."""
+        self.pager_case('warmup', A, B, warmup=True)
+
+    def pager_case(self, name, A, B, warmup):
         serial, data_start = self.boot(A)
         src_fd = os.open(memfd_path(A.qemu_pid()), os.O_RDONLY)
         self.held.append(src_fd)
         token = secrets.token_hex(32)
         port = free_port()
         sock = os.path.join(self.a.workdir, 'pager.sock')
+        warm_sock = os.path.join(self.a.workdir, 'warm.sock')
         self.spawn('faultline-source', [self.a.faultline, 'source',
                                         '--listen=127.0.0.1:%d' % port, '--token=' + token,
                                         '--region=pc.ram=/proc/%d/fd/%d:%dM' %
-                                        (os.getpid(), src_fd, self.a.size_mib)])
+                                        (os.getpid(), src_fd, self.a.size_mib)] +
+                   (['--vmm_dirty_socket=' + warm_sock] if warmup else []))
         wait_for(lambda: 'serving' in read(os.path.join(self.a.workdir, 'faultline-source.log')),
                  30, 'faultline source')
         serve = self.spawn('faultline-serve', [self.a.faultline, 'serve', '--handoff=' + sock,
                                                '--connect=127.0.0.1:%d' % port, '--token=' + token,
                                                '--allow_uids=%d' % self.a.qemu_uid,
                                                '--state_dir=' + os.path.join(self.a.workdir,
-                                                                             'state')])
+                                                                             'state')] +
+                           (['--warmup'] if warmup else []))
         wait_for(lambda: 'waiting for a VMM' in
                  read(os.path.join(self.a.workdir, 'faultline-serve.log')), 30, 'faultline serve')
         serial_before = read(serial)
-        r, rep = self.migrate(A, B, '--handoff=' + sock)
+        r, rep = self.migrate(A, B, '--handoff=' + sock,
+                              *(['--warmup_socket=' + warm_sock] if warmup else []))
         if r.returncode != 0:
-            self.record('pager', False, 'faultline migrate exited %d: %s' %
+            self.record(name, False, 'faultline migrate exited %d: %s' %
                         (r.returncode, (r.stdout + r.stderr).strip().splitlines()[-3:]))
             return
         serve.wait(timeout=120)
@@ -285,19 +314,53 @@ class Run:
         fstats = json.loads(slog[start.start():]) if start else {}
         ok, detail = self.verify(src_fd, B, serial, data_start, serial_before)
         events = rep.get('events', [])
-        want = ['source: paused (post-copy)', 'destination: running (post-copy)']
+        # With warm-up nothing is left to fetch when the destination resumes: libvirt then
+        # reports it "running (migration completed)"; the source still went through post-copy.
+        want = ['source: paused (post-copy)',
+                'destination: running' if warmup else 'destination: running (post-copy)']
         missing = [w for w in want if not any(w in e for e in events)]
+        npages = (self.a.size_mib << 20) // PAGE
         ok = (ok and not missing and rep.get('dest_pager_capability') and
-              A.state() in ('absent', 'shut off') and fstats.get('pages') ==
-              (self.a.size_mib << 20) // PAGE)
+              A.state() in ('absent', 'shut off') and fstats.get('pages') == npages)
+        warm = fstats.get('warmup') or {}
+        rounds = warm.get('rounds') or []
+        if warmup:
+            # The guest only reads after its dirty phase: nearly everything is in place before
+            # the switch, so post-copy fetches a small remainder (a tenth is generous).
+            ok = (ok and rep.get('warmup') and warm.get('switched') and len(rounds) >= 1 and
+                  warm.get('faults_after_switch', npages) < npages // 10)
         B.virsh('destroy', NAME, check=False)
-        self.record('pager', ok, '%s; libvirt: %.2f s, downtime %s ms, stream %.1f MiB; '
-                    'faultline: %s pages (%s urgent, %s faults, p50 %s us); events missing: %s'
+        self.record(name, ok, '%s; libvirt: %.2f s, downtime %s ms, stream %.1f MiB; '
+                    'faultline: %s pages (%s urgent, %s faults, p50 %s us)%s; events missing: %s'
                     % (detail, rep.get('seconds', -1), rep.get('downtime_ms'),
                        rep.get('data_processed_bytes', -1) / 1048576.0, fstats.get('pages'),
                        fstats.get('urgent_pages'), fstats.get('faults'),
                        (fstats.get('fault_latency') or {}).get('p50_ns', 0) // 1000,
-                       missing or 'none'))
+                       '; warm-up: %d rounds (%s pages), switched %s, %s faults after the switch'
+                       % (len(rounds), '+'.join(str(x.get('pages')) for x in rounds),
+                          warm.get('switched'), warm.get('faults_after_switch'))
+                       if warmup else '', missing or 'none'))
+
+    def case_warmup_refused(self, A, B):
+        """Warm-up asked of a QEMU with the 7.2 series, whose source cannot report its guest's
+        writes: refused before anything moves, with the reason; the domain keeps running on the
+        source with the pager capabilities untouched."""
+        self.boot(A)
+        r, _ = self.migrate(A, B, '--handoff=' + os.path.join(self.a.workdir, 'pager.sock'),
+                            '--warmup_socket=' + os.path.join(self.a.workdir, 'warm.sock'))
+        out = r.stdout + r.stderr
+        caps = A.virsh('qemu-monitor-command', NAME, '{"execute":"query-migrate-capabilities"}',
+                       check=False).stdout
+        pager_on = re.search(r'"capability":\s*"x-postcopy-external-pager"[^}]*"state":\s*true',
+                             caps) or re.search(r'"state":\s*true[^}]*"capability":\s*'
+                                                r'"x-postcopy-external-pager"', caps)
+        ok = (r.returncode != 0 and 'QEMU 10.2' in out and A.state() == 'running' and
+              B.state() == 'absent' and 'x-postcopy-external-pager' in caps and not pager_on)
+        self.record('warmup-refused', ok, 'exit %d, source %s, destination %s, pager capability '
+                    'on the source: %s; error: %s' %
+                    (r.returncode, A.state(), B.state(), bool(pager_on),
+                     out.strip().splitlines()[-1] if out.strip() else ''))
+        A.virsh('destroy', NAME, check=False)
 
     def case_plain(self, A, B):
         serial, data_start = self.boot(A)
@@ -358,7 +421,7 @@ class Run:
         time.sleep(1)
         state = A.state()
         dlog = read(os.path.join(B.dir, 'log', 'qemu', NAME + '.log'))
-        why = re.search(r'.*userfaultfd.*(Operation not permitted|Permission denied).*', dlog)
+        why = re.search(r'.*userfaultfd.*(Operation not permitted|Permission denied).*', dlog, re.I)
         ok = (r.returncode != 0 and state == 'running' and why is not None and
               serve.poll() is None and 'access to /dev/userfaultfd' in out)
         self.record('no-uffd-access', ok, 'exit %d, source domain %s, destination QEMU: %s; '
@@ -410,11 +473,18 @@ def main():
     ap.add_argument('--size_mib', type=int, default=256)
     ap.add_argument('--accel', default='kvm', choices=['kvm', 'tcg'],
                     help="domain type 'kvm', or 'qemu' (TCG) on a host without /dev/kvm")
-    ap.add_argument('--cases', default='no-domain,anon-ram,stock-qemu,pager,no-pager,plain,'
-                                       'no-uffd-access')
+    ap.add_argument('--qemu_version', default='7.2', choices=['7.2', '10.2'],
+                    help='which series --qemu has: warm-up runs on 10.2 and is refused on 7.2')
+    ap.add_argument('--cases', default='')
     ap.add_argument('--qemu_user', default='libvirt-qemu',
                     help="the user libvirt runs QEMU as (qemu.conf's user; 'root' for none)")
     a = ap.parse_args()
+    # QEMU 10.2's x-ignore-shared leaves only named files out of the stream: file-backed RAM
+    # there (on tmpfs, libvirtd_instance.sh), a memfd with the 7.2 series.
+    a.ram = 'file' if a.qemu_version == '10.2' else 'memfd'
+    if not a.cases:
+        a.cases = ('no-domain,anon-ram,stock-qemu,pager,no-pager,plain,no-uffd-access,' +
+                   ('warmup' if a.qemu_version == '10.2' else 'warmup-refused'))
     a.workdir = a.workdir or subprocess.run(['mktemp', '-d', '/var/tmp/faultline-libvirt.XXXXXX'],
                                             capture_output=True, text=True).stdout.strip()
     os.makedirs(a.workdir, exist_ok=True)

@@ -50,6 +50,10 @@ CONF
       mount --bind "$d/log" /var/log/libvirt
       mount --bind "$d/cache" /var/cache/libvirt
       mkdir -p /var/lib/libvirt/qemu /var/log/libvirt/qemu /run/libvirt/qemu
+      # File-backed guest RAM (<source type='file'/>, memory_backing_dir) on tmpfs, as the
+      # pager needs shmem; QEMU 10.2 leaves only named files out of the stream, not memfds.
+      mkdir -p /var/lib/libvirt/qemu/ram
+      mount -t tmpfs -o size=2g,mode=0777 faultline-ram /var/lib/libvirt/qemu/ram
       exec libvirtd --daemon --pid-file="$d/libvirtd.pid" --config="$d/etc/libvirtd.conf"
     ' _ "$dir"
     for _ in $(seq 200); do
