@@ -7,7 +7,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -77,9 +76,7 @@ absl::Status SetPagerCapabilities(virDomainPtr dom, bool on, bool switchover_ack
     names.push_back("return-path");
     names.push_back("switchover-ack");
   }
-  names.push_back(kCap);
-  // Off in the reverse order: QEMU checks every step (the pager's capability needs the others).
-  if (!on) std::reverse(names.begin(), names.end());
+  names.push_back(kCap);  // QEMU checks the whole set once, after applying every change
   for (const char* c : names) caps.push_back({{"capability", c}, {"state", on}});
   return Monitor(dom,
                  {{"execute", "migrate-set-capabilities"}, {"arguments", {{"capabilities", caps}}}})
