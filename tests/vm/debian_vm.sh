@@ -52,7 +52,6 @@ vm_image() {
     vm_log "installing kmod"
     apt-get install -y kmod >/dev/null 2>&1 || { VM_WHY="kmod cannot be installed [setup]"; return 1; }
   fi
-  export PATH="$PATH:/usr/sbin:/sbin"
   mkdir -p "$VM_CACHE/debs"
   local deb=""
   if [[ $VM_FLAVOUR == 6.18 ]]; then
@@ -82,6 +81,10 @@ vm_image() {
   if [ -f "$VM_INITRD" ] && [ -f "$VM_KERNEL" ]; then return 0; fi
   (
     set -e
+    # depmod and modprobe live in /usr/sbin. Only in this subshell: a PATH changed for the
+    # caller would change the environment of its Bazel builds after this (run_kvm_tests.sh,
+    # run_rdma_tests.sh), and with it every C++ action's key — a full rebuild of each part.
+    export PATH="$PATH:/usr/sbin:/sbin"
     exec 9>"$VM_CACHE/.lock"
     flock 9
     [ -f "$VM_INITRD" ] && [ -f "$VM_KERNEL" ] && exit 0
