@@ -137,12 +137,6 @@ int PollMillis(absl::Duration left) {
   return static_cast<int>(std::min<int64_t>(ms, 60 * 60 * 1000));
 }
 
-void SetSendTimeout(int fd, absl::Duration d) {
-  d = std::max(d, absl::Milliseconds(1));
-  struct timeval tv = absl::ToTimeval(d);
-  (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-}
-
 absl::Status SendAll(int fd, absl::string_view bytes, absl::Span<const int> fds) {
   absl::Status s = SendWithFds(fd, bytes, fds);
   if (absl::IsDeadlineExceeded(s)) {
@@ -152,37 +146,6 @@ absl::Status SendAll(int fd, absl::string_view bytes, absl::Span<const int> fds)
     return absl::UnavailableError("peer closed the connection (send failed)");
   }
   return s;
-}
-
-absl::StatusOr<struct sockaddr_un> UnixAddress(const std::string& path) {
-  struct sockaddr_un addr = {};
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("Unix socket path '", path, "' is ", path.size(),
-                                                   " bytes; it must be 1..",
-                                                   sizeof(addr.sun_path) - 1));
-  }
-  addr.sun_family = AF_UNIX;
-  memcpy(addr.sun_path, path.data(), path.size());
-  return addr;
-}
-
-absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, absl::Time deadline) {
-  absl::StatusOr<struct sockaddr_un> addr = UnixAddress(path);
-  if (!addr.ok()) return addr.status();
-  for (;;) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd.valid()) return ErrnoStatus("socket");
-    SetSendTimeout(fd.get(), deadline - absl::Now());
-    if (::connect(fd.get(), reinterpret_cast<const struct sockaddr*>(&*addr), sizeof(*addr)) == 0) {
-      return fd;
-    }
-    int err = errno;
-    bool retry = err == ENOENT || err == ECONNREFUSED || err == EAGAIN || err == EINTR;
-    if (!retry || absl::Now() >= deadline) {
-      return ErrnoStatus(absl::StrCat("connect to ", path), err);
-    }
-    absl::SleepFor(std::min(absl::Milliseconds(10), deadline - absl::Now()));
-  }
 }
 
 // ---- status <-> JSON ----

@@ -19,6 +19,7 @@
 #include "absl/types/span.h"
 #include "base/scm_rights.h"
 #include "base/unique_fd.h"
+#include "base/unix_socket.h"
 #include "nlohmann/json.hpp"
 #include "qemu-integration/handoff/handoff.h"
 
@@ -79,14 +80,13 @@ absl::StatusOr<nlohmann::json> NextMessage(StreamReader& rd, absl::Time deadline
 
 // poll()'s timeout for what is left until a deadline: rounded up, capped at an hour.
 int PollMillis(absl::Duration left);
-// SO_SNDTIMEO bounds blocking sends and, on Unix sockets, connect(). Zero would mean forever.
-void SetSendTimeout(int fd, absl::Duration d);
 // Sends `bytes` as one sendmsg (looping only if the kernel takes part of it), with `fds`
 // attached to the first byte. DeadlineExceeded: the peer is not reading; Unavailable: it closed.
 absl::Status SendAll(int fd, absl::string_view bytes, absl::Span<const int> fds);
-absl::StatusOr<struct sockaddr_un> UnixAddress(const std::string& path);
-// Connects, retrying while the socket is absent or refuses (faultline not up yet).
-absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, absl::Time deadline);
+// SetSendTimeout, UnixAddress, ConnectUnix (retrying while faultline is not up yet): shared.
+using ::faultline::ConnectUnix;
+using ::faultline::SetSendTimeout;
+using ::faultline::UnixAddress;
 
 // ---- status <-> JSON ----
 

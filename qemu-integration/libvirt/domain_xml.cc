@@ -72,6 +72,19 @@ std::vector<std::string> PagerGlobals(const std::string& pager_socket, bool swit
   return g;
 }
 
+namespace {
+
+// One of the values PagerGlobals adds, with any socket: what an earlier migration left.
+bool IsPagerGlobal(const std::string& value) {
+  if (absl::StartsWith(value, "migration.x-postcopy-external-pager")) return true;
+  for (const std::string& g : PagerGlobals("", /*switchover_ack=*/true)) {
+    if (value == g) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::Status CheckPagerRam(const std::string& domain_xml, bool file_only) {
   absl::StatusOr<Doc> doc = Parse(domain_xml);
   if (!doc.ok()) return doc.status();
@@ -151,11 +164,7 @@ absl::StatusOr<std::string> AddPagerCommandline(const std::string& domain_xml,
     xmlNode* next = c->next;
     while (next != nullptr && next->type != XML_ELEMENT_NODE) next = next->next;
     if (Named(c, "arg") && Attr(c, "value") == "-global" && next != nullptr && Named(next, "arg") &&
-        (absl::StartsWith(Attr(next, "value"), "migration.x-postcopy-external-pager") ||
-         Attr(next, "value") == "migration.x-postcopy-ram=on" ||
-         Attr(next, "value") == "migration.x-ignore-shared=on" ||
-         Attr(next, "value") == "migration.x-return-path=on" ||
-         Attr(next, "value") == "migration.x-switchover-ack=on")) {
+        IsPagerGlobal(Attr(next, "value"))) {
       xmlNode* after = next->next;
       xmlUnlinkNode(c);
       xmlFreeNode(c);

@@ -124,7 +124,8 @@ class Registrations {
 
 // ---- The QEMU monitor passthrough (libvirt_qemu.cc) ----
 
-absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd);
+// One QMP command through the passthrough; with fd >= 0 that fd goes along (for getfd).
+absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd, int fd = -1);
 
 // What the domain's QEMU offers: the series of 7.2 or of 10.2.
 struct PagerSeries {

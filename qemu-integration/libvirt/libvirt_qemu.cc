@@ -4,15 +4,15 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
+#include <sys/time.h>
 
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "base/unique_fd.h"
+#include "base/unix_socket.h"
 #include "qemu-integration/libvirt/libvirt_internal.h"
 
 namespace faultline {
@@ -25,9 +25,14 @@ std::string LastError() {
 
 void Quiet(void*, virErrorPtr) {}
 
-absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd) {
+absl::StatusOr<Json> Monitor(virDomainPtr dom, const Json& cmd, int fd) {
   char* out = nullptr;
-  if (virDomainQemuMonitorCommand(dom, cmd.dump().c_str(), &out, 0) < 0) {
+  // With an fd: it travels over libvirt's own socket (SCM_RIGHTS), which only a local
+  // connection to libvirtd (qemu:///system, qemu+unix) can carry.
+  const int rc = fd < 0 ? virDomainQemuMonitorCommand(dom, cmd.dump().c_str(), &out, 0)
+                        : virDomainQemuMonitorCommandWithFiles(dom, cmd.dump().c_str(), 1, &fd,
+                                                               nullptr, nullptr, &out, 0);
+  if (rc < 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "QEMU monitor passthrough (", cmd["execute"].get<std::string>(), "): ", LastError()));
   }
@@ -84,40 +89,24 @@ absl::Status SetPagerCapabilities(virDomainPtr dom, bool on, bool switchover_ack
 }
 
 absl::Status GiveWarmupConnection(virDomainPtr dom, const std::string& path) {
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(sa.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("bad warm-up socket path '", path, "'"));
+  // One attempt: `faultline source` is up before the migration is started.
+  absl::StatusOr<UniqueFd> conn = ConnectUnix(path, absl::Now());
+  if (!conn.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the warm-up socket (faultline source --vmm_dirty_socket): ", conn.status().message()));
   }
-  std::memcpy(sa.sun_path, path.data(), path.size());
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
-    const int e = errno;
-    close(fd);
-    return absl::UnavailableError(
-        absl::StrCat("cannot connect to the warm-up socket '", path,
-                     "' (faultline source --vmm_dirty_socket): ", std::strerror(e)));
-  }
-  // The connection goes to the source QEMU with getfd; the fd travels over libvirt's own
-  // socket, which only a local connection to libvirtd (qemu:///system, qemu+unix) can do.
-  int in[1] = {fd};
-  char* out = nullptr;
-  const Json getfd = {{"execute", "getfd"}, {"arguments", {{"fdname", kWarmupFdName}}}};
-  const int rc = virDomainQemuMonitorCommandWithFiles(dom, getfd.dump().c_str(), 1, in, nullptr,
-                                                      nullptr, &out, 0);
-  close(fd);
-  if (rc < 0) {
+  // ConnectUnix bounds connect() with SO_SNDTIMEO, which the socket keeps: QEMU's sends on it
+  // must block as on any socket it is given.
+  const struct timeval no_timeout = {};
+  (void)setsockopt(conn->get(), SOL_SOCKET, SO_SNDTIMEO, &no_timeout, sizeof(no_timeout));
+  // The connection goes to the source QEMU with getfd.
+  absl::StatusOr<Json> got =
+      Monitor(dom, {{"execute", "getfd"}, {"arguments", {{"fdname", kWarmupFdName}}}}, conn->get());
+  if (!got.ok()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("passing the warm-up connection to the source QEMU (getfd through the monitor "
-                     "passthrough; the source libvirt must be a local connection): ",
-                     LastError()));
-  }
-  Json reply = Json::parse(out != nullptr ? out : "", nullptr, /*allow_exceptions=*/false);
-  free(out);
-  if (reply.is_discarded() || reply.contains("error")) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "getfd: ", reply.is_discarded() ? "no JSON reply" : reply["error"].value("desc", "error")));
+        absl::StrCat("passing the warm-up connection to the source QEMU (the source libvirt must "
+                     "be a local connection): ",
+                     got.status().message()));
   }
   return Monitor(dom, {{"execute", "migrate-set-parameters"},
                        {"arguments", {{"x-postcopy-external-pager-fd", kWarmupFdName}}}})

@@ -1,0 +1,27 @@
+// Unix stream sockets: an address from a path, a bounded connect. Shared by the hand-off
+// (qemu-integration/handoff) and `faultline migrate`'s warm-up connection (libvirt).
+#ifndef FAULTLINE_BASE_UNIX_SOCKET_H_
+#define FAULTLINE_BASE_UNIX_SOCKET_H_
+
+#include <sys/un.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "base/unique_fd.h"
+
+namespace faultline {
+
+// SO_SNDTIMEO bounds blocking sends and, on Unix sockets, connect(). Zero would mean forever,
+// so at least 1 ms is set.
+void SetSendTimeout(int fd, absl::Duration d);
+// InvalidArgument when the path is empty or longer than sun_path holds.
+absl::StatusOr<struct sockaddr_un> UnixAddress(const std::string& path);
+// Connects, retrying while the socket is absent or refuses (its listener not up yet) until
+// `deadline`; a deadline already past means one attempt. The error names the path.
+absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, absl::Time deadline);
+
+}  // namespace faultline
+
+#endif  // FAULTLINE_BASE_UNIX_SOCKET_H_
