@@ -130,9 +130,17 @@ class Engine : public PageSink, private UrgentRequester {
   PageState StateOf(uint32_t region, uint64_t page) const {
     return (*table_)[region].state.Get(page);
   }
-  // Whether this engine continues a dead one's migration, and what it found.
+  // Whether this engine continues a dead one's migration, and what it found: what
+  // AdoptAfterRestart() said, with the landed pages that turned out to be holes (and were
+  // fetched again) moved from `landed` to `refetch`, so every page is counted once.
   bool adopted() const { return adopted_; }
-  const AdoptedStates& adopted_states() const { return adopted_states_; }
+  AdoptedStates adopted_states() const {
+    AdoptedStates a = adopted_states_;
+    const uint64_t holes = counters_.landed_refetched.load(std::memory_order_acquire);
+    a.landed -= holes;
+    a.refetch += holes;
+    return a;
+  }
   // Pages a fresh engine found already in a region's file and dropped (see Create()).
   uint64_t stale_pages_dropped() const { return stale_pages_dropped_; }
 

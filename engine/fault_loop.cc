@@ -107,7 +107,8 @@ void FaultLoop::OnRemove(uint64_t start, uint64_t end, bool unmap) {
 bool FaultLoop::ResolveLanded() {
   // Pages a dead engine left kLanded: complete in the page cache, maybe mapped. CONTINUE maps
   // them, or says EEXIST where the dead engine already had (and the guest may have written
-  // them since): see "Restart" in engine.cc. Either way present; none is fetched.
+  // them since): see "Restart" in engine.cc. Either way present, not fetched — except a page
+  // whose COPY the dead engine never ran (its CONTINUE finds a hole): fetched again.
   std::vector<std::pair<uint32_t, uint64_t>> again;
   for (const auto& [region, page] : landed_) {
     RegionTable::Entry& e = (*table_)[region];
@@ -121,7 +122,10 @@ bool FaultLoop::ResolveLanded() {
       continue;
     }
     if (r.outcome == PlaceOutcome::kFailed) {
-      e.state.Release(page);  // fetched again
+      // No page in the cache (-EFAULT): the dead engine marked it landed before a COPY that
+      // never ran. Nothing is mapped, so fetching and placing it again is safe.
+      e.state.Release(page);
+      counters_->landed_refetched.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     e.state.Complete(page);

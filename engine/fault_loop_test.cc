@@ -193,6 +193,19 @@ TEST_F(FaultLoopTest, LandedPagesAreMappedWithoutAFetch) {
   EXPECT_TRUE(requests_.pages.empty());
 }
 
+// A landed page whose COPY the dead engine never ran: CONTINUE finds a hole (-EFAULT), so the
+// page is absent again (fetched) and counted once, as fetched again, not as landed.
+TEST_F(FaultLoopTest, LandedPageThatIsAHoleIsFetchedAgainAndCountedOnce) {
+  PageState prev;
+  ASSERT_TRUE(state().Claim(8, &prev));
+  ASSERT_TRUE(state().MarkLanded(8));
+  loop_->AddLanded(0, 8);
+  uffd_.FailNext(FakeUffd::Op::kContinue, absl::InternalError("UFFDIO_CONTINUE: Bad address"));
+  ASSERT_TRUE(loop_->Poll().ok());
+  EXPECT_EQ(state().Get(8), PageState::kAbsent);
+  EXPECT_EQ(counters_.landed_refetched.load(), 1u);
+}
+
 TEST_F(FaultLoopTest, RunEndsWithTheStopReason) {
   StopSignal stop;
   int ticks = 0;

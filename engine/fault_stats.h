@@ -32,6 +32,9 @@ struct EngineCounters {
   std::atomic<uint64_t> urgent_bytes{0}, bulk_bytes{0};
   std::atomic<uint64_t> remove_events{0}, unmap_events{0}, discarded_pages{0};
   std::atomic<uint64_t> reconnects{0}, resent_requests{0};
+  // Pages a dead engine left kLanded whose CONTINUE found no page to map (it died between
+  // marking them landed and its UFFDIO_COPY): fetched again (FaultLoop::ResolveLanded()).
+  std::atomic<uint64_t> landed_refetched{0};
 };
 
 // How a fault was served, as the fault loop decided it (FaultStats::Classify).
