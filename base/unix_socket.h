@@ -1,5 +1,6 @@
 // Unix stream sockets: an address from a path, a bounded connect. Shared by the hand-off
-// (qemu-integration/handoff) and `faultline migrate`'s warm-up connection (libvirt).
+// (qemu-integration/handoff), `faultline migrate`'s warm-up connection (libvirt) and the
+// daemon's control socket (serve/control).
 #ifndef FAULTLINE_BASE_UNIX_SOCKET_H_
 #define FAULTLINE_BASE_UNIX_SOCKET_H_
 

@@ -12,20 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/errno_status.h"
+#include "base/unix_socket.h"
 
 namespace faultline {
 namespace {
-
-absl::StatusOr<sockaddr_un> Address(const std::string& path) {
-  sockaddr_un a = {};
-  a.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(a.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("control socket path '", path, "' must be 1..",
-                                                   sizeof(a.sun_path) - 1, " bytes"));
-  }
-  memcpy(a.sun_path, path.data(), path.size());
-  return a;
-}
 
 // Reads until a newline or EOF, at most kMaxControlRequest bytes, by the deadline.
 absl::StatusOr<std::string> ReadLine(int fd, absl::Time deadline) {
@@ -77,7 +67,7 @@ nlohmann::json ControlError(const absl::Status& s) {
 }
 
 absl::StatusOr<UniqueFd> ListenControl(const std::string& path) {
-  absl::StatusOr<sockaddr_un> a = Address(path);
+  absl::StatusOr<sockaddr_un> a = UnixAddress(path);
   if (!a.ok()) return a.status();
   UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd.valid()) return ErrnoStatus("socket");
@@ -141,7 +131,7 @@ absl::Status WriteControlReply(int fd, const nlohmann::json& reply) {
 
 absl::StatusOr<nlohmann::json> ControlCall(const std::string& path, const nlohmann::json& request,
                                            absl::Duration timeout) {
-  absl::StatusOr<sockaddr_un> a = Address(path);
+  absl::StatusOr<sockaddr_un> a = UnixAddress(path);
   if (!a.ok()) return a.status();
   UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return ErrnoStatus("socket");
