@@ -107,6 +107,9 @@ echo "$rout" | tail -1
 if ((rrc == 2)); then
   python3 $REPORT add skip rdma "RDMA suite" "$(echo "$rout" | tail -1)" "$FAULTLINE_RESULTS"
 elif ((rrc != 0)); then
+  # A failing suite must fail the summary even where no case said so.
+  grep -q "^fail"$'\t'"rdma" "$FAULTLINE_RESULTS" ||
+    python3 $REPORT add fail rdma "RDMA suite" "$(echo "$rout" | tail -1)" "$FAULTLINE_RESULTS"
   tail -40 "$LOG/rdma.log"
 fi
 took rdma "$t"
