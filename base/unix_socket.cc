@@ -14,8 +14,8 @@
 namespace faultline {
 
 void SetSendTimeout(int fd, absl::Duration d) {
-  d = std::max(d, absl::Milliseconds(1));
-  struct timeval tv = absl::ToTimeval(d);
+  struct timeval tv = {};  // zero: no timeout
+  if (d != absl::InfiniteDuration()) tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
   (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 

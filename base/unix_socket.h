@@ -15,12 +15,14 @@
 namespace faultline {
 
 // SO_SNDTIMEO bounds blocking sends and, on Unix sockets, connect(). Zero would mean forever,
-// so at least 1 ms is set.
+// so at least 1 ms is set; absl::InfiniteDuration() clears it (sends block as long as needed).
 void SetSendTimeout(int fd, absl::Duration d);
 // InvalidArgument when the path is empty or longer than sun_path holds.
 absl::StatusOr<struct sockaddr_un> UnixAddress(const std::string& path);
 // Connects, retrying while the socket is absent or refuses (its listener not up yet) until
-// `deadline`; a deadline already past means one attempt. The error names the path.
+// `deadline`; a deadline already past means one attempt. The error names the path. The socket
+// keeps the send timeout that bounded connect() (what was left until `deadline`, at least
+// 1 ms): callers set their own, or clear it, with SetSendTimeout.
 absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, absl::Time deadline);
 
 }  // namespace faultline

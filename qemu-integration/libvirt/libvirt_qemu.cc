@@ -3,8 +3,6 @@
 #include <libvirt/libvirt-qemu.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 
 #include <cstdlib>
 #include <vector>
@@ -95,10 +93,9 @@ absl::Status GiveWarmupConnection(virDomainPtr dom, const std::string& path) {
     return absl::UnavailableError(absl::StrCat(
         "the warm-up socket (faultline source --vmm_dirty_socket): ", conn.status().message()));
   }
-  // ConnectUnix bounds connect() with SO_SNDTIMEO, which the socket keeps: QEMU's sends on it
-  // must block as on any socket it is given.
-  const struct timeval no_timeout = {};
-  (void)setsockopt(conn->get(), SOL_SOCKET, SO_SNDTIMEO, &no_timeout, sizeof(no_timeout));
+  // The send timeout that bounded connect() goes: QEMU's sends on it must block as on any
+  // socket it is given.
+  SetSendTimeout(conn->get(), absl::InfiniteDuration());
   // The connection goes to the source QEMU with getfd.
   absl::StatusOr<Json> got =
       Monitor(dom, {{"execute", "getfd"}, {"arguments", {{"fdname", kWarmupFdName}}}}, conn->get());
