@@ -27,6 +27,10 @@ ABSL_FLAG(std::string, vmm_dirty_socket, "",
           "source: warm-up of a QEMU guest — listen on this Unix socket for the source QEMU's "
           "dirty-log connection (hand it to QEMU with getfd + x-postcopy-external-pager-fd "
           "before migrate); pages are served live and the destination must run --warmup.");
+ABSL_FLAG(std::string, source_read, "auto",
+          "source: how pages are read before they are checked and sent — copy (pread() into a "
+          "buffer: no page fault in this process), map (straight from the read-only mapping), "
+          "or auto (copy for 4 KiB pages, map for huge pages).");
 ABSL_FLAG(
     std::string, migrations, "",
     "source: serve several VMs' memory from this one process (a host being drained): a "
@@ -41,6 +45,13 @@ void OnSignal(int) {
   if (PageServer* s = g_server.load()) s->Shutdown();
 }
 
+absl::StatusOr<SourceRead> SourceReadFromFlag() {
+  absl::StatusOr<SourceRead> r = ParseSourceRead(absl::GetFlag(FLAGS_source_read));
+  if (!r.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--source_read: ", r.status().message()));
+  return r;
+}
+
 // --migrations: several VMs, one page server.
 int RunMultiSource(const std::string& file) {
   std::ifstream f(file);
@@ -52,8 +63,11 @@ int RunMultiSource(const std::string& file) {
   }
   absl::StatusOr<std::shared_ptr<const TlsContext>> tls = TlsFromFlags(TlsContext::Role::kServer);
   if (!tls.ok()) return Fail(tls.status());
+  absl::StatusOr<SourceRead> read = SourceReadFromFlag();
+  if (!read.ok()) return Fail(read.status());
   PageServer server(*tls);
   server.SetUrgentSlice(absl::GetFlag(FLAGS_fault_slice));
+  server.SetSourceRead(*read);
   for (const nlohmann::json& m : list) {
     const std::string id = m.value("id", std::string());
     absl::StatusOr<Token> token = ParseToken(m.value("token", std::string()));
@@ -106,6 +120,8 @@ absl::StatusOr<std::unique_ptr<RdmaPageServer>> RdmaServerFromFlags(PageServer* 
 int RunSource() {
   if (!absl::GetFlag(FLAGS_migrations).empty())
     return RunMultiSource(absl::GetFlag(FLAGS_migrations));
+  absl::StatusOr<SourceRead> read = SourceReadFromFlag();
+  if (!read.ok()) return Fail(read.status());
   absl::StatusOr<std::vector<SourceRegion>> regions =
       SourceRegionsFromSpecs(absl::GetFlag(FLAGS_region));
   if (!regions.ok()) return Fail(regions.status());
@@ -139,6 +155,7 @@ int RunSource() {
   }
   PageServer server(std::move(*regions), token, *tls, tracker.get());
   server.SetUrgentSlice(absl::GetFlag(FLAGS_fault_slice));
+  server.SetSourceRead(*read);
   absl::StatusOr<std::unique_ptr<RdmaPageServer>> rdma = RdmaServerFromFlags(&server);
   if (!rdma.ok()) return Fail(rdma.status());
   std::printf("serving %zu region(s) on %s (%s)\n", server.region_table().size(),

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -27,6 +28,22 @@ namespace faultline {
 constexpr absl::Duration kHandshakeTimeout = absl::Seconds(10);
 // FaultInjector::kSendLater: a held frame goes out once no request has come for this long.
 constexpr int kHeldFrameQuietMs = 50;
+
+namespace {
+
+bool CopiesOut(SourceRead read, uint32_t page_size) {
+  return read == SourceRead::kCopy || (read == SourceRead::kAuto && page_size < (2u << 20));
+}
+
+}  // namespace
+
+absl::StatusOr<SourceRead> ParseSourceRead(absl::string_view s) {
+  if (s == "auto") return SourceRead::kAuto;
+  if (s == "copy") return SourceRead::kCopy;
+  if (s == "map") return SourceRead::kMap;
+  return absl::InvalidArgumentError(
+      absl::StrCat("source read mode '", s, "': expected auto, copy or map"));
+}
 
 absl::StatusOr<SourceRegion> SourceRegion::MapFd(const std::string& name, int fd, uint64_t offset,
                                                  uint64_t size, uint32_t page_size) {
@@ -52,6 +69,9 @@ absl::StatusOr<SourceRegion> SourceRegion::MapFd(const std::string& name, int fd
   r.info_ = RegionInfo{name, size, page_size};
   r.base_ = static_cast<const uint8_t*>(p);
   r.map_len_ = size;
+  r.fd_ = UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!r.fd_.valid()) return ErrnoStatus(absl::StrCat("dup source region '", name, "'"));
+  r.file_offset_ = offset;
   return r;
 }
 
@@ -66,7 +86,27 @@ absl::StatusOr<SourceRegion> SourceRegion::MapFile(const std::string& name, cons
 SourceRegion::SourceRegion(SourceRegion&& o) noexcept
     : info_(std::move(o.info_)),
       base_(std::exchange(o.base_, nullptr)),
-      map_len_(std::exchange(o.map_len_, 0)) {}
+      map_len_(std::exchange(o.map_len_, 0)),
+      fd_(std::move(o.fd_)),
+      file_offset_(o.file_offset_) {}
+
+absl::Status SourceRegion::ReadPages(uint64_t first, uint32_t count, uint8_t* out) const {
+  const uint64_t ps = info_.page_size;
+  uint64_t done = 0;
+  const uint64_t len = uint64_t{count} * ps;
+  while (done < len) {
+    ssize_t n = pread(fd_.get(), out + done, len - done,
+                      static_cast<off_t>(file_offset_ + first * ps + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(absl::StrCat("read source region '", info_.name, "'"));
+    if (n == 0) {
+      return absl::DataLossError(absl::StrCat("source region '", info_.name, "': its file ends at ",
+                                              file_offset_ + first * ps + done, " bytes"));
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
+}
 
 SourceRegion::~SourceRegion() {
   if (base_) munmap(const_cast<uint8_t*>(base_), map_len_);
@@ -223,6 +263,7 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
   // batch of a warm-up round's scattered pages) until the destination's delayed ACK.
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  pthread_setname_np(pthread_self(), *ch == Channel::kUrgent ? "fl-src-urgent" : "fl-src-bulk");
   if (*ch == Channel::kUrgent) {
     absl::Duration slice;
     {
@@ -270,10 +311,13 @@ void PageServer::ServeConnection(UniqueFd fd) {
     can_answer = false;  // a failed TLS handshake has answered with an alert (or ERROR) itself
   }
   FaultInjector* faults;
+  SourceRead read;
   {
     std::lock_guard<std::mutex> l(mu_);
     faults = faults_;
+    read = source_read_;
   }
+  std::vector<uint8_t> scratch;  // SourceRead::kCopy's buffer, reused by every request
   std::shared_ptr<Tenant> tenant;
   if (s.ok()) {
     can_answer = true;
@@ -320,8 +364,9 @@ void PageServer::ServeConnection(UniqueFd fd) {
         stats_.refused_requests.fetch_add(1);
         break;
       }
-      s = h.type == FrameType::kRequest ? SendPages(*tenant, stream, *r, ch, faults, &held)
-                                        : SendVerified(*tenant, stream, *r);
+      s = h.type == FrameType::kRequest
+              ? SendPages(*tenant, stream, *r, ch, read, &scratch, faults, &held)
+              : SendVerified(*tenant, stream, *r, read, &scratch);
     } else if (h.type == FrameType::kDone) {
       tenant->done.store(true);
       if (!multi_) {  // one migration: its end is the server's
@@ -381,6 +426,7 @@ absl::Status PageServer::HandleDirty(Tenant& t, Stream& stream, FrameType type,
 }
 
 absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRange& r, Channel ch,
+                                   SourceRead read, std::vector<uint8_t>* scratch,
                                    FaultInjector* faults, HeldFrame* held) {
   const SourceRegion& reg = t.regions[r.region];
   const uint32_t ps = reg.info().page_size;
@@ -389,8 +435,18 @@ absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRa
   iov.reserve(r.count + 1);
   iov.push_back({});
   uint64_t data_bytes = 0, zeros = 0;
+  // The pages are checked and sent from one place, the mapping or a copy (see SourceRead):
+  // with a copy, the CRC always describes the bytes sent, even of a page the guest is still
+  // writing (warm-up; the dirty tracking sends it again either way).
+  const uint8_t* src = reg.base() + r.first * ps;
+  if (CopiesOut(read, ps)) {
+    const uint64_t len = uint64_t{r.count} * ps;  // <= kMaxPagesPayload: checked by the caller
+    if (scratch->size() < len) scratch->resize(len);
+    if (absl::Status s = reg.ReadPages(r.first, r.count, scratch->data()); !s.ok()) return s;
+    src = scratch->data();
+  }
   for (uint32_t i = 0; i < r.count; ++i) {
-    const uint8_t* page = reg.base() + (r.first + i) * ps;
+    const uint8_t* page = src + uint64_t{i} * ps;
     if (IsZeroPage(page, ps)) {
       descs[i].flags = kPageZero;
       ++zeros;
@@ -462,11 +518,23 @@ absl::Status PageServer::SendInjected(Stream& stream, const PageRange& r, const 
   return absl::OkStatus();
 }
 
-absl::Status PageServer::SendVerified(const Tenant& t, Stream& stream, const PageRange& r) {
+absl::Status PageServer::SendVerified(const Tenant& t, Stream& stream, const PageRange& r,
+                                      SourceRead read, std::vector<uint8_t>* scratch) {
   const SourceRegion& reg = t.regions[r.region];
   const uint32_t ps = reg.info().page_size;
   std::vector<uint32_t> crcs(r.count);
-  for (uint32_t i = 0; i < r.count; ++i) crcs[i] = Crc32c(reg.base() + (r.first + i) * ps, ps);
+  if (CopiesOut(read, ps)) {
+    // A VERIFY range may be larger than a PAGES frame: read it a frame's worth at a time.
+    const uint32_t step = static_cast<uint32_t>(std::max<uint64_t>(1, kMaxPagesPayload / ps));
+    for (uint32_t i = 0; i < r.count; i += step) {
+      const uint32_t n = std::min(step, r.count - i);
+      if (scratch->size() < uint64_t{n} * ps) scratch->resize(uint64_t{n} * ps);
+      if (absl::Status s = reg.ReadPages(r.first + i, n, scratch->data()); !s.ok()) return s;
+      for (uint32_t j = 0; j < n; ++j) crcs[i + j] = Crc32c(scratch->data() + uint64_t{j} * ps, ps);
+    }
+  } else {
+    for (uint32_t i = 0; i < r.count; ++i) crcs[i] = Crc32c(reg.base() + (r.first + i) * ps, ps);
+  }
   std::string out;
   EncodeVerified(r, crcs, &out);
   return stream.WriteAll(out.data(), out.size());

@@ -30,6 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "base/thread_slice.h"
@@ -55,13 +56,38 @@ class SourceRegion {
   ~SourceRegion();
   const RegionInfo& info() const { return info_; }
   const uint8_t* base() const { return base_; }
+  // Copies pages [first, first + count) into `out` (count * page_size bytes) with pread() from
+  // the region's file: nothing of this process's mapping is touched. DataLoss when the file
+  // was truncated under the region (where the mapping would raise SIGBUS).
+  absl::Status ReadPages(uint64_t first, uint32_t count, uint8_t* out) const;
 
  private:
   SourceRegion() = default;
   RegionInfo info_;
   const uint8_t* base_ = nullptr;
   size_t map_len_ = 0;
+  UniqueFd fd_;               // the mapped file, for ReadPages
+  uint64_t file_offset_ = 0;  // where the region starts in it
 };
+
+// How the page server's sending threads read the source's memory.
+//
+// Every page a source sends is read once from its mapping — to check for zeros and take the
+// CRC — and sent from there. The first touch of a page through a mapping is a page fault, and
+// the source process has never touched the guest's pages (the VMM has, through its own
+// mapping). Where a fault is dear it dominates: on this project's 2-core machines (software
+// KVM, shadow paging) a first touch costs ~45 us at random and ~2.4 us a page in sequence,
+// pread() of the same page ~3 us and ~0.5 us (bench/RESULTS.md, 2026-12-05 evening). Copying
+// the pages out first costs one more copy, from the page cache into a reused buffer, and no
+// fault at all.
+enum class SourceRead {
+  kAuto,  // kCopy for pages under 2 MiB, kMap for huge pages (one fault maps 2 MiB, and
+          // the extra copy of a 2 MiB page costs more than that fault: measured)
+  kCopy,  // pread() a request's pages into the connection's buffer; check and send from it
+  kMap,   // check and send straight from the region's read-only mapping
+};
+// "auto", "copy", "map" (the --source_read flag).
+absl::StatusOr<SourceRead> ParseSourceRead(absl::string_view s);
 
 struct ServerStats {
   std::atomic<uint64_t> urgent_pages{0}, bulk_pages{0}, zero_pages{0}, bytes{0};
@@ -149,6 +175,11 @@ class PageServer {
     std::lock_guard<std::mutex> l(mu_);
     urgent_slice_ = slice;
   }
+  // How sending threads read pages (see SourceRead). For connections accepted from now on.
+  void SetSourceRead(SourceRead r) {
+    std::lock_guard<std::mutex> l(mu_);
+    source_read_ = r;
+  }
   // Tests: connections accepted from now on misbehave as `f` says; `f` must outlive Serve().
   // Null: none (the default).
   void SetFaultInjector(FaultInjector* f) {
@@ -180,13 +211,16 @@ class PageServer {
   void ServeConnection(UniqueFd fd);
   absl::Status Handshake(Stream& stream, FaultInjector* faults, Channel* ch,
                          std::shared_ptr<Tenant>* tenant);
+  // `scratch`: the connection's buffer for SourceRead::kCopy (grown to the largest request).
   absl::Status SendPages(const Tenant& t, Stream& stream, const PageRange& r, Channel ch,
-                         FaultInjector* faults, HeldFrame* held);
+                         SourceRead read, std::vector<uint8_t>* scratch, FaultInjector* faults,
+                         HeldFrame* held);
   // SendPages' fault-injected path: the frame as `faults` makes it.
   absl::Status SendInjected(Stream& stream, const PageRange& r, const RegionInfo& region,
                             Channel ch, FaultInjector* faults, std::vector<PageDesc>* descs,
                             const struct iovec* data, int data_iovs, HeldFrame* held);
-  absl::Status SendVerified(const Tenant& t, Stream& stream, const PageRange& r);
+  absl::Status SendVerified(const Tenant& t, Stream& stream, const PageRange& r, SourceRead read,
+                            std::vector<uint8_t>* scratch);
   // DIRTY_SYNC / DIRTY_APPLIED.
   absl::Status HandleDirty(Tenant& t, Stream& stream, FrameType type,
                            absl::Span<const uint8_t> payload);
@@ -197,6 +231,7 @@ class PageServer {
   ServerExtension* ext_ = nullptr;
   FaultInjector* faults_ = nullptr;                   // guarded by mu_; read once per connection
   absl::Duration urgent_slice_ = kDefaultFaultSlice;  // guarded by mu_
+  SourceRead source_read_ = SourceRead::kAuto;        // guarded by mu_
   UniqueFd stop_fd_;                                  // eventfd
   std::atomic<bool> done_{false};
   mutable std::mutex mu_;

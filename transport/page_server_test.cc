@@ -419,5 +419,185 @@ TEST_F(PageServerTest, VerifyAnswersPageChecksums) {
   EXPECT_EQ(*bad, 1u);
 }
 
+TEST(SourceReadTest, ParsesItsThreeModesAndNamesTheRest) {
+  EXPECT_EQ(*ParseSourceRead("auto"), SourceRead::kAuto);
+  EXPECT_EQ(*ParseSourceRead("copy"), SourceRead::kCopy);
+  EXPECT_EQ(*ParseSourceRead("map"), SourceRead::kMap);
+  absl::StatusOr<SourceRead> bad = ParseSourceRead("mmap");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("auto, copy or map"), std::string::npos) << bad.status();
+}
+
+// A region that starts `kOffset` bytes into its file, served with each SourceRead mode: the
+// same bytes and CRCs either way, for PAGES and VERIFY; a copy reads the region's own part of
+// the file, not the file's start.
+class SourceReadModeTest : public ::testing::TestWithParam<SourceRead> {
+ protected:
+  static constexpr uint64_t kOffset = 8 * 4096;
+  static constexpr uint64_t kPages = 64;
+
+  void SetUp() override {
+    fd_.reset(memfd_create("src", MFD_CLOEXEC));
+    ASSERT_EQ(ftruncate(fd_.get(), kOffset + kPages * 4096), 0);
+    std::vector<uint8_t> bytes(kOffset + kPages * 4096);
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7 + i / 4096);
+    std::memset(bytes.data() + kOffset + 5 * 4096, 0, 4096);  // a zero page
+    ASSERT_EQ(pwrite(fd_.get(), bytes.data(), bytes.size(), 0), ssize_t(bytes.size()));
+    want_.assign(bytes.begin() + kOffset, bytes.end());
+    auto region = SourceRegion::MapFd("ram", fd_.get(), kOffset, kPages * 4096, 4096);
+    ASSERT_TRUE(region.ok()) << region.status();
+    std::vector<SourceRegion> regions;
+    regions.push_back(std::move(*region));
+    token_ = RandomToken();
+    server_ = std::make_unique<PageServer>(std::move(regions), token_);
+    server_->SetSourceRead(GetParam());
+    auto l = ListenTcp("127.0.0.1:0");
+    ASSERT_TRUE(l.ok());
+    listen_ = std::move(*l);
+    thread_ = std::thread([this] { (void)server_->Serve(listen_.get()); });
+  }
+  void TearDown() override {
+    server_->Shutdown();
+    thread_.join();
+  }
+  UniqueFd Handshaken() {
+    auto fd = ConnectTcp(absl::StrCat("127.0.0.1:", *BoundPort(listen_.get())), absl::Seconds(5));
+    EXPECT_TRUE(fd.ok());
+    Hello h;
+    h.version = kProtocolVersion;
+    h.token = token_;
+    h.channel = Channel::kBulk;
+    std::string out;
+    EncodeHello(h, &out);
+    EXPECT_TRUE(WriteAll(fd->get(), out.data(), out.size()).ok());
+    FrameHeader fh;
+    std::string payload;
+    EXPECT_TRUE(ReadSmallFrame(fd->get(), &fh, &payload).ok());
+    EXPECT_EQ(fh.type, FrameType::kWelcome);
+    return std::move(*fd);
+  }
+
+  UniqueFd fd_, listen_;
+  std::vector<uint8_t> want_;
+  Token token_;
+  std::unique_ptr<PageServer> server_;
+  std::thread thread_;
+};
+
+TEST_P(SourceReadModeTest, SendsTheRegionsBytesWithTheirCrcs) {
+  UniqueFd fd = Handshaken();
+  // Two requests on one connection: the second (smaller) reuses the first's buffer.
+  for (PageRange r : {PageRange{0, 16, 0}, PageRange{0, 3, 4}}) {
+    std::string f;
+    EncodeRequest(r, &f);
+    ASSERT_TRUE(WriteAll(fd.get(), f.data(), f.size()).ok());
+    absl::StatusOr<RawPages> p = ReadPages(fd.get());
+    ASSERT_TRUE(p.ok()) << p.status();
+    ASSERT_EQ(p->descs.size(), r.count);
+    size_t at = 0;
+    for (uint32_t i = 0; i < r.count; ++i) {
+      const uint8_t* page = want_.data() + (r.first + i) * 4096;
+      if (r.first + i == 5) {
+        EXPECT_TRUE(p->descs[i].zero());
+        continue;
+      }
+      ASSERT_FALSE(p->descs[i].zero()) << i;
+      EXPECT_EQ(p->descs[i].crc, Crc32c(page, 4096)) << "page " << r.first + i;
+      ASSERT_LE(at + 4096, p->data.size());
+      EXPECT_EQ(memcmp(p->data.data() + at, page, 4096), 0) << "page " << r.first + i;
+      at += 4096;
+    }
+    EXPECT_EQ(at, p->data.size());
+  }
+}
+
+TEST_P(SourceReadModeTest, VerifyAnswersTheRegionsChecksums) {
+  TcpSourceOptions o;
+  o.address = absl::StrCat("127.0.0.1:", *BoundPort(listen_.get()));
+  o.token = token_;
+  uint64_t verified = 0;
+  auto bad = VerifyAgainstSource(o, {want_.data()}, &verified, false);
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_EQ(*bad, 0u);
+  EXPECT_EQ(verified, kPages);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, SourceReadModeTest,
+                         ::testing::Values(SourceRead::kAuto, SourceRead::kCopy, SourceRead::kMap),
+                         [](const ::testing::TestParamInfo<SourceRead>& i) {
+                           return std::string(i.param == SourceRead::kAuto   ? "auto"
+                                              : i.param == SourceRead::kCopy ? "copy"
+                                                                             : "map");
+                         });
+
+// The source file shrinks under the region (another process truncated it). Read through the
+// mapping that is SIGBUS and the whole source dies; copied out it is one refused request, and
+// the server keeps serving the pages that are still there.
+TEST(SourceReadCopyTest, ATruncatedFileIsAnErrorNotACrash) {
+  UniqueFd mfd(memfd_create("src", MFD_CLOEXEC));
+  ASSERT_EQ(ftruncate(mfd.get(), 16 * 4096), 0);
+  std::vector<uint8_t> page(4096, 0x5a);
+  for (int i = 0; i < 16; ++i) ASSERT_EQ(pwrite(mfd.get(), page.data(), 4096, i * 4096), 4096);
+  auto region = SourceRegion::MapFd("ram", mfd.get(), 0, 16 * 4096, 4096);
+  ASSERT_TRUE(region.ok()) << region.status();
+  std::vector<uint8_t> out(2 * 4096);
+  ASSERT_TRUE(region->ReadPages(14, 2, out.data()).ok());
+  ASSERT_EQ(ftruncate(mfd.get(), 8 * 4096), 0);
+  absl::Status s = region->ReadPages(14, 2, out.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("'ram'"), std::string::npos) << s;
+  ASSERT_TRUE(region->ReadPages(7, 1, out.data()).ok());
+  EXPECT_EQ(out[0], 0x5a);
+
+  std::vector<SourceRegion> regions;
+  regions.push_back(std::move(*region));
+  const Token token = RandomToken();
+  PageServer server(std::move(regions), token);
+  server.SetSourceRead(SourceRead::kCopy);
+  auto l = ListenTcp("127.0.0.1:0");
+  ASSERT_TRUE(l.ok());
+  std::thread t([&] { (void)server.Serve(l->get()); });
+  TcpSourceOptions o;
+  o.address = absl::StrCat("127.0.0.1:", *BoundPort(l->get()));
+  o.token = token;
+  auto hello = [&](UniqueFd* fd) {
+    auto c = ConnectTcp(o.address, absl::Seconds(5));
+    ASSERT_TRUE(c.ok());
+    Hello h;
+    h.version = kProtocolVersion;
+    h.token = token;
+    h.channel = Channel::kUrgent;
+    std::string f;
+    EncodeHello(h, &f);
+    ASSERT_TRUE(WriteAll(c->get(), f.data(), f.size()).ok());
+    FrameHeader fh;
+    std::string payload;
+    ASSERT_TRUE(ReadSmallFrame(c->get(), &fh, &payload).ok());
+    *fd = std::move(*c);
+  };
+  UniqueFd a;
+  hello(&a);
+  std::string f;
+  EncodeRequest({0, 2, 14}, &f);
+  ASSERT_TRUE(WriteAll(a.get(), f.data(), f.size()).ok());
+  FrameHeader fh;
+  std::string payload;
+  absl::Status drained;
+  while ((drained = ReadSmallFrame(a.get(), &fh, &payload)).ok()) {
+  }
+  EXPECT_EQ(drained.code(), absl::StatusCode::kDataLoss) << drained;
+  UniqueFd b;
+  hello(&b);
+  f.clear();
+  EncodeRequest({0, 1, 3}, &f);
+  ASSERT_TRUE(WriteAll(b.get(), f.data(), f.size()).ok());
+  absl::StatusOr<RawPages> p = ReadPages(b.get());
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->data.size(), 4096u);
+  EXPECT_EQ(static_cast<uint8_t>(p->data[0]), 0x5a);
+  server.Shutdown();
+  t.join();
+}
+
 }  // namespace
 }  // namespace faultline

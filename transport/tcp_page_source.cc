@@ -1,5 +1,6 @@
 #include "transport/tcp_page_source.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -299,6 +300,8 @@ absl::Status TcpPageSource::Reconnect(absl::Time deadline) {
 
 void TcpPageSource::ReceiveLoop(Conn* c) {
   Stream& stream = c->stream;
+  pthread_setname_np(pthread_self(),
+                     c->urgency == Urgency::kUrgent ? "fl-urgent-rx" : "fl-bulk-rx");
   if (c->urgency == Urgency::kBulk && opts_.bulk_idle) {
     sched_param none = {};
     (void)sched_setscheduler(0, SCHED_IDLE, &none);  // this thread only (Linux: per task)
