@@ -341,15 +341,19 @@ absl::Status Engine::Run(PageSource* source) {
   CheckComplete();
   // This thread is the fault loop's until the loop ends, then the caller's again; a kernel
   // without custom slices (< 6.12) leaves it at the default, which only costs latency.
-  // Named while it is the fault loop (top -H, perf); the caller's name comes back after.
+  // Named while it is the fault loop (top -H, perf); the caller's name comes back after. A
+  // process's main thread keeps its name: that one is the process's own (ps, pgrep).
   char caller_name[16] = {};
-  pthread_getname_np(pthread_self(), caller_name, sizeof(caller_name));
-  pthread_setname_np(pthread_self(), "fl-fault-loop");
+  const bool rename = gettid() != getpid();
+  if (rename) {
+    pthread_getname_np(pthread_self(), caller_name, sizeof(caller_name));
+    pthread_setname_np(pthread_self(), "fl-fault-loop");
+  }
   const bool sliced =
       SetThreadSlice(opts_.fault_slice).ok() && opts_.fault_slice > absl::ZeroDuration();
   absl::Status status = loop_->Run(&stop_, [this] { OnTick(); });
   if (sliced) (void)ClearThreadSlice();
-  pthread_setname_np(pthread_self(), caller_name);
+  if (rename) pthread_setname_np(pthread_self(), caller_name);
   running_.store(false);
   if (warmup_on()) warmup_->Join();
   pull_->Stop();

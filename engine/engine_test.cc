@@ -4,13 +4,16 @@
 // before the migration dropped. tests/ runs the same on the real kernel and real sockets.
 #include "engine/engine.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstring>
+#include <fstream>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/thread_slice.h"
 #include "engine/testing/fake_page_source.h"
@@ -182,6 +185,38 @@ TEST_P(EngineTest, TheFaultLoopThreadRunsWithTheFaultSlice) {
   if (!supported) GTEST_SKIP() << "kernel without custom slices (< 6.12)";
   ASSERT_TRUE(slice.ok()) << slice.status();
   EXPECT_EQ(*slice, o.fault_slice);
+}
+
+// The fault loop's thread is named while it runs (top -H, perf) and gets its name back after.
+TEST_P(EngineTest, TheFaultLoopThreadIsNamedWhileItRuns) {
+  EngineOptions o;
+  o.background_pull = false;
+  Make(o);
+  std::atomic<pid_t> tid{0};
+  std::string after;
+  runner_ = std::thread([this, &tid, &after] {
+    pthread_setname_np(pthread_self(), "caller");
+    tid.store(gettid());
+    result_ = engine_->Run(source_.get());
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    after = name;
+  });
+  auto comm = [](pid_t t) {
+    std::ifstream f(absl::StrCat("/proc/self/task/", t, "/comm"));
+    std::string line;
+    std::getline(f, line);
+    return line;
+  };
+  std::string during;
+  for (int i = 0; i < 2000 && during != "fl-fault-loop"; ++i) {
+    if (tid.load() != 0) during = comm(tid.load());
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  engine_->Cancel();
+  (void)Join();
+  EXPECT_EQ(during, "fl-fault-loop");
+  EXPECT_EQ(after, "caller");
 }
 
 TEST_P(EngineTest, SourceWithOtherRegionsIsRefused) {
