@@ -35,6 +35,15 @@ bool CopiesOut(SourceRead read, uint32_t page_size) {
   return read == SourceRead::kCopy || (read == SourceRead::kAuto && page_size < (2u << 20));
 }
 
+// Pages [first, first + count) of `reg` copied into `scratch` (grown as needed): where they are.
+absl::StatusOr<const uint8_t*> CopyOut(const SourceRegion& reg, uint64_t first, uint32_t count,
+                                       std::vector<uint8_t>* scratch) {
+  const uint64_t len = uint64_t{count} * reg.info().page_size;
+  if (scratch->size() < len) scratch->resize(len);
+  if (absl::Status s = reg.ReadPages(first, count, scratch->data()); !s.ok()) return s;
+  return scratch->data();
+}
+
 }  // namespace
 
 absl::StatusOr<SourceRead> ParseSourceRead(absl::string_view s) {
@@ -439,11 +448,10 @@ absl::Status PageServer::SendPages(const Tenant& t, Stream& stream, const PageRa
   // with a copy, the CRC always describes the bytes sent, even of a page the guest is still
   // writing (warm-up; the dirty tracking sends it again either way).
   const uint8_t* src = reg.base() + r.first * ps;
-  if (CopiesOut(read, ps)) {
-    const uint64_t len = uint64_t{r.count} * ps;  // <= kMaxPagesPayload: checked by the caller
-    if (scratch->size() < len) scratch->resize(len);
-    if (absl::Status s = reg.ReadPages(r.first, r.count, scratch->data()); !s.ok()) return s;
-    src = scratch->data();
+  if (CopiesOut(read, ps)) {  // count * ps <= kMaxPagesPayload: checked by the caller
+    absl::StatusOr<const uint8_t*> copy = CopyOut(reg, r.first, r.count, scratch);
+    if (!copy.ok()) return copy.status();
+    src = *copy;
   }
   for (uint32_t i = 0; i < r.count; ++i) {
     const uint8_t* page = src + uint64_t{i} * ps;
@@ -528,9 +536,9 @@ absl::Status PageServer::SendVerified(const Tenant& t, Stream& stream, const Pag
     const uint32_t step = static_cast<uint32_t>(std::max<uint64_t>(1, kMaxPagesPayload / ps));
     for (uint32_t i = 0; i < r.count; i += step) {
       const uint32_t n = std::min(step, r.count - i);
-      if (scratch->size() < uint64_t{n} * ps) scratch->resize(uint64_t{n} * ps);
-      if (absl::Status s = reg.ReadPages(r.first + i, n, scratch->data()); !s.ok()) return s;
-      for (uint32_t j = 0; j < n; ++j) crcs[i + j] = Crc32c(scratch->data() + uint64_t{j} * ps, ps);
+      absl::StatusOr<const uint8_t*> copy = CopyOut(reg, r.first + i, n, scratch);
+      if (!copy.ok()) return copy.status();
+      for (uint32_t j = 0; j < n; ++j) crcs[i + j] = Crc32c(*copy + uint64_t{j} * ps, ps);
     }
   } else {
     for (uint32_t i = 0; i < r.count; ++i) crcs[i] = Crc32c(reg.base() + (r.first + i) * ps, ps);

@@ -23,6 +23,35 @@ namespace {
 
 constexpr uint64_t kSize = 64 * 4096;
 
+// A connection to the page server at `addr` that has sent HELLO on `ch` and read the WELCOME.
+UniqueFd HandshakenOn(const std::string& addr, const Token& token, Channel ch) {
+  auto fd = ConnectTcp(addr, absl::Seconds(5));
+  EXPECT_TRUE(fd.ok());
+  if (!fd.ok()) return UniqueFd();
+  Hello h;
+  h.version = kProtocolVersion;
+  h.token = token;
+  h.channel = ch;
+  std::string out;
+  EncodeHello(h, &out);
+  EXPECT_TRUE(WriteAll(fd->get(), out.data(), out.size()).ok());
+  FrameHeader fh;
+  std::string payload;
+  EXPECT_TRUE(ReadSmallFrame(fd->get(), &fh, &payload).ok());
+  EXPECT_EQ(fh.type, FrameType::kWelcome);
+  return std::move(*fd);
+}
+
+// Reads frames until an error or EOF; returns the final status.
+absl::Status DrainFrames(int fd) {
+  FrameHeader h;
+  std::string payload;
+  while (true) {
+    absl::Status s = ReadSmallFrame(fd, &h, &payload);
+    if (!s.ok()) return s;
+  }
+}
+
 class PageServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -74,24 +103,8 @@ class PageServerTest : public ::testing::Test {
     EncodeHello(h, &out);
     ASSERT_TRUE(WriteAll(fd, out.data(), out.size()).ok());
   }
-  // Reads frames until an error or EOF; returns the final status.
-  absl::Status Drain(int fd) {
-    FrameHeader h;
-    std::string payload;
-    while (true) {
-      absl::Status s = ReadSmallFrame(fd, &h, &payload);
-      if (!s.ok()) return s;
-    }
-  }
-  UniqueFd Handshaken() {
-    UniqueFd fd = Raw();
-    SendHello(fd.get(), kProtocolVersion, token_);
-    FrameHeader h;
-    std::string payload;
-    EXPECT_TRUE(ReadSmallFrame(fd.get(), &h, &payload).ok());
-    EXPECT_EQ(h.type, FrameType::kWelcome);
-    return fd;
-  }
+  absl::Status Drain(int fd) { return DrainFrames(fd); }
+  UniqueFd Handshaken() { return HandshakenOn(Addr(), token_, Channel::kUrgent); }
 
   // A FaultInjector for the connections accepted from now on, alive until the server is gone.
   template <typename T>
@@ -460,22 +473,8 @@ class SourceReadModeTest : public ::testing::TestWithParam<SourceRead> {
     server_->Shutdown();
     thread_.join();
   }
-  UniqueFd Handshaken() {
-    auto fd = ConnectTcp(absl::StrCat("127.0.0.1:", *BoundPort(listen_.get())), absl::Seconds(5));
-    EXPECT_TRUE(fd.ok());
-    Hello h;
-    h.version = kProtocolVersion;
-    h.token = token_;
-    h.channel = Channel::kBulk;
-    std::string out;
-    EncodeHello(h, &out);
-    EXPECT_TRUE(WriteAll(fd->get(), out.data(), out.size()).ok());
-    FrameHeader fh;
-    std::string payload;
-    EXPECT_TRUE(ReadSmallFrame(fd->get(), &fh, &payload).ok());
-    EXPECT_EQ(fh.type, FrameType::kWelcome);
-    return std::move(*fd);
-  }
+  std::string Addr() const { return absl::StrCat("127.0.0.1:", *BoundPort(listen_.get())); }
+  UniqueFd Handshaken() { return HandshakenOn(Addr(), token_, Channel::kBulk); }
 
   UniqueFd fd_, listen_;
   std::vector<uint8_t> want_;
@@ -513,7 +512,7 @@ TEST_P(SourceReadModeTest, SendsTheRegionsBytesWithTheirCrcs) {
 
 TEST_P(SourceReadModeTest, VerifyAnswersTheRegionsChecksums) {
   TcpSourceOptions o;
-  o.address = absl::StrCat("127.0.0.1:", *BoundPort(listen_.get()));
+  o.address = Addr();
   o.token = token_;
   uint64_t verified = 0;
   auto bad = VerifyAgainstSource(o, {want_.data()}, &verified, false);
@@ -557,37 +556,16 @@ TEST(SourceReadCopyTest, ATruncatedFileIsAnErrorNotACrash) {
   auto l = ListenTcp("127.0.0.1:0");
   ASSERT_TRUE(l.ok());
   std::thread t([&] { (void)server.Serve(l->get()); });
-  TcpSourceOptions o;
-  o.address = absl::StrCat("127.0.0.1:", *BoundPort(l->get()));
-  o.token = token;
-  auto hello = [&](UniqueFd* fd) {
-    auto c = ConnectTcp(o.address, absl::Seconds(5));
-    ASSERT_TRUE(c.ok());
-    Hello h;
-    h.version = kProtocolVersion;
-    h.token = token;
-    h.channel = Channel::kUrgent;
-    std::string f;
-    EncodeHello(h, &f);
-    ASSERT_TRUE(WriteAll(c->get(), f.data(), f.size()).ok());
-    FrameHeader fh;
-    std::string payload;
-    ASSERT_TRUE(ReadSmallFrame(c->get(), &fh, &payload).ok());
-    *fd = std::move(*c);
-  };
-  UniqueFd a;
-  hello(&a);
+  const std::string addr = absl::StrCat("127.0.0.1:", *BoundPort(l->get()));
+  UniqueFd a = HandshakenOn(addr, token, Channel::kUrgent);
+  ASSERT_TRUE(a.valid());
   std::string f;
   EncodeRequest({0, 2, 14}, &f);
   ASSERT_TRUE(WriteAll(a.get(), f.data(), f.size()).ok());
-  FrameHeader fh;
-  std::string payload;
-  absl::Status drained;
-  while ((drained = ReadSmallFrame(a.get(), &fh, &payload)).ok()) {
-  }
+  absl::Status drained = DrainFrames(a.get());
   EXPECT_EQ(drained.code(), absl::StatusCode::kDataLoss) << drained;
-  UniqueFd b;
-  hello(&b);
+  UniqueFd b = HandshakenOn(addr, token, Channel::kUrgent);
+  ASSERT_TRUE(b.valid());
   f.clear();
   EncodeRequest({0, 1, 3}, &f);
   ASSERT_TRUE(WriteAll(b.get(), f.data(), f.size()).ok());
