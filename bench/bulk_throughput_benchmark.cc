@@ -3,8 +3,9 @@
 // ratio means something on a noisy 2-core machine.
 //
 // Each iteration does both, one after the other:
-//   raw     a child process write()s the region's bytes (a memfd with the test pattern, no zero
-//           pages) down one loopback TCP connection; this process read()s them into a reused
+//   raw     a child process pread()s the region's bytes (a memfd with the test pattern, no zero
+//           pages) 1 MiB at a time into a reused buffer, as the page server reads, and write()s
+//           them down one loopback TCP connection; this process read()s them into a reused
 //           4 MiB buffer: memcpy-bound on both ends, nothing else — the ceiling
 //   raw into fresh memory   the same, but read()s into a fresh memfd mapping of the region's
 //           size, so the receiver also pays page-cache allocation as a migration must
@@ -156,7 +157,8 @@ void BM_BulkVsLoopback(benchmark::State& state) {
   state.counters["engine_pct_of_raw"] = 100.0 * eng_bps / raw_bps;
   state.counters["raw_cpu_ns_per_page"] = static_cast<double>(raw_cpu) / pages;
   state.counters["engine_cpu_ns_per_page"] = static_cast<double>(engine_cpu) / pages;
-  // The sending ends' CPU (the page server: zero check, CRC32C, send; raw: write only).
+  // The sending ends' CPU (the page server: pread, zero check, CRC32C, send; raw: pread and write
+  // only).
   state.counters["source_cpu_ns_per_page"] = static_cast<double>(source_cpu) / pages;
   state.counters["raw_send_cpu_ns_per_page"] = static_cast<double>(raw_send_cpu) / pages;
   state.counters["spot_mismatches"] = static_cast<double>(mismatches);
