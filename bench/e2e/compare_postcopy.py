@@ -756,9 +756,43 @@ class GroupKey(tuple):
 
 
 def groups(results):
+    """{(size, page, vCPUs): {scenario: [its runs, in order]}} (one run each without --repeat)."""
     out = {}
     for c in results:
-        out.setdefault(GroupKey((c["size_mib"], c["page"], c["vcpus"])), {})[c["scenario"]] = c
+        key = GroupKey((c["size_mib"], c["page"], c["vcpus"]))
+        out.setdefault(key, {}).setdefault(c["scenario"], []).append(c)
+    return out
+
+
+def ran(runs):
+    """The runs of a scenario in one cell that ran (not n/a, no error)."""
+    return [c for c in (runs or []) if ok_cell(c)]
+
+
+def median(vals):
+    vals = sorted(v for v in vals if v is not None)
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+
+
+def run_figures(runs, khz):
+    """figures() of a scenario's runs in one cell: each figure's median over the runs that ran
+    (the run's own figures when there is one), or None when none ran. The median of each
+    column on its own: with --repeat the table's total and downtime may come from different
+    runs, as a noisy machine's medians should."""
+    each = [figures(c, khz) for c in ran(runs)]
+    if len(each) <= 1:
+        return each[0] if each else None
+    out = {}
+    for k in each[0]:
+        if k == "phase_p99":
+            out[k] = [median(f[k][i] for f in each) for i in range(len(PHASES))]
+        else:
+            out[k] = median(f[k] for f in each)
+    if out["urgent"] is not None:
+        out["urgent"] = round(out["urgent"])
     return out
 
 
@@ -772,7 +806,8 @@ def cell_table(d, khz):
             "all | worst touch | round time | urgent requests | QEMU postcopy-latency mean | "
             "faultline fault latency mean / p50 / p99 | stream | verified |")
     rows = [head, "|" + "---|" * 12]
-    for name, c in d.items():
+    for name, c in ((f"{n} #{i + 1}" if len(runs) > 1 else n, c)
+                    for n, runs in d.items() for i, c in enumerate(runs)):
         lead = f"| {name} |"
         if "na" in c:
             rows.append(f"{lead} n/a: {c['na']} |" + " |" * 10)
@@ -801,8 +836,8 @@ def cell_table(d, khz):
 
 def best(d, names, key, khz):
     """(value, scenario) of the lowest figure `key` among the cells `names` that ran."""
-    vals = [(figures(d[n], khz)[key], n) for n in names if ok_cell(d.get(n))]
-    vals = [(v, n) for v, n in vals if v is not None]
+    figs = [(run_figures(d.get(n), khz), n) for n in names]
+    vals = [(f[key], n) for f, n in figs if f is not None and f[key] is not None]
     return min(vals) if vals else (None, None)
 
 
@@ -827,19 +862,19 @@ def best_table(d, khz):
             cells.append("–" if v is None else f"{fmt(v)} ({n.split('-', 1)[1]})")
         rows.append(f"| best stock QEMU {ver} | " + " | ".join(cells) + " |")
     for name in (MAIN, "faultline-qemu72"):
-        if ok_cell(d.get(name)):
-            f = figures(d[name], khz)
+        f = run_figures(d.get(name), khz)
+        if f is not None:
             rows.append(f"| {name} | " + " | ".join(fmt(f[k]) for k, _, fmt in METRICS) + " |")
     return "\n".join(rows) + "\n"
 
 
 def targets(d, khz):
     """Issue 17's end-to-end targets for faultline-qemu10 in one cell: [(name, met, text)]."""
-    f = d.get(MAIN)
-    if not ok_cell(f):
-        why = "no faultline-qemu10 cell" if f is None else ("n/a" if "na" in f else "error")
+    runs = d.get(MAIN)
+    ff = run_figures(runs, khz)
+    if ff is None:
+        why = "no faultline-qemu10 cell" if not runs else ("n/a" if "na" in runs[0] else "error")
         return [("all", None, why)]
-    ff = figures(f, khz)
     out = []
     for ver, names in STOCK.items():
         bt, bn = best(d, names, "total", khz)
@@ -871,11 +906,14 @@ def met_word(m):
     return "n/a" if m is None else ("**met**" if m else "not met")
 
 
-def dist_of(c):
-    if not ok_cell(c):
+def dist_of(runs):
+    """A scenario's log2 µs fault-latency buckets in one cell, summed over its runs."""
+    dists = [(c.get("qemu_latency") or {}).get("log2_us_dist") or
+             (c.get("fault_latency") or {}).get("log2_us_dist") for c in ran(runs)]
+    dists = [x for x in dists if x]
+    if not dists:
         return None
-    return (c.get("qemu_latency") or {}).get("log2_us_dist") or \
-        (c.get("fault_latency") or {}).get("log2_us_dist")
+    return [sum(x[i] for x in dists if i < len(x)) for i in range(max(len(x) for x in dists))]
 
 
 def bucket_label(n):
@@ -951,7 +989,11 @@ def markdown(saved):
            "(QMP timestamps); \"QEMU's\": the source's `downtime` (10.x: wrong below 1 ms). Stream: "
            "faultline's bytes received per engine second, or QEMU's bytes transferred per total "
            "second. \"best\" = the lowest figure of that column among the version's stock modes "
-           "(the mode in brackets).\n"]
+           "(the mode in brackets)." +
+           (f" Every cell ran {saved['repeat']} times, the scenarios interleaved; its table "
+            "has one row per run, and the best-mode table, the targets and the plots use each "
+            "figure's median over the runs (each column on its own), the buckets and touches "
+            "of all runs together." if saved.get("repeat", 1) > 1 else "") + "\n"]
     out.append("## Targets (issue 17), faultline-qemu10 against the best stock mode per column\n")
     out.append("Total against 10.2.2 and 7.2 separately; downtime, touch p99 and worst touch "
                "against the best of every stock mode of both; fault-latency mean against the "
@@ -967,7 +1009,8 @@ def markdown(saved):
         dt = dist_table(d)
         if dt:
             out.append("Fault latency, each pager's own view (QEMU 10.2.2: `postcopy-latency-dist`; "
-                       "faultline: `fault_latency.log2_us_dist`), faults per bucket:\n")
+                       "faultline: `fault_latency.log2_us_dist`), faults per bucket" +
+                       (" (all runs together)" if saved.get("repeat", 1) > 1 else "") + ":\n")
             out.append(dt)
     out.append(notes(results))
     return "\n".join(out)
@@ -1003,14 +1046,17 @@ def plot_cdf(results, khz, out_png, work):
     plots = []
     for n, (key, d) in enumerate(sorted(groups(results).items())):
         curves = []
-        for name, c in d.items():
-            if not ok_cell(c):
+        for name, runs in d.items():
+            if not ran(runs):
                 continue
-            h = merged_hist(c["guest"])
+            h = {}  # every run's touches together
+            for c in ran(runs):
+                for i, v in merged_hist(c["guest"]).items():
+                    h[i] = h.get(i, 0) + v
             total = sum(h.values())
             if not total:
                 continue
-            k = c.get("tsc_khz") or khz
+            k = ran(runs)[0].get("tsc_khz") or khz
             dat = os.path.join(work, f"cdf-{n}-{name}.dat")
             with open(dat, "w") as f:
                 seen = 0
@@ -1050,8 +1096,8 @@ def plot_dist(results, out_png, work):
     plots, top = [], 0
     for n, (key, d) in enumerate(sorted(groups(results).items())):
         curves = []
-        for name, c in d.items():
-            dist = dist_of(c)
+        for name, runs in d.items():
+            dist = dist_of(runs)
             if name not in STOCK["10.2.2"] + [MAIN] or not dist or not sum(dist):
                 continue
             top = max(top, max(i for i, v in enumerate(dist) if v))
@@ -1060,7 +1106,8 @@ def plot_dist(results, out_png, work):
             with open(dat, "w") as f:
                 for i, v in enumerate(dist):
                     f.write(f"{i} {v / total:.5f}\n")
-            mean = figures(c, 0)["qemu_mean_us" if c.get("qemu_latency") else "fl_mean_us"]
+            f = run_figures(runs, 0)
+            mean = f["qemu_mean_us"] if f["qemu_mean_us"] is not None else f["fl_mean_us"]
             style = "lw 3 lc rgb '#c00000'" if name == MAIN else "lw 1.5 dt 2"
             curves.append(f"'{dat}' using 1:2 with linespoints {style} title '{name} "
                           f"(mean {fmt_us(mean)}, {total:,} faults)'")
@@ -1210,6 +1257,9 @@ def main():
                     help="comma-separated QEMU trace event patterns for both QEMUs (e.g. "
                     "'vmstate_downtime*,loadvm_postcopy_handle*'); logs kept in the cell's "
                     "work directory")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every cell N times, the scenarios interleaved (s1 s2 … s1 s2 …); "
+                         "the best-mode tables and the targets then use each figure's median")
     ap.add_argument("--touches", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default="bench-out")
@@ -1223,6 +1273,8 @@ def main():
         return 0
     if args.quick:
         args.sizes_mib, args.pages, args.vcpus = "256", "4K", "1"
+    if args.repeat < 1:
+        sys.exit(f"--repeat {args.repeat}: give at least 1 (runs of every cell)")
     if not args.bulk_channels_2m:
         args.bulk_channels_2m = args.bulk_channels
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -1261,41 +1313,49 @@ def main():
     work_root = tempfile.mkdtemp(prefix="flt-matrix-")
     huge = HugePages(work_root)
     results = []
+    not_here = set()
     t_start = time.time()
     try:
         for size in [int(s) for s in args.sizes_mib.split(",")]:
             for page in args.pages.split(","):
                 if only and (str(size), page) not in only:
                     continue
-                for vcpus in [int(v) for v in args.vcpus.split(",")]:
-                    for scenario in scenarios:
-                        cell = {"scenario": scenario, "size_mib": size, "page": page,
-                                "vcpus": vcpus, "accel": args.accel}
-                        work = tempfile.mkdtemp(prefix=f"{scenario}-{size}-{page}-{vcpus}-",
-                                                dir=work_root)
-                        print(f"== {scenario}: {size_name(size)}, {page} pages, {vcpus} vCPU(s), "
-                              f"{args.accel} [{time.strftime('%H:%M:%S')}]", flush=True)
-                        t = time.time()
-                        try:
-                            run = run_demo if scenario == "faultline-demo" else run_qemu
-                            cell.update(run(args, work, cell, huge))
-                            f = figures(cell, khz)
-                            print(f"   {cell['total_seconds']:.2f} s, downtime {fmt_ms(f['down'])}, "
-                                  f"p99 {fmt_us(f['p99'])}, max {fmt_us(f['max'])}, urgent "
-                                  f"{f['urgent']}, verified: {cell['verified']} "
-                                  f"({time.time() - t:.0f} s wall)", flush=True)
-                            if args.qemu_trace:
-                                print(f"   traces kept in {work}", flush=True)
-                            else:
-                                shutil.rmtree(work, ignore_errors=True)
-                        except NotApplicable as e:
-                            cell["na"] = str(e)
-                            print("   n/a:", e, flush=True)
-                        except Exception as e:  # reported in the table, not hidden
-                            cell["error"] = str(e)
-                            print("   ERROR:", e, f"(logs in {work})", flush=True)
-                        cell["wall_seconds"] = round(time.time() - t, 1)
-                        results.append(cell)
+                for vcpus, rep, scenario in ((v, r, sc)
+                                             for v in [int(x) for x in args.vcpus.split(",")]
+                                             for r in range(args.repeat) for sc in scenarios):
+                    if (size, page, vcpus, scenario) in not_here:
+                        continue  # n/a in its first run: the reason is the same in the next
+                    cell = {"scenario": scenario, "size_mib": size, "page": page,
+                            "vcpus": vcpus, "accel": args.accel}
+                    if args.repeat > 1:
+                        cell["run"] = rep + 1
+                    work = tempfile.mkdtemp(prefix=f"{scenario}-{size}-{page}-{vcpus}-",
+                                            dir=work_root)
+                    runno = f", run {rep + 1}/{args.repeat}" if args.repeat > 1 else ""
+                    print(f"== {scenario}: {size_name(size)}, {page} pages, {vcpus} vCPU(s), "
+                          f"{args.accel}{runno} [{time.strftime('%H:%M:%S')}]", flush=True)
+                    t = time.time()
+                    try:
+                        run = run_demo if scenario == "faultline-demo" else run_qemu
+                        cell.update(run(args, work, cell, huge))
+                        f = figures(cell, khz)
+                        print(f"   {cell['total_seconds']:.2f} s, downtime {fmt_ms(f['down'])}, "
+                              f"p99 {fmt_us(f['p99'])}, max {fmt_us(f['max'])}, urgent "
+                              f"{f['urgent']}, verified: {cell['verified']} "
+                              f"({time.time() - t:.0f} s wall)", flush=True)
+                        if args.qemu_trace:
+                            print(f"   traces kept in {work}", flush=True)
+                        else:
+                            shutil.rmtree(work, ignore_errors=True)
+                    except NotApplicable as e:
+                        cell["na"] = str(e)
+                        not_here.add((size, page, vcpus, scenario))
+                        print("   n/a:", e, flush=True)
+                    except Exception as e:  # reported in the table, not hidden
+                        cell["error"] = str(e)
+                        print("   ERROR:", e, f"(logs in {work})", flush=True)
+                    cell["wall_seconds"] = round(time.time() - t, 1)
+                    results.append(cell)
                 huge.restore()  # between sizes: give the huge pages back
     finally:
         huge.restore()
@@ -1305,6 +1365,7 @@ def main():
     saved = {"machine": machine, "touches": args.touches, "seed": args.seed,
              "bulk_channels": args.bulk_channels, "bulk_channels_2m": args.bulk_channels_2m,
              "multifd_channels": args.multifd_channels, "scenarios": scenarios,
+             "repeat": args.repeat,
              "results": results}
     save_json(os.path.join(args.out, "results.json"), saved)
     write_outputs(args, saved)

@@ -15,6 +15,9 @@
 # Results: DIR (default bench-out/matrix) gets results.json, results.md, latency.png,
 # latency_dist.png. Exit status 1 if any cell failed or did not verify; cells that cannot run
 # here are "n/a: <why>" and do not fail.
+# --repeat N runs every cell N times, the scenarios interleaved; the best-mode tables and the
+# targets then compare each figure's median (these 2-core machines are noisy: one run's downtime
+# varies 2x from the next).
 # Faultline's bulk channels: --bulk-channels N (default 2 for 4 KiB pages, 1 for 2 MiB pages:
 # what a quick check here found fastest, bench/RESULTS.md); --bulk-channels-2m M for the latter.
 # Prebuilt binaries instead of building here: FAULTLINE_BIN and FAULTLINE_GUEST (both); QEMUs:
