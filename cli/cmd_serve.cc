@@ -99,6 +99,8 @@ int RunServe() {
     one.run.engine = o.engine;
     one.run.state_dir = o.state_dir;
     one.run.connect = ConnectSource;
+    // --transport=rdma connects through ConnectSource at the hand-off, as always.
+    one.connect_ahead = absl::GetFlag(FLAGS_transport) == "tcp";
     one.run.log = [](const std::string& line) {
       std::printf("%s\n", line.c_str());
       std::fflush(stdout);

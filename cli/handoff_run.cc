@@ -74,6 +74,12 @@ nlohmann::json Hist(const LatencyHistogram& h) {
           {"log2_us_dist", h.log2_us()}};
 }
 
+// "12.3 ms"
+std::string Ms(absl::Duration d) {
+  const int64_t us = absl::ToInt64Microseconds(d);
+  return absl::StrCat(us / 1000, ".", us % 1000 / 100, " ms");
+}
+
 absl::StatusOr<std::vector<std::unique_ptr<GuestRegion>>> AdoptRegions(HandoffRequest& req) {
   std::vector<std::unique_ptr<GuestRegion>> out;
   const bool minor = true;  // faultline-format VMMs register MISSING|MINOR (see handoff.h)
@@ -169,12 +175,23 @@ nlohmann::json EngineStatsJson(const Engine& e, double seconds) {
 absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
                         nlohmann::json* stats) {
   HandoffRequest& req = session.request();
+  // What the acknowledgement costs, step by step: with a version 2 hand-off the VMM's source
+  // waits for it before it stops the guest, so it is time every migration pays.
+  const absl::Time t_hello = absl::Now();
+  std::string steps;
+  absl::Time t_step = t_hello;
+  auto step = [&](absl::string_view what) {
+    const absl::Time now = absl::Now();
+    absl::StrAppend(&steps, steps.empty() ? "" : ", ", what, " ", Ms(now - t_step));
+    t_step = now;
+  };
   auto refuse = [&](const absl::Status& s) {
     (void)session.Ack(s);
     return s;
   };
   absl::StatusOr<std::vector<std::unique_ptr<GuestRegion>>> regions = AdoptRegions(req);
   if (!regions.ok()) return refuse(regions.status());
+  step("regions");
   std::vector<GuestRegion*> raw;
   std::vector<uint64_t> pages;
   for (auto& r : *regions) {
@@ -210,6 +227,7 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
         "the VMM resumes a migration after its engine went away, but this faultline keeps no "
         "page-state file (--state_dir is empty): which pages are placed is unknown"));
   }
+  step("state file");
   // A fresh state file is ours alone: drop it if we refuse the VMM.
   auto refuse_fresh = [&](const absl::Status& s) {
     if (state && !state->adopted()) state->Remove();
@@ -222,6 +240,7 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(raw, std::move(uffd), eo, state.get());
   if (!engine.ok()) return refuse_fresh(engine.status());
+  step("engine");
   if ((*engine)->adopted() && opts.log) {
     const AdoptedStates& a = (*engine)->adopted_states();
     opts.log(absl::StrCat("resuming the migration of a previous engine (pid ",
@@ -262,7 +281,10 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   if (absl::Status s = (*engine)->CheckSourceTable((*source)->regions()); !s.ok()) {
     return refuse_fresh(s);
   }
+  step("source");
   if (absl::Status s = session.Ack(absl::OkStatus()); !s.ok()) return s;
+  step("ack");
+  const std::string took = absl::StrCat(Ms(absl::Now() - t_hello), " (", steps, ")");
 
   if (opts.on_engine) opts.on_engine(engine->get());
   // Hand-off version 2, "start":"listen" (QEMU at post-copy ADVISE): the source still runs the
@@ -274,9 +296,15 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   // is dropped again before the source QEMU lets the guest run here (engine/warmup.h); the
   // VMM's "listen" is then not waited for.
   if (req.start_on_listen && (*source)->live()) {
-    if (opts.log) opts.log("acknowledged; the source is live: warming up before the switch-over");
+    if (opts.log) {
+      opts.log(absl::StrCat("acknowledged in ", took,
+                            "; the source is live: warming up before the switch-over"));
+    }
   } else if (req.start_on_listen) {
-    if (opts.log) opts.log("acknowledged; waiting for the VMM's \"listen\" (its switch-over)");
+    if (opts.log) {
+      opts.log(absl::StrCat("acknowledged in ", took,
+                            "; waiting for the VMM's \"listen\" (its switch-over)"));
+    }
     absl::Status s = session.WaitListen([&] { return (*engine)->stopped(); });
     if (!s.ok()) {
       if (opts.on_engine) opts.on_engine(nullptr);

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "transport/rdma_page_source.h"
+#include "transport/tcp_page_source.h"
 
 namespace faultline {
 
@@ -52,16 +53,51 @@ void Refresh(const Engine& e, MigrationStatus* s) {
 
 }  // namespace
 
-Migration::Migration(MigrationSpec spec) : spec_(std::move(spec)) {
+// A connection made ahead and older than this is not trusted (a middlebox may have dropped it
+// silently): the run connects again.
+constexpr absl::Duration kAheadMaxAge = absl::Seconds(60);
+
+Migration::Migration(MigrationSpec spec)
+    : spec_(std::move(spec)), ahead_(absl::UnavailableError("not connected ahead")) {
   status_.id = spec_.id;
   status_.source = spec_.run.source.address;
   status_.handoff_socket = spec_.handoff_socket;
   status_.registered = absl::Now();
   status_.started = status_.ended = absl::InfinitePast();
+  if (spec_.connect_ahead && spec_.transport == "tcp") {
+    ahead_thread_ = std::thread([this] {
+      const TcpSourceOptions& t = spec_.run.source;
+      absl::StatusOr<std::unique_ptr<PageSource>> s;
+      if (spec_.run.connect) {
+        s = spec_.run.connect(t);
+      } else if (absl::StatusOr<std::unique_ptr<TcpPageSource>> tcp = TcpPageSource::Connect(t);
+                 tcp.ok()) {
+        s = std::unique_ptr<PageSource>(std::move(*tcp));
+      } else {
+        s = tcp.status();
+      }
+      ahead_ = std::move(s);  // read only after join (TakeAhead, under ahead_mu_)
+      ahead_at_ = absl::Now();
+    });
+  }
+}
+
+std::unique_ptr<PageSource> Migration::TakeAhead() {
+  std::lock_guard<std::mutex> l(ahead_mu_);
+  if (ahead_thread_.joinable()) ahead_thread_.join();  // bounded by the connect timeout
+  if (!ahead_.ok()) return nullptr;                    // e.g. the source was not up yet
+  std::unique_ptr<PageSource> s = std::move(*ahead_);
+  ahead_ = absl::UnavailableError("taken");
+  if (s == nullptr || absl::Now() - ahead_at_ > kAheadMaxAge || !s->Connected()) return nullptr;
+  return s;
 }
 
 Migration::~Migration() {
   Cancel();
+  {
+    std::lock_guard<std::mutex> l(ahead_mu_);
+    if (ahead_thread_.joinable()) ahead_thread_.join();
+  }
   std::thread t;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -111,6 +147,16 @@ void Migration::Run(std::unique_ptr<HandoffSession> session,
       absl::StatusOr<std::unique_ptr<RdmaPageSource>> s = RdmaPageSource::Connect(r);
       if (!s.ok()) return s.status();
       return std::unique_ptr<PageSource>(std::move(*s));
+    };
+  }
+  if (spec_.transport == "tcp") {
+    o.connect = [this, fallback = o.connect](
+                    const TcpSourceOptions& t) -> absl::StatusOr<std::unique_ptr<PageSource>> {
+      if (std::unique_ptr<PageSource> s = TakeAhead()) return s;
+      if (fallback) return fallback(t);
+      absl::StatusOr<std::unique_ptr<TcpPageSource>> tcp = TcpPageSource::Connect(t);
+      if (!tcp.ok()) return tcp.status();
+      return std::unique_ptr<PageSource>(std::move(*tcp));
     };
   }
   nlohmann::json stats;

@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -233,6 +234,66 @@ TEST_F(DaemonTest, RefusalsLeaveTheDaemonServing) {
   EXPECT_NE(m.find("faultline_handoffs_refused_total{reason=\"wrong_socket\"} 1"),
             std::string::npos);
   EXPECT_TRUE(HasEvent("refused", "nobody")) << Events();
+}
+
+// Counts the source's HELLOs (one per connection) and refuses every one after the first
+// `allow`.
+class HelloCounter : public FaultInjector {
+ public:
+  explicit HelloCounter(int allow) : allow_(allow) {}
+  absl::Status OnHello(Channel) override {
+    if (hellos_.fetch_add(1) < allow_) return absl::OkStatus();
+    return absl::UnavailableError("this test's source takes no further connection");
+  }
+  int hellos() const { return hellos_.load(); }
+  // Waits (at most 10 s) until `n` connections said HELLO.
+  bool Await(int n) const {
+    const absl::Time until = absl::Now() + absl::Seconds(10);
+    while (hellos() < n && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+    return hellos() >= n;
+  }
+
+ private:
+  const int allow_;
+  std::atomic<int> hellos_{0};
+};
+
+// The source is connected when the migration is registered, not when its VMM hands over (the
+// source VMM waits for the acknowledgement): the hand-off opens no connection — this source
+// refuses any after the registration's urgent connection and bulk lane — and the migration
+// completes and verifies.
+TEST_F(DaemonTest, SourceIsConnectedAtRegistration) {
+  HelloCounter hellos(/*allow=*/2);  // urgent + the one default bulk lane
+  auto src = TestSource::Start(kSize, 4096, {}, nullptr, &hellos);
+  ASSERT_TRUE(src.ok()) << src.status();
+  const std::string s = Expect("ahead", **src);
+  ASSERT_TRUE(hellos.Await(2)) << "the registration connected nothing";
+  ExpectMigrates(Vmm(s, ""));
+  EXPECT_EQ(hellos.hellos(), 2);
+}
+
+// The connections made at registration died before the hand-off (the source's page server
+// restarted): they are not trusted — the hand-off connects again, and the migration completes
+// and verifies.
+TEST_F(DaemonTest, DeadConnectionsFromRegistrationAreMadeAgain) {
+  HelloCounter hellos(/*allow=*/1000);
+  auto src = TestSource::Start(kSize, 4096, {}, nullptr, &hellos);
+  ASSERT_TRUE(src.ok()) << src.status();
+  const std::string s = Expect("again", **src);
+  ASSERT_TRUE(hellos.Await(2)) << "the registration connected nothing";
+  ASSERT_TRUE((*src)->Restart().ok());  // closes both connections; same port, same token
+  ExpectMigrates(Vmm(s, ""));
+  EXPECT_EQ(hellos.hellos(), 4);
+  // Checked before the acknowledgement, not found broken by the running engine afterwards.
+  AwaitSettled();
+  const MigrationStatus* m = nullptr;
+  const std::vector<MigrationStatus> all = daemon_->Statuses();
+  for (const MigrationStatus& x : all) {
+    if (x.id == "again") m = &x;
+  }
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->phase, MigrationPhase::kComplete);
+  EXPECT_EQ(m->reconnects, 0u);
 }
 
 // A migration whose source is gone fails alone, with the reason in its status; the others go on.

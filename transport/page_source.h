@@ -119,6 +119,10 @@ class PageSource {
   // Whether the guest still runs on the source (its memory changes; it tracks the writes): the
   // engine must then warm up — ask which pages changed, in rounds — before its guest may run.
   virtual bool live() const { return false; }
+  // Before Start(): whether every connection is still open as far as can be told without
+  // waiting (the peer has not closed it or reset it). A source connected ahead of its VMM's
+  // hand-off is checked with this before it is trusted (serve/migration.h).
+  virtual bool Connected() const { return true; }
   // Starts delivering to `sink` (receive threads run until Stop()).
   virtual absl::Status Start(PageSink* sink) = 0;
   // Thread-safe. Asks for one page ahead of any bulk traffic. An error means this request is

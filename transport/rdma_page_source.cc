@@ -162,6 +162,10 @@ SourceLimits RdmaPageSource::limits() const {
 }
 
 absl::Status RdmaPageSource::Start(PageSink* sink) {
+  // A thread started here may fail at once (a connection already dead) and have Reconnect()
+  // called before the next thread exists; it waits for this lock, or it would join only the
+  // threads started so far and then assign over a running one (std::terminate).
+  std::lock_guard<std::mutex> g(reconnect_mu_);
   sink_ = sink;
   StartThreads();
   return absl::OkStatus();

@@ -129,7 +129,7 @@ class RdmaPageSource : public PageSource {
   std::atomic<int> fail_urgent_left_{0};
   std::atomic<uint64_t> batches_{0};
   std::atomic<int> reconnects_{0};
-  std::mutex reconnect_mu_;
+  std::mutex reconnect_mu_;  // one Reconnect() at a time, and none while Start() runs
   RdmaTransportStats stats_;
 };
 

@@ -1,5 +1,6 @@
 #include "transport/tcp_page_source.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/socket.h>
@@ -130,6 +131,18 @@ absl::StatusOr<std::unique_ptr<TcpPageSource>> TcpPageSource::Connect(
 
 TcpPageSource::~TcpPageSource() { Stop(); }
 
+bool TcpPageSource::Connected() const {
+  // Nothing arrives unasked before the first request: a closed or reset connection shows as
+  // a hang-up (or as readable: its EOF or an ERROR frame the source sent before closing). TLS
+  // may leave a session ticket unread, which reads as "not connected": such a source is
+  // connected again, which costs time, never correctness.
+  for (const auto& c : conns_) {
+    struct pollfd p = {c->stream.fd(), POLLIN | POLLRDHUP, 0};
+    if (c->stream.fd() < 0 || ::poll(&p, 1, 0) != 0) return false;
+  }
+  return true;
+}
+
 SourceLimits TcpPageSource::limits() const {
   SourceLimits l;
   l.max_request_pages = kMaxPagesPerFrame;
@@ -149,6 +162,10 @@ void TcpPageSource::StartThreads() {
 }
 
 absl::Status TcpPageSource::Start(PageSink* sink) {
+  // A thread started here may fail at once (a connection already dead) and have Reconnect()
+  // called before the next thread exists; it waits for this lock, or it would join only the
+  // threads started so far and then assign over a running one (std::terminate).
+  std::lock_guard<std::mutex> g(reconnect_mu_);
   sink_ = sink;
   StartThreads();
   return absl::OkStatus();

@@ -73,6 +73,7 @@ class TcpPageSource : public PageSource {
   absl::Status Reconnect(absl::Time deadline) override;
   int reconnects() const { return reconnects_.load(); }
   bool live() const override { return live_; }
+  bool Connected() const override;
 
  private:
   struct Conn {
@@ -109,7 +110,7 @@ class TcpPageSource : public PageSource {
   std::atomic<bool> finishing_{false};
   std::atomic<bool> urgent_closed_{false};  // the urgent receive thread saw the end
   std::atomic<int> reconnects_{0};
-  std::mutex reconnect_mu_;  // one Reconnect() at a time
+  std::mutex reconnect_mu_;  // one Reconnect() at a time, and none while Start() runs
 };
 
 // Opens one channel: connect, TLS handshake (with opts.tls), HELLO, WELCOME. Exposed for tests
