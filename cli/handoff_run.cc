@@ -13,6 +13,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "base/errno_status.h"
 #include "engine/state_file.h"
@@ -317,16 +318,18 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
     }
     t0 = absl::Now();
   }
-  std::atomic<bool> running{true};
+  // Progress every progress_every until the run ends. The wait ends with the run, not at the
+  // next tick: "complete" (which the VMM's migration waits for) must not wait up to a whole
+  // period for this thread — it did, and added 0-200 ms (100 on average) to every migration.
+  absl::Notification ended;
   std::thread progress([&] {
-    while (running.load()) {
+    do {
       (void)session.SendProgress((*engine)->total_pages() - (*engine)->remaining_pages(),
                                  (*engine)->total_pages());
-      absl::SleepFor(opts.progress_every);
-    }
+    } while (!ended.WaitForNotificationWithTimeout(opts.progress_every));
   });
   absl::Status run = (*engine)->Run(source->get());
-  running.store(false);
+  ended.Notify();
   progress.join();
   nlohmann::json st = EngineStatsJson(**engine, absl::ToDoubleSeconds(absl::Now() - t0));
   if (opts.on_engine) opts.on_engine(nullptr);
