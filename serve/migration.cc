@@ -51,6 +51,15 @@ void Refresh(const Engine& e, MigrationStatus* s) {
   if (secs > 0) s->bytes_per_second = (s->urgent_bytes + s->bulk_bytes) / secs;
 }
 
+// The run's own way to connect (HandoffRunOptions::connect), else TCP.
+absl::StatusOr<std::unique_ptr<PageSource>> ConnectAsConfigured(const HandoffRunOptions& run,
+                                                                const TcpSourceOptions& t) {
+  if (run.connect) return run.connect(t);
+  absl::StatusOr<std::unique_ptr<TcpPageSource>> tcp = TcpPageSource::Connect(t);
+  if (!tcp.ok()) return tcp.status();
+  return std::unique_ptr<PageSource>(std::move(*tcp));
+}
+
 }  // namespace
 
 // A connection made ahead and older than this is not trusted (a middlebox may have dropped it
@@ -66,17 +75,7 @@ Migration::Migration(MigrationSpec spec)
   status_.started = status_.ended = absl::InfinitePast();
   if (spec_.connect_ahead && spec_.transport == "tcp") {
     ahead_thread_ = std::thread([this] {
-      const TcpSourceOptions& t = spec_.run.source;
-      absl::StatusOr<std::unique_ptr<PageSource>> s;
-      if (spec_.run.connect) {
-        s = spec_.run.connect(t);
-      } else if (absl::StatusOr<std::unique_ptr<TcpPageSource>> tcp = TcpPageSource::Connect(t);
-                 tcp.ok()) {
-        s = std::unique_ptr<PageSource>(std::move(*tcp));
-      } else {
-        s = tcp.status();
-      }
-      ahead_ = std::move(s);  // read only after join (TakeAhead, under ahead_mu_)
+      ahead_ = ConnectAsConfigured(spec_.run, spec_.run.source);  // read after the join only
       ahead_at_ = absl::Now();
     });
   }
@@ -150,13 +149,9 @@ void Migration::Run(std::unique_ptr<HandoffSession> session,
     };
   }
   if (spec_.transport == "tcp") {
-    o.connect = [this, fallback = o.connect](
-                    const TcpSourceOptions& t) -> absl::StatusOr<std::unique_ptr<PageSource>> {
+    o.connect = [this](const TcpSourceOptions& t) -> absl::StatusOr<std::unique_ptr<PageSource>> {
       if (std::unique_ptr<PageSource> s = TakeAhead()) return s;
-      if (fallback) return fallback(t);
-      absl::StatusOr<std::unique_ptr<TcpPageSource>> tcp = TcpPageSource::Connect(t);
-      if (!tcp.ok()) return tcp.status();
-      return std::unique_ptr<PageSource>(std::move(*tcp));
+      return ConnectAsConfigured(spec_.run, t);
     };
   }
   nlohmann::json stats;

@@ -99,10 +99,12 @@ class Migration {
   std::unique_ptr<PageSource> TakeAhead();
 
   const MigrationSpec spec_;
-  std::mutex ahead_mu_;                                // guards the three below
-  std::thread ahead_thread_;                           // connecting; joined by TakeAhead()
-  absl::StatusOr<std::unique_ptr<PageSource>> ahead_;  // written by ahead_thread_ only
-  absl::Time ahead_at_;                                // when ahead_ connected
+  // ahead_ and ahead_at_ are set by ahead_thread_, then read (and ahead_ taken) only by the
+  // one who joined it, under ahead_mu_.
+  std::mutex ahead_mu_;
+  std::thread ahead_thread_;  // connecting; joined by TakeAhead() or the destructor
+  absl::StatusOr<std::unique_ptr<PageSource>> ahead_;
+  absl::Time ahead_at_;  // when ahead_ connected
   mutable std::mutex mu_;
   MigrationStatus status_;    // guarded by mu_ (counters refreshed from engine_)
   nlohmann::json report_;     // guarded by mu_
