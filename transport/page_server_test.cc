@@ -23,18 +23,23 @@ namespace {
 
 constexpr uint64_t kSize = 64 * 4096;
 
+// Sends a HELLO of protocol `version` with `token` on channel `ch`.
+void SendHello(int fd, uint32_t version, const Token& token, Channel ch = Channel::kUrgent) {
+  Hello h;
+  h.version = version;
+  h.token = token;
+  h.channel = ch;
+  std::string out;
+  EncodeHello(h, &out);
+  ASSERT_TRUE(WriteAll(fd, out.data(), out.size()).ok());
+}
+
 // A connection to the page server at `addr` that has sent HELLO on `ch` and read the WELCOME.
 UniqueFd HandshakenOn(const std::string& addr, const Token& token, Channel ch) {
   auto fd = ConnectTcp(addr, absl::Seconds(5));
   EXPECT_TRUE(fd.ok());
   if (!fd.ok()) return UniqueFd();
-  Hello h;
-  h.version = kProtocolVersion;
-  h.token = token;
-  h.channel = ch;
-  std::string out;
-  EncodeHello(h, &out);
-  EXPECT_TRUE(WriteAll(fd->get(), out.data(), out.size()).ok());
+  SendHello(fd->get(), kProtocolVersion, token, ch);
   FrameHeader fh;
   std::string payload;
   EXPECT_TRUE(ReadSmallFrame(fd->get(), &fh, &payload).ok());
@@ -93,15 +98,6 @@ class PageServerTest : public ::testing::Test {
     auto fd = ConnectTcp(Addr(), absl::Seconds(5));
     EXPECT_TRUE(fd.ok());
     return std::move(*fd);
-  }
-  void SendHello(int fd, uint32_t version, const Token& token, Channel ch = Channel::kUrgent) {
-    Hello h;
-    h.version = version;
-    h.token = token;
-    h.channel = ch;
-    std::string out;
-    EncodeHello(h, &out);
-    ASSERT_TRUE(WriteAll(fd, out.data(), out.size()).ok());
   }
   absl::Status Drain(int fd) { return DrainFrames(fd); }
   UniqueFd Handshaken() { return HandshakenOn(Addr(), token_, Channel::kUrgent); }
