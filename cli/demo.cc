@@ -48,6 +48,12 @@ absl::Status CheckOptions(const DemoOptions& o) {
     if (!kvm.ok()) return kvm.status();
     absl::StatusOr<std::unique_ptr<GuestRam>> probe =
         GuestRam::CreateGuestMemfd((*kvm)->vm_fd(), 2u << 20);
+    if (absl::IsUnimplemented(probe.status())) {
+      return absl::UnimplementedError(
+          absl::StrCat("guest RAM on guest_memfd cannot be migrated by post-copy on this host: ",
+                       probe.status().message(),
+                       ". Boot Linux 6.18 with the patch series in kernel/ (kernel/README.md)"));
+    }
     if (!probe.ok()) return probe.status();
     if (absl::Status s = Userfaultfd::ProbeGuestMemfd((*probe)->host_base(), 4096); !s.ok()) {
       return absl::UnimplementedError(absl::StrCat(
