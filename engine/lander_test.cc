@@ -104,6 +104,49 @@ TEST_P(MemfdLanderTest, RegistrationWithoutCopyFallsBackToThePageCache) {
   EXPECT_EQ(memcmp(back.data(), src_.data() + 6 * 4096, 4096), 0);
 }
 
+// Through the page cache, a stretch of many separate pieces (every other page a zero page)
+// is written in several pwritev calls; a page already placed splits the run in two.
+TEST(MemfdLanderPageCacheTest, ManyPiecesAndAHoleArePlacedWhole) {
+  constexpr uint64_t kMany = 300;
+  auto region = GuestRegion::Create("ram", RegionKind::kMemfd, kMany * 4096);
+  ASSERT_TRUE(region.ok()) << region.status();
+  FakeUffd uffd;
+  PlacerCounters pc;
+  EngineCounters counters;
+  FaultStats stats;
+  auto table = RegionTable::Create({region->get()}, &uffd, &pc);
+  ASSERT_TRUE(table.ok()) << table.status();
+  Lander lander(table->get(), &stats, &counters);
+  std::vector<uint8_t> src(kMany * 4096);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i / 4096 * 7 + 3);
+  std::vector<uint8_t> zero(kMany);
+  for (uint64_t p = 0; p < kMany; p += 2) zero[p] = 1;
+  auto run = [&](uint64_t first, uint32_t count, Urgency u) {
+    PageRun r;
+    r.first = first;
+    r.count = count;
+    r.page_size = 4096;
+    r.data = src.data() + first * 4096;
+    r.zero = zero.data() + first;
+    r.urgency = u;
+    return r;
+  };
+  uffd.FailNext(FakeUffd::Op::kCopy, absl::InvalidArgumentError("EINVAL"));  // no COPY here
+  ASSERT_TRUE(lander.Deliver(run(151, 1, Urgency::kUrgent)).ok());           // a data page
+  ASSERT_TRUE(lander.Deliver(run(0, kMany, Urgency::kBulk)).ok());
+  EXPECT_EQ(counters.duplicate_arrivals.load(), 1u);
+  EXPECT_EQ(counters.zero_pages.load(), kMany / 2);
+  EXPECT_EQ((*table)->remaining(), 0u);
+  std::vector<uint8_t> back(4096);
+  for (uint64_t p = 0; p < kMany; ++p) {
+    EXPECT_EQ((**table)[0].state.Get(p), PageState::kPresent) << p;
+    ASSERT_EQ(pread((*region)->fd(), back.data(), 4096, static_cast<off_t>(p * 4096)), 4096);
+    const uint8_t want = zero[p] ? 0 : src[p * 4096];
+    EXPECT_EQ(back[0], want) << p;
+    EXPECT_EQ(back[4095], want) << p;
+  }
+}
+
 // A fault's page on shmem: one UFFDIO_COPY (no pwritev, whose inode lock a bulk lane's write
 // may hold for long), which maps and wakes.
 TEST_P(MemfdLanderTest, UrgentPageIsCopiedInOneStep) {

@@ -202,9 +202,14 @@ TEST(Migration, UnmappedRangeIsDroppedAndTheMigrationStillCompletes) {
   uint64_t want;
   memcpy(&want, (*src)->base() + page * 4096, 8);
   EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(base + page * 4096), want);
-  // The VMM drops the last 1 MiB of guest memory (munmap blocks until the engine has read
-  // the UNMAP event); those pages are no longer owed.
-  ASSERT_EQ(munmap(base + (7u << 20), 1u << 20), 0);
+  // The VMM drops the last 1 MiB of guest memory: it maps something else over it (MAP_FIXED
+  // unmaps the old range and raises the same UNMAP event as munmap, and blocks the same way
+  // until the engine has read it); those pages are no longer owed. Not munmap and a remap
+  // later: in between, another thread's mmap (a thread stack, the allocator's) may take the
+  // hole, and the remap would then wipe it — which once corrupted ASan's heap in this test.
+  ASSERT_NE(mmap(base + (7u << 20), 1u << 20, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
+            MAP_FAILED);
   ASSERT_TRUE(WaitFor([&] { return engine->counters().unmap_events.load() == 1; }));
   ASSERT_TRUE(WaitFor([&] { return engine->StateOf(0, 2047) == PageState::kDiscarded; }));
   engine->StartBackgroundPull();
@@ -212,10 +217,6 @@ TEST(Migration, UnmappedRangeIsDroppedAndTheMigrationStillCompletes) {
   ASSERT_TRUE(run.ok()) << run;
   EXPECT_EQ(engine->counters().discarded_pages.load(), 256u);
   EXPECT_EQ(memcmp(base, (*src)->base(), 7u << 20), 0);
-  // Map the hole again so the region's own munmap at teardown is whole.
-  ASSERT_NE(mmap(base + (7u << 20), 1u << 20, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
-            MAP_FAILED);
 }
 
 TEST(Migration, RegionTableMismatchIsRefused) {
