@@ -493,7 +493,8 @@ def run_qemu(args, work, cell, huge):
             m.close()
         src.ok("cont")
         serial = os.path.join(work, "src.serial")
-        boot = wait_for(lambda: re.search(r"FLT cpu=0 boot .*data=0x([0-9a-f]+)-.*abi=(\w+)",
+        # The whole line (its end read too): a serial file read mid-line once gave "abi=v".
+        boot = wait_for(lambda: re.search(r"FLT cpu=0 boot .*data=0x([0-9a-f]+)-.*abi=(\w+)\s",
                                           read(serial)), 120, "the guest to boot on the source")
         if boot.group(2) != "vmm":
             raise RuntimeError("the guest did not see the mailbox: " + boot.group(0))
