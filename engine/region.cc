@@ -42,18 +42,19 @@ absl::StatusOr<UniqueFd> CreateGuestMemfd(int vm_fd, uint64_t size) {
   struct kvm_create_guest_memfd g = {};
   g.size = size;
   g.flags = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
-  int fd = ioctl(vm_fd, KVM_CREATE_GUEST_MEMFD, &g);
-  if (fd < 0 && (errno == ENOTTY || errno == EINVAL)) {
+  const int fd = ioctl(vm_fd, KVM_CREATE_GUEST_MEMFD, &g);
+  if (fd >= 0) return UniqueFd(fd);
+  const int err = errno;
+  if (err == ENOTTY || err == EINVAL) {
     // ENOTTY: this KVM has no guest_memfd at all (KVM_CAP_GUEST_MEMFD is 0 — e.g. kvm_pvm);
     // EINVAL: it has one, but not mappable by the host (the MMAP flags came with 6.18).
     return absl::UnimplementedError(absl::StrCat(
         "this KVM cannot make a host-mappable guest_memfd (KVM_CREATE_GUEST_MEMFD with "
         "MMAP|INIT_SHARED: ",
-        errno == ENOTTY ? "no guest_memfd in this KVM" : "flags not supported, needs Linux 6.18+",
+        err == ENOTTY ? "no guest_memfd in this KVM" : "flags not supported, needs Linux 6.18+",
         ")"));
   }
-  if (fd < 0) return ErrnoStatus("KVM_CREATE_GUEST_MEMFD (MMAP|INIT_SHARED)");
-  return UniqueFd(fd);
+  return ErrnoStatus("KVM_CREATE_GUEST_MEMFD (MMAP|INIT_SHARED)", err);
 }
 
 static absl::StatusOr<uint8_t*> MapShared(int fd, uint64_t size, uint64_t offset,
