@@ -17,6 +17,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "cli/common.h"
 #include "cli/handoff_run.h"
 #include "serve/daemon.h"
@@ -25,6 +26,11 @@ ABSL_FLAG(std::string, state_dir, "/run/faultline",
           "serve: directory of the per-migration page-state files (a tmpfs). If faultline "
           "dies mid-migration, a new `serve` with the same token continues from the file "
           "when the VMM hands the same uffd over again. Empty: keep no state file.");
+ABSL_FLAG(absl::Duration, bulk_hold_until_running, absl::Milliseconds(100),
+          "serve: a VMM that says when its guest runs here (QEMU's x-postcopy-external-pager "
+          "series): no background request until it does, at most this long after its "
+          "switch-over began, so the switch-over's own faults have the cores (0: start the "
+          "stream at once).");
 ABSL_FLAG(bool, daemon, false,
           "serve: serve any number of migrations, registered with `faultline expect` on "
           "--control, until SIGTERM.");
@@ -68,6 +74,7 @@ int RunServe() {
   o.handoff_socket = absl::GetFlag(FLAGS_handoff);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.state_dir = absl::GetFlag(FLAGS_state_dir);
+  o.bulk_hold_until_running = absl::GetFlag(FLAGS_bulk_hold_until_running);
   absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
   if (!engine_opts.ok()) return Fail(engine_opts.status());
   o.engine = *engine_opts;
@@ -98,6 +105,7 @@ int RunServe() {
     one.run.source = *source;
     one.run.engine = o.engine;
     one.run.state_dir = o.state_dir;
+    one.run.bulk_hold_until_running = o.bulk_hold_until_running;
     one.run.connect = ConnectSource;
     // --transport=rdma connects through ConnectSource at the hand-off, as always.
     one.connect_ahead = absl::GetFlag(FLAGS_transport) == "tcp";

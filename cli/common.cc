@@ -41,6 +41,8 @@ ABSL_FLAG(absl::Duration, bulk_solo_at_start, absl::Milliseconds(20),
           "With --bulk_channels > 1: only the first bulk channel for this long after the "
           "background pull begins, while the VMM's switch-over (device state that reads guest "
           "RAM) faults (0: every channel from the start).");
+ABSL_FLAG(absl::Duration, bulk_hold_at_start, absl::ZeroDuration(),
+          "No background request for this long after the pull begins (0: none).");
 ABSL_FLAG(absl::Duration, fault_slice, faultline::kDefaultFaultSlice,
           "Scheduler time slice of the fault path's threads (destination: uffd reader and "
           "urgent receiver; source: urgent server), Linux >= 6.12: a fault's wake-up then "
@@ -156,6 +158,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFromFlags() {
   o.bulk_window = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_window));
   o.bulk_solo_after_fault = absl::GetFlag(FLAGS_bulk_solo_after_fault);
   o.bulk_solo_at_start = absl::GetFlag(FLAGS_bulk_solo_at_start);
+  o.bulk_hold_at_start = absl::GetFlag(FLAGS_bulk_hold_at_start);
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
   o.fault_slice = absl::GetFlag(FLAGS_fault_slice);
   o.reconnect_deadline = absl::GetFlag(FLAGS_reconnect_deadline);

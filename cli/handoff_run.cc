@@ -238,6 +238,11 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   Userfaultfd uffd = Userfaultfd::Adopt(std::move(req.uffd), req.uffd_features);
   EngineOptions eo = opts.engine;
   eo.register_ranges = !req.registered;
+  bool hold_until_running = req.notify_running && req.start_on_listen &&
+                            opts.bulk_hold_until_running > absl::ZeroDuration();
+  if (hold_until_running) {
+    eo.bulk_hold_at_start = std::max(eo.bulk_hold_at_start, opts.bulk_hold_until_running);
+  }
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(raw, std::move(uffd), eo, state.get());
   if (!engine.ok()) return refuse_fresh(engine.status());
@@ -297,6 +302,9 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   // is dropped again before the source QEMU lets the guest run here (engine/warmup.h); the
   // VMM's "listen" is then not waited for.
   if (req.start_on_listen && (*source)->live()) {
+    // Warm-up pulls while the guest still runs on the source: nothing to hold it for.
+    hold_until_running = false;
+    (*engine)->GuestRunning();
     if (opts.log) {
       opts.log(absl::StrCat("acknowledged in ", took,
                             "; the source is live: warming up before the switch-over"));
@@ -328,10 +336,29 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
                                  (*engine)->total_pages());
     } while (!ended.WaitForNotificationWithTimeout(opts.progress_every));
   });
+  // The VMM's "running" ends the engine's hold on the background stream (the hold runs out on
+  // its own otherwise). Nothing else is read from the VMM after "listen".
+  absl::Duration running_after = absl::InfiniteDuration();
+  std::thread running;
+  if (hold_until_running) {
+    running = std::thread([&] {
+      const absl::Status s = session.WaitRunning(t0 + opts.bulk_hold_until_running,
+                                                 [&] { return ended.HasBeenNotified(); });
+      if (s.ok()) {
+        running_after = absl::Now() - t0;
+        (*engine)->GuestRunning();
+      }
+    });
+  }
   absl::Status run = (*engine)->Run(source->get());
   ended.Notify();
   progress.join();
+  if (running.joinable()) running.join();
   nlohmann::json st = EngineStatsJson(**engine, absl::ToDoubleSeconds(absl::Now() - t0));
+  // How long the VMM's switch-over took after "listen", as the engine saw it.
+  if (running_after != absl::InfiniteDuration()) {
+    st["running_after_listen_ms"] = absl::ToDoubleMilliseconds(running_after);
+  }
   if (opts.on_engine) opts.on_engine(nullptr);
   (void)session.SendComplete(run, st);
   // Only after "complete" went out: an engine that dies in between leaves a file whose pages

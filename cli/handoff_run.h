@@ -20,6 +20,11 @@ struct HandoffRunOptions {
   TcpSourceOptions source;
   EngineOptions engine;
   absl::Duration progress_every = absl::Milliseconds(200);
+  // A VMM whose hello says "notify_running" (QEMU's series): no background request until it
+  // says "running", at most this long after "listen" — its switch-over (device state that reads
+  // guest RAM through faults) then has the host's cores to itself. Zero: the stream starts at
+  // "listen" regardless.
+  absl::Duration bulk_hold_until_running = absl::Milliseconds(100);
   // Where the page-state map lives while the migration runs (one file per migration, named
   // after a hash of the token; engine/state_file.h). If this engine dies, a new one given the
   // same uffd adopts the file and continues; it is removed when the migration completes.

@@ -34,6 +34,14 @@ void BackgroundPull::Enable() {
   cv_.notify_all();
 }
 
+void BackgroundPull::Release() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    released_ = true;
+  }
+  cv_.notify_all();
+}
+
 void BackgroundPull::Pause() {
   std::lock_guard<std::mutex> l(mu_);
   paused_ = true;
@@ -116,8 +124,13 @@ bool BackgroundPull::ClaimNext(uint32_t* region, uint64_t* first, uint32_t* coun
 }
 
 size_t BackgroundPull::ActiveLanes(uint64_t* wait_ns) const {
-  if (outstanding_.size() <= 1) return outstanding_.size();
   const uint64_t now = FaultStats::NowNs();
+  if (opts_.hold_at_start_ns != 0 && !released_ && began_ns_ != 0 &&
+      now < began_ns_ + opts_.hold_at_start_ns) {
+    *wait_ns = began_ns_ + opts_.hold_at_start_ns - now;
+    return 0;
+  }
+  if (outstanding_.size() <= 1) return outstanding_.size();
   uint64_t solo_until = 0;
   if (opts_.solo_at_start_ns != 0 && began_ns_ != 0)
     solo_until = began_ns_ + opts_.solo_at_start_ns;
@@ -151,7 +164,7 @@ void BackgroundPull::Loop() {
     };
     while (true) {
       active = ActiveLanes(&wait_ns);
-      if (stop_ || (enabled_ && !paused_ && !idle_ && has_room())) break;
+      if (stop_ || (enabled_ && !paused_ && !idle_ && active > 0 && has_room())) break;
       if (active < outstanding_.size()) {
         // Lanes held back (the start, a fault): look again once that has passed, whether or
         // not the first lane's answers come meanwhile.

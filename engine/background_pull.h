@@ -43,6 +43,11 @@ class BackgroundPull {
     // threads delayed those faults (bench/RESULTS.md: kvm-tpr-opt's load 3.0 ms with one lane,
     // 9.6 ms with two). 0: none.
     uint64_t solo_at_start_ns = 0;
+    // No lane takes a request for this long after the pull begins, or until Release(): the
+    // switch-over's faults and the VMM's device-state load have both cores to themselves. For a
+    // VMM that says when its guest runs (hand-off "running"), this is the most it may take. 0:
+    // none.
+    uint64_t hold_at_start_ns = 0;
   };
   BackgroundPull(RegionTable* table, EngineCounters* counters, const Options& opts)
       : table_(table),
@@ -57,6 +62,8 @@ class BackgroundPull {
   void Stop();  // joins; idempotent
 
   void Enable();
+  // Ends the hold at the start (Options::hold_at_start_ns) now, e.g. when the guest runs.
+  void Release();
   // Reconnecting: no new request until Resume(), which also forgets the requests in flight
   // (they died with the connection; their pages were made absent again by the caller).
   void Pause();
@@ -82,8 +89,9 @@ class BackgroundPull {
 
  private:
   void Loop();
-  // How many lanes (from the first) may take a new request now (solo_at_start_ns,
-  // solo_after_fault_ns); *wait_ns: how long until that may change (when fewer than all).
+  // How many lanes (from the first) may take a new request now (0 during the hold at the start;
+  // then solo_at_start_ns, solo_after_fault_ns); *wait_ns: how long until that may change (when
+  // fewer than all).
   size_t ActiveLanes(uint64_t* wait_ns) const;
   // Claims the next batch from the cursor (under mu_). False: nothing absent is left.
   bool ClaimNext(uint32_t* region, uint64_t* first, uint32_t* count);
@@ -103,6 +111,7 @@ class BackgroundPull {
   bool idle_ = false;        // guarded by mu_: nothing absent at the last scan
   uint64_t generation_ = 0;  // guarded by mu_: bumped by Resume()
   uint64_t began_ns_ = 0;    // guarded by mu_: when the pull was first enabled (0: not yet)
+  bool released_ = false;    // guarded by mu_: Release() ended the hold at the start
   struct Lane {
     std::deque<uint64_t> sizes;  // bytes of each request in flight, oldest first
     uint64_t bytes = 0;

@@ -111,6 +111,40 @@ TEST_F(PullTest, OnlyTheFirstLaneAtTheStart) {
   pull_->Stop();
 }
 
+// For hold_at_start_ns after the pull begins no lane takes a request, not even the only one;
+// then the pull starts without an answer or a fault to wake it.
+TEST_F(PullTest, NothingIsAskedDuringTheHoldAtTheStart) {
+  BackgroundPull::Options o;
+  o.batch_bytes = 16 * 4096;
+  o.window = 2;
+  o.hold_at_start_ns = 200'000'000;
+  Make(1024, 1, o);
+  source_->HoldBulk(true);
+  const absl::Time t0 = absl::Now();
+  pull_->Start(source_.get());
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(source_->bulk_requests(), 0) << "a request during the hold";
+  ASSERT_TRUE(WaitFor([&] { return source_->bulk_requests() == 2; }));
+  EXPECT_GE(absl::Now() - t0, absl::Milliseconds(200));
+  pull_->Stop();
+}
+
+// Release() (the guest runs) ends the hold at once, long before it would have run out.
+TEST_F(PullTest, ReleaseEndsTheHoldAtTheStart) {
+  BackgroundPull::Options o;
+  o.batch_bytes = 16 * 4096;
+  o.window = 2;
+  o.hold_at_start_ns = 3'600'000'000'000;  // an hour
+  Make(1024, 2, o);
+  source_->HoldBulk(true);
+  pull_->Start(source_.get());
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(source_->bulk_requests(), 0);
+  pull_->Release();
+  ASSERT_TRUE(WaitFor([&] { return source_->bulk_requests() == 4; }));  // both lanes' windows
+  pull_->Stop();
+}
+
 TEST_F(PullTest, BatchesRespectTheSourceLimits) {
   BackgroundPull::Options o;
   o.batch_bytes = 64u << 20;  // more than the fake's 1 MiB per request

@@ -62,6 +62,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::vector<GuestRegion*>
   po.window = opts.bulk_window;
   po.solo_at_start_ns = static_cast<uint64_t>(
       absl::ToInt64Nanoseconds(std::max(absl::ZeroDuration(), opts.bulk_solo_at_start)));
+  po.hold_at_start_ns = static_cast<uint64_t>(
+      absl::ToInt64Nanoseconds(std::max(absl::ZeroDuration(), opts.bulk_hold_at_start)));
   po.solo_after_fault_ns = static_cast<uint64_t>(
       absl::ToInt64Nanoseconds(std::max(absl::ZeroDuration(), opts.bulk_solo_after_fault)));
   po.enabled = opts.background_pull && opts.pull_start_delay <= absl::ZeroDuration();
@@ -418,6 +420,8 @@ void Engine::Failed(const SourceError& why) {
 }
 
 void Engine::StartBackgroundPull() { pull_->Enable(); }
+
+void Engine::GuestRunning() { pull_->Release(); }
 
 void Engine::Cancel() { stop_.Stop(absl::CancelledError("migration cancelled")); }
 

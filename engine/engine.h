@@ -57,6 +57,9 @@ struct EngineOptions {
   // With several bulk lanes: only the first for this long after the pull begins, while a VMM's
   // switch-over faults (BackgroundPull::Options::solo_at_start_ns). Zero: none.
   absl::Duration bulk_solo_at_start = absl::Milliseconds(20);
+  // No bulk request at all for this long after the pull begins, or until GuestRunning()
+  // (BackgroundPull::Options::hold_at_start_ns). Zero: none.
+  absl::Duration bulk_hold_at_start = absl::ZeroDuration();
   bool busy_poll = false;  // the fault loop spins on the uffd instead of poll()
   // The fault-loop thread's scheduler slice (base/thread_slice.h): a short one lets the thread
   // preempt bulk work when a fault wakes it instead of waiting out the running thread's slice.
@@ -115,6 +118,9 @@ class Engine : public PageSink, private UrgentRequester {
   }
   void Cancel();               // thread-safe
   void StartBackgroundPull();  // thread-safe; see EngineOptions::background_pull
+  // The VMM's guest runs here now: the hold at the start (EngineOptions::bulk_hold_at_start)
+  // ends. Thread-safe.
+  void GuestRunning();
   // Whether Cancel() was called or Run() has ended (thread-safe): a caller waiting before Run()
   // (cli/handoff_run.cc, for the VMM's "listen") stops waiting.
   bool stopped() const { return stop_.stopped(); }

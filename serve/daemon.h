@@ -58,6 +58,7 @@ struct DaemonOptions {
   FILE* event_log = stdout;             // JSON lines; null: none
   // Defaults for "expect" requests that leave them out.
   EngineOptions engine;
+  absl::Duration bulk_hold_until_running = absl::Milliseconds(100);  // HandoffRunOptions'
   // Bulk receive threads of migrations registered with "expect" (many at once) at SCHED_IDLE
   // (TcpSourceOptions::bulk_idle).
   bool bulk_idle = true;

@@ -72,6 +72,7 @@ nlohmann::json Daemon::Expect(const nlohmann::json& r) {
   MigrationSpec spec;
   spec.id = id;
   spec.run.engine = opts_.engine;
+  spec.run.bulk_hold_until_running = opts_.bulk_hold_until_running;
   spec.run.state_dir = r.contains("state_dir") && r["state_dir"].is_string()
                            ? r["state_dir"].get<std::string>()
                            : opts_.state_dir;

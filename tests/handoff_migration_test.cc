@@ -176,10 +176,12 @@ TEST(HandoffMigration, UnreachableSourceIsRefusedBeforeTheGuestRuns) {
 // ---- Version 2: the hand-off at the start of the migration, pages only after "listen" ----
 
 // The hello QEMU 10.2 sends at post-copy ADVISE, for fds {uffd, memfd}.
-std::string Version2Hello(const GuestRegion& ram, const Userfaultfd& uffd) {
+std::string Version2Hello(const GuestRegion& ram, const Userfaultfd& uffd,
+                          bool notify_running = false) {
   return nlohmann::json{{"type", "hello"},
                         {"version", 2},
                         {"start", "listen"},
+                        {"notify_running", notify_running},
                         {"vmm", "qemu-test"},
                         {"uffd_features", uffd.features()},
                         {"registered", true},
@@ -198,11 +200,12 @@ std::string Version2Hello(const GuestRegion& ram, const Userfaultfd& uffd) {
 // The VMM's version 2 hand-off: `ram` (memfd) registered MISSING|MINOR on `uffd`, the hello sent,
 // faultline's ack read.
 absl::StatusOr<std::unique_ptr<HandoffClient>> HandOverVersion2(const std::string& path,
-                                                                GuestRegion& ram,
-                                                                Userfaultfd& uffd) {
+                                                                GuestRegion& ram, Userfaultfd& uffd,
+                                                                bool notify_running = false) {
   if (absl::Status s = uffd.Register(ram.base(), ram.size(), true, true); !s.ok()) return s;
   const int fds[] = {uffd.fd(), ram.fd()};
-  return HandoffClient::ConnectWithHello(path, Version2Hello(ram, uffd), fds, absl::Seconds(20));
+  return HandoffClient::ConnectWithHello(path, Version2Hello(ram, uffd, notify_running), fds,
+                                         absl::Seconds(20));
 }
 
 // Whether the memfd holds any data (a placed page, or a stale one).
@@ -251,6 +254,50 @@ TEST(HandoffMigration, Version2PlacesNothingBeforeListen) {
   EXPECT_GT(PagesServed(**src), 0u);
   ASSERT_TRUE(uffd->Unregister((*ram)->base(), kV2Size).ok());
   EXPECT_EQ((*src)->CountMismatches((*ram)->base()), 0u);
+}
+
+// A VMM that says when its guest runs ("notify_running"): after "listen" faultline asks the
+// source for faulted pages only — here none, so nothing at all — until "running"; then the
+// background stream places every page. A VMM that never says it only delays the stream: the
+// hold ends on its own.
+TEST(HandoffMigration, Version2NoBackgroundStreamBeforeRunning) {
+  for (const bool says_running : {true, false}) {
+    SCOPED_TRACE(says_running ? "running sent" : "running never sent");
+    constexpr uint64_t kV2Size = 4u << 20;
+    auto src = TestSource::Start(kV2Size, 4096);
+    ASSERT_TRUE(src.ok()) << src.status();
+    const std::string path = SocketPath(says_running ? "v2run" : "v2norun");
+    FaultlineSide faultline(path, src->get(), [&](HandoffRunOptions& ho) {
+      ho.bulk_hold_until_running = says_running ? absl::Hours(1) : absl::Milliseconds(600);
+    });
+    auto ram = GuestRegion::Create("ram", RegionKind::kMemfd, kV2Size);
+    ASSERT_TRUE(ram.ok());
+    auto uffd = Userfaultfd::Open();
+    ASSERT_TRUE(uffd.ok());
+    auto client = HandOverVersion2(path, **ram, *uffd, /*notify_running=*/true);
+    ASSERT_TRUE(client.ok()) << client.status();
+    const absl::Time listened = absl::Now();
+    ASSERT_TRUE((*client)->Listen().ok());
+    absl::SleepFor(absl::Milliseconds(300));  // the VMM's switch-over, with no fault
+    EXPECT_EQ(PagesServed(**src), 0u) << "the background stream ran before \"running\"";
+    EXPECT_FALSE(HoldsData((*ram)->fd()));
+    if (says_running) {
+      ASSERT_TRUE((*client)->Running().ok());
+    }
+    auto complete = (*client)->WaitComplete(absl::Seconds(60));
+    ASSERT_TRUE(complete.ok()) << complete.status();
+    absl::Status s = faultline.Join();
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_EQ(complete->value("pages", 0ull), kV2Size / 4096);
+    if (says_running) {
+      EXPECT_GE(complete->value("running_after_listen_ms", 0.0), 300.0);
+    } else {
+      EXPECT_FALSE(complete->contains("running_after_listen_ms"));
+      EXPECT_GE(absl::Now() - listened, absl::Milliseconds(600));
+    }
+    ASSERT_TRUE(uffd->Unregister((*ram)->base(), kV2Size).ok());
+    EXPECT_EQ((*src)->CountMismatches((*ram)->base()), 0u);
+  }
 }
 
 // The VMM's migration fails in pre-copy: it says bye, or just goes away, before "listen".

@@ -50,6 +50,13 @@
 //   VMM → faultline  listen    {"type":"listen"}: the source's memory is final from here on.
 //                              Then progress / complete / bye as version 1. There is no time
 //                              limit between ack and listen (the connection is the VMM's liveness).
+//   VMM → faultline  running   {"type":"running"} (optional; only from a VMM whose hello said
+//                              "notify_running": true): its guest runs here from now on (QEMU:
+//                              the destination's VM started). Until then faultline asks the
+//                              source for faulted pages only, so the VMM's switch-over — device
+//                              state that reads guest RAM — has the host's cores to itself; a
+//                              bounded wait (HandoffRunOptions::bulk_hold_until_running), so a
+//                              VMM that never says it only delays the background stream.
 // Before listen, a bye or a closed connection (the VMM's migration failed or was cancelled in
 // pre-copy) ends the hand-off: faultline has placed nothing, sends nothing more, closes, and
 // reports the error (bye: Aborted, close: Unavailable, "... before \"listen\" ..."). A faultline
@@ -150,6 +157,7 @@ struct HandoffRequest {
   bool registered = true;              // the VMM registered the regions with the uffd
   bool resume = false;                 // the same uffd again, after a faultline went away
   bool start_on_listen = false;        // version 2 "start":"listen": see WaitListen()
+  bool notify_running = false;         // version 2 "notify_running": see WaitRunning()
   bool attached = false;               // an attach came first (version 2)
   std::string migration;               // the hello's "migration" ("" when absent)
   UniqueFd uffd;
@@ -251,6 +259,11 @@ class HandoffSession {  // one connected VMM
   // failed or was cancelled in pre-copy; Cancelled once `stop` (may be null; polled every
   // kHandoffStopPoll) returns true. Skips every other message, closing fds that come with it.
   absl::Status WaitListen(const std::function<bool()>& stop = nullptr);
+  // Version 2, after "listen" (or an ack of "start":"now"): waits until the VMM says "running"
+  // (OK), at most until `deadline` (DeadlineExceeded). Aborted on a bye, Unavailable when the
+  // connection closes or the framing breaks, Cancelled once `stop` (as in WaitListen) returns
+  // true. Skips every other message.
+  absl::Status WaitRunning(absl::Time deadline, const std::function<bool()>& stop = nullptr);
   // Non-blocking: true once the VMM went away (EOF, reset, a malformed message) or said bye.
   // Consumes (and ignores) anything else the VMM sends, closing any fds that come with it.
   bool PeerClosed();
@@ -266,6 +279,11 @@ class HandoffSession {  // one connected VMM
   absl::Status ReadFrame(absl::Time deadline, const std::function<bool()>& stop,
                          absl::string_view what, std::string* payload, std::vector<UniqueFd>* fds);
   absl::Status Send(const nlohmann::json& message);
+  // WaitListen and WaitRunning: until a message of `type`. Errors say "before \"<type>\"" and
+  // then `consequence` (after ": ", when not empty); a stop says `stopped` after the type.
+  absl::Status WaitFor(absl::string_view type, absl::Time deadline,
+                       const std::function<bool()>& stop, absl::string_view consequence,
+                       absl::string_view stopped);
 
   UniqueFd fd_;
   PeerCredentials peer_;
@@ -325,6 +343,8 @@ class HandoffClient {
   // Version 2 (a hello sent with ConnectWithHello, "start":"listen"): the source's memory is
   // final, faultline may place pages.
   absl::Status Listen();
+  // Version 2 (a hello with "notify_running": true): the guest runs here now.
+  absl::Status Running();
   int fd() const { return fd_.get(); }
 
  private:

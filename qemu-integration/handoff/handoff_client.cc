@@ -166,17 +166,20 @@ absl::StatusOr<json> HandoffClient::WaitComplete(
   }
 }
 
-absl::Status HandoffClient::Bye() {
-  absl::StatusOr<std::string> f = Frame(json{{"type", "bye"}});
+namespace {
+
+// A message that is only its type.
+absl::Status SendType(int fd, const char* type) {
+  absl::StatusOr<std::string> f = Frame(json{{"type", type}});
   if (!f.ok()) return f.status();
-  return SendAll(fd_.get(), *f, {});
+  return SendAll(fd, *f, {});
 }
 
-absl::Status HandoffClient::Listen() {
-  absl::StatusOr<std::string> f = Frame(json{{"type", "listen"}});
-  if (!f.ok()) return f.status();
-  return SendAll(fd_.get(), *f, {});
-}
+}  // namespace
+
+absl::Status HandoffClient::Bye() { return SendType(fd_.get(), "bye"); }
+absl::Status HandoffClient::Listen() { return SendType(fd_.get(), "listen"); }
+absl::Status HandoffClient::Running() { return SendType(fd_.get(), "running"); }
 
 absl::StatusOr<UniqueFd> SendFirecrackerHandoff(const std::string& path, int uffd,
                                                 const std::vector<HandoffClientRegion>& regions) {

@@ -272,6 +272,12 @@ absl::StatusOr<HandoffRequest> ParseHello(absl::string_view text, size_t fd_coun
     }
     req.start_on_listen = start == "listen";
   }
+  // Version 2: the VMM will say "running" when its guest runs here (WaitRunning()).
+  if (req.version >= 2 && Find(j, "notify_running") != nullptr) {
+    if (absl::Status s = GetBool(j, kWhere, "notify_running", &req.notify_running); !s.ok()) {
+      return s;
+    }
+  }
   if (absl::Status s = GetString(j, kWhere, "vmm", &req.vmm); !s.ok()) return s;
   if (req.vmm.empty() || req.vmm.size() > 256 || !PrintableName(req.vmm)) {
     return Invalid(kWhere, "\"vmm\" must be 1..256 printable bytes");

@@ -362,48 +362,64 @@ absl::Status HandoffSession::ReadHello(absl::Time deadline, const std::function<
 }
 
 absl::Status HandoffSession::WaitListen(const std::function<bool()>& stop) {
-  constexpr absl::string_view kNothingPlaced =
-      "its migration failed or was cancelled before post-copy; faultline placed no page";
+  return WaitFor("listen", absl::InfiniteFuture(), stop,
+                 "its migration failed or was cancelled before post-copy; faultline placed no "
+                 "page",
+                 "; it placed no page");
+}
+
+absl::Status HandoffSession::WaitRunning(absl::Time deadline, const std::function<bool()>& stop) {
+  return WaitFor("running", deadline, stop, "", "");
+}
+
+absl::Status HandoffSession::WaitFor(absl::string_view type, absl::Time deadline,
+                                     const std::function<bool()>& stop,
+                                     absl::string_view consequence, absl::string_view stopped) {
+  const std::string before = absl::StrCat("before \"", type, "\"");
+  const std::string then = consequence.empty() ? "" : absl::StrCat(": ", consequence);
+  const absl::Time start = absl::Now();
   if (format() != HandoffFormat::kFaultline) return absl::OkStatus();
   std::lock_guard<std::mutex> lock(read_mu_);
   for (;;) {
-    for (;;) {  // whole messages first: a listen or a bye may already be buffered
+    for (;;) {  // whole messages first: the one awaited or a bye may already be buffered
       std::string payload;
       absl::StatusOr<bool> got = reader_->PopFrame(&payload);
       reader_->fds().clear();  // nothing after the hello carries fds we want
       if (!got.ok()) {
         closed_ = true;
-        return absl::UnavailableError(
-            absl::StrCat("the VMM broke the hand-off framing before "
-                         "\"listen\" (",
-                         got.status().message(), ")"));
+        return absl::UnavailableError(absl::StrCat("the VMM broke the hand-off framing ", before,
+                                                   " (", got.status().message(), ")"));
       }
       if (!*got) break;
       const json m = json::parse(payload, nullptr, /*allow_exceptions=*/false);
       const json t = m.is_object() ? m.value("type", json()) : json();
-      if (t == "listen") return absl::OkStatus();
+      if (t.is_string() && t.get<std::string>() == type) return absl::OkStatus();
       if (t == "bye") {
         bye_ = closed_ = true;
-        return absl::AbortedError(
-            absl::StrCat("the VMM said bye before \"listen\": ", kNothingPlaced));
+        return absl::AbortedError(absl::StrCat("the VMM said bye ", before, then));
       }
       // Anything else: not for us (unknown types are skipped).
     }
     if (closed_) {
-      return absl::UnavailableError(absl::StrCat(
-          "the VMM closed the hand-off connection before \"listen\": ", kNothingPlaced));
+      return absl::UnavailableError(
+          absl::StrCat("the VMM closed the hand-off connection ", before, then));
     }
     if (stop && stop()) {
       return absl::CancelledError(
-          "faultline stopped while waiting for the VMM's \"listen\"; it placed no page");
+          absl::StrCat("faultline stopped while waiting for the VMM's \"", type, "\"", stopped));
     }
-    absl::Status s = reader_->Fill(absl::Now() + kHandoffStopPoll, kPrefix + kMaxHandoffMessage);
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("the VMM did not say \"", type, "\" within ",
+                                                      absl::FormatDuration(deadline - start)));
+    }
+    absl::Status s =
+        reader_->Fill(std::min(deadline, now + kHandoffStopPoll), kPrefix + kMaxHandoffMessage);
     if (absl::IsDeadlineExceeded(s)) continue;
     if (!s.ok()) {
       closed_ = true;
-      return absl::UnavailableError(
-          absl::StrCat("the VMM closed the hand-off connection before \"listen\" (", s.message(),
-                       "): ", kNothingPlaced));
+      return absl::UnavailableError(absl::StrCat("the VMM closed the hand-off connection ", before,
+                                                 " (", s.message(), ")", then));
     }
   }
 }

@@ -1296,6 +1296,56 @@ TEST_F(HandoffTest, Version2WaitListenEndsOnStop) {
   EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
 }
 
+// "notify_running": after "listen" the VMM says "running" when its guest runs; the wait for it
+// is bounded, skips other messages, and ends on a bye.
+TEST_F(HandoffTest, Version2WaitRunning) {
+  for (const bool bye : {false, true}) {
+    SCOPED_TRACE(bye ? "bye instead" : "running");
+    absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    json h = ListenHello();
+    h["notify_running"] = true;
+    std::atomic<bool> timed_out{false};
+    JoiningThread vmm([&] {
+      UniqueFd c = ConnectRaw(path_);
+      const int fds[] = {uffd_.get(), memfd_.get()};
+      ASSERT_TRUE(SendFrame(c.get(), h, fds));
+      ReadFrameJson(c.get());  // the ack
+      ASSERT_TRUE(SendFrame(c.get(), {{"type", "listen"}}));
+      while (!timed_out.load()) absl::SleepFor(absl::Milliseconds(5));
+      ASSERT_TRUE(SendFrame(c.get(), {{"type", "progress"}}));  // not ours to send: skipped
+      ASSERT_TRUE(SendFrame(c.get(), {{"type", bye ? "bye" : "running"}}));
+      ReadFrameJson(c.get());  // until faultline hangs up
+    });
+    auto session = (*server)->Accept(absl::Seconds(10), getuid());
+    ASSERT_TRUE(session.ok()) << session.status();
+    EXPECT_TRUE((*session)->request().notify_running);
+    ASSERT_TRUE((*session)->Ack(absl::OkStatus()).ok());
+    ASSERT_TRUE((*session)->WaitListen().ok());
+    absl::Status s = (*session)->WaitRunning(absl::Now() + absl::Milliseconds(150));
+    EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "did not say \"running\"")) << s;
+    timed_out.store(true);
+    s = (*session)->WaitRunning(absl::Now() + absl::Seconds(10));
+    if (bye) {
+      EXPECT_TRUE(absl::IsAborted(s)) << s;
+      EXPECT_TRUE(absl::StrContains(s.message(), "said bye before \"running\"")) << s;
+    } else {
+      EXPECT_TRUE(s.ok()) << s;
+    }
+    session->reset();
+  }
+  // Without it in the hello nobody promised a "running"; a version 1 hello does not speak of it.
+  absl::StatusOr<HandoffRequest> plain = ParseFaultlineHello(ListenHello().dump(), 2);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->notify_running);
+  json v1 = ValidHello();
+  v1["notify_running"] = true;
+  absl::StatusOr<HandoffRequest> old = ParseFaultlineHello(v1.dump(), 2);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_FALSE(old->notify_running);
+}
+
 TEST_F(HandoffTest, Version2HelloRightBehindItsAttach) {
   // Attach and hello in one write burst: the hello's fds are the hello's, not the attach's.
   absl::StatusOr<std::unique_ptr<HandoffServer>> server = HandoffServer::Listen(path_);
@@ -1358,6 +1408,8 @@ TEST_F(HandoffTest, Version2Refusals) {
   h3["version"] = 3;
   json resume_listen = ListenHello();
   resume_listen["resume"] = true;
+  json running_text = ListenHello();
+  running_text["notify_running"] = "yes";
   std::vector<Case> cases = {
       {"hello of version 3",
        {h3},
@@ -1380,6 +1432,7 @@ TEST_F(HandoffTest, Version2Refusals) {
        {resume_listen},
        "\"resume\" with \"start\":\"listen\"",
        "INVALID_ARGUMENT"},
+      {"notify_running not a boolean", {running_text}, "notify_running", "INVALID_ARGUMENT"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
