@@ -167,13 +167,25 @@ TEST_F(KvmMigration, WarmUpThrottlesTheGuestAndEveryPageIdentical) {
   DemoReport r = WarmMigrate("memfd", 1, /*kill_engine_at=*/0, /*throttle_max=*/30);
   ASSERT_TRUE(r.engine.contains("warmup"));
   std::vector<uint32_t> asked;
+  uint64_t last_throttled_round_pages = 0;
   for (const auto& rd : r.engine["warmup"]["rounds"]) {
     EXPECT_FALSE(rd.value("no_throttle", false)) << rd.dump();
     if (!rd.value("final", false) && rd.value("throttle", 0u) > 0) {
       asked.push_back(rd.value("throttle", 0u));
+      last_throttled_round_pages = rd.value("pages", 0ull);
     }
   }
-  EXPECT_EQ(asked, (std::vector<uint32_t>{20, 30})) << r.engine["warmup"].dump();
+  if (asked.size() == 1) {
+    // A round in which the guest wrote nothing has converged (converge_pages 0), so warm-up
+    // ends before a second step: seen once under ASan on a loaded host (the guest's vCPU got
+    // no time during a 126 ms round). Only that may stop the steps at 20 %.
+    EXPECT_EQ(asked[0], 20u) << r.engine["warmup"].dump();
+    EXPECT_EQ(last_throttled_round_pages, 0u)
+        << "warm-up stopped after one step though the guest still wrote: "
+        << r.engine["warmup"].dump();
+  } else {
+    EXPECT_EQ(asked, (std::vector<uint32_t>{20, 30})) << r.engine["warmup"].dump();
+  }
 }
 
 TEST_F(KvmMigration, WarmUpEngineKilledDuringWarmUp) {

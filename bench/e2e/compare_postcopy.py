@@ -431,7 +431,7 @@ def trim_latency(fl):
 
 ENGINE_KEYS = ("pages", "urgent_pages", "bulk_pages", "zero_pages", "faults", "minor_faults",
                "duplicate_faults", "urgent_requests", "bulk_requests", "bytes_received", "seconds",
-               "eexist")
+               "eexist", "running_after_listen_ms")
 SRC_RAM_KEYS = ("transferred", "normal", "duplicate", "postcopy-requests", "postcopy-bytes",
                 "precopy-bytes", "multifd-bytes", "mbps", "pages-per-second")
 
