@@ -42,7 +42,9 @@ ABSL_FLAG(absl::Duration, bulk_solo_at_start, absl::Milliseconds(20),
           "background pull begins, while the VMM's switch-over (device state that reads guest "
           "RAM) faults (0: every channel from the start).");
 ABSL_FLAG(absl::Duration, bulk_hold_at_start, absl::ZeroDuration(),
-          "No background request for this long after the pull begins (0: none).");
+          "No background request for this long after the pull begins: only faulted pages "
+          "move while the VMM finishes its switch-over (0: none). A VMM that says when its "
+          "guest runs ends it then; serve's --bulk_hold_until_running sets it for those.");
 ABSL_FLAG(absl::Duration, fault_slice, faultline::kDefaultFaultSlice,
           "Scheduler time slice of the fault path's threads (destination: uffd reader and "
           "urgent receiver; source: urgent server), Linux >= 6.12: a fault's wake-up then "
