@@ -338,14 +338,14 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   });
   // The VMM's "running" ends the engine's hold on the background stream (the hold runs out on
   // its own otherwise). Nothing else is read from the VMM after "listen".
-  absl::Duration running_after = absl::InfiniteDuration();
+  std::atomic<int64_t> running_after_ns{-1};
   std::thread running;
   if (hold_until_running) {
     running = std::thread([&] {
       const absl::Status s = session.WaitRunning(t0 + opts.bulk_hold_until_running,
                                                  [&] { return ended.HasBeenNotified(); });
       if (s.ok()) {
-        running_after = absl::Now() - t0;
+        running_after_ns.store(absl::ToInt64Nanoseconds(absl::Now() - t0));
         (*engine)->GuestRunning();
       }
     });
@@ -353,14 +353,16 @@ absl::Status RunHandoff(HandoffSession& session, const HandoffRunOptions& opts,
   absl::Status run = (*engine)->Run(source->get());
   ended.Notify();
   progress.join();
-  if (running.joinable()) running.join();
   nlohmann::json st = EngineStatsJson(**engine, absl::ToDoubleSeconds(absl::Now() - t0));
   // How long the VMM's switch-over took after "listen", as the engine saw it.
-  if (running_after != absl::InfiniteDuration()) {
-    st["running_after_listen_ms"] = absl::ToDoubleMilliseconds(running_after);
+  if (const int64_t ns = running_after_ns.load(); ns >= 0) {
+    st["running_after_listen_ms"] = static_cast<double>(ns) / 1e6;
   }
   if (opts.on_engine) opts.on_engine(nullptr);
   (void)session.SendComplete(run, st);
+  // After "complete", which must not wait for it: a wait for "running" that is still on (the
+  // run ended first) notices `ended` within kHandoffStopPoll.
+  if (running.joinable()) running.join();
   // Only after "complete" went out: an engine that dies in between leaves a file whose pages
   // are all present, which a new engine adopts and completes at once. Removed before, a VMM
   // re-sending its uffd would meet a fresh map and have every page fetched again — into the
