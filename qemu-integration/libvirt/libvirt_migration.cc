@@ -209,6 +209,7 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
 
   // Drive: progress, the switch to post-copy, the pre-copy timeout.
   bool asked_postcopy = false, aborted = false;
+  std::string postcopy_refused;  // the last reason virDomainMigrateStartPostCopy failed
   absl::Time last_progress = t0;
   while (!done.load()) {
     {
@@ -247,6 +248,10 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
           asked_postcopy = true;
           std::lock_guard<std::mutex> l(shared.mu);
           shared.Note("source: post-copy requested (virDomainMigrateStartPostCopy)");
+        } else if (const std::string why = LastError(); why != postcopy_refused) {
+          postcopy_refused = why;  // each new reason once
+          std::lock_guard<std::mutex> l(shared.mu);
+          shared.Note("source: post-copy not started yet, trying again: " + why);
         }
       }
     }
