@@ -253,7 +253,12 @@ def main():
                       '--state_dir=' + os.path.join(work, 'state')] + (
                           ['--warmup'] if a.warmup else []) + (
                           ['--warmup_throttle=%d' % a.warmup_throttle]
-                          if a.warmup_throttle else [])
+                          if a.warmup_throttle else []) + (
+                          # Killed "while it warms up": slow enough that the kill 0.5 s in
+                          # lands in the first round (on a fast host 128 MiB converged and
+                          # switched before it, 2026-12-06).
+                          ['--warmup_rate_mib=16']
+                          if a.warmup and a.kill_pager and not a.warmup_throttle else [])
 
         def start_serve(name, extra=()):
             p = spawn(name, serve_argv + list(extra))
