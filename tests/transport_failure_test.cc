@@ -10,6 +10,7 @@
 
 #include "engine/engine.h"
 #include "gtest/gtest.h"
+#include "tests/testing/hugepages.h"
 #include "tests/testing/test_dest.h"
 #include "tests/testing/test_source.h"
 #include "transport/page_server.h"
@@ -194,6 +195,40 @@ TEST_F(FailureTest, CorruptedUrgentPageIsRequestedAgainForTheWaitingFault) {
   absl::Status run = runner.Join();
   ASSERT_TRUE(run.ok()) << run;
   EXPECT_EQ(memcmp(d->region->base(), src_->base(), kSize), 0);
+}
+
+// A 2 MiB page arrives in many receive slices, its CRC taken slice by slice as they come
+// (TcpPageSource::ReceivePages): a copy that fails it is still caught, on either channel.
+TEST(HugeFailure, CorruptedHugePagesAreFetchedAgain) {
+  constexpr uint64_t kHuge = 2u << 20, kHugeSize = 16u << 20;
+  ScopedHugePages huge(2 * kHugeSize / kHuge);
+  if (!huge.ok()) GTEST_SKIP() << "hugetlb unavailable: " << huge.why_not();
+  for (Channel ch : {Channel::kBulk, Channel::kUrgent}) {
+    SCOPED_TRACE(ch == Channel::kBulk ? "bulk" : "urgent");
+    CorruptFirstPages faults(ch, 2);
+    absl::StatusOr<std::unique_ptr<TestSource>> src =
+        TestSource::Start(kHugeSize, kHuge, PatternSpec{}, nullptr, &faults);
+    ASSERT_TRUE(src.ok()) << src.status();
+    EngineOptions eo = NoReconnect();
+    eo.background_pull = ch == Channel::kBulk;
+    absl::StatusOr<Dest> d = MakeDest(RegionKind::kHugetlb, **src, eo);
+    ASSERT_TRUE(d.ok()) << d.status();
+    Engine* e = d->engine.get();
+    Runner runner(e, d->source.get());
+    if (ch == Channel::kUrgent) {
+      // The fault waits through both bad copies and gets the third.
+      const uint64_t at = 3 * kHuge + 12345 * 8;
+      uint64_t want;
+      memcpy(&want, (*src)->base() + at, 8);
+      EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(d->region->base() + at), want);
+      EXPECT_EQ(e->counters().urgent_requests.load(), 3u);
+      e->StartBackgroundPull();
+    }
+    absl::Status run = runner.Join();
+    ASSERT_TRUE(run.ok()) << run;
+    EXPECT_EQ(e->counters().corrupt_pages.load(), 2u);
+    EXPECT_EQ((*src)->CountMismatches(d->region->base()), 0u);
+  }
 }
 
 TEST_F(FailureTest, BulkAnswersOutOfOrderAreFine) {

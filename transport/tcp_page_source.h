@@ -84,6 +84,7 @@ class TcpPageSource : public PageSource {
     uint32_t lane = 0;
     std::vector<uint8_t> buf;   // receive thread only: one chunk of page bytes
     std::vector<uint8_t> zero;  // receive thread only: the chunk's zero flags
+    std::vector<uint32_t> crc;  // receive thread only: the chunk's pages' CRCs, as they arrive
     DirtySet dirty;             // receive thread only: a DIRTY round being assembled
     bool dirty_open = false;    // receive thread only
   };
