@@ -83,6 +83,15 @@ else
 fi
 took fuzz "$t"
 
+# The benchmark report's own unit tests (figures and targets from results.json).
+echo "=== scripts: bench/e2e/compare_postcopy_test.py"
+t=$(date +%s)
+python3 bench/e2e/compare_postcopy_test.py -v 2>&1 | tee "$LOG/scripts.log" |
+  sed -nE 's/^(test_[a-z0-9_]+) .*\.\.\. ok$/PASS: \1/p; s/^(test_[a-z0-9_]+) .*\.\.\. (FAIL|ERROR)$/FAIL: \1/p; s/^(test_[a-z0-9_]+) .*\.\.\. skipped (.*)$/SKIP: \1: \2/p' |
+  python3 $REPORT lines scripts "$FAULTLINE_RESULTS"
+grep -E "^(Ran|OK|FAILED)" "$LOG/scripts.log"
+took scripts "$t"
+
 # The KVM tests where this host has no KVM: every kvm-tagged target, each build, in the VM.
 if ((HAVE_KVM == 0)); then
   echo "=== kvm-vm: tests/vm/run_kvm_tests.sh --parts=default,asan,tsan"
