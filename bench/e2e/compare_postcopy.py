@@ -29,6 +29,9 @@ destination is stopped (never waiting for "FLT done"). Scenarios:
   faultline-qemu10    patched QEMU 10.2.2 (build_qemu.sh --version=10.2) with
                       x-postcopy-external-pager: the same VMM and RAM set-up, only the pager
                       differs — faultline source + faultline serve carry guest RAM
+  qemu11-plain …      stock QEMU 11.1.1 (build_qemu.sh --version=11.1 --stock): the same four
+  qemu11-preempt-mfd  modes as qemu10-* (plain, preempt, plain-mfd, preempt-mfd)
+  faultline-qemu11    patched QEMU 11.1.1 (build_qemu.sh --version=11.1) with faultline
   faultline-qemu72    the same with the patched QEMU 7.2 (build_qemu.sh)
   faultline-demo      `faultline demo`: the reference VMM on KVM + faultline (KVM only; its
                       source pauses at the end of the dirty phase and the guest runs one round,
@@ -49,16 +52,19 @@ p50, p99, log2 µs buckets), bytes on the wire, and the verification: every page
 destination compared byte for byte with the source after the run (QEMU: the two RAM files;
 demo: the reference VMM's own check).
 
-Outputs in --out: results.json, results.md (tables per RAM/page/vCPUs, best stock mode of 10.2.2
-and of 7.2 vs faultline-qemu10, the targets of issue 17 per cell), latency.png (CDFs of the
-guest's touches), latency_dist.png (QEMU 10.2.2's postcopy-latency-dist vs faultline's
-log2_us_dist), both with gnuplot.
+Outputs in --out: results.json, results.md (tables per RAM/page/vCPUs, best stock mode of each
+QEMU vs faultline, the targets of issue 17 per cell), latency.png (CDFs of the guest's touches),
+latency_dist.png (the newest QEMU's postcopy-latency-dist vs faultline's log2_us_dist), both
+with gnuplot. The targets compare faultline with the newest QEMU release that ran (11.1.1 when
+its cells ran, else 10.2.2) and with 7.2; "faultline" is faultline-qemu11 when it ran, else
+faultline-qemu10.
   compare_postcopy.py --quick            256 MiB, 4 KiB pages, 1 vCPU, every default scenario
   compare_postcopy.py                    the full matrix: 1 and 4 GiB, 4 KiB and 2 MiB, 1 and 2 vCPUs
   compare_postcopy.py --replot results.json --out DIR    redraw results.md and the plots
 Needs root (userfaultfd, huge pages, mount; /dev/kvm for --accel=kvm). Binaries: --faultline and
 --guest (default: bazel-out/k8-opt/bin of this workspace); the QEMUs from --qemu72, --qemu10,
---patched-qemu10, --patched-qemu72 or else qemu-integration/qemu/build_qemu.sh (cached builds).
+--patched-qemu10, --qemu11, --patched-qemu11, --patched-qemu72 or else
+qemu-integration/qemu/build_qemu.sh (cached builds).
 """
 import argparse
 import json
@@ -99,19 +105,28 @@ SCENARIOS = {
     "qemu10-plain-mfd": {"bin": "qemu10", "multifd": True, "blocktime": True},
     "qemu10-preempt-mfd": {"bin": "qemu10", "preempt": True, "multifd": True, "blocktime": True},
     "faultline-qemu10": {"bin": "patched10", "pager": True},
+    "qemu11-plain": {"bin": "qemu11", "blocktime": True},
+    "qemu11-preempt": {"bin": "qemu11", "preempt": True, "blocktime": True},
+    "qemu11-plain-mfd": {"bin": "qemu11", "multifd": True, "blocktime": True},
+    "qemu11-preempt-mfd": {"bin": "qemu11", "preempt": True, "multifd": True, "blocktime": True},
+    "faultline-qemu11": {"bin": "patched11", "pager": True},
     "faultline-qemu72": {"bin": "patched72", "pager": True},
     "faultline-demo": {"demo": True},
 }
 DEFAULT_SCENARIOS = ("qemu72-plain", "qemu72-preempt", "qemu10-plain", "qemu10-preempt",
                      "qemu10-plain-mfd", "qemu10-preempt-mfd", "faultline-qemu10",
                      "faultline-qemu72", "faultline-demo")
-STOCK = {"10.2.2": [s for s in SCENARIOS if s.startswith("qemu10")],
+STOCK = {"11.1.1": [s for s in SCENARIOS if s.startswith("qemu11")],
+         "10.2.2": [s for s in SCENARIOS if s.startswith("qemu10")],
          "7.2": [s for s in SCENARIOS if s.startswith("qemu72")]}
-MAIN = "faultline-qemu10"
+NEWEST = ("11.1.1", "10.2.2")  # newest first: the release the targets compare with
+PAGER = {"11.1.1": "faultline-qemu11", "10.2.2": "faultline-qemu10"}
 BINARIES = {  # key -> (option, build_qemu.sh arguments, what)
     "qemu72": ("--qemu72", None, "Debian's QEMU 7.2"),
     "qemu10": ("--qemu10", ["--version=10.2", "--stock"], "stock QEMU 10.2.2"),
     "patched10": ("--patched-qemu10", ["--version=10.2"], "patched QEMU 10.2.2"),
+    "qemu11": ("--qemu11", ["--version=11.1", "--stock"], "stock QEMU 11.1.1"),
+    "patched11": ("--patched-qemu11", ["--version=11.1"], "patched QEMU 11.1.1"),
     "patched72": ("--patched-qemu72", [], "patched QEMU 7.2"),
 }
 
@@ -893,6 +908,16 @@ def best(d, names, key, khz):
     return min(vals) if vals else (None, None)
 
 
+def anchor(results):
+    """(newest QEMU release whose stock cells ran, the faultline scenario compared with it):
+    11.1.1 and faultline-qemu11 when 11.1.1 ran (faultline-qemu10 if the patched 11.1.1 did
+    not), else 10.2.2 and faultline-qemu10."""
+    ran_names = {c["scenario"] for c in results if ok_cell(c)}
+    newest = next((v for v in NEWEST if ran_names & set(STOCK[v])), NEWEST[-1])
+    main = PAGER[newest] if PAGER[newest] in ran_names else PAGER[NEWEST[-1]]
+    return newest, main
+
+
 METRICS = (  # key, label, formatter, target (None: shown, not a target)
     ("total", "total", fmt_s),
     ("down", "downtime (own)", fmt_ms),
@@ -905,37 +930,41 @@ METRICS = (  # key, label, formatter, target (None: shown, not a target)
 
 
 def best_table(d, khz):
-    """Best stock mode of 10.2.2 and of 7.2 (per column) vs faultline-qemu10 (and -qemu72)."""
+    """Best stock mode of each QEMU that ran (per column) vs each faultline scenario."""
     rows = ["| | " + " | ".join(m[1] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for ver, names in STOCK.items():
+        if not any(run_figures(d.get(n), khz) for n in names):
+            continue
         cells = []
         for key, _, fmt in METRICS:
             v, n = best(d, names, key, khz)
             cells.append("–" if v is None else f"{fmt(v)} ({n.split('-', 1)[1]})")
         rows.append(f"| best stock QEMU {ver} | " + " | ".join(cells) + " |")
-    for name in (MAIN, "faultline-qemu72"):
+    for name in ("faultline-qemu11", "faultline-qemu10", "faultline-qemu72"):
         f = run_figures(d.get(name), khz)
         if f is not None:
             rows.append(f"| {name} | " + " | ".join(fmt(f[k]) for k, _, fmt in METRICS) + " |")
     return "\n".join(rows) + "\n"
 
 
-def targets(d, khz):
-    """Issue 17's end-to-end targets for faultline-qemu10 in one cell: [(name, met, text)]."""
-    runs = d.get(MAIN)
+def targets(d, khz, newest="10.2.2", main="faultline-qemu10"):
+    """Issue 17's end-to-end targets for `main` in one cell, against the best stock modes of
+    the `newest` release and of 7.2: [(name, met, text)]."""
+    runs = d.get(main)
     ff = run_figures(runs, khz)
     if ff is None:
-        why = "no faultline-qemu10 cell" if not runs else ("n/a" if "na" in runs[0] else "error")
+        why = f"no {main} cell" if not runs else ("n/a" if "na" in runs[0] else "error")
         return [("all", None, why)]
     out = []
-    for ver, names in STOCK.items():
+    for ver in (newest, "7.2"):
+        names = STOCK[ver]
         bt, bn = best(d, names, "total", khz)
         if bt is None:
             out.append((f"total ≤ 0.9× best {ver}", None, f"no stock {ver} cell ran"))
         else:
             out.append((f"total ≤ 0.9× best {ver}", ff["total"] <= 0.9 * bt,
                         f"{ff['total']:.2f} s vs {bt:.2f} s ({bn}): {ff['total'] / bt:.2f}×"))
-    stock = STOCK["10.2.2"] + STOCK["7.2"]
+    stock = STOCK[newest] + STOCK["7.2"]
     for key, label, fmt in (("down", "downtime no worse", fmt_ms),
                             ("p99", "touch p99 no worse", fmt_us),
                             ("max", "worst touch no worse", fmt_us)):
@@ -944,7 +973,7 @@ def targets(d, khz):
             out.append((label, None, "no figure"))
         else:
             out.append((label, ff[key] <= bv, f"{fmt(ff[key])} vs {fmt(bv)} ({bn})"))
-    qm, qn = best(d, STOCK["10.2.2"], "qemu_mean_us", khz)
+    qm, qn = best(d, STOCK[newest], "qemu_mean_us", khz)
     if qm is None or ff["fl_mean_us"] is None:
         out.append(("fault-latency mean ≤ ¼ QEMU's", None, "no figure"))
     else:
@@ -952,7 +981,7 @@ def targets(d, khz):
                     f"{fmt_us(ff['fl_mean_us'])} vs {fmt_us(qm)} ({qn}): 1/{qm / ff['fl_mean_us']:.1f}"
                     if ff["fl_mean_us"] else f"0 vs {fmt_us(qm)}"))
     # The same comparison from the two distributions with one estimator (bucket_mean_us).
-    qb, qbn = best(d, STOCK["10.2.2"], "bucket_mean_us", khz)
+    qb, qbn = best(d, STOCK[newest], "bucket_mean_us", khz)
     fb = ff["bucket_mean_us"]
     if qb is None or fb is None:
         out.append(("… from the buckets, one estimator", None, "no figure"))
@@ -1031,10 +1060,11 @@ def own_mean_us(c):
 
 def targets_summary(results, khz):
     g = groups(results)
+    newest, main = anchor(results)
     names = None
     rows = []
     for key in sorted(g):
-        t = targets(g[key], khz)
+        t = targets(g[key], khz, newest, main)
         if names is None and len(t) > 1:
             names = [x[0] for x in t]
         rows.append((key, t))
@@ -1081,10 +1111,12 @@ def markdown(saved):
             "has one row per run, and the best-mode table, the targets and the plots use each "
             "figure's median over the runs (each column on its own), the buckets and touches "
             "of all runs together." if saved.get("repeat", 1) > 1 else "") + "\n"]
-    out.append("## Targets (issue 17), faultline-qemu10 against the best stock mode per column\n")
-    out.append("Total against 10.2.2 and 7.2 separately; downtime, touch p99 and worst touch "
-               "against the best of every stock mode of both; fault-latency mean against the "
-               "lowest `postcopy-latency` mean of the 10.2.2 modes; \"from the buckets\": the "
+    newest, main = anchor(results)
+    out.append(f"## Targets (issue 17), {main} against the best stock mode per column\n")
+    out.append(f"Total against {newest} (the newest QEMU in this run) and 7.2 separately; "
+               "downtime, touch p99 and worst touch against the best of every stock mode of "
+               "both; fault-latency mean against the lowest `postcopy-latency` mean of the "
+               f"{newest} modes; \"from the buckets\": the "
                "same, both means taken from the pagers' log2 µs distributions by one estimator "
                "(each bucket at 2^i / ln 2 µs) — QEMU's own mean counts another way (see the "
                "note under each cell's distribution).\n")
@@ -1094,11 +1126,11 @@ def markdown(saved):
         out.append(cell_table(d, khz))
         out.append("Best stock mode vs faultline:\n")
         out.append(best_table(d, khz))
-        t = targets(d, khz)
+        t = targets(d, khz, newest, main)
         out.append("Targets: " + "; ".join(f"{n}: {met_word(mt)} ({txt})" for n, mt, txt in t) + ".\n")
         dt = dist_table(d)
         if dt:
-            out.append("Fault latency, each pager's own view (QEMU 10.2.2: `postcopy-latency-dist`; "
+            out.append("Fault latency, each pager's own view (QEMU ≥ 10.1: `postcopy-latency-dist`; "
                        "faultline: `fault_latency.log2_us_dist`), faults per bucket" +
                        (" (all runs together)" if saved.get("repeat", 1) > 1 else "") + ":\n")
             out.append(dt)
@@ -1178,8 +1210,9 @@ def plot_cdf(results, khz, out_png, work):
 
 
 def plot_dist(results, out_png, work):
-    """QEMU 10.2.2's postcopy-latency-dist (every stock 10.2.2 mode) vs faultline-qemu10's
+    """The newest QEMU's postcopy-latency-dist (each of its stock modes) vs faultline's
     log2_us_dist, fraction of faults per log2 µs bucket, one panel per RAM/page/vCPUs cell."""
+    newest, main = anchor(results)
     def tic(i):
         us = 1 << i
         return f"{us}" if us < 1000 else f"{us // 1000}m" if us < 10 ** 6 else f"{us // 10 ** 6}s"
@@ -1188,7 +1221,7 @@ def plot_dist(results, out_png, work):
         curves = []
         for name, runs in d.items():
             dist = dist_of(runs)
-            if name not in STOCK["10.2.2"] + [MAIN] or not dist or not sum(dist):
+            if name not in STOCK[newest] + [main] or not dist or not sum(dist):
                 continue
             top = max(top, max(i for i, v in enumerate(dist) if v))
             dat = os.path.join(work, f"dist-{n}-{name}.dat")
@@ -1198,7 +1231,7 @@ def plot_dist(results, out_png, work):
                     f.write(f"{i} {v / total:.5f}\n")
             f = run_figures(runs, 0)
             mean = f["qemu_mean_us"] if f["qemu_mean_us"] is not None else f["fl_mean_us"]
-            style = "lw 3 lc rgb '#c00000'" if name == MAIN else "lw 1.5 dt 2"
+            style = "lw 3 lc rgb '#c00000'" if name == main else "lw 1.5 dt 2"
             curves.append(f"'{dat}' using 1:2 with linespoints {style} title '{name} "
                           f"(mean {fmt_us(mean)}, {total:,} faults)'")
         if curves:
@@ -1210,7 +1243,7 @@ def plot_dist(results, out_png, work):
     tics = ", ".join(f"'{tic(i)}' {i}" for i in range(0, top + 1, 2))
     script = [f"set terminal png size 1200,{380 * rows}", f"set output '{out_png}'",
               f"set multiplot layout {rows},2 title 'Post-copy fault latency as each pager "
-              "measures it: QEMU 10.2.2 postcopy-latency-dist vs faultline fault\\_latency "
+              f"measures it: QEMU {newest} postcopy-latency-dist vs faultline fault\\_latency "
               "log2\\_us\\_dist'",
               f"set xtics ({tics})", f"set xrange [0:{top}]",
               "set xlabel 'fault latency: lower bound of the log2 bucket (µs; m = ms, s = s)'",
@@ -1281,6 +1314,7 @@ def resolve_binaries(args, scenarios):
     args.bins, args.bin_why = {}, {}
     wanted = {SCENARIOS[s]["bin"] for s in scenarios if "bin" in SCENARIOS[s]}
     given = {"qemu72": args.qemu72, "qemu10": args.qemu10, "patched10": args.patched_qemu10,
+             "qemu11": args.qemu11, "patched11": args.patched_qemu11,
              "patched72": args.patched_qemu72}
     for key in sorted(wanted):
         opt, build_args, what = BINARIES[key]
@@ -1318,6 +1352,9 @@ def main():
     ap.add_argument("--qemu72", "--qemu", default="qemu-system-x86_64",
                     help="Debian's QEMU 7.2 (stock)")
     ap.add_argument("--qemu10", default="", help="stock QEMU 10.2.2 (default: build_qemu.sh's)")
+    ap.add_argument("--qemu11", default="", help="stock QEMU 11.1.1 (default: build_qemu.sh's)")
+    ap.add_argument("--patched-qemu11", default="",
+                    help="QEMU 11.1.1 with the series (default: build_qemu.sh's)")
     ap.add_argument("--patched-qemu10", default="",
                     help="QEMU 10.2.2 with x-postcopy-external-pager (default: build_qemu.sh's)")
     ap.add_argument("--patched-qemu72", "--patched-qemu", default="",

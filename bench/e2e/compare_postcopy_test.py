@@ -53,7 +53,7 @@ class Targets(unittest.TestCase):
         # faultline's mean agrees with its buckets.
         self.d = {
             "qemu10-preempt": [cell("qemu10-preempt", 1, 900, dist(b10=100))],
-            cp.MAIN: [cell(cp.MAIN, 1, fl_mean_us=1400, fl_dist=dist(b10=90, b9=10))],
+            "faultline-qemu10": [cell("faultline-qemu10", 1, fl_mean_us=1400, fl_dist=dist(b10=90, b9=10))],
         }
 
     def test_both_comparisons_are_reported(self):
@@ -69,6 +69,20 @@ class Targets(unittest.TestCase):
         self.assertIn("qemu10-preempt run 1 (900 µs < 1.0 ms)", cp.dist_table(self.d))
         self.d["qemu10-preempt"] = [cell("qemu10-preempt", 1, 1500, dist(b10=100))]
         self.assertNotIn("below the least", cp.dist_table(self.d))
+
+
+class Anchor(unittest.TestCase):
+    def test_the_newest_release_that_ran_and_its_pager(self):
+        old = [cell("qemu10-plain", 1, 900, dist(b10=1)), cell("faultline-qemu10", 1, 0, None)]
+        self.assertEqual(cp.anchor(old), ("10.2.2", "faultline-qemu10"))
+        # 11.1.1's stock cells ran, its patched QEMU did not: compared with faultline-qemu10.
+        new = old + [cell("qemu11-plain", 1, 900, dist(b10=1))]
+        self.assertEqual(cp.anchor(new), ("11.1.1", "faultline-qemu10"))
+        new.append(cell("faultline-qemu11", 1, 0, None))
+        self.assertEqual(cp.anchor(new), ("11.1.1", "faultline-qemu11"))
+        # A cell that could not run does not count.
+        na = old + [dict(cell("qemu11-plain", 1), na="no stock QEMU 11.1.1")]
+        self.assertEqual(cp.anchor(na), ("10.2.2", "faultline-qemu10"))
 
 
 if __name__ == "__main__":

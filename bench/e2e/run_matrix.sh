@@ -21,7 +21,8 @@
 # Faultline's bulk channels: --bulk-channels N (default 2 for 4 KiB pages, 1 for 2 MiB pages:
 # what a quick check here found fastest, bench/RESULTS.md); --bulk-channels-2m M for the latter.
 # Prebuilt binaries instead of building here: FAULTLINE_BIN and FAULTLINE_GUEST (both); QEMUs:
-# FAULTLINE_QEMU (patched 7.2), FAULTLINE_QEMU10 (patched 10.2.2), FAULTLINE_QEMU10_STOCK.
+# FAULTLINE_QEMU (patched 7.2), FAULTLINE_QEMU10 (patched 10.2.2), FAULTLINE_QEMU10_STOCK,
+# FAULTLINE_QEMU11 (patched 11.1.1), FAULTLINE_QEMU11_STOCK.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -67,6 +68,8 @@ QEMU_ARGS=()
 [[ -n ${FAULTLINE_QEMU:-} ]] && QEMU_ARGS+=(--patched-qemu72 "$FAULTLINE_QEMU")
 [[ -n ${FAULTLINE_QEMU10:-} ]] && QEMU_ARGS+=(--patched-qemu10 "$FAULTLINE_QEMU10")
 [[ -n ${FAULTLINE_QEMU10_STOCK:-} ]] && QEMU_ARGS+=(--qemu10 "$FAULTLINE_QEMU10_STOCK")
+[[ -n ${FAULTLINE_QEMU11:-} ]] && QEMU_ARGS+=(--patched-qemu11 "$FAULTLINE_QEMU11")
+[[ -n ${FAULTLINE_QEMU11_STOCK:-} ]] && QEMU_ARGS+=(--qemu11 "$FAULTLINE_QEMU11_STOCK")
 exec python3 "$HERE/compare_postcopy.py" --faultline "$BIN/faultline" \
   --guest "$BIN/faultline-guest" --faultline-label "$LABEL" "${QEMU_ARGS[@]}" "${BULK[@]}" \
   --out "$OUT" "${ARGS[@]}"
