@@ -3,7 +3,7 @@
 # with --stock, QEMU as released), and prints the path of qemu-system-x86_64 as the last line of
 # its output.
 #
-#   qemu-integration/qemu/build_qemu.sh [--version=7.2|10.2] [--stock] [--tests]
+#   qemu-integration/qemu/build_qemu.sh [--version=7.2|10.2|11.1] [--stock] [--tests]
 #
 # 7.2 (default; what Debian 12 and its libvirt use): Debian bookworm's source package (7.2+dfsg;
 # dpkg-source applies the Debian patches), series `patches-7.2/`.
@@ -13,6 +13,10 @@
 # (QEMU 10 needs meson >= 1.5; nothing of it is installed). Two build fixes for the +ds tarball,
 # not part of the series: pc-bios/meson.build skips the edk2 blobs (not in the tarball) and
 # the dtb subdirectory (no dtc here; x86_64 needs no device trees).
+# 11.1: QEMU 11.1.1 the same way (11.1.1+ds orig tarball; series `patches-11.1/`). Debian's
+# current .dsc lists 11.1.2/11.1.3, whose tarballs the pool here does not serve; 11.1.1's is
+# served, and its sha256 below is the one of the file fetched on 2026-12-06 (no .dsc to check
+# it against).
 # --stock: the same source and flags without the series (the stock QEMU to compare against),
 # cached separately as <version>-stock-<hash>.
 #
@@ -31,12 +35,12 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VERSION=7.2
 WITH_TESTS=0
 STOCK=0
-usage="usage: $0 [--version=7.2|10.2] [--stock] [--tests]"
+usage="usage: $0 [--version=7.2|10.2|11.1] [--stock] [--tests]"
 for a in "$@"; do
   case "$a" in
     --tests) WITH_TESTS=1 ;;
     --stock) STOCK=1 ;;
-    --version=7.2|--version=10.2) VERSION=${a#*=} ;;
+    --version=7.2|--version=10.2|--version=11.1) VERSION=${a#*=} ;;
     --version=10.0) echo "$0: the 10.0 series is retired; use --version=10.2" >&2; exit 2 ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
@@ -46,14 +50,23 @@ SERIES_DIR=$HERE/patches-$VERSION
 # QEMU 10.2.2: Debian's orig tarball (the sha256 is the one in qemu_10.2.2+ds-1.dsc).
 QEMU_10_2_URL=http://deb.debian.org/debian/pool/main/q/qemu/qemu_10.2.2+ds.orig.tar.xz
 QEMU_10_2_SHA256=be05230fe47a6937cd29f28f562932c8125f9c93c2a82c625198f7a4aa601dfb
+# QEMU 11.1.1: Debian's orig tarball (sha256 of the file as fetched; see the top).
+QEMU_11_1_URL=http://deb.debian.org/debian/pool/main/q/qemu/qemu_11.1.1+ds.orig.tar.xz
+QEMU_11_1_SHA256=0b1376e75dbe3e2fea4e408f8669f88a723f419f36a5b7d74cc6a4cfe07e4f5e
 
 CACHE=${FAULTLINE_CACHE:-$HOME/.cache/faultline}/qemu
 CONFIGURE_FLAGS=(--target-list=x86_64-softmmu --disable-docs --disable-werror
                  --without-default-features --enable-kvm --enable-tcg)
 SOURCE_ID=()  # what else identifies the source tree (7.2: nothing, to keep its cache key)
-if [[ $VERSION == 10.2 ]]; then
+if [[ $VERSION == 10.2 || $VERSION == 11.1 ]]; then
+  if [[ $VERSION == 10.2 ]]; then
+    TAR_URL=$QEMU_10_2_URL TAR_SHA256=$QEMU_10_2_SHA256 TAR_DIR=qemu-10.2.2
+  else
+    TAR_URL=$QEMU_11_1_URL TAR_SHA256=$QEMU_11_1_SHA256 TAR_DIR=qemu-11.1.1
+  fi
   CONFIGURE_FLAGS+=(--python=/usr/bin/python3 --disable-download -Dinstall_blobs=false)
-  SOURCE_ID=("$QEMU_10_2_SHA256" "pc-bios: no edk2 unpack, no dtb")
+  SOURCE_ID=("$TAR_SHA256" "pc-bios: no edk2 unpack, no dtb")
+  [[ $VERSION == 10.2 ]] || SOURCE_ID+=("pythondeps: no qemu.qmp")
   MESON_ROOT=$CACHE/meson-bpo/root
   MESON_PY=$MESON_ROOT/usr/lib/python3/dist-packages
   # configure and ninja (which re-runs meson when a meson.build changes) both need it.
@@ -184,15 +197,15 @@ if [[ $VERSION == 7.2 ]]; then
   dpkg-source -q -x --no-check "${DSC[-1]}" "$OUT/src" >&2
   (cd "$OUT/src" && git_init_and_am "$(basename "${DSC[-1]}" .dsc)") >&2
 else
-  mkdir -p "$CACHE/src10.2"
-  TARBALL=$CACHE/src10.2/$(basename "$QEMU_10_2_URL")
-  if [[ ! -f $TARBALL ]] || ! echo "$QEMU_10_2_SHA256  $TARBALL" | sha256sum -c --quiet - 2>/dev/null
+  mkdir -p "$CACHE/src$VERSION"
+  TARBALL=$CACHE/src$VERSION/$(basename "$TAR_URL")
+  if [[ ! -f $TARBALL ]] || ! echo "$TAR_SHA256  $TARBALL" | sha256sum -c --quiet - 2>/dev/null
   then
-    log "downloading $QEMU_10_2_URL"
-    curl -fsSL --retry 3 -o "$TARBALL.part" "$QEMU_10_2_URL" ||
-      { echo "could not download $QEMU_10_2_URL" >&2; exit 1; }
-    echo "$QEMU_10_2_SHA256  $TARBALL.part" | sha256sum -c --quiet - ||
-      { echo "$TARBALL: sha256 is not the pinned $QEMU_10_2_SHA256" >&2; exit 1; }
+    log "downloading $TAR_URL"
+    curl -fsSL --retry 3 -o "$TARBALL.part" "$TAR_URL" ||
+      { echo "could not download $TAR_URL" >&2; exit 1; }
+    echo "$TAR_SHA256  $TARBALL.part" | sha256sum -c --quiet - ||
+      { echo "$TARBALL: sha256 is not the pinned $TAR_SHA256" >&2; exit 1; }
     mv "$TARBALL.part" "$TARBALL"
   fi
   ensure_meson_bpo
@@ -200,7 +213,7 @@ else
   mkdir -p "$OUT"
   log "unpacking $(basename "$TARBALL")"
   tar -C "$OUT" --no-same-owner -xf "$TARBALL"
-  mv "$OUT"/qemu-10.2.2 "$OUT/src"
+  mv "$OUT/$TAR_DIR" "$OUT/src"
   (
     cd "$OUT/src"
     git_init_and_am "$(basename "$TARBALL")"
@@ -211,6 +224,15 @@ else
     grep -q "fs.exists('edk2-aarch64-code.fd.bz2')" pc-bios/meson.build &&
       grep -q "^# subdir('dtb')" pc-bios/meson.build ||
       { echo "pc-bios/meson.build did not take the build fixes" >&2; exit 1; }
+    if [[ $VERSION == 11.1 ]]; then
+      # 11.1's configure always installs its Python "tooling" group, which now needs the
+      # external qemu.qmp package (for test scripts; the binaries do not use it); the +ds
+      # tarball has no wheels and PyPI is not used: leave it and the in-tree package that
+      # requires it out of the group.
+      sed -i -e '/^"qemu.qmp" = /d' -e '/^"qemu" = { path = "python\/" }/d' pythondeps.toml
+      ! grep -q '^"qemu' pythondeps.toml ||
+        { echo "pythondeps.toml did not take the build fix" >&2; exit 1; }
+    fi
   ) >&2
 fi
 
