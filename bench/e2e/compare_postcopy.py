@@ -113,8 +113,10 @@ SCENARIOS = {
     "faultline-qemu72": {"bin": "patched72", "pager": True},
     "faultline-demo": {"demo": True},
 }
-DEFAULT_SCENARIOS = ("qemu72-plain", "qemu72-preempt", "qemu10-plain", "qemu10-preempt",
-                     "qemu10-plain-mfd", "qemu10-preempt-mfd", "faultline-qemu10",
+# The newest release (11.1.1) and Debian's 7.2, each stock and through faultline; the 10.2.2
+# scenarios stay available (--scenarios).
+DEFAULT_SCENARIOS = ("qemu72-plain", "qemu72-preempt", "qemu11-plain", "qemu11-preempt",
+                     "qemu11-plain-mfd", "qemu11-preempt-mfd", "faultline-qemu11",
                      "faultline-qemu72", "faultline-demo")
 STOCK = {"11.1.1": [s for s in SCENARIOS if s.startswith("qemu11")],
          "10.2.2": [s for s in SCENARIOS if s.startswith("qemu10")],

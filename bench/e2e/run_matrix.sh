@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The post-copy comparison matrix in one command: builds faultline and its guest (-c opt),
 # finds the QEMUs (qemu-integration/qemu/build_qemu.sh: cached after their first build — stock
-# and patched 10.2.2, patched 7.2; Debian's qemu-system-x86_64 is the stock 7.2), then runs
-# compare_postcopy.py — QEMU's own post-copy (7.2 and 10.2.2, plain and preempt), the patched
-# QEMUs with faultline as their pager, and `faultline demo` — over RAM sizes, page sizes and vCPUs.
+# and patched 11.1.1, the newest release reachable here, and patched 7.2; Debian's
+# qemu-system-x86_64 is the stock 7.2), then runs compare_postcopy.py — QEMU's own post-copy
+# (7.2 and 11.1.1: plain, preempt, and 11.1.1 also with multifd before the switch), the patched
+# QEMUs with faultline as their pager, and `faultline demo` — over RAM sizes, page sizes and
+# vCPUs. The 10.2.2 scenarios (qemu10-*, faultline-qemu10) run when --scenarios names them.
 #
 #   sudo bench/e2e/run_matrix.sh [--quick] [--accel=auto|kvm|tcg] [--out DIR]
 #                                [--bulk-channels N] [compare_postcopy.py options…]
