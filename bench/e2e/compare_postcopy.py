@@ -736,8 +736,8 @@ def bucket_mean_us(dist):
 
 
 def bucket_floor_us(dist):
-    """The least mean the buckets allow (every fault at its bucket's lower edge). QEMU 10.2's
-    `postcopy-latency` can fall below it: it adds each vCPU's blocked time when the vCPU's last
+    """The least mean the buckets allow (every fault at its bucket's lower edge). QEMU's
+    `postcopy-latency` (10.1 and later; 11.1.1 alike) can fall below it: it adds each vCPU's blocked time when the vCPU's last
     pending fault is resolved (from that fault's start; a fault resolved while another on the
     same vCPU is pending adds none) and divides by every fault (migration/postcopy-ram.c,
     fill_destination_postcopy_migration_info); its buckets count every fault's own latency."""
@@ -1043,8 +1043,8 @@ def dist_table(d):
             ql = c.get("qemu_latency") or {}
             floor = bucket_floor_us(ql.get("log2_us_dist"))
             if ql.get("mean_ns") is not None and floor and ql["mean_ns"] / 1000 < floor:
-                low.append(f"{n} run {c.get('run', 1)} ({fmt_us(ql['mean_ns'] / 1000)} < "
-                           f"{fmt_us(floor)})")
+                low.append(f"{n} run {c.get('run', 1)} ({ql['mean_ns'] / 1000:.0f} µs < "
+                           f"{floor:.0f} µs)")
     if low:
         out += (" QEMU's own mean is below the least its own buckets allow (every fault at "
                 "its bucket's lower edge) in " + ", ".join(low) + ": it adds a vCPU's blocked "
