@@ -50,6 +50,34 @@ struct BenchTls {
   }
 };
 
+// Runs `d`'s engine and times one read per benchmark iteration, each on a fresh page (at
+// `offset` into it), until the iterations or the pages run out; then lets the background pull
+// finish the migration. Returns the latencies, sorted.
+std::vector<uint64_t> TimeFreshFaults(benchmark::State& state, Dest& d, uint64_t pages,
+                                      uint64_t offset) {
+  Engine* engine = d.engine.get();
+  const GuestRegion* region = d.region.get();
+  absl::Status run;
+  std::thread runner([&] { run = engine->Run(d.source.get()); });
+  std::vector<uint64_t> lat;
+  lat.reserve(std::min<uint64_t>(pages, 1 << 18));
+  uint64_t page = 0;
+  for (auto _ : state) {
+    if (page == pages) {
+      state.SkipWithError("ran out of fresh pages");
+      break;
+    }
+    const uint64_t t0 = MonotonicNowNs();
+    benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>(region->page(page) + offset));
+    lat.push_back(MonotonicNowNs() - t0);
+    page += 1;
+  }
+  engine->StartBackgroundPull();  // finish the migration so everything shuts down cleanly
+  runner.join();
+  std::sort(lat.begin(), lat.end());
+  return lat;
+}
+
 // args: kind, busy-poll (engine + urgent socket), TLS
 void BM_TcpFault(benchmark::State& state) {
   const auto kind = static_cast<RegionKind>(state.range(0));
@@ -78,33 +106,13 @@ void BM_TcpFault(benchmark::State& state) {
     state.SkipWithError(std::string(d.status().message()).c_str());
     return;
   }
-  Engine* engine = d->engine.get();
-  const GuestRegion* region = d->region.get();
-  absl::Status run;
-  std::thread runner([&] { run = engine->Run(d->source.get()); });
-  std::vector<uint64_t> lat;
-  lat.reserve(1 << 18);
-  uint64_t page = 0;
-  const uint64_t pages = size / 4096;
-  for (auto _ : state) {
-    if (page == pages) {
-      state.SkipWithError("ran out of fresh pages");
-      break;
-    }
-    const uint64_t t0 = MonotonicNowNs();
-    benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>(region->page(page)));
-    lat.push_back(MonotonicNowNs() - t0);
-    page += 1;
-  }
-  engine->StartBackgroundPull();  // finish the migration so everything shuts down cleanly
-  runner.join();
-  std::sort(lat.begin(), lat.end());
+  const std::vector<uint64_t> lat = TimeFreshFaults(state, *d, size / 4096, 0);
   if (!lat.empty()) {
     state.counters["p50_ns"] = static_cast<double>(lat[lat.size() / 2]);
     state.counters["p99_ns"] = static_cast<double>(lat[lat.size() * 99 / 100]);
     state.counters["max_ns"] = static_cast<double>(lat.back());
   }
-  LatencyHistogram h = engine->fault_stats().Overall();
+  LatencyHistogram h = d->engine->fault_stats().Overall();
   state.counters["engine_p50_ns"] = static_cast<double>(h.Percentile(0.5));
   state.SetLabel(std::string(RegionKindName(kind)) + (busy ? "/busy-poll" : "/poll") +
                  (tls ? "/tls" : "/plain"));
@@ -153,32 +161,14 @@ void BM_TcpFault2M(benchmark::State& state) {
     state.SkipWithError(std::string(d.status().message()).c_str());
     return;
   }
-  Engine* engine = d->engine.get();
-  const GuestRegion* region = d->region.get();
-  absl::Status run;
-  std::thread runner([&] { run = engine->Run(d->source.get()); });
-  std::vector<uint64_t> lat;
-  uint64_t page = 0;
-  for (auto _ : state) {
-    if (page == size / kHuge) {
-      state.SkipWithError("ran out of fresh pages");
-      break;
-    }
-    const uint64_t t0 = MonotonicNowNs();
-    benchmark::DoNotOptimize(*reinterpret_cast<volatile uint64_t*>(region->page(page) + 4096));
-    lat.push_back(MonotonicNowNs() - t0);
-    page += 1;
-  }
-  engine->StartBackgroundPull();
-  runner.join();
-  std::sort(lat.begin(), lat.end());
+  const std::vector<uint64_t> lat = TimeFreshFaults(state, *d, size / kHuge, 4096);
   if (!lat.empty()) {
     state.counters["p50_ns"] = static_cast<double>(lat[lat.size() / 2]);
     state.counters["p90_ns"] = static_cast<double>(lat[lat.size() * 9 / 10]);
     state.counters["max_ns"] = static_cast<double>(lat.back());
   }
   state.counters["engine_p50_ns"] =
-      static_cast<double>(engine->fault_stats().Overall().Percentile(0.5));
+      static_cast<double>(d->engine->fault_stats().Overall().Percentile(0.5));
 }
 
 BENCHMARK(BM_TcpFault2M)->Iterations(100)->UseRealTime()->Unit(benchmark::kMicrosecond);
