@@ -18,6 +18,8 @@
 #include "nlohmann/json.hpp"
 #include "qemu-integration/libvirt/domain_xml.h"
 #include "qemu-integration/libvirt/libvirt_internal.h"
+#include "qemu-integration/libvirt/migrate_compat.h"
+#include "qemu-integration/libvirt/migrate_compat.h"
 
 namespace faultline {
 namespace {
@@ -31,6 +33,7 @@ using libvirt_internal::HasPagerCapability;
 using libvirt_internal::Json;
 using libvirt_internal::kCap;
 using libvirt_internal::LastError;
+using libvirt_internal::Monitor;
 using libvirt_internal::PagerSeries;
 using libvirt_internal::ParamsJson;
 using libvirt_internal::QueryPagerSeries;
@@ -106,6 +109,20 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
       other && virDomainIsActive(other.get()) == 1) {
     return absl::AlreadyExistsError(
         absl::StrCat("a domain '", o.domain, "' is already running on ", o.dest_uri));
+  }
+
+  // Can this libvirt migrate this QEMU at all (migrate_compat.h)? Asked before anything moves.
+  unsigned long libvirt_version = 0;  // NOLINT(runtime/int): libvirt's type
+  if (virConnectGetLibVersion(src.get(), &libvirt_version) == 0) {
+    if (absl::StatusOr<Json> v = Monitor(dom.get(), {{"execute", "query-version"}});
+        v.ok() && v->contains("qemu")) {
+      const Json& q = (*v)["qemu"];
+      if (absl::Status s = CheckMigrateCompat(
+              libvirt_version, {q.value("major", 0), q.value("minor", 0), q.value("micro", 0)});
+          !s.ok()) {
+        return s;
+      }
+    }
   }
 
   if (!o.warmup_socket.empty() && !o.pager) {
@@ -324,8 +341,11 @@ absl::StatusOr<LibvirtMigrateReport> MigrateDomain(const LibvirtMigrateOptions& 
     } else {
       where = "the domain is no longer running on the source";
     }
-    std::string hint;
-    if (absl::StrContains(migrate_error, "property") && absl::StrContains(migrate_error, kCap)) {
+    std::string hint = DetachHint(migrate_error, libvirt_version);
+    if (!hint.empty()) {
+      // QEMU refused the migrate command itself: nothing else to say.
+    } else if (absl::StrContains(migrate_error, "property") &&
+               absl::StrContains(migrate_error, kCap)) {
       hint = " — the destination's emulator must be QEMU with faultline's series";
     } else if (absl::StrContains(migrate_error, "Postcopy is not supported") ||
                absl::StrContains(migrate_error, "userfaultfd")) {

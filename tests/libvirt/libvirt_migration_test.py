@@ -20,10 +20,14 @@ shared memfd, the emulator QEMU with faultline's series. Cases (each prints PASS
   no-uffd-access (QEMU unprivileged only) /dev/userfaultfd not open to QEMU's user: the
                  destination QEMU cannot make a userfaultfd at ADVISE, the migration fails in
                  pre-copy with the reason, the domain keeps running on the source.
-  warmup         (--qemu_version=10.2) `pager` with warm-up: the source QEMU reports its
+  warmup         (--qemu_version=10.2 or 11.1) `pager` with warm-up: the source QEMU reports its
                  guest's writes to `faultline source`, `faultline serve --warmup` pulls RAM during
                  pre-copy, post-copy fetches the rest; verified alike, and the warm-up's rounds
                  and switch checked in faultline's figures.
+  migrate-compat (--qemu_version=11.1) whether this libvirt can migrate a QEMU 11 domain at
+                 all: libvirt 9.0 (Debian 12's) cannot (it passes `detach` to `migrate`, which
+                 QEMU 11.0 removed); `faultline migrate` refuses up front with the cause, the
+                 domain still running. The migrating cases are then skipped with that reason.
   warmup-refused (the 7.2 series) warm-up asked of a QEMU that cannot report its guest's
                  writes: refused before anything moves, the domain still running.
 
@@ -34,9 +38,9 @@ post-copy and the pager's userfaultfd must come from /dev/userfaultfd — and `f
 lets that uid hand over (--allow_uids).
 
 Usage: libvirt_migration_test.py --faultline BIN --guest ELF --qemu PATCHED_QEMU [--workdir DIR]
-       [--qemu_version 7.2|10.2] [--size_mib 256] [--cases pager,plain,...]
-libvirt 9.0 drives QEMU 10.2 as well: the domain XML has <acpi/> (without it libvirt 9.0 passes
--no-acpi, which QEMU 10.2 no longer has).
+       [--qemu_version 7.2|10.2|11.1] [--size_mib 256] [--cases pager,plain,...]
+libvirt 9.0 drives QEMU 10.2 and 11.1 as well: the domain XML has <acpi/> (without it libvirt
+9.0 passes -no-acpi, which QEMU 10.2 and later no longer have).
 Exit 0 when every case passed; the last line is "libvirt tests: P passed, F failed".
 """
 import argparse
@@ -181,6 +185,7 @@ class Run:
         self.procs = []
         self.held = []  # fds keeping source RAM memfds alive after their QEMU exits
         self.skipped = []
+        self.cannot_migrate = ''  # why this libvirt cannot migrate the domain's QEMU at all
 
     def record(self, case, ok, detail):
         self.results.append((case, ok))
@@ -270,7 +275,7 @@ class Run:
         self.pager_case('pager', A, B, warmup=False)
 
     def case_warmup(self, A, B):
-        """Warm-up through libvirt (QEMU 10.2 + series): `faultline source` also takes the source
+        """Warm-up through libvirt (QEMU 10.2 or 11.1 + series): `faultline source` also takes the source
         QEMU's report of its guest's writes (--vmm_dirty_socket), `faultline serve --warmup`
         pulls RAM during pre-copy, and `faultline migrate --warmup_socket` passes that
         connection to the source QEMU; QEMU switches to post-copy once the pager's final round
@@ -405,6 +410,36 @@ class Run:
         A.virsh('destroy', NAME, check=False)
         B.virsh('destroy', NAME, check=False)
 
+    def case_migrate_compat(self, A, B):
+        """(--qemu_version=11.1) Can this libvirt drive QEMU 11's migration at all? libvirt 9.0
+        (Debian 12's) passes `detach` to QEMU's `migrate`, which QEMU 11.0 removed: `faultline
+        migrate` must refuse up front, with the cause and what to change, the domain still
+        running on the source with the pager capability untouched and nothing started on the
+        destination. A libvirt that migrates it passes too; the migrating cases then run, and
+        are skipped (with this reason, counted) when it cannot."""
+        self.boot(A)
+        r, _ = self.migrate(A, B, '--pager=false', '--postcopy_after=100ms')
+        out = r.stdout + r.stderr
+        last = out.strip().splitlines()[-1] if out.strip() else ''
+        if r.returncode == 0:
+            self.record('migrate-compat', B.state() == 'running',
+                        'this libvirt migrates a QEMU %s domain; destination %s' %
+                        (self.a.qemu_version, B.state()))
+            return
+        caps = {c['capability']: c['state'] for c in json.loads(A.virsh(
+            'qemu-monitor-command', NAME, '{"execute":"query-migrate-capabilities"}').stdout)[
+                'return']}
+        ok = ('cannot migrate this domain' in out and "'detach'" in out and
+              'QEMU 11.0 removed' in out and 'build_qemu.sh --version=10.2' in out and
+              A.state() == 'running' and B.state() == 'absent' and
+              caps.get('x-postcopy-external-pager') is False)
+        self.record('migrate-compat', ok, 'refused up front: exit %d, source %s, destination %s, '
+                    'pager capability on the source: %s; error: %s' %
+                    (r.returncode, A.state(), B.state(), caps.get('x-postcopy-external-pager'),
+                     last))
+        if ok:
+            self.cannot_migrate = last
+
     def case_no_uffd_access(self, A, B):
         if self.a.qemu_uid == 0:
             print('SKIP: no-uffd-access — QEMU runs as root here (--qemu_user=root)', flush=True)
@@ -466,6 +501,11 @@ class Run:
                     out.strip().splitlines()[-1] if out.strip() else 'no output')
 
 
+# The cases that need the domain migrated, or whose refusal comes after that check (skipped
+# when migrate-compat found that this libvirt cannot migrate the domain's QEMU at all).
+MIGRATING = {'anon-ram', 'pager', 'no-pager', 'plain', 'no-uffd-access', 'warmup'}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -476,18 +516,21 @@ def main():
     ap.add_argument('--size_mib', type=int, default=256)
     ap.add_argument('--accel', default='kvm', choices=['kvm', 'tcg'],
                     help="domain type 'kvm', or 'qemu' (TCG) on a host without /dev/kvm")
-    ap.add_argument('--qemu_version', default='7.2', choices=['7.2', '10.2'],
-                    help='which series --qemu has: warm-up runs on 10.2 and is refused on 7.2')
+    ap.add_argument('--qemu_version', default='7.2', choices=['7.2', '10.2', '11.1'],
+                    help='which series --qemu has: warm-up runs on 10.2 and 11.1 and is '
+                    'refused on 7.2')
     ap.add_argument('--cases', default='')
     ap.add_argument('--qemu_user', default='libvirt-qemu',
                     help="the user libvirt runs QEMU as (qemu.conf's user; 'root' for none)")
     a = ap.parse_args()
-    # QEMU 10.2's x-ignore-shared leaves only named files out of the stream: file-backed RAM
+    # QEMU >= 10's x-ignore-shared leaves only named files out of the stream: file-backed RAM
     # there (on tmpfs, libvirtd_instance.sh), a memfd with the 7.2 series.
-    a.ram = 'file' if a.qemu_version == '10.2' else 'memfd'
+    newer = a.qemu_version != '7.2'
+    a.ram = 'file' if newer else 'memfd'
     if not a.cases:
-        a.cases = ('no-domain,anon-ram,stock-qemu,pager,no-pager,plain,no-uffd-access,' +
-                   ('warmup' if a.qemu_version == '10.2' else 'warmup-refused'))
+        a.cases = ('no-domain,' + ('migrate-compat,' if a.qemu_version == '11.1' else '') +
+                   'anon-ram,stock-qemu,pager,no-pager,plain,no-uffd-access,' +
+                   ('warmup' if newer else 'warmup-refused'))
     a.workdir = a.workdir or subprocess.run(['mktemp', '-d', '/var/tmp/faultline-libvirt.XXXXXX'],
                                             capture_output=True, text=True).stdout.strip()
     os.makedirs(a.workdir, exist_ok=True)
@@ -523,6 +566,10 @@ def main():
               (A.uri, B.uri, a.workdir, a.accel, a.qemu_user), flush=True)
         for case in a.cases.split(','):
             fn = getattr(run, 'case_' + case.replace('-', '_'))
+            if run.cannot_migrate and case in MIGRATING:
+                print('SKIP: %s — %s' % (case, run.cannot_migrate), flush=True)
+                run.skipped.append(case)
+                continue
             try:
                 fn(A, B)
             except Exception as e:  # a case that cannot run is a failure, with the reason

@@ -7,7 +7,7 @@
 # or "libvirt suite: SKIP (why)".
 #
 # Usage (as root):  tests/libvirt/run_libvirt_tests.sh [--cases=pager,plain,...] [--size_mib=256]
-#                   [--qemu_version=7.2|10.2]
+#                   [--qemu_version=7.2|10.2|11.1]
 # FAULTLINE_BIN / FAULTLINE_GUEST: use these binaries instead of building them with Bazel.
 # Exit codes: 0 pass, 1 fail, 2 skipped.
 set -uo pipefail
@@ -26,8 +26,8 @@ fi
 [[ -f /usr/share/seabios/bios-256k.bin ]] || skip "no SeaBIOS [setup]: apt-get install seabios qemu-system-data"
 command -v unshare >/dev/null || skip "no unshare (util-linux)"
 
-# --qemu_version=10.2: the domains run QEMU 10.2 with its series (warm-up runs; not in CI — a
-# cold build of it costs ~15 min more); default 7.2 (Debian's QEMU with the 7.2 series).
+# --qemu_version=10.2 or 11.1: the domains run that QEMU with its series (warm-up runs; not in
+# CI — a cold build costs ~4-15 min more); default 7.2 (Debian's QEMU with the 7.2 series).
 QVER=7.2
 for arg in "$@"; do [[ $arg == --qemu_version=* ]] && QVER=${arg#*=}; done
 QEMU=$("$REPO/qemu-integration/qemu/build_qemu.sh" --version="$QVER" | tail -1) || { echo "libvirt tests: 0 passed, 1 failed (QEMU build)"; exit 1; }
