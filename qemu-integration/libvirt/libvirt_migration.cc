@@ -19,7 +19,6 @@
 #include "qemu-integration/libvirt/domain_xml.h"
 #include "qemu-integration/libvirt/libvirt_internal.h"
 #include "qemu-integration/libvirt/migrate_compat.h"
-#include "qemu-integration/libvirt/migrate_compat.h"
 
 namespace faultline {
 namespace {
