@@ -913,9 +913,12 @@ def best(d, names, key, khz):
 def anchor(results):
     """(newest QEMU release whose stock cells ran, the faultline scenario compared with it):
     11.1.1 and faultline-qemu11 when 11.1.1 ran (faultline-qemu10 if the patched 11.1.1 did
-    not), else 10.2.2 and faultline-qemu10."""
+    not), else 10.2.2 and faultline-qemu10. With no stock cell at all (a run of faultline's
+    scenarios only), the newest release whose faultline scenario ran."""
     ran_names = {c["scenario"] for c in results if ok_cell(c)}
-    newest = next((v for v in NEWEST if ran_names & set(STOCK[v])), NEWEST[-1])
+    newest = next((v for v in NEWEST if ran_names & set(STOCK[v])), None)
+    if newest is None:
+        newest = next((v for v in NEWEST if PAGER[v] in ran_names), NEWEST[-1])
     main = PAGER[newest] if PAGER[newest] in ran_names else PAGER[NEWEST[-1]]
     return newest, main
 

@@ -84,6 +84,13 @@ class Anchor(unittest.TestCase):
         na = old + [dict(cell("qemu11-plain", 1), na="no stock QEMU 11.1.1")]
         self.assertEqual(cp.anchor(na), ("10.2.2", "faultline-qemu10"))
 
+    def test_only_faultline_ran(self):
+        # `run_matrix.sh --scenarios faultline-qemu11`: no stock cell; not "faultline-qemu10".
+        only = [cell("faultline-qemu11", 1, 0, None)]
+        self.assertEqual(cp.anchor(only), ("11.1.1", "faultline-qemu11"))
+        self.assertEqual(cp.anchor([cell("faultline-qemu10", 1, 0, None)]),
+                         ("10.2.2", "faultline-qemu10"))
+
 
 if __name__ == "__main__":
     unittest.main()
