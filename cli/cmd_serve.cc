@@ -78,6 +78,9 @@ int RunServe() {
   absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
   if (!engine_opts.ok()) return Fail(engine_opts.status());
   o.engine = *engine_opts;
+  absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
+  if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
+  o.bulk_cpus = *bulk_cpus;  // migrations the daemon is told to expect; one: the flags' own
   const bool daemon = absl::GetFlag(FLAGS_daemon);
   o.control_socket = daemon ? absl::GetFlag(FLAGS_control) : "";
   o.exit_when_done = !daemon;

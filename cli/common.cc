@@ -7,6 +7,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "base/cpu_list.h"
 #include "base/fix.h"
 #include "transport/rdma_page_source.h"
 
@@ -49,6 +50,10 @@ ABSL_FLAG(absl::Duration, fault_slice, faultline::kDefaultFaultSlice,
           "Scheduler time slice of the fault path's threads (destination: uffd reader and "
           "urgent receiver; source: urgent server), Linux >= 6.12: a fault's wake-up then "
           "preempts bulk work at once. 0: the kernel's default.");
+ABSL_FLAG(std::string, bulk_cpus, "",
+          "serve, dest, source: CPUs the background stream's threads run on (e.g. 2-3 or "
+          "4,6): its receive threads here, or the source's serving threads — keep it off the "
+          "cores the guests' vCPUs use. Empty: anywhere.");
 ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
           "When the connection to the source breaks, keep the guest waiting and reconnect "
           "for up to this long (0: fail at once).");
@@ -220,6 +225,20 @@ absl::StatusOr<GuestOptions> GuestOptionsFromFlags() {
   return g;
 }
 
+absl::StatusOr<std::vector<int>> BulkCpusFromFlags() {
+  const std::string text = absl::GetFlag(FLAGS_bulk_cpus);
+  absl::StatusOr<std::vector<int>> cpus = ParseCpuList(text);
+  if (cpus.ok()) {
+    if (absl::Status s = CheckCpusAllowed(*cpus); !s.ok()) cpus = s;
+  }
+  if (!cpus.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--bulk_cpus=", text, ": ", cpus.status().message(),
+                     " (a list like 2-3,6 of CPUs this process may use; empty: anywhere)"));
+  }
+  return cpus;
+}
+
 absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags() {
   TcpSourceOptions o;
   absl::StatusOr<Token> token = ParseToken(absl::GetFlag(FLAGS_token));
@@ -231,6 +250,9 @@ absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags() {
   o.token = *token;
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
   o.urgent_slice = absl::GetFlag(FLAGS_fault_slice);
+  absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
+  if (!bulk_cpus.ok()) return bulk_cpus.status();
+  o.bulk_cpus = *std::move(bulk_cpus);
   const int32_t lanes = absl::GetFlag(FLAGS_bulk_channels);
   if (lanes < 1 || lanes > static_cast<int32_t>(kMaxBulkLanes)) {
     return absl::InvalidArgumentError(

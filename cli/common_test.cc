@@ -2,6 +2,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
+#include "base/cpu_list.h"
 #include "gtest/gtest.h"
 
 namespace faultline {
@@ -55,6 +56,34 @@ TEST_F(WarmUpFlags, OutOfRangeValuesAreRefusedNamingTheFlag) {
     ASSERT_FALSE(o.ok()) << c.flag;
     EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(o.status().message().find(c.flag), std::string::npos) << o.status();
+  }
+}
+
+class BulkCpuFlags : public ::testing::Test {
+  absl::FlagSaver saver_;
+};
+
+TEST_F(BulkCpuFlags, EmptyIsAnywhereAndAListReachesTheTransport) {
+  absl::StatusOr<std::vector<int>> none = BulkCpusFromFlags();
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+  const int cpu = AllowedCpus().front();
+  absl::SetFlag(&FLAGS_bulk_cpus, std::to_string(cpu));
+  absl::SetFlag(&FLAGS_token, std::string(64, 'a'));
+  absl::StatusOr<TcpSourceOptions> o = SourceOptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->bulk_cpus, std::vector<int>{cpu});
+}
+
+TEST_F(BulkCpuFlags, BadListsAreRefusedNamingTheFlag) {
+  for (const char* bad : {"x", "3-1", "1023", "0,,1"}) {
+    absl::FlagSaver saver;
+    absl::SetFlag(&FLAGS_bulk_cpus, bad);
+    absl::StatusOr<std::vector<int>> o = BulkCpusFromFlags();
+    ASSERT_FALSE(o.ok()) << bad;
+    EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(o.status().message().find(std::string("--bulk_cpus=") + bad), std::string::npos)
+        << o.status();
   }
 }
 

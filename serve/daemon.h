@@ -62,6 +62,8 @@ struct DaemonOptions {
   // Bulk receive threads of migrations registered with "expect" (many at once) at SCHED_IDLE
   // (TcpSourceOptions::bulk_idle).
   bool bulk_idle = true;
+  // CPUs their bulk receive threads run on (TcpSourceOptions::bulk_cpus); empty: anywhere.
+  std::vector<int> bulk_cpus;
   // Stop Run() once a migration has finished (`faultline serve` serving one migration).
   bool exit_when_done = false;
 };

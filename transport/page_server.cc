@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/cpu_list.h"
 #include "base/crc32c.h"
 #include "base/errno_status.h"
 #include "base/thread_slice.h"
@@ -285,6 +286,12 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
   } else {
     int big = 4 << 20;
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    std::vector<int> cpus;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      cpus = bulk_cpus_;
+    }
+    (void)PinCallingThread(cpus);  // this connection's thread; empty: none
   }
   if (multi_ && *ch == Channel::kBulk) {
     // Many VMs share this process: background streams yield the CPU to fault answers

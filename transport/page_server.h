@@ -175,6 +175,13 @@ class PageServer {
     std::lock_guard<std::mutex> l(mu_);
     urgent_slice_ = slice;
   }
+  // CPUs the threads serving bulk connections are confined to (base/cpu_list.h), for
+  // connections accepted from now on; empty (the default): no affinity set. Checked by the
+  // caller (CheckCpusAllowed).
+  void SetBulkCpus(std::vector<int> cpus) {
+    std::lock_guard<std::mutex> l(mu_);
+    bulk_cpus_ = std::move(cpus);
+  }
   // How sending threads read pages (see SourceRead). For connections accepted from now on.
   void SetSourceRead(SourceRead r) {
     std::lock_guard<std::mutex> l(mu_);
@@ -231,6 +238,7 @@ class PageServer {
   ServerExtension* ext_ = nullptr;
   FaultInjector* faults_ = nullptr;                   // guarded by mu_; read once per connection
   absl::Duration urgent_slice_ = kDefaultFaultSlice;  // guarded by mu_
+  std::vector<int> bulk_cpus_;                        // guarded by mu_
   SourceRead source_read_ = SourceRead::kAuto;        // guarded by mu_
   UniqueFd stop_fd_;                                  // eventfd
   std::atomic<bool> done_{false};

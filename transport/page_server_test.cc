@@ -4,13 +4,18 @@
 
 #include <dirent.h>
 #include <linux/memfd.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/cpu_list.h"
 #include "base/crc32c.h"
 #include "base/thread_slice.h"
 #include "gtest/gtest.h"
@@ -243,6 +248,63 @@ TEST_F(PageServerTest, UrgentThreadsOnBothSidesGetTheirSlice) {
   }
   EXPECT_EQ(ThreadsWithSlice(absl::Microseconds(200)), 1);  // the urgent receive thread only
   EXPECT_EQ(ThreadsWithSlice(absl::Microseconds(300)), 1);  // the urgent server thread only
+}
+
+// This process's threads named `name` and the CPUs each may run on.
+std::vector<std::vector<int>> AffinityOf(const std::string& name) {
+  std::vector<std::vector<int>> out;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return out;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream f(absl::StrCat("/proc/self/task/", e->d_name, "/comm"));
+    std::string comm;
+    std::getline(f, comm);
+    if (comm != name) continue;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(atoi(e->d_name), sizeof(set), &set) != 0) continue;
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+    }
+    out.push_back(cpus);
+  }
+  closedir(d);
+  return out;
+}
+
+TEST_F(PageServerTest, BulkThreadsOnBothSidesRunOnTheirCpusOnly) {
+  const std::vector<int> allowed = AllowedCpus();
+  if (allowed.size() < 2) GTEST_SKIP() << "one CPU here: a confined thread looks like any other";
+  const std::vector<int> bulk = {allowed.back()};
+  server_->SetBulkCpus(bulk);
+  TcpSourceOptions o = Client();
+  o.bulk_lanes = 2;
+  o.bulk_cpus = bulk;
+  auto src = TcpPageSource::Connect(o);
+  ASSERT_TRUE(src.ok()) << src.status();
+  RecordingSink sink(kSize / 4096);
+  ASSERT_TRUE((*src)->Start(&sink).ok());
+  ASSERT_TRUE((*src)->RequestBulk(1, 0, 0, 4).ok());  // the server's bulk threads are running
+  ASSERT_TRUE((*src)->RequestUrgent(0, 8).ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  auto confined = [&](const std::string& name) {
+    int n = 0;
+    for (const std::vector<int>& cpus : AffinityOf(name)) n += cpus == bulk ? 1 : 0;
+    return n;
+  };
+  while ((confined("fl-bulk-rx") < 2 || confined("fl-src-bulk") < 2) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(confined("fl-bulk-rx"), 2);   // both lanes' receive threads
+  EXPECT_EQ(confined("fl-src-bulk"), 2);  // both lanes' serving threads
+  // The fault path is not confined: its threads keep every CPU.
+  for (const char* urgent : {"fl-urgent-rx", "fl-src-urgent"}) {
+    std::vector<std::vector<int>> a = AffinityOf(urgent);
+    ASSERT_EQ(a.size(), 1u) << urgent;
+    EXPECT_EQ(a[0], allowed) << urgent;
+  }
 }
 
 TEST_F(PageServerTest, FinishReturnsOnceTheSourceReadDoneAndItsCloseIsNoFailure) {

@@ -52,6 +52,10 @@ struct TcpSourceOptions {
   // A receive thread checks and delivers a frame this many bytes at a time (at least one
   // page): small enough to stay in cache between the read, the check and the placement.
   uint32_t deliver_chunk_bytes = 256u << 10;
+  // CPUs the bulk receive threads are confined to (base/cpu_list.h); empty: no affinity set.
+  // Keeps background work off the cores the guests' vCPUs and the fault path run on. Checked
+  // by the caller (CheckCpusAllowed); a CPU the thread may not use leaves it unconfined.
+  std::vector<int> bulk_cpus;
 };
 
 inline constexpr uint32_t kMaxBulkLanes = 16;
