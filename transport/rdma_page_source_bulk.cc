@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/cpu_list.h"
 #include "base/crc32c.h"
 #include "transport/rdma_page_source.h"
 #include "transport/socket.h"
@@ -54,6 +55,7 @@ void RdmaPageSource::ControlLoop() {
 }
 
 void RdmaPageSource::BulkLoop() {
+  (void)PinCallingThread(opts_.control.bulk_cpus);  // as TCP's bulk receive threads
   std::deque<Inflight> inflight;
   std::vector<uint32_t> free_slots;
   for (uint32_t i = opts_.bulk_depth; i > 0; --i) free_slots.push_back(i - 1);
