@@ -302,9 +302,10 @@ TEST_F(PageServerTest, BulkThreadsOnBothSidesRunOnTheirCpusOnly) {
   // The fault path is not confined: its threads keep every CPU.
   for (const char* urgent : {"fl-urgent-rx", "fl-src-urgent"}) {
     std::vector<std::vector<int>> a = AffinityOf(urgent);
-    ASSERT_EQ(a.size(), 1u) << urgent;
-    EXPECT_EQ(a[0], allowed) << urgent;
+    EXPECT_EQ(a.size(), 1u) << urgent;
+    if (!a.empty()) EXPECT_EQ(a[0], allowed) << urgent;
   }
+  (*src)->Stop();  // its receive threads are done with `sink` before it goes
 }
 
 TEST_F(PageServerTest, FinishReturnsOnceTheSourceReadDoneAndItsCloseIsNoFailure) {
