@@ -64,11 +64,11 @@ std::string FormatCpuList(const std::vector<int>& cpus) {
   return s;
 }
 
-std::vector<int> AllowedCpus() {
+std::vector<int> AllowedCpus(pid_t tid) {
   cpu_set_t set;
   CPU_ZERO(&set);
   std::vector<int> out;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return out;
+  if (sched_getaffinity(tid, sizeof(set), &set) != 0) return out;
   for (int c = 0; c <= kMaxCpu; ++c) {
     if (CPU_ISSET(c, &set)) out.push_back(c);
   }

@@ -6,6 +6,8 @@
 #ifndef FAULTLINE_BASE_CPU_LIST_H_
 #define FAULTLINE_BASE_CPU_LIST_H_
 
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -21,8 +23,9 @@ absl::StatusOr<std::vector<int>> ParseCpuList(absl::string_view text);
 // {0,1,2,3,6} → "0-3,6".
 std::string FormatCpuList(const std::vector<int>& cpus);
 
-// The CPUs the calling thread may run on (sched_getaffinity).
-std::vector<int> AllowedCpus();
+// The CPUs a thread may run on (sched_getaffinity); `tid` 0: the calling thread. Empty when
+// the thread is gone.
+std::vector<int> AllowedCpus(pid_t tid = 0);
 
 // OK when every CPU of `cpus` is one the calling thread may run on; else InvalidArgument
 // naming the first that is not, and the allowed list.

@@ -209,17 +209,25 @@ TEST_F(PageServerTest, TruncatedFrameThenCloseLeavesServerServing) {
   EXPECT_EQ(memcmp(body.data() + kPagesHeadSize + 32, mem_ + 4096, 4096), 0);
 }
 
+// This process's threads (/proc/self/task).
+std::vector<pid_t> ThreadIds() {
+  std::vector<pid_t> out;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return out;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] != '.') out.push_back(static_cast<pid_t>(atoi(e->d_name)));
+  }
+  closedir(d);
+  return out;
+}
+
 // How many of this process's threads run with `slice` (base/thread_slice.h).
 int ThreadsWithSlice(absl::Duration slice) {
   int n = 0;
-  DIR* d = opendir("/proc/self/task");
-  if (d == nullptr) return -1;
-  while (struct dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    absl::StatusOr<absl::Duration> s = ThreadSlice(static_cast<pid_t>(atoi(e->d_name)));
+  for (pid_t tid : ThreadIds()) {
+    absl::StatusOr<absl::Duration> s = ThreadSlice(tid);
     if (s.ok() && *s == slice) ++n;
   }
-  closedir(d);
   return n;
 }
 
@@ -253,24 +261,14 @@ TEST_F(PageServerTest, UrgentThreadsOnBothSidesGetTheirSlice) {
 // This process's threads named `name` and the CPUs each may run on.
 std::vector<std::vector<int>> AffinityOf(const std::string& name) {
   std::vector<std::vector<int>> out;
-  DIR* d = opendir("/proc/self/task");
-  if (d == nullptr) return out;
-  while (struct dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream f(absl::StrCat("/proc/self/task/", e->d_name, "/comm"));
+  for (pid_t tid : ThreadIds()) {
+    std::ifstream f(absl::StrCat("/proc/self/task/", tid, "/comm"));
     std::string comm;
     std::getline(f, comm);
     if (comm != name) continue;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (sched_getaffinity(atoi(e->d_name), sizeof(set), &set) != 0) continue;
-    std::vector<int> cpus;
-    for (int c = 0; c < CPU_SETSIZE; ++c) {
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
-    }
-    out.push_back(cpus);
+    std::vector<int> cpus = AllowedCpus(tid);
+    if (!cpus.empty()) out.push_back(std::move(cpus));  // empty: the thread ended meanwhile
   }
-  closedir(d);
   return out;
 }
 
