@@ -737,10 +737,11 @@ def bucket_mean_us(dist):
 
 def bucket_floor_us(dist):
     """The least mean the buckets allow (every fault at its bucket's lower edge). QEMU's
-    `postcopy-latency` (10.1 and later; 11.1.1 alike) can fall below it: it adds each vCPU's blocked time when the vCPU's last
-    pending fault is resolved (from that fault's start; a fault resolved while another on the
-    same vCPU is pending adds none) and divides by every fault (migration/postcopy-ram.c,
-    fill_destination_postcopy_migration_info); its buckets count every fault's own latency."""
+    `postcopy-latency` (10.1 and later; 11.1.1 alike) can fall below it: it adds each vCPU's
+    blocked time when the vCPU's last pending fault is resolved (from that fault's start; a
+    fault resolved while another on the same vCPU is pending adds none) and divides by every
+    fault (migration/postcopy-ram.c, fill_destination_postcopy_migration_info); its buckets
+    count every fault's own latency."""
     n = sum(dist or [])
     if not n:
         return None

@@ -2,14 +2,15 @@
 # A real QEMU-to-QEMU post-copy migration through faultline on this machine, with every page of
 # guest memory checksummed afterwards (qemu_migration.py does the migration; this script builds
 # what it needs); the same with the destination's RAM preallocated (prealloc=on: faultline
-# must punch the stale pages out), without a pager (refused at ADVISE), and with the 10.2 and 11.1 series
-# also with an unprivileged destination QEMU and with faultline killed mid-post-copy (the
-# destination waits, a restarted faultline resumes). Then QEMU's own
+# must punch the stale pages out), without a pager (refused at ADVISE), and with the 10.2 and
+# 11.1 series also with an unprivileged destination QEMU and with faultline killed
+# mid-post-copy (the destination waits, a restarted faultline resumes). Then QEMU's own
 # migration-test post-copy cases on the same patched build, with the capability off, to show
 # nothing else changed.
 #
 #   qemu-integration/qemu/run_qemu_migration.sh [--accel=tcg|kvm] [--size_mib=256]
-#                                              [--no-qtest] [--version=7.2|10.2|11.1] [--qemu=PATH]
+#                                              [--no-qtest] [--version=7.2|10.2|11.1]
+#                                              [--qemu=PATH]
 #
 # The patched QEMU comes from build_qemu.sh --version=V (default 7.2; cached after its first
 # build), or is given with --qemu (then --version is not used).
