@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "base/errno_status.h"
@@ -56,6 +57,35 @@ absl::Status SetThreadSlice(absl::Duration slice) {
 }
 
 absl::Status ClearThreadSlice() { return SetRuntime(0); }
+
+absl::Status SetThreadNice(int nice) {
+  if (nice < -20 || nice > 19) {
+    return absl::OutOfRangeError(absl::StrCat("nice ", nice, " is outside -20..19"));
+  }
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice) != 0) {
+    const int e = errno;
+    if (e == EACCES || e == EPERM) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "nice ", nice, ": raising a thread's priority needs CAP_SYS_NICE or RLIMIT_NICE >= ",
+          20 - nice, " (this process has neither)"));
+    }
+    return ErrnoStatus("setpriority", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> ThreadNice(pid_t tid) {
+  SchedAttr a;
+  if (absl::Status s = Get(tid, &a); !s.ok()) return s;
+  return a.sched_nice;
+}
+
+absl::Status CheckNiceAllowed(int nice) {
+  absl::Status result;
+  std::thread probe([&] { result = SetThreadNice(nice); });  // dies with its nice value
+  probe.join();
+  return result;
+}
 
 absl::StatusOr<absl::Duration> ThreadSlice(pid_t tid) {
   SchedAttr a;

@@ -1,4 +1,5 @@
-// The calling thread's scheduler time slice (Linux >= 6.12, EEVDF's custom slice).
+// The calling thread's scheduler time slice (Linux >= 6.12, EEVDF's custom slice), and its
+// nice value (its share of the CPU).
 //
 // A thread that sleeps most of the time and must answer quickly when woken (the fault path:
 // the uffd reader, the urgent receive thread, the source's urgent server) asks for a short
@@ -36,6 +37,23 @@ absl::Status ClearThreadSlice();
 // default — 1.4 ms on a 2-CPU machine here), for tests.
 // `tid` 0: the calling thread.
 absl::StatusOr<absl::Duration> ThreadSlice(pid_t tid = 0);
+
+// Sets the calling thread's nice value (-20..19; Linux keeps it per thread). A value below the
+// thread's own needs CAP_SYS_NICE or a high enough RLIMIT_NICE: PermissionDenied then, and the
+// thread is left as it was. The slice is kept.
+absl::Status SetThreadNice(int nice);
+
+// A thread's nice value. `tid` 0: the calling thread.
+absl::StatusOr<int> ThreadNice(pid_t tid = 0);
+
+// Whether this process may give its threads `nice` (tried on a short-lived thread of its own:
+// nothing here changes). OutOfRange outside -20..19, PermissionDenied naming the privilege.
+absl::Status CheckNiceAllowed(int nice);
+
+// The nice value of the fault path's threads when the bulk stream's threads run at
+// `bulk_nice`: a fault's threads never rank below the bulk stream's (bench/RESULTS.md: with
+// bulk at -5 and the fault path at 0 the fault mean rose 29 -> 105 us; at -5 both, 23 us).
+inline int FaultPathNice(int bulk_nice) { return bulk_nice < 0 ? bulk_nice : 0; }
 
 }  // namespace faultline
 

@@ -81,6 +81,9 @@ int RunServe() {
   absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
   if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
   o.bulk_cpus = *bulk_cpus;  // migrations the daemon is told to expect; one: the flags' own
+  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
+  if (!bulk_nice.ok()) return Fail(bulk_nice.status());
+  o.bulk_nice = *bulk_nice;  // as bulk_cpus
   const bool daemon = absl::GetFlag(FLAGS_daemon);
   o.control_socket = daemon ? absl::GetFlag(FLAGS_control) : "";
   o.exit_when_done = !daemon;

@@ -67,10 +67,13 @@ int RunMultiSource(const std::string& file) {
   if (!read.ok()) return Fail(read.status());
   absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
   if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
+  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
+  if (!bulk_nice.ok()) return Fail(bulk_nice.status());
   PageServer server(*tls);
   server.SetUrgentSlice(absl::GetFlag(FLAGS_fault_slice));
   server.SetSourceRead(*read);
   server.SetBulkCpus(*bulk_cpus);
+  server.SetBulkNice(*bulk_nice);
   for (const nlohmann::json& m : list) {
     const std::string id = m.value("id", std::string());
     absl::StatusOr<Token> token = ParseToken(m.value("token", std::string()));
@@ -127,6 +130,8 @@ int RunSource() {
   if (!read.ok()) return Fail(read.status());
   absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
   if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
+  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
+  if (!bulk_nice.ok()) return Fail(bulk_nice.status());
   absl::StatusOr<std::vector<SourceRegion>> regions =
       SourceRegionsFromSpecs(absl::GetFlag(FLAGS_region));
   if (!regions.ok()) return Fail(regions.status());
@@ -162,6 +167,7 @@ int RunSource() {
   server.SetUrgentSlice(absl::GetFlag(FLAGS_fault_slice));
   server.SetSourceRead(*read);
   server.SetBulkCpus(*bulk_cpus);
+  server.SetBulkNice(*bulk_nice);
   absl::StatusOr<std::unique_ptr<RdmaPageServer>> rdma = RdmaServerFromFlags(&server);
   if (!rdma.ok()) return Fail(rdma.status());
   std::printf("serving %zu region(s) on %s (%s)\n", server.region_table().size(),

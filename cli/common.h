@@ -44,6 +44,7 @@ ABSL_DECLARE_FLAG(double, warmup_shrink);
 ABSL_DECLARE_FLAG(absl::Duration, reconnect_deadline);
 ABSL_DECLARE_FLAG(absl::Duration, fault_slice);
 ABSL_DECLARE_FLAG(std::string, bulk_cpus);
+ABSL_DECLARE_FLAG(int32_t, bulk_nice);
 ABSL_DECLARE_FLAG(std::string, handoff);
 ABSL_DECLARE_FLAG(std::string, transport);
 ABSL_DECLARE_FLAG(std::string, rdma_device);
@@ -68,10 +69,12 @@ absl::StatusOr<GuestOptions> GuestOptionsFromFlags();
 // --tls_cert/--tls_key/--tls_ca for one side; null without any of them (plain TCP).
 absl::StatusOr<std::shared_ptr<const TlsContext>> TlsFromFlags(TlsContext::Role role);
 std::string TlsMode(const std::shared_ptr<const TlsContext>& tls);
-// --connect, --token, --busy_poll, --bulk_channels, --bulk_cpus, TLS (client side).
+// --connect, --token, --busy_poll, --bulk_channels, --bulk_cpus, --bulk_nice, TLS (client side).
 absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags();
 // --bulk_cpus, parsed and checked against the CPUs this process may use.
 absl::StatusOr<std::vector<int>> BulkCpusFromFlags();
+// --bulk_nice, checked: in range, and settable by this process (CAP_SYS_NICE below 0).
+absl::StatusOr<int> BulkNiceFromFlags();
 // --transport: a TCP or an RDMA transport to the source.
 absl::StatusOr<std::unique_ptr<PageSource>> ConnectSource(const TcpSourceOptions& topts);
 

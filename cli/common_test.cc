@@ -2,7 +2,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
+#include "absl/strings/str_cat.h"
 #include "base/cpu_list.h"
+#include "base/thread_slice.h"
 #include "gtest/gtest.h"
 
 namespace faultline {
@@ -84,6 +86,47 @@ TEST_F(BulkCpuFlags, BadListsAreRefusedNamingTheFlag) {
     EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(o.status().message().find(std::string("--bulk_cpus=") + bad), std::string::npos)
         << o.status();
+  }
+}
+
+class BulkNiceFlags : public ::testing::Test {
+  absl::FlagSaver saver_;
+};
+
+TEST_F(BulkNiceFlags, AValueReachesBothTheTransportAndTheFaultLoop) {
+  absl::SetFlag(&FLAGS_token, std::string(64, 'a'));
+  absl::SetFlag(&FLAGS_bulk_nice, 5);  // a lower priority needs no privilege
+  absl::StatusOr<TcpSourceOptions> o = SourceOptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->bulk_nice, 5);
+  absl::StatusOr<EngineOptions> e = EngineOptionsFromFlags();
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->fault_nice, 0);  // the fault path stays above a lowered stream
+}
+
+TEST_F(BulkNiceFlags, ARaisedPriorityIsSetOrRefusedNamingTheFlagAndTheRemedy) {
+  absl::SetFlag(&FLAGS_bulk_nice, -5);
+  absl::StatusOr<EngineOptions> e = EngineOptionsFromFlags();
+  if (CheckNiceAllowed(-5).ok()) {  // privileged (outside Bazel's sandbox, as root)
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_EQ(e->fault_nice, -5);  // the fault path never ranks below the stream
+    return;
+  }
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("--bulk_nice=-5"), std::string::npos) << e.status();
+  EXPECT_NE(e.status().message().find("CAP_SYS_NICE"), std::string::npos) << e.status();
+  EXPECT_FALSE(BulkNiceFromFlags().ok());
+}
+
+TEST_F(BulkNiceFlags, OutOfRangeIsRefusedNamingTheFlag) {
+  for (int bad : {-21, 20, 100}) {
+    absl::FlagSaver saver;
+    absl::SetFlag(&FLAGS_bulk_nice, bad);
+    absl::StatusOr<int> n = BulkNiceFromFlags();
+    ASSERT_FALSE(n.ok()) << bad;
+    EXPECT_NE(n.status().message().find(absl::StrCat("--bulk_nice=", bad)), std::string::npos)
+        << n.status();
   }
 }
 

@@ -353,8 +353,15 @@ absl::Status Engine::Run(PageSource* source) {
   }
   const bool sliced =
       SetThreadSlice(opts_.fault_slice).ok() && opts_.fault_slice > absl::ZeroDuration();
+  // Only ever raised (a lower nice value), so that giving the caller's back — a lower
+  // priority — needs no privilege. Checked by whoever chose it (CheckNiceAllowed); if refused
+  // anyway, the thread keeps its own.
+  const absl::StatusOr<int> caller_nice = ThreadNice();
+  const bool reniced =
+      caller_nice.ok() && opts_.fault_nice < *caller_nice && SetThreadNice(opts_.fault_nice).ok();
   absl::Status status = loop_->Run(&stop_, [this] { OnTick(); });
   if (sliced) (void)ClearThreadSlice();
+  if (reniced) (void)SetThreadNice(*caller_nice);
   if (rename) pthread_setname_np(pthread_self(), caller_name);
   running_.store(false);
   if (warmup_on()) warmup_->Join();

@@ -187,6 +187,61 @@ TEST_P(EngineTest, TheFaultLoopThreadRunsWithTheFaultSlice) {
   EXPECT_EQ(*slice, o.fault_slice);
 }
 
+// Runs the engine with `fault_nice` until cancelled: the fault loop thread's nice value while it
+// ran (sampled for 50 ms) and that thread's after Run() returned.
+struct NiceSeen {
+  std::vector<int> during;
+  absl::StatusOr<int> after;
+};
+NiceSeen RunWithFaultNice(Engine* engine, PageSource* source, int fault_nice) {
+  NiceSeen seen;
+  std::atomic<pid_t> tid{0};
+  std::thread runner([&] {
+    tid.store(gettid());
+    (void)engine->Run(source);
+    seen.after = ThreadNice();
+  });
+  while (tid.load() == 0) absl::SleepFor(absl::Milliseconds(1));
+  absl::SleepFor(absl::Milliseconds(20));  // Run() sets it before its fault loop starts
+  for (int i = 0; i < 50; ++i) {
+    if (absl::StatusOr<int> n = ThreadNice(tid.load()); n.ok()) seen.during.push_back(*n);
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  engine->Cancel();
+  runner.join();
+  return seen;
+}
+
+// A fault_nice below the caller's priority is not taken: the fault loop is never lowered (and
+// could not give the caller's back without CAP_SYS_NICE).
+TEST_P(EngineTest, TheFaultLoopThreadIsNeverLoweredByTheFaultNice) {
+  EngineOptions o;
+  o.background_pull = false;
+  o.fault_nice = 5;
+  Make(o);
+  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get(), o.fault_nice);
+  ASSERT_FALSE(seen.during.empty());
+  for (int n : seen.during) EXPECT_EQ(n, 0);
+  ASSERT_TRUE(seen.after.ok()) << seen.after.status();
+  EXPECT_EQ(*seen.after, 0);
+}
+
+// A higher priority is taken while the fault loop runs where this process may (CAP_SYS_NICE:
+// outside Bazel's sandbox, as root) and left alone where it may not; either way the caller's
+// own is back after.
+TEST_P(EngineTest, TheFaultLoopThreadIsRaisedToTheFaultNiceWhereAllowed) {
+  EngineOptions o;
+  o.background_pull = false;
+  o.fault_nice = -5;
+  Make(o);
+  const int expected = CheckNiceAllowed(-5).ok() ? -5 : 0;
+  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get(), o.fault_nice);
+  ASSERT_FALSE(seen.during.empty());
+  for (int n : seen.during) EXPECT_EQ(n, expected);
+  ASSERT_TRUE(seen.after.ok()) << seen.after.status();
+  EXPECT_EQ(*seen.after, 0);
+}
+
 // The fault loop's thread is named while it runs (top -H, perf) and gets its name back after.
 TEST_P(EngineTest, TheFaultLoopThreadIsNamedWhileItRuns) {
   EngineOptions o;

@@ -64,6 +64,8 @@ struct DaemonOptions {
   bool bulk_idle = true;
   // CPUs their bulk receive threads run on (TcpSourceOptions::bulk_cpus); empty: anywhere.
   std::vector<int> bulk_cpus;
+  // Nice value of their bulk receive threads (TcpSourceOptions::bulk_nice); 0: unchanged.
+  int bulk_nice = 0;
   // Stop Run() once a migration has finished (`faultline serve` serving one migration).
   bool exit_when_done = false;
 };

@@ -274,6 +274,12 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   pthread_setname_np(pthread_self(), *ch == Channel::kUrgent ? "fl-src-urgent" : "fl-src-bulk");
+  int nice;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    nice = *ch == Channel::kUrgent ? FaultPathNice(bulk_nice_) : bulk_nice_;
+  }
+  if (nice != 0) (void)SetThreadNice(nice);  // this connection's thread
   if (*ch == Channel::kUrgent) {
     absl::Duration slice;
     {

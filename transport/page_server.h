@@ -182,6 +182,13 @@ class PageServer {
     std::lock_guard<std::mutex> l(mu_);
     bulk_cpus_ = std::move(cpus);
   }
+  // Nice value of the threads serving bulk connections (base/thread_slice.h); urgent
+  // connections' threads take FaultPathNice() of it. For connections accepted from now on.
+  // Checked by the caller (CheckNiceAllowed). 0 (the default): unchanged.
+  void SetBulkNice(int nice) {
+    std::lock_guard<std::mutex> l(mu_);
+    bulk_nice_ = nice;
+  }
   // How sending threads read pages (see SourceRead). For connections accepted from now on.
   void SetSourceRead(SourceRead r) {
     std::lock_guard<std::mutex> l(mu_);
@@ -239,6 +246,7 @@ class PageServer {
   FaultInjector* faults_ = nullptr;                   // guarded by mu_; read once per connection
   absl::Duration urgent_slice_ = kDefaultFaultSlice;  // guarded by mu_
   std::vector<int> bulk_cpus_;                        // guarded by mu_
+  int bulk_nice_ = 0;                                 // guarded by mu_
   SourceRead source_read_ = SourceRead::kAuto;        // guarded by mu_
   UniqueFd stop_fd_;                                  // eventfd
   std::atomic<bool> done_{false};

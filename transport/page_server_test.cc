@@ -306,6 +306,51 @@ TEST_F(PageServerTest, BulkThreadsOnBothSidesRunOnTheirCpusOnly) {
   (*src)->Stop();  // its receive threads are done with `sink` before it goes
 }
 
+// This process's threads named `name` and the nice value of each.
+std::vector<int> NiceOf(const std::string& name) {
+  std::vector<int> out;
+  for (pid_t tid : ThreadIds()) {
+    std::ifstream f(absl::StrCat("/proc/self/task/", tid, "/comm"));
+    std::string comm;
+    std::getline(f, comm);
+    if (comm != name) continue;
+    absl::StatusOr<int> nice = ThreadNice(tid);
+    if (nice.ok()) out.push_back(*nice);  // not ok: the thread ended meanwhile
+  }
+  return out;
+}
+
+// A lower priority (5) needs no privilege, so it runs in the sandbox too; FaultPathNice(5) is 0
+// (base/thread_slice_test covers a raised one).
+TEST_F(PageServerTest, BulkThreadsOnBothSidesRunAtTheirNiceAndTheFaultPathDoesNot) {
+  server_->SetBulkNice(5);
+  TcpSourceOptions o = Client();
+  o.bulk_lanes = 2;
+  o.bulk_nice = 5;
+  auto src = TcpPageSource::Connect(o);
+  ASSERT_TRUE(src.ok()) << src.status();
+  RecordingSink sink(kSize / 4096);
+  ASSERT_TRUE((*src)->Start(&sink).ok());
+  ASSERT_TRUE((*src)->RequestBulk(1, 0, 0, 4).ok());  // the server's bulk threads are running
+  ASSERT_TRUE((*src)->RequestUrgent(0, 8).ok());
+  auto at = [](const std::string& name, int nice) {
+    int n = 0;
+    for (int v : NiceOf(name)) n += v == nice ? 1 : 0;
+    return n;
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((at("fl-bulk-rx", 5) < 2 || at("fl-src-bulk", 5) < 2 || NiceOf("fl-urgent-rx").empty() ||
+          NiceOf("fl-src-urgent").empty()) &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(at("fl-bulk-rx", 5), 2);   // both lanes' receive threads
+  EXPECT_EQ(at("fl-src-bulk", 5), 2);  // both lanes' serving threads
+  EXPECT_EQ(NiceOf("fl-urgent-rx"), std::vector<int>{0});
+  EXPECT_EQ(NiceOf("fl-src-urgent"), std::vector<int>{0});
+  (*src)->Stop();  // its receive threads are done with `sink` before it goes
+}
+
 TEST_F(PageServerTest, FinishReturnsOnceTheSourceReadDoneAndItsCloseIsNoFailure) {
   TcpSourceOptions o = Client();
   o.bulk_lanes = 2;

@@ -326,6 +326,8 @@ void TcpPageSource::ReceiveLoop(Conn* c) {
   pthread_setname_np(pthread_self(),
                      c->urgency == Urgency::kUrgent ? "fl-urgent-rx" : "fl-bulk-rx");
   if (c->urgency == Urgency::kBulk) (void)PinCallingThread(opts_.bulk_cpus);  // empty: none
+  const int nice = c->urgency == Urgency::kBulk ? opts_.bulk_nice : FaultPathNice(opts_.bulk_nice);
+  if (nice != 0) (void)SetThreadNice(nice);  // this thread only
   if (c->urgency == Urgency::kBulk && opts_.bulk_idle) {
     sched_param none = {};
     (void)sched_setscheduler(0, SCHED_IDLE, &none);  // this thread only (Linux: per task)

@@ -56,6 +56,10 @@ struct TcpSourceOptions {
   // Keeps background work off the cores the guests' vCPUs and the fault path run on. Checked
   // by the caller (CheckCpusAllowed); a CPU the thread may not use leaves it unconfined.
   std::vector<int> bulk_cpus;
+  // Nice value of the bulk receive threads (base/thread_slice.h); the urgent receive thread
+  // takes FaultPathNice() of it. Checked by the caller (CheckNiceAllowed); a value the thread
+  // may not take leaves it as it is. 0: unchanged.
+  int bulk_nice = 0;
 };
 
 inline constexpr uint32_t kMaxBulkLanes = 16;
