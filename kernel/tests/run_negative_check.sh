@@ -2,9 +2,10 @@
 # The "does each test catch its defect" check: rebuilds the kernel of the last
 # run_kernel_tests.sh run with the defect fixes taken out again (fixes-removed.diff:
 # WP_ASYNC order, the EOF checks, the memcg scope, patch 8's hole check, the pre-fault
-# EAGAIN), boots it and runs only the series' two selftests. Expected: eof_sigbus,
-# wp_async_register, memcg_charged_to_guest, prefault_userfault,
-# no_zero_fill_without_bitmap and copy_races_vcpu_fault fail; everything else passes.
+# EAGAIN, no huge-page recovery in a guest_memfd memslot), boots it and runs only the
+# series' two selftests. Expected: eof_sigbus, wp_async_register, memcg_charged_to_guest,
+# prefault_userfault, no_zero_fill_without_bitmap, copy_races_vcpu_fault and
+# userfault_off_whole_huge_range fail; everything else passes.
 # Usage: kernel/tests/run_negative_check.sh KEY   (KEY: the build-KEY run_kernel_tests.sh
 # printed in its log path). Uses the persistent tree and puts it back afterwards.
 set -euo pipefail
