@@ -64,6 +64,12 @@ int RunDemo() {
   absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
   if (!engine_opts.ok()) return Fail(engine_opts.status());
   o.engine = *engine_opts;
+  absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
+  if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
+  o.bulk_cpus = *bulk_cpus;
+  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
+  if (!bulk_nice.ok()) return Fail(bulk_nice.status());
+  o.bulk_nice = *bulk_nice;
   if (absl::GetFlag(FLAGS_progress)) {
     o.progress = [](uint64_t done, uint64_t total) { ProgressBar(done * 4096, total * 4096); };
   }

@@ -42,6 +42,12 @@ int RunLocal() {
     o.churn_permille = churn < 0 ? 100 : static_cast<uint32_t>(std::min(churn, 1000));
     o.transport_busy_poll = absl::GetFlag(FLAGS_busy_poll);
     o.bulk_lanes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_channels));
+    absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
+    if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
+    o.bulk_cpus = *bulk_cpus;
+    absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
+    if (!bulk_nice.ok()) return Fail(bulk_nice.status());
+    o.bulk_nice = *bulk_nice;
     if (absl::GetFlag(FLAGS_progress)) o.progress = ProgressBar;
     absl::StatusOr<LocalRunReport> r = RunLocalMigration(o);
     if (!r.ok()) {

@@ -52,15 +52,16 @@ ABSL_FLAG(absl::Duration, fault_slice, faultline::kDefaultFaultSlice,
           "urgent receiver; source: urgent server), Linux >= 6.12: a fault's wake-up then "
           "preempts bulk work at once. 0: the kernel's default.");
 ABSL_FLAG(std::string, bulk_cpus, "",
-          "serve, dest, source: CPUs the background stream's threads run on (e.g. 2-3 or "
-          "4,6): its receive threads here, or the source's serving threads — keep it off the "
-          "cores the guests' vCPUs use. Empty: anywhere.");
-ABSL_FLAG(int32_t, bulk_nice, 0,
-          "serve, dest, source: nice value of the background stream's threads on both sides "
-          "(-20..19). Below 0 the stream takes CPU from the guests' vCPUs where they share "
-          "cores: the migration ends sooner, the guest runs less meanwhile; the fault path's "
-          "threads then take the same value, never ranking below bulk. Needs CAP_SYS_NICE "
-          "below 0. 0: unchanged.");
+          "serve, dest, source, local, demo: CPUs the background stream's threads run on (e.g. "
+          "2-3 or 4,6): its receive threads here, or the source's serving threads — keep it "
+          "off the cores the guests' vCPUs use. Empty: anywhere.");
+ABSL_FLAG(
+    int32_t, bulk_nice, 0,
+    "serve, dest, source, local, demo: nice value of the background stream's threads on "
+    "both sides (-20..19). Below 0 the stream takes CPU from the guests' vCPUs where they share "
+    "cores: the migration ends sooner, the guest runs less meanwhile; the fault path's "
+    "threads then take the same value, never ranking below bulk. Needs CAP_SYS_NICE "
+    "below 0. 0: unchanged.");
 ABSL_FLAG(absl::Duration, reconnect_deadline, absl::Seconds(30),
           "When the connection to the source breaks, keep the guest waiting and reconnect "
           "for up to this long (0: fail at once).");

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
@@ -27,6 +28,9 @@ struct LocalRunOptions {
   EngineOptions engine;
   bool transport_busy_poll = false;
   uint32_t bulk_lanes = 1;  // bulk connections to the page server
+  // The bulk stream's threads on both sides (as DemoOptions): empty and 0, as they are.
+  std::vector<int> bulk_cpus;
+  int bulk_nice = 0;
   PatternSpec pattern;
   bool source_in_child = true;  // false: the page server runs on a thread of this process
   // With engine.warmup.enabled: a writer thread in the source keeps rewriting this many of

@@ -221,6 +221,18 @@ std::vector<pid_t> ThreadIds() {
   return out;
 }
 
+// This process's threads named `name` (pthread_setname_np).
+std::vector<pid_t> ThreadsNamed(const std::string& name) {
+  std::vector<pid_t> out;
+  for (pid_t tid : ThreadIds()) {
+    std::ifstream f(absl::StrCat("/proc/self/task/", tid, "/comm"));
+    std::string comm;
+    std::getline(f, comm);
+    if (comm == name) out.push_back(tid);
+  }
+  return out;
+}
+
 // How many of this process's threads run with `slice` (base/thread_slice.h).
 int ThreadsWithSlice(absl::Duration slice) {
   int n = 0;
@@ -261,11 +273,7 @@ TEST_F(PageServerTest, UrgentThreadsOnBothSidesGetTheirSlice) {
 // This process's threads named `name` and the CPUs each may run on.
 std::vector<std::vector<int>> AffinityOf(const std::string& name) {
   std::vector<std::vector<int>> out;
-  for (pid_t tid : ThreadIds()) {
-    std::ifstream f(absl::StrCat("/proc/self/task/", tid, "/comm"));
-    std::string comm;
-    std::getline(f, comm);
-    if (comm != name) continue;
+  for (pid_t tid : ThreadsNamed(name)) {
     std::vector<int> cpus = AllowedCpus(tid);
     if (!cpus.empty()) out.push_back(std::move(cpus));  // empty: the thread ended meanwhile
   }
@@ -309,11 +317,7 @@ TEST_F(PageServerTest, BulkThreadsOnBothSidesRunOnTheirCpusOnly) {
 // This process's threads named `name` and the nice value of each.
 std::vector<int> NiceOf(const std::string& name) {
   std::vector<int> out;
-  for (pid_t tid : ThreadIds()) {
-    std::ifstream f(absl::StrCat("/proc/self/task/", tid, "/comm"));
-    std::string comm;
-    std::getline(f, comm);
-    if (comm != name) continue;
+  for (pid_t tid : ThreadsNamed(name)) {
     absl::StatusOr<int> nice = ThreadNice(tid);
     if (nice.ok()) out.push_back(*nice);  // not ok: the thread ended meanwhile
   }
