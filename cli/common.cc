@@ -252,6 +252,7 @@ absl::StatusOr<std::vector<int>> BulkCpusFromFlags() {
 
 absl::StatusOr<int> BulkNiceFromFlags() {
   const int32_t nice = absl::GetFlag(FLAGS_bulk_nice);
+  if (nice == 0) return 0;  // unchanged: nothing to check (the process may run at any nice)
   if (absl::Status s = CheckNiceAllowed(nice); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--bulk_nice=", nice, ": ", s.message(),

@@ -1,5 +1,7 @@
 #include "cli/common.h"
 
+#include <thread>
+
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/strings/str_cat.h"
@@ -117,6 +119,17 @@ TEST_F(BulkNiceFlags, ARaisedPriorityIsSetOrRefusedNamingTheFlagAndTheRemedy) {
   EXPECT_NE(e.status().message().find("--bulk_nice=-5"), std::string::npos) << e.status();
   EXPECT_NE(e.status().message().find("CAP_SYS_NICE"), std::string::npos) << e.status();
   EXPECT_FALSE(BulkNiceFromFlags().ok());
+}
+
+// 0 leaves every thread as it is, so it needs no check, even in a process run at a lower
+// priority (`nice -n 10 faultline ...`), whose threads could not be given 0 back unprivileged.
+TEST_F(BulkNiceFlags, ZeroIsAcceptedAtAnyNice) {
+  std::thread([] {
+    ASSERT_TRUE(SetThreadNice(10).ok());
+    absl::StatusOr<int> n = BulkNiceFromFlags();
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(*n, 0);
+  }).join();
 }
 
 TEST_F(BulkNiceFlags, OutOfRangeIsRefusedNamingTheFlag) {

@@ -357,8 +357,8 @@ absl::Status Engine::Run(PageSource* source) {
   // priority — needs no privilege. Checked by whoever chose it (CheckNiceAllowed); if refused
   // anyway, the thread keeps its own.
   const absl::StatusOr<int> caller_nice = ThreadNice();
-  const bool reniced =
-      caller_nice.ok() && opts_.fault_nice < *caller_nice && SetThreadNice(opts_.fault_nice).ok();
+  const bool reniced = opts_.fault_nice != 0 && caller_nice.ok() &&
+                       opts_.fault_nice < *caller_nice && SetThreadNice(opts_.fault_nice).ok();
   absl::Status status = loop_->Run(&stop_, [this] { OnTick(); });
   if (sliced) (void)ClearThreadSlice();
   if (reniced) (void)SetThreadNice(*caller_nice);

@@ -187,16 +187,17 @@ TEST_P(EngineTest, TheFaultLoopThreadRunsWithTheFaultSlice) {
   EXPECT_EQ(*slice, o.fault_slice);
 }
 
-// Runs the engine with `fault_nice` until cancelled: the fault loop thread's nice value while it
-// ran (sampled for 50 ms) and that thread's after Run() returned.
+// Runs the engine until cancelled, on a thread at `caller_nice`: the fault loop thread's nice
+// value while it ran (sampled for 50 ms) and that thread's after Run() returned.
 struct NiceSeen {
   std::vector<int> during;
   absl::StatusOr<int> after;
 };
-NiceSeen RunWithFaultNice(Engine* engine, PageSource* source, int fault_nice) {
+NiceSeen RunWithFaultNice(Engine* engine, PageSource* source, int caller_nice = 0) {
   NiceSeen seen;
   std::atomic<pid_t> tid{0};
   std::thread runner([&] {
+    if (caller_nice != 0) (void)SetThreadNice(caller_nice);  // lower: needs no privilege
     tid.store(gettid());
     (void)engine->Run(source);
     seen.after = ThreadNice();
@@ -219,11 +220,24 @@ TEST_P(EngineTest, TheFaultLoopThreadIsNeverLoweredByTheFaultNice) {
   o.background_pull = false;
   o.fault_nice = 5;
   Make(o);
-  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get(), o.fault_nice);
+  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get());
   ASSERT_FALSE(seen.during.empty());
   for (int n : seen.during) EXPECT_EQ(n, 0);
   ASSERT_TRUE(seen.after.ok()) << seen.after.status();
   EXPECT_EQ(*seen.after, 0);
+}
+
+// fault_nice 0 leaves the thread as it is, also a caller at a lower priority (which could not
+// be given 0 back unprivileged).
+TEST_P(EngineTest, TheFaultLoopThreadKeepsItsCallersNiceWithoutAFaultNice) {
+  EngineOptions o;
+  o.background_pull = false;
+  Make(o);
+  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get(), /*caller_nice=*/10);
+  ASSERT_FALSE(seen.during.empty());
+  for (int n : seen.during) EXPECT_EQ(n, 10);
+  ASSERT_TRUE(seen.after.ok()) << seen.after.status();
+  EXPECT_EQ(*seen.after, 10);
 }
 
 // A higher priority is taken while the fault loop runs where this process may (CAP_SYS_NICE:
@@ -235,7 +249,7 @@ TEST_P(EngineTest, TheFaultLoopThreadIsRaisedToTheFaultNiceWhereAllowed) {
   o.fault_nice = -5;
   Make(o);
   const int expected = CheckNiceAllowed(-5).ok() ? -5 : 0;
-  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get(), o.fault_nice);
+  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get());
   ASSERT_FALSE(seen.during.empty());
   for (int n : seen.during) EXPECT_EQ(n, expected);
   ASSERT_TRUE(seen.after.ok()) << seen.after.status();
