@@ -65,6 +65,8 @@ struct DaemonOptions {
   // CPUs their bulk receive threads run on (TcpSourceOptions::bulk_cpus); empty: anywhere.
   std::vector<int> bulk_cpus;
   // Nice value of their bulk receive threads (TcpSourceOptions::bulk_nice); 0: unchanged.
+  // While bulk_idle is on, SCHED_IDLE decides their share and the value does not matter; their
+  // fault path's threads take FaultPathNice() of it either way.
   int bulk_nice = 0;
   // Stop Run() once a migration has finished (`faultline serve` serving one migration).
   bool exit_when_done = false;
