@@ -36,6 +36,8 @@ std::vector<uint8_t> SourceMemory() {
 
 class EngineTest : public ::testing::TestWithParam<RegionKind> {
  protected:
+  // Defined below its tests' helpers (the fault loop's nice value).
+  void ExpectFaultLoopNice(int fault_nice, int caller_nice, int during, int after);
   void Make(EngineOptions o = {}) {
     auto r = GuestRegion::Create("ram", GetParam(), kPages * 4096);
     ASSERT_TRUE(r.ok()) << r.status();
@@ -213,47 +215,38 @@ NiceSeen RunWithFaultNice(Engine* engine, PageSource* source, int caller_nice = 
   return seen;
 }
 
+// Runs an engine with `fault_nice` on a thread at `caller_nice`, and checks the fault loop
+// thread's nice value while it ran (`during`) and once Run() returned (`after`).
+void EngineTest::ExpectFaultLoopNice(int fault_nice, int caller_nice, int during, int after) {
+  EngineOptions o;
+  o.background_pull = false;
+  o.fault_nice = fault_nice;
+  Make(o);
+  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get(), caller_nice);
+  ASSERT_FALSE(seen.during.empty());
+  for (int n : seen.during) EXPECT_EQ(n, during);
+  ASSERT_TRUE(seen.after.ok()) << seen.after.status();
+  EXPECT_EQ(*seen.after, after);
+}
+
 // A fault_nice below the caller's priority is not taken: the fault loop is never lowered (and
 // could not give the caller's back without CAP_SYS_NICE).
 TEST_P(EngineTest, TheFaultLoopThreadIsNeverLoweredByTheFaultNice) {
-  EngineOptions o;
-  o.background_pull = false;
-  o.fault_nice = 5;
-  Make(o);
-  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get());
-  ASSERT_FALSE(seen.during.empty());
-  for (int n : seen.during) EXPECT_EQ(n, 0);
-  ASSERT_TRUE(seen.after.ok()) << seen.after.status();
-  EXPECT_EQ(*seen.after, 0);
+  ExpectFaultLoopNice(/*fault_nice=*/5, /*caller_nice=*/0, /*during=*/0, /*after=*/0);
 }
 
 // fault_nice 0 leaves the thread as it is, also a caller at a lower priority (which could not
 // be given 0 back unprivileged).
 TEST_P(EngineTest, TheFaultLoopThreadKeepsItsCallersNiceWithoutAFaultNice) {
-  EngineOptions o;
-  o.background_pull = false;
-  Make(o);
-  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get(), /*caller_nice=*/10);
-  ASSERT_FALSE(seen.during.empty());
-  for (int n : seen.during) EXPECT_EQ(n, 10);
-  ASSERT_TRUE(seen.after.ok()) << seen.after.status();
-  EXPECT_EQ(*seen.after, 10);
+  ExpectFaultLoopNice(/*fault_nice=*/0, /*caller_nice=*/10, /*during=*/10, /*after=*/10);
 }
 
 // A higher priority is taken while the fault loop runs where this process may (CAP_SYS_NICE:
 // outside Bazel's sandbox, as root) and left alone where it may not; either way the caller's
 // own is back after.
 TEST_P(EngineTest, TheFaultLoopThreadIsRaisedToTheFaultNiceWhereAllowed) {
-  EngineOptions o;
-  o.background_pull = false;
-  o.fault_nice = -5;
-  Make(o);
-  const int expected = CheckNiceAllowed(-5).ok() ? -5 : 0;
-  NiceSeen seen = RunWithFaultNice(engine_.get(), source_.get());
-  ASSERT_FALSE(seen.during.empty());
-  for (int n : seen.during) EXPECT_EQ(n, expected);
-  ASSERT_TRUE(seen.after.ok()) << seen.after.status();
-  EXPECT_EQ(*seen.after, 0);
+  const int during = CheckNiceAllowed(-5).ok() ? -5 : 0;
+  ExpectFaultLoopNice(/*fault_nice=*/-5, /*caller_nice=*/0, during, /*after=*/0);
 }
 
 // The fault loop's thread is named while it runs (top -H, perf) and gets its name back after.

@@ -233,6 +233,28 @@ std::vector<pid_t> ThreadsNamed(const std::string& name) {
   return out;
 }
 
+// Polls `done` every millisecond for up to 10 s (threads set their own scheduling when they
+// start, which may be after the call that started them returns).
+template <typename F>
+void WaitUntil(F done) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!done() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+}
+
+// Connects with two bulk lanes and starts a bulk and an urgent request, so that every
+// receive thread here and every serving thread at the server is running.
+std::unique_ptr<TcpPageSource> ConnectWithEveryThreadRunning(TcpSourceOptions o,
+                                                             RecordingSink* sink) {
+  o.bulk_lanes = 2;
+  auto src = TcpPageSource::Connect(o);
+  EXPECT_TRUE(src.ok()) << src.status();
+  if (!src.ok()) return nullptr;
+  EXPECT_TRUE((*src)->Start(sink).ok());
+  EXPECT_TRUE((*src)->RequestBulk(1, 0, 0, 4).ok());
+  EXPECT_TRUE((*src)->RequestUrgent(0, 8).ok());
+  return *std::move(src);
+}
+
 // How many of this process's threads run with `slice` (base/thread_slice.h).
 int ThreadsWithSlice(absl::Duration slice) {
   int n = 0;
@@ -262,10 +284,7 @@ TEST_F(PageServerTest, UrgentThreadsOnBothSidesGetTheirSlice) {
   RecordingSink sink(kSize / 4096);
   ASSERT_TRUE((*src)->Start(&sink).ok());
   // The receive threads set theirs when they start, which may be after Start returns.
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (ThreadsWithSlice(absl::Microseconds(200)) != 1 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  WaitUntil([] { return ThreadsWithSlice(absl::Microseconds(200)) == 1; });
   EXPECT_EQ(ThreadsWithSlice(absl::Microseconds(200)), 1);  // the urgent receive thread only
   EXPECT_EQ(ThreadsWithSlice(absl::Microseconds(300)), 1);  // the urgent server thread only
 }
@@ -286,23 +305,16 @@ TEST_F(PageServerTest, BulkThreadsOnBothSidesRunOnTheirCpusOnly) {
   const std::vector<int> bulk = {allowed.back()};
   server_->SetBulkCpus(bulk);
   TcpSourceOptions o = Client();
-  o.bulk_lanes = 2;
   o.bulk_cpus = bulk;
-  auto src = TcpPageSource::Connect(o);
-  ASSERT_TRUE(src.ok()) << src.status();
   RecordingSink sink(kSize / 4096);
-  ASSERT_TRUE((*src)->Start(&sink).ok());
-  ASSERT_TRUE((*src)->RequestBulk(1, 0, 0, 4).ok());  // the server's bulk threads are running
-  ASSERT_TRUE((*src)->RequestUrgent(0, 8).ok());
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  std::unique_ptr<TcpPageSource> src = ConnectWithEveryThreadRunning(o, &sink);
+  ASSERT_NE(src, nullptr);
   auto confined = [&](const std::string& name) {
     int n = 0;
     for (const std::vector<int>& cpus : AffinityOf(name)) n += cpus == bulk ? 1 : 0;
     return n;
   };
-  while ((confined("fl-bulk-rx") < 2 || confined("fl-src-bulk") < 2) && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  WaitUntil([&] { return confined("fl-bulk-rx") >= 2 && confined("fl-src-bulk") >= 2; });
   EXPECT_EQ(confined("fl-bulk-rx"), 2);   // both lanes' receive threads
   EXPECT_EQ(confined("fl-src-bulk"), 2);  // both lanes' serving threads
   // The fault path is not confined: its threads keep every CPU.
@@ -311,7 +323,7 @@ TEST_F(PageServerTest, BulkThreadsOnBothSidesRunOnTheirCpusOnly) {
     EXPECT_EQ(a.size(), 1u) << urgent;
     if (!a.empty()) EXPECT_EQ(a[0], allowed) << urgent;
   }
-  (*src)->Stop();  // its receive threads are done with `sink` before it goes
+  src->Stop();  // its receive threads are done with `sink` before it goes
 }
 
 // This process's threads named `name` and the nice value of each.
@@ -329,30 +341,24 @@ std::vector<int> NiceOf(const std::string& name) {
 TEST_F(PageServerTest, BulkThreadsOnBothSidesRunAtTheirNiceAndTheFaultPathDoesNot) {
   server_->SetBulkNice(5);
   TcpSourceOptions o = Client();
-  o.bulk_lanes = 2;
   o.bulk_nice = 5;
-  auto src = TcpPageSource::Connect(o);
-  ASSERT_TRUE(src.ok()) << src.status();
   RecordingSink sink(kSize / 4096);
-  ASSERT_TRUE((*src)->Start(&sink).ok());
-  ASSERT_TRUE((*src)->RequestBulk(1, 0, 0, 4).ok());  // the server's bulk threads are running
-  ASSERT_TRUE((*src)->RequestUrgent(0, 8).ok());
+  std::unique_ptr<TcpPageSource> src = ConnectWithEveryThreadRunning(o, &sink);
+  ASSERT_NE(src, nullptr);
   auto at = [](const std::string& name, int nice) {
     int n = 0;
     for (int v : NiceOf(name)) n += v == nice ? 1 : 0;
     return n;
   };
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while ((at("fl-bulk-rx", 5) < 2 || at("fl-src-bulk", 5) < 2 || NiceOf("fl-urgent-rx").empty() ||
-          NiceOf("fl-src-urgent").empty()) &&
-         absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  WaitUntil([&] {
+    return at("fl-bulk-rx", 5) >= 2 && at("fl-src-bulk", 5) >= 2 &&
+           !NiceOf("fl-urgent-rx").empty() && !NiceOf("fl-src-urgent").empty();
+  });
   EXPECT_EQ(at("fl-bulk-rx", 5), 2);   // both lanes' receive threads
   EXPECT_EQ(at("fl-src-bulk", 5), 2);  // both lanes' serving threads
   EXPECT_EQ(NiceOf("fl-urgent-rx"), std::vector<int>{0});
   EXPECT_EQ(NiceOf("fl-src-urgent"), std::vector<int>{0});
-  (*src)->Stop();  // its receive threads are done with `sink` before it goes
+  src->Stop();  // its receive threads are done with `sink` before it goes
 }
 
 TEST_F(PageServerTest, FinishReturnsOnceTheSourceReadDoneAndItsCloseIsNoFailure) {
