@@ -61,15 +61,12 @@ int RunDemo() {
     o.client_tls = *client;
     o.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   }
-  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
+  absl::StatusOr<BulkThreads> bulk = BulkThreadsFromFlags();
+  if (!bulk.ok()) return Fail(bulk.status());
+  o.bulk_threads = *bulk;
+  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags(*bulk);
   if (!engine_opts.ok()) return Fail(engine_opts.status());
   o.engine = *engine_opts;
-  absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
-  if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
-  o.bulk_cpus = *bulk_cpus;
-  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
-  if (!bulk_nice.ok()) return Fail(bulk_nice.status());
-  o.bulk_nice = *bulk_nice;
   if (absl::GetFlag(FLAGS_progress)) {
     o.progress = [](uint64_t done, uint64_t total) { ProgressBar(done * 4096, total * 4096); };
   }

@@ -23,13 +23,15 @@ int RunDest() {
   if (!kind.ok()) return Fail(kind.status());
   absl::StatusOr<GuestOptions> guest = GuestOptionsFromFlags();
   if (!guest.ok()) return Fail(guest.status());
-  absl::StatusOr<TcpSourceOptions> opts = SourceOptionsFromFlags();
+  absl::StatusOr<BulkThreads> bulk = BulkThreadsFromFlags();
+  if (!bulk.ok()) return Fail(bulk.status());
+  absl::StatusOr<TcpSourceOptions> opts = SourceOptionsFromFlags(*bulk);
   if (!opts.ok()) return Fail(opts.status());
   const TcpSourceOptions& topts = *opts;
   absl::StatusOr<std::unique_ptr<PageSource>> source = ConnectSource(topts);
   if (!source.ok()) return Fail(source.status());
   // Destination memory matching the source's regions.
-  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
+  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags(*bulk);
   if (!engine_opts.ok()) return Fail(engine_opts.status());
   EngineOptions eo = *engine_opts;
   eo.finish_source = false;

@@ -35,19 +35,16 @@ int RunLocal() {
     o.size = *size;
     o.guest = *guest;
     o.run_guest = !guest->threads.empty();
-    absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
+    absl::StatusOr<BulkThreads> bulk = BulkThreadsFromFlags();
+    if (!bulk.ok()) return Fail(bulk.status());
+    o.bulk_threads = *bulk;
+    absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags(*bulk);
     if (!engine_opts.ok()) return Fail(engine_opts.status());
     o.engine = *engine_opts;
     const int32_t churn = absl::GetFlag(FLAGS_churn_permille);
     o.churn_permille = churn < 0 ? 100 : static_cast<uint32_t>(std::min(churn, 1000));
     o.transport_busy_poll = absl::GetFlag(FLAGS_busy_poll);
     o.bulk_lanes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_channels));
-    absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
-    if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
-    o.bulk_cpus = *bulk_cpus;
-    absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
-    if (!bulk_nice.ok()) return Fail(bulk_nice.status());
-    o.bulk_nice = *bulk_nice;
     if (absl::GetFlag(FLAGS_progress)) o.progress = ProgressBar;
     absl::StatusOr<LocalRunReport> r = RunLocalMigration(o);
     if (!r.ok()) {

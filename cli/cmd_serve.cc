@@ -75,15 +75,12 @@ int RunServe() {
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.state_dir = absl::GetFlag(FLAGS_state_dir);
   o.bulk_hold_until_running = absl::GetFlag(FLAGS_bulk_hold_until_running);
-  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags();
+  absl::StatusOr<BulkThreads> bulk = BulkThreadsFromFlags();
+  if (!bulk.ok()) return Fail(bulk.status());
+  o.bulk_threads = *bulk;  // migrations the daemon is told to expect; one: the flags' own
+  absl::StatusOr<EngineOptions> engine_opts = EngineOptionsFromFlags(*bulk);
   if (!engine_opts.ok()) return Fail(engine_opts.status());
   o.engine = *engine_opts;
-  absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
-  if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
-  o.bulk_cpus = *bulk_cpus;  // migrations the daemon is told to expect; one: the flags' own
-  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
-  if (!bulk_nice.ok()) return Fail(bulk_nice.status());
-  o.bulk_nice = *bulk_nice;  // as bulk_cpus
   const bool daemon = absl::GetFlag(FLAGS_daemon);
   o.control_socket = daemon ? absl::GetFlag(FLAGS_control) : "";
   o.exit_when_done = !daemon;
@@ -105,7 +102,7 @@ int RunServe() {
 
   MigrationSpec one;
   if (!daemon) {
-    absl::StatusOr<TcpSourceOptions> source = SourceOptionsFromFlags();
+    absl::StatusOr<TcpSourceOptions> source = SourceOptionsFromFlags(*bulk);
     if (!source.ok()) return Fail(source.status());
     one.id = "default";
     one.run.source = *source;

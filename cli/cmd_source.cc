@@ -65,15 +65,12 @@ int RunMultiSource(const std::string& file) {
   if (!tls.ok()) return Fail(tls.status());
   absl::StatusOr<SourceRead> read = SourceReadFromFlag();
   if (!read.ok()) return Fail(read.status());
-  absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
-  if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
-  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
-  if (!bulk_nice.ok()) return Fail(bulk_nice.status());
+  absl::StatusOr<BulkThreads> bulk = BulkThreadsFromFlags();
+  if (!bulk.ok()) return Fail(bulk.status());
   PageServer server(*tls);
   server.SetUrgentSlice(absl::GetFlag(FLAGS_fault_slice));
   server.SetSourceRead(*read);
-  server.SetBulkCpus(*bulk_cpus);
-  server.SetBulkNice(*bulk_nice);
+  server.SetBulkThreads(*bulk);
   for (const nlohmann::json& m : list) {
     const std::string id = m.value("id", std::string());
     absl::StatusOr<Token> token = ParseToken(m.value("token", std::string()));
@@ -128,10 +125,8 @@ int RunSource() {
     return RunMultiSource(absl::GetFlag(FLAGS_migrations));
   absl::StatusOr<SourceRead> read = SourceReadFromFlag();
   if (!read.ok()) return Fail(read.status());
-  absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
-  if (!bulk_cpus.ok()) return Fail(bulk_cpus.status());
-  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
-  if (!bulk_nice.ok()) return Fail(bulk_nice.status());
+  absl::StatusOr<BulkThreads> bulk = BulkThreadsFromFlags();
+  if (!bulk.ok()) return Fail(bulk.status());
   absl::StatusOr<std::vector<SourceRegion>> regions =
       SourceRegionsFromSpecs(absl::GetFlag(FLAGS_region));
   if (!regions.ok()) return Fail(regions.status());
@@ -166,8 +161,7 @@ int RunSource() {
   PageServer server(std::move(*regions), token, *tls, tracker.get());
   server.SetUrgentSlice(absl::GetFlag(FLAGS_fault_slice));
   server.SetSourceRead(*read);
-  server.SetBulkCpus(*bulk_cpus);
-  server.SetBulkNice(*bulk_nice);
+  server.SetBulkThreads(*bulk);
   absl::StatusOr<std::unique_ptr<RdmaPageServer>> rdma = RdmaServerFromFlags(&server);
   if (!rdma.ok()) return Fail(rdma.status());
   std::printf("serving %zu region(s) on %s (%s)\n", server.region_table().size(),

@@ -167,7 +167,7 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-absl::StatusOr<EngineOptions> EngineOptionsFromFlags() {
+absl::StatusOr<EngineOptions> EngineOptionsFromFlags(const BulkThreads& bulk) {
   EngineOptions o;
   o.bulk_batch_bytes = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_batch_kib)) << 10;
   o.bulk_window = static_cast<uint32_t>(absl::GetFlag(FLAGS_bulk_window));
@@ -176,9 +176,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFromFlags() {
   o.bulk_hold_at_start = absl::GetFlag(FLAGS_bulk_hold_at_start);
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
   o.fault_slice = absl::GetFlag(FLAGS_fault_slice);
-  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
-  if (!bulk_nice.ok()) return bulk_nice.status();
-  o.fault_nice = FaultPathNice(*bulk_nice);
+  o.fault_nice = bulk.fault_path_nice();
   o.reconnect_deadline = absl::GetFlag(FLAGS_reconnect_deadline);
   o.warmup.enabled = absl::GetFlag(FLAGS_warmup);
   o.warmup.max_rounds = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_warmup_rounds)));
@@ -236,7 +234,8 @@ absl::StatusOr<GuestOptions> GuestOptionsFromFlags() {
   return g;
 }
 
-absl::StatusOr<std::vector<int>> BulkCpusFromFlags() {
+absl::StatusOr<BulkThreads> BulkThreadsFromFlags() {
+  BulkThreads b;
   const std::string text = absl::GetFlag(FLAGS_bulk_cpus);
   absl::StatusOr<std::vector<int>> cpus = ParseCpuList(text);
   if (cpus.ok()) {
@@ -247,22 +246,19 @@ absl::StatusOr<std::vector<int>> BulkCpusFromFlags() {
         absl::StrCat("--bulk_cpus=", text, ": ", cpus.status().message(),
                      " (a list like 2-3,6 of CPUs this process may use; empty: anywhere)"));
   }
-  return cpus;
-}
-
-absl::StatusOr<int> BulkNiceFromFlags() {
-  const int32_t nice = absl::GetFlag(FLAGS_bulk_nice);
-  if (nice == 0) return 0;  // unchanged: nothing to check (the process may run at any nice)
-  if (absl::Status s = CheckNiceAllowed(nice); !s.ok()) {
+  b.cpus = *std::move(cpus);
+  b.nice = absl::GetFlag(FLAGS_bulk_nice);
+  if (b.nice == 0) return b;  // unchanged: nothing to check (the process may run at any nice)
+  if (absl::Status s = CheckNiceAllowed(b.nice); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--bulk_nice=", nice, ": ", s.message(),
+        "--bulk_nice=", b.nice, ": ", s.message(),
         absl::IsPermissionDenied(s) ? "; run with CAP_SYS_NICE, or use --bulk_nice=0 or above"
                                     : "; use a value in -20..19 (0: unchanged)"));
   }
-  return nice;
+  return b;
 }
 
-absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags() {
+absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags(const BulkThreads& bulk) {
   TcpSourceOptions o;
   absl::StatusOr<Token> token = ParseToken(absl::GetFlag(FLAGS_token));
   if (!token.ok()) {
@@ -273,12 +269,7 @@ absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags() {
   o.token = *token;
   o.busy_poll = absl::GetFlag(FLAGS_busy_poll);
   o.urgent_slice = absl::GetFlag(FLAGS_fault_slice);
-  absl::StatusOr<std::vector<int>> bulk_cpus = BulkCpusFromFlags();
-  if (!bulk_cpus.ok()) return bulk_cpus.status();
-  o.bulk_cpus = *std::move(bulk_cpus);
-  absl::StatusOr<int> bulk_nice = BulkNiceFromFlags();
-  if (!bulk_nice.ok()) return bulk_nice.status();
-  o.bulk_nice = *bulk_nice;
+  o.bulk_threads = bulk;
   const int32_t lanes = absl::GetFlag(FLAGS_bulk_channels);
   if (lanes < 1 || lanes > static_cast<int32_t>(kMaxBulkLanes)) {
     return absl::InvalidArgumentError(

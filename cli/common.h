@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "base/bulk_threads.h"
 #include "cli/setup.h"  // ParseSize
 #include "engine/engine.h"
 #include "transport/page_source.h"
@@ -61,20 +62,21 @@ void ProgressBar(uint64_t done, uint64_t total);
 // returns the exit status 1.
 int Fail(const absl::Status& s);
 
+// --bulk_cpus and --bulk_nice, checked once per command: every CPU one this process may use;
+// the nice value in range and one this process may give (CAP_SYS_NICE below 0; 0 is not
+// probed). An error names the flag and what to use instead.
+absl::StatusOr<BulkThreads> BulkThreadsFromFlags();
 // --bulk_batch_kib, --bulk_window, --busy_poll, --reconnect_deadline, --warmup*: an error
-// names the flag.
-absl::StatusOr<EngineOptions> EngineOptionsFromFlags();
+// names the flag. The fault loop's nice value is `bulk`'s fault_path_nice().
+absl::StatusOr<EngineOptions> EngineOptionsFromFlags(const BulkThreads& bulk);
 // --guest, --touches.
 absl::StatusOr<GuestOptions> GuestOptionsFromFlags();
 // --tls_cert/--tls_key/--tls_ca for one side; null without any of them (plain TCP).
 absl::StatusOr<std::shared_ptr<const TlsContext>> TlsFromFlags(TlsContext::Role role);
 std::string TlsMode(const std::shared_ptr<const TlsContext>& tls);
-// --connect, --token, --busy_poll, --bulk_channels, --bulk_cpus, --bulk_nice, TLS (client side).
-absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags();
-// --bulk_cpus, parsed and checked against the CPUs this process may use.
-absl::StatusOr<std::vector<int>> BulkCpusFromFlags();
-// --bulk_nice, checked: in range, and settable by this process (CAP_SYS_NICE below 0).
-absl::StatusOr<int> BulkNiceFromFlags();
+// --connect, --token, --busy_poll, --bulk_channels, TLS (client side); the bulk threads as
+// `bulk` says.
+absl::StatusOr<TcpSourceOptions> SourceOptionsFromFlags(const BulkThreads& bulk);
 // --transport: a TCP or an RDMA transport to the source.
 absl::StatusOr<std::unique_ptr<PageSource>> ConnectSource(const TcpSourceOptions& topts);
 

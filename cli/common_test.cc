@@ -17,7 +17,7 @@ class WarmUpFlags : public ::testing::Test {
 };
 
 TEST_F(WarmUpFlags, TheDefaultsAreTheEngineDefaults) {
-  absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags();
+  absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags(BulkThreads{});
   ASSERT_TRUE(o.ok()) << o.status();
   const WarmUpOptions d;
   EXPECT_EQ(o->warmup.converge_pages, d.converge_pages);
@@ -31,7 +31,7 @@ TEST_F(WarmUpFlags, ConvergenceAndThrottleReachTheEngine) {
   absl::SetFlag(&FLAGS_warmup_shrink, 0.0);
   absl::SetFlag(&FLAGS_warmup_throttle, 60);
   absl::SetFlag(&FLAGS_warmup_throttle_step, 5);
-  absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags();
+  absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags(BulkThreads{});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->warmup.converge_pages, 0u);
   EXPECT_EQ(o->warmup.shrink, 0.0);
@@ -56,34 +56,46 @@ TEST_F(WarmUpFlags, OutOfRangeValuesAreRefusedNamingTheFlag) {
   for (const Case& c : cases) {
     absl::FlagSaver saver;
     c.set();
-    absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags();
+    absl::StatusOr<EngineOptions> o = EngineOptionsFromFlags(BulkThreads{});
     ASSERT_FALSE(o.ok()) << c.flag;
     EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(o.status().message().find(c.flag), std::string::npos) << o.status();
   }
 }
 
-class BulkCpuFlags : public ::testing::Test {
+class BulkThreadFlags : public ::testing::Test {
   absl::FlagSaver saver_;
 };
 
-TEST_F(BulkCpuFlags, EmptyIsAnywhereAndAListReachesTheTransport) {
-  absl::StatusOr<std::vector<int>> none = BulkCpusFromFlags();
-  ASSERT_TRUE(none.ok()) << none.status();
-  EXPECT_TRUE(none->empty());
-  const int cpu = AllowedCpus().front();
-  absl::SetFlag(&FLAGS_bulk_cpus, std::to_string(cpu));
-  absl::SetFlag(&FLAGS_token, std::string(64, 'a'));
-  absl::StatusOr<TcpSourceOptions> o = SourceOptionsFromFlags();
-  ASSERT_TRUE(o.ok()) << o.status();
-  EXPECT_EQ(o->bulk_cpus, std::vector<int>{cpu});
+TEST_F(BulkThreadFlags, TheDefaultsLeaveEveryThreadAsItIs) {
+  absl::StatusOr<BulkThreads> b = BulkThreadsFromFlags();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->cpus.empty());
+  EXPECT_EQ(b->nice, 0);
 }
 
-TEST_F(BulkCpuFlags, BadListsAreRefusedNamingTheFlag) {
+// One value, read once, reaches the transport's bulk threads and the engine's fault loop.
+TEST_F(BulkThreadFlags, ValuesReachBothTheTransportAndTheFaultLoop) {
+  const int cpu = AllowedCpus().front();
+  absl::SetFlag(&FLAGS_bulk_cpus, std::to_string(cpu));
+  absl::SetFlag(&FLAGS_bulk_nice, 5);  // a lower priority needs no privilege
+  absl::SetFlag(&FLAGS_token, std::string(64, 'a'));
+  absl::StatusOr<BulkThreads> b = BulkThreadsFromFlags();
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::StatusOr<TcpSourceOptions> o = SourceOptionsFromFlags(*b);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->bulk_threads.cpus, std::vector<int>{cpu});
+  EXPECT_EQ(o->bulk_threads.nice, 5);
+  absl::StatusOr<EngineOptions> e = EngineOptionsFromFlags(*b);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->fault_nice, 0);  // the fault path stays above a lowered stream
+}
+
+TEST_F(BulkThreadFlags, BadCpuListsAreRefusedNamingTheFlag) {
   for (const char* bad : {"x", "3-1", "1023", "0,,1"}) {
     absl::FlagSaver saver;
     absl::SetFlag(&FLAGS_bulk_cpus, bad);
-    absl::StatusOr<std::vector<int>> o = BulkCpusFromFlags();
+    absl::StatusOr<BulkThreads> o = BulkThreadsFromFlags();
     ASSERT_FALSE(o.ok()) << bad;
     EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(o.status().message().find(std::string("--bulk_cpus=") + bad), std::string::npos)
@@ -91,55 +103,41 @@ TEST_F(BulkCpuFlags, BadListsAreRefusedNamingTheFlag) {
   }
 }
 
-class BulkNiceFlags : public ::testing::Test {
-  absl::FlagSaver saver_;
-};
-
-TEST_F(BulkNiceFlags, AValueReachesBothTheTransportAndTheFaultLoop) {
-  absl::SetFlag(&FLAGS_token, std::string(64, 'a'));
-  absl::SetFlag(&FLAGS_bulk_nice, 5);  // a lower priority needs no privilege
-  absl::StatusOr<TcpSourceOptions> o = SourceOptionsFromFlags();
-  ASSERT_TRUE(o.ok()) << o.status();
-  EXPECT_EQ(o->bulk_nice, 5);
-  absl::StatusOr<EngineOptions> e = EngineOptionsFromFlags();
-  ASSERT_TRUE(e.ok()) << e.status();
-  EXPECT_EQ(e->fault_nice, 0);  // the fault path stays above a lowered stream
-}
-
-TEST_F(BulkNiceFlags, ARaisedPriorityIsSetOrRefusedNamingTheFlagAndTheRemedy) {
+TEST_F(BulkThreadFlags, ARaisedPriorityIsSetOrRefusedNamingTheFlagAndTheRemedy) {
   absl::SetFlag(&FLAGS_bulk_nice, -5);
-  absl::StatusOr<EngineOptions> e = EngineOptionsFromFlags();
+  absl::StatusOr<BulkThreads> b = BulkThreadsFromFlags();
   if (CheckNiceAllowed(-5).ok()) {  // privileged (outside Bazel's sandbox, as root)
+    ASSERT_TRUE(b.ok()) << b.status();
+    absl::StatusOr<EngineOptions> e = EngineOptionsFromFlags(*b);
     ASSERT_TRUE(e.ok()) << e.status();
     EXPECT_EQ(e->fault_nice, -5);  // the fault path never ranks below the stream
     return;
   }
-  ASSERT_FALSE(e.ok());
-  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(e.status().message().find("--bulk_nice=-5"), std::string::npos) << e.status();
-  EXPECT_NE(e.status().message().find("CAP_SYS_NICE"), std::string::npos) << e.status();
-  EXPECT_FALSE(BulkNiceFromFlags().ok());
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(b.status().message().find("--bulk_nice=-5"), std::string::npos) << b.status();
+  EXPECT_NE(b.status().message().find("CAP_SYS_NICE"), std::string::npos) << b.status();
 }
 
 // 0 leaves every thread as it is, so it needs no check, even in a process run at a lower
 // priority (`nice -n 10 faultline ...`), whose threads could not be given 0 back unprivileged.
-TEST_F(BulkNiceFlags, ZeroIsAcceptedAtAnyNice) {
+TEST_F(BulkThreadFlags, NiceZeroIsAcceptedAtAnyNice) {
   std::thread([] {
     ASSERT_TRUE(SetThreadNice(10).ok());
-    absl::StatusOr<int> n = BulkNiceFromFlags();
-    ASSERT_TRUE(n.ok()) << n.status();
-    EXPECT_EQ(*n, 0);
+    absl::StatusOr<BulkThreads> b = BulkThreadsFromFlags();
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(b->nice, 0);
   }).join();
 }
 
-TEST_F(BulkNiceFlags, OutOfRangeIsRefusedNamingTheFlag) {
+TEST_F(BulkThreadFlags, AnOutOfRangeNiceIsRefusedNamingTheFlag) {
   for (int bad : {-21, 20, 100}) {
     absl::FlagSaver saver;
     absl::SetFlag(&FLAGS_bulk_nice, bad);
-    absl::StatusOr<int> n = BulkNiceFromFlags();
-    ASSERT_FALSE(n.ok()) << bad;
-    EXPECT_NE(n.status().message().find(absl::StrCat("--bulk_nice=", bad)), std::string::npos)
-        << n.status();
+    absl::StatusOr<BulkThreads> b = BulkThreadsFromFlags();
+    ASSERT_FALSE(b.ok()) << bad;
+    EXPECT_NE(b.status().message().find(absl::StrCat("--bulk_nice=", bad)), std::string::npos)
+        << b.status();
   }
 }
 

@@ -98,8 +98,7 @@ absl::Status StartEngineProcess(const DemoOptions& o, const demo_internal::Sourc
   ho.source.tls = o.client_tls;
   ho.source.tls_server_name = o.tls_server_name;
   ho.source.urgent_slice = o.engine.fault_slice;
-  ho.source.bulk_cpus = o.bulk_cpus;
-  ho.source.bulk_nice = o.bulk_nice;
+  ho.source.bulk_threads = o.bulk_threads;
   ho.engine = o.engine;
   ho.state_dir = state_dir;
   absl::Status s = RunHandoff(**session, ho);

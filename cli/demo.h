@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/bulk_threads.h"
 #include "base/memory_kind.h"
 #include "engine/engine.h"
 #include "nlohmann/json.hpp"
@@ -43,10 +44,9 @@ struct DemoOptions {
   std::string guest_elf;     // empty: find the one Bazel built
   std::string handoff_path;  // empty: a fresh path under /tmp
   EngineOptions engine;
-  // The bulk stream's threads on both sides (TcpSourceOptions::bulk_cpus and bulk_nice;
-  // PageServer::SetBulkCpus and SetBulkNice): empty and 0, as they are.
-  std::vector<int> bulk_cpus;
-  int bulk_nice = 0;
+  // The bulk stream's threads on both sides (TcpSourceOptions::bulk_threads,
+  // PageServer::SetBulkThreads); the default: as they are.
+  BulkThreads bulk_threads;
   std::function<void(uint64_t done_pages, uint64_t total_pages)> progress;
   std::function<void(const std::string& line)> guest_line;  // serial lines, both sides
   // TLS between the page server and faultline (null: plain TCP).

@@ -178,8 +178,7 @@ absl::Status SourceMain(int ctl, const DemoOptions& o, const std::string& elf) {
   h.token = RandomToken();
   PageServer server(std::move(regions), h.token, o.server_tls, tracker.get());
   server.SetUrgentSlice(o.engine.fault_slice);  // one knob for the whole fault path
-  server.SetBulkCpus(o.bulk_cpus);
-  server.SetBulkNice(o.bulk_nice);
+  server.SetBulkThreads(o.bulk_threads);
   absl::StatusOr<UniqueFd> listen = ListenTcp("127.0.0.1:0");
   if (!listen.ok()) return listen.status();
   absl::StatusOr<int> port = BoundPort(listen->get());

@@ -82,8 +82,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
     if (!regions.ok()) return regions.status();
     auto server = std::make_unique<PageServer>(std::move(*regions), token, nullptr, tracker.get());
     server->SetUrgentSlice(opts.engine.fault_slice);  // one knob for the whole fault path
-    server->SetBulkCpus(opts.bulk_cpus);
-    server->SetBulkNice(opts.bulk_nice);
+    server->SetBulkThreads(opts.bulk_threads);
     return server;
   };
 
@@ -139,8 +138,7 @@ absl::StatusOr<LocalRunReport> RunLocalMigration(const LocalRunOptions& opts) {
   topts.busy_poll = opts.transport_busy_poll;
   topts.urgent_slice = opts.engine.fault_slice;
   topts.bulk_lanes = opts.bulk_lanes;
-  topts.bulk_cpus = opts.bulk_cpus;
-  topts.bulk_nice = opts.bulk_nice;
+  topts.bulk_threads = opts.bulk_threads;
   absl::StatusOr<std::unique_ptr<TcpPageSource>> source = TcpPageSource::Connect(topts);
   if (!source.ok()) {
     stop_source(true);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/bulk_threads.h"
 #include "engine/engine.h"
 #include "engine/latency_histogram.h"
 #include "engine/region.h"
@@ -28,9 +29,8 @@ struct LocalRunOptions {
   EngineOptions engine;
   bool transport_busy_poll = false;
   uint32_t bulk_lanes = 1;  // bulk connections to the page server
-  // The bulk stream's threads on both sides (as DemoOptions): empty and 0, as they are.
-  std::vector<int> bulk_cpus;
-  int bulk_nice = 0;
+  // The bulk stream's threads on both sides (as DemoOptions); the default: as they are.
+  BulkThreads bulk_threads;
   PatternSpec pattern;
   bool source_in_child = true;  // false: the page server runs on a thread of this process
   // With engine.warmup.enabled: a writer thread in the source keeps rewriting this many of

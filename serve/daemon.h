@@ -35,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "base/bulk_threads.h"
 #include "base/unique_fd.h"
 #include "nlohmann/json.hpp"
 #include "qemu-integration/handoff/handoff.h"
@@ -62,12 +63,10 @@ struct DaemonOptions {
   // Bulk receive threads of migrations registered with "expect" (many at once) at SCHED_IDLE
   // (TcpSourceOptions::bulk_idle).
   bool bulk_idle = true;
-  // CPUs their bulk receive threads run on (TcpSourceOptions::bulk_cpus); empty: anywhere.
-  std::vector<int> bulk_cpus;
-  // Nice value of their bulk receive threads (TcpSourceOptions::bulk_nice); 0: unchanged.
-  // While bulk_idle is on, SCHED_IDLE decides their share and the value does not matter; their
-  // fault path's threads take FaultPathNice() of it either way.
-  int bulk_nice = 0;
+  // CPUs and nice value of their bulk receive threads (TcpSourceOptions::bulk_threads). While
+  // bulk_idle is on, SCHED_IDLE decides their share and the nice value does not matter; their
+  // fault path's threads take its fault_path_nice() either way.
+  BulkThreads bulk_threads;
   // Stop Run() once a migration has finished (`faultline serve` serving one migration).
   bool exit_when_done = false;
 };

@@ -106,8 +106,7 @@ nlohmann::json Daemon::Expect(const nlohmann::json& r) {
   spec.run.source.tls_server_name = str("tls_server_name");
   // Many migrations share this host's cores: background streams yield to fault answers.
   spec.run.source.bulk_idle = opts_.bulk_idle;
-  spec.run.source.bulk_cpus = opts_.bulk_cpus;
-  spec.run.source.bulk_nice = opts_.bulk_nice;
+  spec.run.source.bulk_threads = opts_.bulk_threads;
   const bool own_socket = !r.contains("own_socket") || r["own_socket"] == true;
   std::string socket;
   if (absl::Status st = Register(std::move(spec), own_socket, &socket); !st.ok()) {

@@ -17,7 +17,6 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "base/cpu_list.h"
 #include "base/crc32c.h"
 #include "base/errno_status.h"
 #include "base/thread_slice.h"
@@ -274,30 +273,23 @@ absl::Status PageServer::Handshake(Stream& stream, FaultInjector* faults, Channe
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   pthread_setname_np(pthread_self(), *ch == Channel::kUrgent ? "fl-src-urgent" : "fl-src-bulk");
-  int nice;
+  BulkThreads bulk_threads;
+  absl::Duration urgent_slice;
   {
     std::lock_guard<std::mutex> l(mu_);
-    nice = *ch == Channel::kUrgent ? FaultPathNice(bulk_nice_) : bulk_nice_;
+    bulk_threads = bulk_threads_;
+    urgent_slice = urgent_slice_;
   }
-  if (nice != 0) (void)SetThreadNice(nice);  // this connection's thread
+  // Each setting below is this connection's thread's own.
   if (*ch == Channel::kUrgent) {
-    absl::Duration slice;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      slice = urgent_slice_;
-    }
-    (void)SetThreadSlice(slice);  // this connection's thread; a kernel < 6.12 leaves it as is
+    bulk_threads.ApplyToFaultPathThread();
+    (void)SetThreadSlice(urgent_slice);  // a kernel < 6.12 leaves it as is
     int prio = 6;
     setsockopt(fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio));
   } else {
+    bulk_threads.ApplyToBulkThread();
     int big = 4 << 20;
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
-    std::vector<int> cpus;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      cpus = bulk_cpus_;
-    }
-    (void)PinCallingThread(cpus);  // this connection's thread; empty: none
   }
   if (multi_ && *ch == Channel::kBulk) {
     // Many VMs share this process: background streams yield the CPU to fault answers

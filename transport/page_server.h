@@ -33,6 +33,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/bulk_threads.h"
 #include "base/thread_slice.h"
 #include "base/unique_fd.h"
 #include "transport/dirty_rounds.h"
@@ -175,19 +176,12 @@ class PageServer {
     std::lock_guard<std::mutex> l(mu_);
     urgent_slice_ = slice;
   }
-  // CPUs the threads serving bulk connections are confined to (base/cpu_list.h), for
-  // connections accepted from now on; empty (the default): no affinity set. Checked by the
-  // caller (CheckCpusAllowed).
-  void SetBulkCpus(std::vector<int> cpus) {
+  // CPUs and nice value of the threads serving bulk connections; urgent connections' threads
+  // take the fault path's nice (base/bulk_threads.h). For connections accepted from now on.
+  // Checked by the caller; the default: threads as they are.
+  void SetBulkThreads(BulkThreads b) {
     std::lock_guard<std::mutex> l(mu_);
-    bulk_cpus_ = std::move(cpus);
-  }
-  // Nice value of the threads serving bulk connections (base/thread_slice.h); urgent
-  // connections' threads take FaultPathNice() of it. For connections accepted from now on.
-  // Checked by the caller (CheckNiceAllowed). 0 (the default): unchanged.
-  void SetBulkNice(int nice) {
-    std::lock_guard<std::mutex> l(mu_);
-    bulk_nice_ = nice;
+    bulk_threads_ = std::move(b);
   }
   // How sending threads read pages (see SourceRead). For connections accepted from now on.
   void SetSourceRead(SourceRead r) {
@@ -245,8 +239,7 @@ class PageServer {
   ServerExtension* ext_ = nullptr;
   FaultInjector* faults_ = nullptr;                   // guarded by mu_; read once per connection
   absl::Duration urgent_slice_ = kDefaultFaultSlice;  // guarded by mu_
-  std::vector<int> bulk_cpus_;                        // guarded by mu_
-  int bulk_nice_ = 0;                                 // guarded by mu_
+  BulkThreads bulk_threads_;                          // guarded by mu_
   SourceRead source_read_ = SourceRead::kAuto;        // guarded by mu_
   UniqueFd stop_fd_;                                  // eventfd
   std::atomic<bool> done_{false};

@@ -303,9 +303,9 @@ TEST_F(PageServerTest, BulkThreadsOnBothSidesRunOnTheirCpusOnly) {
   const std::vector<int> allowed = AllowedCpus();
   if (allowed.size() < 2) GTEST_SKIP() << "one CPU here: a confined thread looks like any other";
   const std::vector<int> bulk = {allowed.back()};
-  server_->SetBulkCpus(bulk);
+  server_->SetBulkThreads({bulk, 0});
   TcpSourceOptions o = Client();
-  o.bulk_cpus = bulk;
+  o.bulk_threads.cpus = bulk;
   RecordingSink sink(kSize / 4096);
   std::unique_ptr<TcpPageSource> src = ConnectWithEveryThreadRunning(o, &sink);
   ASSERT_NE(src, nullptr);
@@ -336,12 +336,12 @@ std::vector<int> NiceOf(const std::string& name) {
   return out;
 }
 
-// A lower priority (5) needs no privilege, so it runs in the sandbox too; FaultPathNice(5) is 0
-// (base/thread_slice_test covers a raised one).
+// A lower priority (5) needs no privilege, so it runs in the sandbox too; the fault path's
+// nice stays 0 (base/bulk_threads_test covers a raised one).
 TEST_F(PageServerTest, BulkThreadsOnBothSidesRunAtTheirNiceAndTheFaultPathDoesNot) {
-  server_->SetBulkNice(5);
+  server_->SetBulkThreads({{}, 5});
   TcpSourceOptions o = Client();
-  o.bulk_nice = 5;
+  o.bulk_threads.nice = 5;
   RecordingSink sink(kSize / 4096);
   std::unique_ptr<TcpPageSource> src = ConnectWithEveryThreadRunning(o, &sink);
   ASSERT_NE(src, nullptr);

@@ -7,9 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "base/cpu_list.h"
 #include "base/crc32c.h"
-#include "base/thread_slice.h"
 #include "transport/rdma_page_source.h"
 #include "transport/socket.h"
 
@@ -56,8 +54,7 @@ void RdmaPageSource::ControlLoop() {
 }
 
 void RdmaPageSource::BulkLoop() {
-  (void)PinCallingThread(opts_.control.bulk_cpus);  // as TCP's bulk receive threads
-  if (opts_.control.bulk_nice != 0) (void)SetThreadNice(opts_.control.bulk_nice);
+  opts_.control.bulk_threads.ApplyToBulkThread();  // as TCP's bulk receive threads
   std::deque<Inflight> inflight;
   std::vector<uint32_t> free_slots;
   for (uint32_t i = opts_.bulk_depth; i > 0; --i) free_slots.push_back(i - 1);

@@ -39,7 +39,7 @@ bool RdmaPageSource::WaitUrgent(ibv_wc* wc) {
 
 void RdmaPageSource::UrgentLoop() {
   (void)SetThreadSlice(opts_.control.urgent_slice);  // as TCP's urgent receive thread
-  if (const int nice = FaultPathNice(opts_.control.bulk_nice); nice != 0) (void)SetThreadNice(nice);
+  opts_.control.bulk_threads.ApplyToFaultPathThread();
   while (true) {
     std::pair<uint32_t, uint64_t> req;
     {

@@ -12,7 +12,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "base/cpu_list.h"
 #include "base/crc32c.h"
 #include "base/fix.h"
 #include "base/thread_slice.h"
@@ -325,9 +324,11 @@ void TcpPageSource::ReceiveLoop(Conn* c) {
   Stream& stream = c->stream;
   pthread_setname_np(pthread_self(),
                      c->urgency == Urgency::kUrgent ? "fl-urgent-rx" : "fl-bulk-rx");
-  if (c->urgency == Urgency::kBulk) (void)PinCallingThread(opts_.bulk_cpus);  // empty: none
-  const int nice = c->urgency == Urgency::kBulk ? opts_.bulk_nice : FaultPathNice(opts_.bulk_nice);
-  if (nice != 0) (void)SetThreadNice(nice);  // this thread only
+  if (c->urgency == Urgency::kBulk) {
+    opts_.bulk_threads.ApplyToBulkThread();  // this thread only
+  } else {
+    opts_.bulk_threads.ApplyToFaultPathThread();
+  }
   if (c->urgency == Urgency::kBulk && opts_.bulk_idle) {
     sched_param none = {};
     (void)sched_setscheduler(0, SCHED_IDLE, &none);  // this thread only (Linux: per task)

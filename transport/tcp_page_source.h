@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "base/bulk_threads.h"
 #include "base/thread_slice.h"
 #include "base/unique_fd.h"
 #include "transport/page_source.h"
@@ -52,14 +53,10 @@ struct TcpSourceOptions {
   // A receive thread checks and delivers a frame this many bytes at a time (at least one
   // page): small enough to stay in cache between the read, the check and the placement.
   uint32_t deliver_chunk_bytes = 256u << 10;
-  // CPUs the bulk receive threads are confined to (base/cpu_list.h); empty: no affinity set.
-  // Keeps background work off the cores the guests' vCPUs and the fault path run on. Checked
-  // by the caller (CheckCpusAllowed); a CPU the thread may not use leaves it unconfined.
-  std::vector<int> bulk_cpus;
-  // Nice value of the bulk receive threads (base/thread_slice.h); the urgent receive thread
-  // takes FaultPathNice() of it. Checked by the caller (CheckNiceAllowed); a value the thread
-  // may not take leaves it as it is. 0: unchanged.
-  int bulk_nice = 0;
+  // CPUs and nice value of the bulk receive threads; the urgent receive thread takes the
+  // fault path's nice (base/bulk_threads.h). Keeps background work off the cores the guests'
+  // vCPUs and the fault path run on. Checked by the caller; default: threads as they are.
+  BulkThreads bulk_threads;
 };
 
 inline constexpr uint32_t kMaxBulkLanes = 16;
