@@ -151,6 +151,69 @@ def uptime():
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def _copy_rates(cpu, seconds, out):
+    """A copy loop pinned to `cpu`: bytes copied per second in each 0.1 s window, into `out`."""
+    os.sched_setaffinity(0, {cpu})
+    src, dst = bytearray(256 << 10), bytearray(256 << 10)
+    rates, n, start = [], 0, time.monotonic()
+    last = start
+    while last - start < seconds:
+        dst[:] = src
+        n += 1
+        t = time.monotonic()
+        if t - last >= 0.1:
+            rates.append(n * len(src) / (t - last))
+            n, last = 0, t
+    out.put((cpu, rates))
+
+
+def cores_when_busy(alone, busy):
+    """How many cores' worth the machine gave with every CPU busy at once: the sum over CPUs of
+    each one's median copy rate then, over the median rate of one CPU busy alone. `alone`: one
+    CPU's window rates; `busy`: each CPU's window rates. None without figures."""
+    def median(x):
+        x = sorted(x)
+        return x[len(x) // 2] if x else None
+    one = median(alone)
+    if not one or not busy or any(not r for r in busy):
+        return None
+    return round(sum(median(r) for r in busy) / one, 2)
+
+
+def cpu_share(seconds=1.0):
+    """Measures cores_when_busy() here: a VM's vCPUs may share physical cores (on the dev/CI
+    kind two vCPUs give ~1.5 cores), which sets how guest, stream and fault path trade CPU.
+    Returns {"cpus", "cores_when_busy"}; cores_when_busy None if it could not be measured."""
+    import multiprocessing
+    cpus = sorted(os.sched_getaffinity(0))
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+
+    def run(which):
+        procs = [ctx.Process(target=_copy_rates, args=(c, seconds, q)) for c in which]
+        for pr in procs:
+            pr.start()
+        got = dict(q.get(timeout=seconds + 30) for _ in procs)
+        for pr in procs:
+            pr.join()
+        return [got[c] for c in which]
+
+    try:
+        alone = run(cpus[:1])[0]
+        busy = run(cpus)
+    except Exception:  # noqa: BLE001 — a report without the figure beats no report
+        return {"cpus": len(cpus), "cores_when_busy": None}
+    return {"cpus": len(cpus), "cores_when_busy": cores_when_busy(alone, busy)}
+
+
+def cpu_share_text(share):
+    """One line for the report: what cpu_share() found (older results have none)."""
+    if not share or share.get("cores_when_busy") is None:
+        return "CPUs busy at once: not measured"
+    return (f"all {share['cpus']} CPUs busy at once gave {share['cores_when_busy']:.2f} cores' "
+            "worth (a copy loop pinned to each; measured before the first cell)")
+
+
 def meminfo(key):
     with open("/proc/meminfo") as f:
         for line in f:
@@ -1098,7 +1161,8 @@ def markdown(saved):
            f"Machine: {m['description']}; kernel {m['kernel']}; {m['date']}; faultline: "
            f"{m.get('faultline_label') or m.get('git', '?')}.",
            "QEMU: " + "; ".join(f"{k}: {v}" for k, v in (m.get("qemu_versions") or {}).items()) + ".",
-           f"Load: before `{m.get('uptime_before', '?')}`, after `{m.get('uptime_after', '?')}`.",
+           f"Load: before `{m.get('uptime_before', '?')}`, after `{m.get('uptime_after', '?')}`; "
+           f"{cpu_share_text(m.get('cpu_share'))}.",
            f"Guest: faultline-guest, {saved['touches']} touches per phase per vCPU, seed "
            f"{saved['seed']}, looping; the migration starts as vCPU 0 begins a round; measured "
            "per vCPU: the first three phase lines (seq, random, hot, in the guest's order) printed "
@@ -1443,9 +1507,9 @@ def main():
                "git": git_rev(), "faultline_label": args.faultline_label,
                "faultline_flags": args.faultline_flag,
                "date": time.strftime("%Y-%m-%d %H:%M"),
-               "uptime_before": uptime()}
-    print(f"accelerator: {args.accel} ({args.accel_why}); load before: {machine['uptime_before']}",
-          flush=True)
+               "uptime_before": uptime(), "cpu_share": cpu_share()}
+    print(f"accelerator: {args.accel} ({args.accel_why}); load before: {machine['uptime_before']}; "
+          f"{cpu_share_text(machine['cpu_share'])}", flush=True)
     for k, why in args.bin_why.items():
         print(f"   {k}: {why}", flush=True)
     work_root = tempfile.mkdtemp(prefix="flt-matrix-")

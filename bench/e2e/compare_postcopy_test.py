@@ -92,5 +92,33 @@ class Anchor(unittest.TestCase):
                          ("10.2.2", "faultline-qemu10"))
 
 
+class CpuShare(unittest.TestCase):
+    def test_two_cpus_each_at_full_speed_are_two_cores(self):
+        self.assertEqual(cp.cores_when_busy([10, 10, 10], [[10, 10, 10], [10, 9, 11]]), 2.0)
+
+    def test_one_cpu_at_half_speed_leaves_one_and_a_half(self):
+        # medians: alone 10; busy 10 and 5
+        self.assertEqual(cp.cores_when_busy([9, 10, 11], [[10, 10, 5], [5, 5, 10]]), 1.5)
+
+    def test_no_windows_no_figure(self):
+        self.assertIsNone(cp.cores_when_busy([], [[10]]))
+        self.assertIsNone(cp.cores_when_busy([10], [[10], []]))
+        self.assertIsNone(cp.cores_when_busy([10], []))
+
+    def test_the_report_says_what_was_measured_or_that_nothing_was(self):
+        self.assertIn("1.50 cores", cp.cpu_share_text({"cpus": 2, "cores_when_busy": 1.5}))
+        self.assertIn("not measured", cp.cpu_share_text(None))
+        self.assertIn("not measured", cp.cpu_share_text({"cpus": 2, "cores_when_busy": None}))
+
+    def test_measured_here_it_is_a_share_of_the_cpus(self):
+        share = cp.cpu_share(seconds=0.3)
+        self.assertEqual(share["cpus"], len(os.sched_getaffinity(0)))
+        self.assertIsNotNone(share["cores_when_busy"])
+        # Each CPU gives at most about a core (0.5 of slack for a noisy window), at least a
+        # sliver: a figure outside that is a broken measurement, not a slow machine.
+        self.assertGreater(share["cores_when_busy"], 0.1)
+        self.assertLess(share["cores_when_busy"], share["cpus"] + 0.5)
+
+
 if __name__ == "__main__":
     unittest.main()

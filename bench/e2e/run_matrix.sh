@@ -16,7 +16,9 @@
 # set, else TCG (`-accel tcg -cpu max` for every QEMU cell; the reference-VMM cells are then n/a).
 # Results: DIR (default bench-out/matrix) gets results.json, results.md, latency.png,
 # latency_dist.png. Exit status 1 if any cell failed or did not verify; cells that cannot run
-# here are "n/a: <why>" and do not fail.
+# here are "n/a: <why>" and do not fail. Before the first cell a copy loop pinned to each CPU
+# measures how many cores' worth the CPUs give when all are busy at once (results: machine
+# cpu_share; ~1.5 for the two vCPUs of the dev/CI kind, whose vCPUs share physical cores).
 # --repeat N runs every cell N times, the scenarios interleaved; the best-mode tables and the
 # targets then compare each figure's median (these 2-core machines are noisy: one run's downtime
 # varies 2x from the next).
