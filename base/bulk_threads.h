@@ -22,11 +22,11 @@ struct BulkThreads {
   // The fault path's nice value: never below the bulk stream's (FaultPathNice); 0: unchanged.
   int fault_path_nice() const { return FaultPathNice(nice); }
 
+  // Both best effort: the values are checked once, up front (CheckCpusAllowed,
+  // CheckNiceAllowed); one a thread may not take leaves it as it is.
   // The calling thread is a bulk stream's: confined to `cpus`, at `nice`.
-  // The calling thread is on the fault path: at fault_path_nice(), on any CPU.
-  // Both best effort: the values are checked once up front (CheckCpusAllowed,
-  // CheckNiceAllowed), so one a thread may not take leaves it as it is.
   void ApplyToBulkThread() const;
+  // The calling thread is on the fault path: at fault_path_nice(), on any CPU.
   void ApplyToFaultPathThread() const;
 };
 
