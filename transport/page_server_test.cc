@@ -314,7 +314,11 @@ TEST_F(PageServerTest, BulkThreadsOnBothSidesRunOnTheirCpusOnly) {
     for (const std::vector<int>& cpus : AffinityOf(name)) n += cpus == bulk ? 1 : 0;
     return n;
   };
-  WaitUntil([&] { return confined("fl-bulk-rx") >= 2 && confined("fl-src-bulk") >= 2; });
+  // Each thread names itself when it starts, which may be after the calls above return.
+  WaitUntil([&] {
+    return confined("fl-bulk-rx") >= 2 && confined("fl-src-bulk") >= 2 &&
+           !AffinityOf("fl-urgent-rx").empty() && !AffinityOf("fl-src-urgent").empty();
+  });
   EXPECT_EQ(confined("fl-bulk-rx"), 2);   // both lanes' receive threads
   EXPECT_EQ(confined("fl-src-bulk"), 2);  // both lanes' serving threads
   // The fault path is not confined: its threads keep every CPU.
