@@ -181,9 +181,11 @@ def cores_when_busy(alone, busy):
 
 
 def cpu_share(seconds=1.0):
-    """Measures cores_when_busy() here: a VM's vCPUs may share physical cores (on the dev/CI
-    kind two vCPUs give ~1.5 cores), which sets how guest, stream and fault path trade CPU.
-    Returns {"cpus", "cores_when_busy"}; cores_when_busy None if it could not be measured."""
+    """Measures cores_when_busy() here: the CPU the cells will have. On an idle machine of the
+    dev/CI kind it is ~2.0 for its 2 vCPUs; less means something else is running (a stray
+    process of ~0.9 core showed as 1.5, with one CPU at half speed at a time) or vCPUs that
+    share physical cores. Returns {"cpus", "cores_when_busy"}; cores_when_busy None if it
+    could not be measured."""
     import multiprocessing
     cpus = sorted(os.sched_getaffinity(0))
     ctx = multiprocessing.get_context("fork")

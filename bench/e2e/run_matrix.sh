@@ -18,7 +18,8 @@
 # latency_dist.png. Exit status 1 if any cell failed or did not verify; cells that cannot run
 # here are "n/a: <why>" and do not fail. Before the first cell a copy loop pinned to each CPU
 # measures how many cores' worth the CPUs give when all are busy at once (results: machine
-# cpu_share; ~1.5 for the two vCPUs of the dev/CI kind, whose vCPUs share physical cores).
+# cpu_share, printed with the load): ~2.0 on an idle 2-vCPU machine of the dev/CI kind; less
+# means the cells share the CPUs with something else.
 # --repeat N runs every cell N times, the scenarios interleaved; the best-mode tables and the
 # targets then compare each figure's median (these 2-core machines are noisy: one run's downtime
 # varies 2x from the next).
