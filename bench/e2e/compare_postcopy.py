@@ -171,9 +171,6 @@ def cores_when_busy(alone, busy):
     """How many cores' worth the machine gave with every CPU busy at once: the sum over CPUs of
     each one's median copy rate then, over the median rate of one CPU busy alone. `alone`: one
     CPU's window rates; `busy`: each CPU's window rates. None without figures."""
-    def median(x):
-        x = sorted(x)
-        return x[len(x) // 2] if x else None
     one = median(alone)
     if not one or not busy or any(not r for r in busy):
         return None
