@@ -14,6 +14,12 @@ void InThread(F f) {
   std::thread(f).join();
 }
 
+TEST(BulkThreadsTest, TheFaultPathNeverRanksBelowBulk) {
+  EXPECT_EQ((BulkThreads{{}, -5}.fault_path_nice()), -5);
+  EXPECT_EQ((BulkThreads{{}, 0}.fault_path_nice()), 0);
+  EXPECT_EQ((BulkThreads{{}, 10}.fault_path_nice()), 0);
+}
+
 TEST(BulkThreadsTest, ABulkThreadTakesTheCpusAndTheNice) {
   const int cpu = AllowedCpus().back();
   InThread([cpu] {

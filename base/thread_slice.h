@@ -50,11 +50,6 @@ absl::StatusOr<int> ThreadNice(pid_t tid = 0);
 // nothing here changes). OutOfRange outside -20..19, PermissionDenied naming the privilege.
 absl::Status CheckNiceAllowed(int nice);
 
-// The nice value of the fault path's threads when the bulk stream's threads run at
-// `bulk_nice`: a fault's threads never rank below the bulk stream's (bench/RESULTS.md: with
-// bulk at -5 and the fault path at 0 the fault mean rose 29 -> 105 us; at -5 both, 23 us).
-inline int FaultPathNice(int bulk_nice) { return bulk_nice < 0 ? bulk_nice : 0; }
-
 }  // namespace faultline
 
 #endif  // FAULTLINE_BASE_THREAD_SLICE_H_

@@ -127,11 +127,5 @@ TEST(ThreadNiceTest, AHigherPriorityWithoutThePrivilegeIsRefusedAndChangesNothin
   EXPECT_EQ(WEXITSTATUS(status), 0) << "see the _exit codes above";
 }
 
-TEST(ThreadNiceTest, TheFaultPathNeverRanksBelowBulk) {
-  EXPECT_EQ(FaultPathNice(-5), -5);
-  EXPECT_EQ(FaultPathNice(0), 0);
-  EXPECT_EQ(FaultPathNice(10), 0);
-}
-
 }  // namespace
 }  // namespace faultline

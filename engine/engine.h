@@ -66,9 +66,9 @@ struct EngineOptions {
   // The transport's urgent threads take theirs from TcpSourceOptions::urgent_slice and
   // PageServer::SetUrgentSlice. Zero: the kernel's default.
   absl::Duration fault_slice = kDefaultFaultSlice;
-  // The fault-loop thread's nice value while it is the fault loop (base/thread_slice.h:
-  // FaultPathNice of the bulk stream's) where that is a higher priority than its caller's;
-  // the caller's again after. Never lowered. 0: unchanged.
+  // The fault-loop thread's nice value while it is the fault loop (base/bulk_threads.h:
+  // BulkThreads::fault_path_nice() of the bulk stream's) where that is a higher priority than its
+  // caller's; the caller's again after. Never lowered. 0: unchanged.
   int fault_nice = 0;
   absl::Duration tick = absl::Milliseconds(20);
   // False when the VMM registered the ranges itself (a hand-off); the engine then leaves the
